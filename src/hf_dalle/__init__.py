@@ -1,0 +1,21 @@
+"""hf_dalle: DALL-E (Ramesh et al. 2021) as transformers / diffusers models.
+
+Importing the package registers its models with the transformers Auto classes.
+"""
+
+from pathlib import Path
+
+from .models.dalle_vae import DalleVAE, DalleVAEConfig, map_pixels, unmap_pixels
+
+__version__ = "0.1.0"
+
+# The small pipeline trained on the procedural shapes world that ships inside the package.
+DEMO_MODEL_DIR = str(Path(__file__).parent / "demo_model")
+
+__all__ = [
+    "DEMO_MODEL_DIR",
+    "DalleVAE",
+    "DalleVAEConfig",
+    "map_pixels",
+    "unmap_pixels",
+]

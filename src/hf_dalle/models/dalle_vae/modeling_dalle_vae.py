@@ -1,0 +1,345 @@
+"""The DALL-E discrete VAE (stage 1), laid out like OpenAI's `dall_e` package so its weights load one to one.
+
+OpenAI's parameter `encoder.blocks.group_1.block_1.res_path.conv_1.w` is our
+`encoder.blocks.group_1.block_1.res_path.conv_1.weight` (and `.b` is `.bias`); nothing else differs.
+"""
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput
+
+from .configuration_dalle_vae import DalleVAEConfig
+
+
+def map_pixels(x: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
+    """Map pixels from [0, 1] to [eps, 1 - eps], the support of the logit-Laplace likelihood."""
+    return (1 - 2 * eps) * x + eps
+
+
+def unmap_pixels(x: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
+    """Inverse of `map_pixels`, clamped to [0, 1]."""
+    return torch.clamp((x - eps) / (1 - 2 * eps), 0, 1)
+
+
+def logit_laplace_nll(x: torch.Tensor, mu: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """Elementwise negative log-density of the logit-Laplace distribution (DALL-E, appendix A.3).
+
+    `x` must lie strictly inside (0, 1) (use `map_pixels`); `mu` and `log_scale` are the location and log scale
+    in logit space: p(x) = exp(-|logit(x) - mu| / b) / (2 b x (1 - x)).
+    """
+    return log_scale + math.log(2.0) + torch.log(x) + torch.log1p(-x) + (torch.logit(x) - mu).abs() * torch.exp(-log_scale)
+
+
+@dataclass
+class DalleVAEEncoderOutput(ModelOutput):
+    """
+    logits (`torch.FloatTensor` of shape `(batch_size, vocab_size, height, width)`): encoder logits over the codes.
+    indices (`torch.LongTensor` of shape `(batch_size, height, width)`): the argmax codes.
+    """
+
+    logits: torch.FloatTensor | None = None
+    indices: torch.LongTensor | None = None
+
+
+@dataclass
+class DalleVAEDecoderOutput(ModelOutput):
+    """
+    sample (`torch.FloatTensor` of shape `(batch_size, channels, height, width)`): the reconstruction in [0, 1],
+        `unmap_pixels(sigmoid(mu))`.
+    mu, log_scale (`torch.FloatTensor`, same shape): the logit-Laplace parameters the decoder predicts.
+    """
+
+    sample: torch.FloatTensor | None = None
+    mu: torch.FloatTensor | None = None
+    log_scale: torch.FloatTensor | None = None
+
+
+@dataclass
+class DalleVAEOutput(ModelOutput):
+    """
+    Output of the training forward pass (gumbel-softmax relaxation of the codes).
+
+    loss: `reconstruction_loss + kl_weight * kl_loss`, the negative relaxed ELB per pixel dimension.
+    reconstruction_loss: logit-Laplace negative log-likelihood per pixel dimension.
+    kl_loss: KL(q(z|x) || uniform) summed over the code grid, divided by the number of pixel dimensions (so that
+        `loss` keeps the ELB's balance between the two terms).
+    perplexity: exp(entropy) of the batch's argmax code histogram; 1 means every position uses one code
+        (collapse), `vocab_size` means perfectly even use.
+    codes_used: number of distinct argmax codes in the batch.
+    logits: encoder logits; sample: reconstruction in [0, 1] from the relaxed codes.
+    """
+
+    loss: torch.FloatTensor | None = None
+    reconstruction_loss: torch.FloatTensor | None = None
+    kl_loss: torch.FloatTensor | None = None
+    perplexity: torch.FloatTensor | None = None
+    codes_used: torch.LongTensor | None = None
+    logits: torch.FloatTensor | None = None
+    sample: torch.FloatTensor | None = None
+
+
+class DalleVAEEncoderBlock(GradientCheckpointingLayer):
+    def __init__(self, in_channels: int, out_channels: int, num_layers: int):
+        super().__init__()
+        hidden = out_channels // 4
+        self.post_gain = 1 / num_layers**2
+        self.id_path = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.res_path = nn.Sequential(
+            OrderedDict(
+                relu_1=nn.ReLU(),
+                conv_1=nn.Conv2d(in_channels, hidden, 3, padding=1),
+                relu_2=nn.ReLU(),
+                conv_2=nn.Conv2d(hidden, hidden, 3, padding=1),
+                relu_3=nn.ReLU(),
+                conv_3=nn.Conv2d(hidden, hidden, 3, padding=1),
+                relu_4=nn.ReLU(),
+                conv_4=nn.Conv2d(hidden, out_channels, 1),
+            )
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.id_path(x) + self.post_gain * self.res_path(x)
+
+
+class DalleVAEDecoderBlock(GradientCheckpointingLayer):
+    def __init__(self, in_channels: int, out_channels: int, num_layers: int):
+        super().__init__()
+        hidden = out_channels // 4
+        self.post_gain = 1 / num_layers**2
+        self.id_path = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.res_path = nn.Sequential(
+            OrderedDict(
+                relu_1=nn.ReLU(),
+                conv_1=nn.Conv2d(in_channels, hidden, 1),
+                relu_2=nn.ReLU(),
+                conv_2=nn.Conv2d(hidden, hidden, 3, padding=1),
+                relu_3=nn.ReLU(),
+                conv_3=nn.Conv2d(hidden, hidden, 3, padding=1),
+                relu_4=nn.ReLU(),
+                conv_4=nn.Conv2d(hidden, out_channels, 3, padding=1),
+            )
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.id_path(x) + self.post_gain * self.res_path(x)
+
+
+def _group(blocks: list[nn.Module], resample: tuple[str, nn.Module] | None) -> nn.Sequential:
+    layers = [(f"block_{i + 1}", block) for i, block in enumerate(blocks)]
+    return nn.Sequential(OrderedDict(layers + ([resample] if resample else [])))
+
+
+class DalleVAEEncoder(nn.Module):
+    """Image -> code logits: 7x7 conv, 4 groups of resblocks (widths 1, 2, 4, 8 x n_hid) with a 2x max-pool
+    after each of the first three, then ReLU and a 1x1 conv to `vocab_size` logits."""
+
+    def __init__(self, config: DalleVAEConfig):
+        super().__init__()
+        n_hid, n_blk = config.hidden_size, config.num_blocks_per_group
+        num_layers = config.num_groups * n_blk
+        widths = [n_hid, 2 * n_hid, 4 * n_hid, 8 * n_hid]
+        groups, in_width = [], n_hid
+        for g, width in enumerate(widths):
+            blocks = [DalleVAEEncoderBlock(in_width if i == 0 else width, width, num_layers) for i in range(n_blk)]
+            pool = ("pool", nn.MaxPool2d(kernel_size=2)) if g < config.num_groups - 1 else None
+            groups.append((f"group_{g + 1}", _group(blocks, pool)))
+            in_width = width
+        self.blocks = nn.Sequential(
+            OrderedDict(
+                [("input", nn.Conv2d(config.num_channels, n_hid, 7, padding=3))]
+                + groups
+                + [("output", nn.Sequential(OrderedDict(relu=nn.ReLU(), conv=nn.Conv2d(8 * n_hid, config.vocab_size, 1))))]
+            )
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
+
+
+class DalleVAEDecoder(nn.Module):
+    """Codes -> logit-Laplace parameters: 1x1 conv from one-hot codes to `n_init` channels, 4 groups of resblocks
+    (widths 8, 4, 2, 1 x n_hid) with a nearest 2x upsample after each of the first three, then ReLU and a 1x1 conv
+    to `2 * num_channels` (mu and log-scale)."""
+
+    def __init__(self, config: DalleVAEConfig):
+        super().__init__()
+        n_hid, n_blk = config.hidden_size, config.num_blocks_per_group
+        num_layers = config.num_groups * n_blk
+        widths = [8 * n_hid, 4 * n_hid, 2 * n_hid, n_hid]
+        groups, in_width = [], config.decoder_init_size
+        for g, width in enumerate(widths):
+            blocks = [DalleVAEDecoderBlock(in_width if i == 0 else width, width, num_layers) for i in range(n_blk)]
+            upsample = ("upsample", nn.Upsample(scale_factor=2, mode="nearest")) if g < config.num_groups - 1 else None
+            groups.append((f"group_{g + 1}", _group(blocks, upsample)))
+            in_width = width
+        self.blocks = nn.Sequential(
+            OrderedDict(
+                [("input", nn.Conv2d(config.vocab_size, config.decoder_init_size, 1))]
+                + groups
+                + [("output", nn.Sequential(OrderedDict(relu=nn.ReLU(), conv=nn.Conv2d(n_hid, 2 * config.num_channels, 1))))]
+            )
+        )
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        """`codes`: a (relaxed) one-hot float tensor [B, vocab, h, w], or integer indices [B, h, w]."""
+        if codes.is_floating_point():
+            return self.blocks(codes)
+        # A 1x1 conv of a one-hot vector is a column lookup: gather instead of multiplying by 8192 zeros.
+        conv = self.blocks.input
+        x = F.embedding(codes, conv.weight[:, :, 0, 0].t()) + conv.bias
+        x = x.permute(0, 3, 1, 2).contiguous()
+        return self.blocks[1:](x)
+
+
+class DalleVAEPreTrainedModel(PreTrainedModel):
+    config_class = DalleVAEConfig
+    base_model_prefix = "dalle_vae"
+    main_input_name = "pixel_values"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["DalleVAEEncoderBlock", "DalleVAEDecoderBlock"]
+
+    def _init_weights(self, module):
+        # OpenAI's `dall_e.utils.Conv2d` init: N(0, 1 / fan_in) weights, zero biases.
+        if isinstance(module, nn.Conv2d):
+            fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+            init.normal_(module.weight, mean=0.0, std=1 / math.sqrt(fan_in))
+            init.zeros_(module.bias)
+
+
+class DalleVAE(DalleVAEPreTrainedModel):
+    """
+    The discrete VAE of DALL-E. `encode` turns images in [0, 1] into code logits and argmax codes, `decode` turns
+    codes back into images, and `forward` is the training pass (gumbel-softmax relaxation, logit-Laplace
+    likelihood, KL to the uniform prior).
+
+    Example:
+
+    ```python
+    >>> from hf_dalle import DalleVAE, DalleVAEConfig
+    >>> vae = DalleVAE(DalleVAEConfig(hidden_size=32, vocab_size=64))
+    >>> codes = vae.encode(torch.rand(1, 3, 64, 64)).indices  # [1, 8, 8]
+    >>> images = vae.decode(codes).sample  # [1, 3, 64, 64] in [0, 1]
+    ```
+    """
+
+    def __init__(self, config: DalleVAEConfig):
+        super().__init__(config)
+        self.encoder = DalleVAEEncoder(config)
+        self.decoder = DalleVAEDecoder(config)
+        self.post_init()
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        if not isinstance(pixel_values, torch.Tensor):
+            raise ValueError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}.")
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"`pixel_values` must have shape (batch, {self.config.num_channels}, height, width), "
+                f"got {tuple(pixel_values.shape)}."
+            )
+        factor = self.config.downsample_factor
+        height, width = pixel_values.shape[-2:]
+        if height % factor or width % factor:
+            raise ValueError(
+                f"Image height and width must be multiples of {factor} (the dVAE downsamples by {factor}), "
+                f"got {height}x{width}."
+            )
+        if not pixel_values.is_floating_point():
+            raise ValueError(
+                f"`pixel_values` must be floats in [0, 1], got dtype {pixel_values.dtype} "
+                "(divide uint8 images by 255)."
+            )
+        low, high = pixel_values.min().item(), pixel_values.max().item()
+        if low < 0 or high > 1:
+            raise ValueError(f"`pixel_values` must lie in [0, 1], got values in [{low:.3g}, {high:.3g}].")
+
+    def _check_indices(self, indices: torch.Tensor) -> None:
+        if not isinstance(indices, torch.Tensor) or indices.is_floating_point() or indices.ndim != 3:
+            raise ValueError(
+                "`indices` must be an integer tensor of shape (batch, height, width), got "
+                + (f"{indices.dtype} {tuple(indices.shape)}." if isinstance(indices, torch.Tensor) else f"{type(indices).__name__}.")
+            )
+        if indices.numel() and (indices.min() < 0 or indices.max() >= self.config.vocab_size):
+            raise ValueError(
+                f"`indices` must lie in [0, {self.config.vocab_size}) (the vocab size), "
+                f"got values in [{indices.min().item()}, {indices.max().item()}]."
+            )
+
+    def encode(self, pixel_values: torch.Tensor, return_dict: bool = True) -> DalleVAEEncoderOutput | tuple:
+        """Encode images (floats in [0, 1], shape [B, C, H, W]) into code logits [B, vocab, H/8, W/8] and argmax
+        codes [B, H/8, W/8]."""
+        self._check_pixel_values(pixel_values)
+        logits = self.encoder(map_pixels(pixel_values.to(self.dtype), self.config.logit_laplace_eps))
+        indices = logits.argmax(dim=1)
+        return DalleVAEEncoderOutput(logits=logits, indices=indices) if return_dict else (logits, indices)
+
+    def _decode_stats(self, codes: torch.Tensor) -> DalleVAEDecoderOutput:
+        stats = self.decoder(codes).float()
+        mu, log_scale = stats.chunk(2, dim=1)
+        sample = unmap_pixels(torch.sigmoid(mu), self.config.logit_laplace_eps)
+        return DalleVAEDecoderOutput(sample=sample, mu=mu, log_scale=log_scale)
+
+    def decode(self, indices: torch.LongTensor, return_dict: bool = True) -> DalleVAEDecoderOutput | tuple:
+        """Decode integer codes [B, h, w] into images [B, C, 8h, 8w] in [0, 1]."""
+        self._check_indices(indices)
+        output = self._decode_stats(indices)
+        return output if return_dict else output.to_tuple()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        temperature: float = 1.0,
+        kl_weight: float = 0.0,
+        hard: bool = False,
+        return_dict: bool = True,
+    ) -> DalleVAEOutput | tuple:
+        r"""
+        The training pass: encode, draw gumbel-softmax relaxed codes, decode, score.
+
+        Args:
+            pixel_values (`torch.Tensor` of shape `(batch, channels, height, width)`): images in [0, 1].
+            temperature (`float`): gumbel-softmax temperature (the paper anneals 1 -> 1/16).
+            kl_weight (`float`): weight of the KL term (the paper raises it 0 -> 6.6).
+            hard (`bool`): straight-through one-hot codes instead of the relaxation.
+        """
+        self._check_pixel_values(pixel_values)
+        eps = self.config.logit_laplace_eps
+        target = map_pixels(pixel_values.float(), eps)
+        logits = self.encoder(target.to(self.dtype)).float()
+
+        soft_codes = F.gumbel_softmax(logits, tau=temperature, hard=hard, dim=1)
+        decoded = self._decode_stats(soft_codes.to(self.dtype))
+
+        num_dims = target[0].numel()
+        reconstruction_loss = logit_laplace_nll(target, decoded.mu, decoded.log_scale).mean()
+        log_q = F.log_softmax(logits, dim=1)
+        kl = (log_q.exp() * (log_q + math.log(self.config.vocab_size))).sum(dim=(1, 2, 3))
+        kl_loss = kl.mean() / num_dims
+        loss = reconstruction_loss + kl_weight * kl_loss
+
+        with torch.no_grad():
+            histogram = torch.bincount(logits.argmax(dim=1).flatten(), minlength=self.config.vocab_size).float()
+            probs = histogram / histogram.sum()
+            perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-10))).sum())
+            codes_used = (histogram > 0).sum()
+
+        output = DalleVAEOutput(
+            loss=loss,
+            reconstruction_loss=reconstruction_loss,
+            kl_loss=kl_loss,
+            perplexity=perplexity,
+            codes_used=codes_used,
+            logits=logits,
+            sample=decoded.sample,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["DalleVAE", "DalleVAEPreTrainedModel", "map_pixels", "unmap_pixels", "logit_laplace_nll"]

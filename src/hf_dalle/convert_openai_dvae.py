@@ -1,0 +1,205 @@
+"""Convert OpenAI's released dVAE (`encoder.pkl`, `decoder.pkl` of the `dall_e` package) into a [`DalleVAE`].
+
+OpenAI's files are pickles of whole `dall_e` modules. Unpickling them normally imports `dall_e` and can run
+arbitrary code, so they are read with `torch.load(weights_only=True)`: every class the pickles name is mapped to an
+inert stand-in that only receives the pickled attributes (`_parameters`, `_modules`, ...). Nothing but tensors is
+used, so neither `dall_e` nor the old `nn.Upsample` attributes (`recompute_scale_factor`) matter. Plain state dicts
+of the same modules (`torch.save(encoder.state_dict())`) are accepted too.
+"""
+
+import os
+import pickle
+
+import torch
+
+from .models.dalle_vae import DalleVAE, DalleVAEConfig
+
+# Every class a `torch.save` of `dall_e.Encoder` / `dall_e.Decoder` refers to, besides the tensor machinery that
+# `weights_only=True` allows by default (listed with `torch.serialization.get_unsafe_globals_in_checkpoint`).
+OPENAI_DVAE_GLOBALS = (
+    "dall_e.encoder.Encoder",
+    "dall_e.encoder.EncoderBlock",
+    "dall_e.decoder.Decoder",
+    "dall_e.decoder.DecoderBlock",
+    "dall_e.utils.Conv2d",
+    "torch.nn.modules.container.Sequential",
+    "torch.nn.modules.activation.ReLU",
+    "torch.nn.modules.linear.Identity",
+    "torch.nn.modules.pooling.MaxPool2d",
+    "torch.nn.modules.upsampling.Upsample",
+)
+
+# `dall_e.utils.Conv2d` names its parameters `w` and `b`; ours are `nn.Conv2d`s.
+OPENAI_PARAMETER_NAMES = {"w": "weight", "b": "bias"}
+
+
+class PickledModule:
+    """What an allowlisted module of an OpenAI pickle loads as: its pickled attributes and no behaviour."""
+
+    def tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """The module's parameters and buffers by dotted name, like `nn.Module.state_dict()`."""
+        tensors = {}
+        for attribute in ("_parameters", "_buffers"):
+            for name, tensor in vars(self).get(attribute, {}).items():
+                if tensor is not None:
+                    tensors[prefix + name] = tensor
+        for name, child in vars(self).get("_modules", {}).items():
+            if isinstance(child, PickledModule):
+                tensors.update(child.tensors(f"{prefix}{name}."))
+        return tensors
+
+
+def _stand_in(qualified_name: str) -> type:
+    module, _, name = qualified_name.rpartition(".")
+    # `torch.serialization.safe_globals` matches classes by `__module__` + `__qualname__`.
+    return type(name, (PickledModule,), {"__module__": module, "__qualname__": name})
+
+
+_STAND_INS = [_stand_in(name) for name in OPENAI_DVAE_GLOBALS]
+
+
+def load_openai_dvae_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """
+    Read the tensors of an OpenAI dVAE encoder or decoder file without running code from it.
+
+    Args:
+        path: a `torch.save` of a whole `dall_e.Encoder` / `dall_e.Decoder` (OpenAI's `encoder.pkl` /
+            `decoder.pkl`) or of its `state_dict()`.
+
+    Returns:
+        The tensors under OpenAI's names (`blocks.input.w`, `blocks.group_1.block_1.id_path.b`, ...), as stored
+        (possibly non-contiguous).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"OpenAI dVAE file not found: {path!r}.")
+    try:
+        with torch.serialization.safe_globals(_STAND_INS):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # Raised for anything outside the allowlist: other classes, functions, or code the pickle tries to run.
+        raise ValueError(
+            f"{path!r} is not an OpenAI dVAE checkpoint: it contains objects that are not part of `dall_e`'s "
+            f"Encoder/Decoder, and it is not loaded for safety. torch says: {str(error).splitlines()[-1]}"
+        ) from error
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ValueError(f"{path!r} is not a PyTorch checkpoint (torch.load failed: {error}).") from error
+
+    if isinstance(checkpoint, PickledModule):
+        state_dict = checkpoint.tensors()
+    elif isinstance(checkpoint, dict) and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
+        state_dict = dict(checkpoint)
+    else:
+        raise ValueError(
+            f"{path!r} is not an OpenAI dVAE checkpoint: expected a pickled `dall_e.Encoder`/`dall_e.Decoder` or "
+            f"its state dict, got {type(checkpoint).__name__}."
+        )
+    if not isinstance(state_dict.get("blocks.input.w"), torch.Tensor) or state_dict["blocks.input.w"].ndim != 4:
+        raise ValueError(
+            f"{path!r} is not an OpenAI dVAE checkpoint: it has no `blocks.input.w` convolution weight "
+            f"(found {sorted(state_dict)[:5]}{' ...' if len(state_dict) > 5 else ''})."
+        )
+    return state_dict
+
+
+def _kind(state_dict: dict[str, torch.Tensor]) -> str:
+    # The encoder opens with a 7x7 convolution of the pixels, the decoder with a 1x1 convolution of the codes.
+    return "encoder" if state_dict["blocks.input.w"].shape[-1] == 7 else "decoder"
+
+
+def _blocks_per_group(state_dict: dict[str, torch.Tensor]) -> int:
+    return len({key.split(".")[2] for key in state_dict if key.startswith("blocks.group_1.block_")})
+
+
+def _checked(path, state_dict: dict[str, torch.Tensor], expected_kind: str) -> dict[str, torch.Tensor]:
+    kind = _kind(state_dict)
+    if kind != expected_kind:
+        raise ValueError(
+            f"{path!r} holds a dVAE {kind}, but was given as the {expected_kind}: are the encoder and decoder "
+            "files swapped?"
+        )
+    return state_dict
+
+
+def openai_dvae_config(
+    encoder_state_dict: dict[str, torch.Tensor], decoder_state_dict: dict[str, torch.Tensor]
+) -> DalleVAEConfig:
+    """Infer the whole [`DalleVAEConfig`] from the shapes of OpenAI-named encoder and decoder tensors."""
+    enc_input, enc_output = encoder_state_dict["blocks.input.w"], encoder_state_dict.get("blocks.output.conv.w")
+    dec_input, dec_output = decoder_state_dict["blocks.input.w"], decoder_state_dict.get("blocks.output.conv.w")
+    if enc_output is None or dec_output is None:
+        raise ValueError("OpenAI dVAE checkpoint without `blocks.output.conv.w`: the file is incomplete.")
+    encoder_sizes = {
+        "vocab_size": enc_output.shape[0],
+        "hidden_size": enc_input.shape[0],
+        "num_blocks_per_group": _blocks_per_group(encoder_state_dict),
+        "num_channels": enc_input.shape[1],
+    }
+    decoder_sizes = {
+        "vocab_size": dec_input.shape[1],
+        "hidden_size": dec_output.shape[1],
+        "num_blocks_per_group": _blocks_per_group(decoder_state_dict),
+        "num_channels": dec_output.shape[0] // 2,
+    }
+    for name, encoder_value in encoder_sizes.items():
+        if encoder_value != decoder_sizes[name]:
+            raise ValueError(
+                f"The encoder and decoder do not belong together: `{name}` is {encoder_value} in the encoder but "
+                f"{decoder_sizes[name]} in the decoder."
+            )
+    return DalleVAEConfig(**encoder_sizes, decoder_init_size=dec_input.shape[0])
+
+
+def convert_openai_dvae(encoder_path: str | os.PathLike, decoder_path: str | os.PathLike) -> DalleVAE:
+    """
+    Load OpenAI's released dVAE (or any `dall_e` Encoder/Decoder pair) into a [`DalleVAE`], safely.
+
+    Args:
+        encoder_path: OpenAI's `encoder.pkl` (a pickled `dall_e.Encoder`) or a `torch.save` of its `state_dict()`.
+        decoder_path: OpenAI's `decoder.pkl` (a pickled `dall_e.Decoder`) or a `torch.save` of its `state_dict()`.
+
+    Returns:
+        A float32 [`DalleVAE`] in eval mode whose config (widths, blocks per group, vocab, decoder init width,
+        channels) is read from the tensor shapes; `save_pretrained` writes it as safetensors.
+
+    Example:
+
+    ```python
+    >>> from hf_dalle import convert_openai_dvae
+    >>> vae = convert_openai_dvae("encoder.pkl", "decoder.pkl")
+    >>> vae.save_pretrained("dalle-vae-openai")
+    ```
+    """
+    encoder_state_dict = _checked(encoder_path, load_openai_dvae_state_dict(encoder_path), "encoder")
+    decoder_state_dict = _checked(decoder_path, load_openai_dvae_state_dict(decoder_path), "decoder")
+    config = openai_dvae_config(encoder_state_dict, decoder_state_dict)
+
+    state_dict = {}
+    for prefix, openai_state_dict in (("encoder.", encoder_state_dict), ("decoder.", decoder_state_dict)):
+        for name, tensor in openai_state_dict.items():
+            module, _, leaf = name.rpartition(".")
+            name = f"{module}.{OPENAI_PARAMETER_NAMES.get(leaf, leaf)}"
+            # Some released tensors are non-contiguous views, which safetensors refuses to save.
+            state_dict[prefix + name] = tensor.detach().to(torch.float32).contiguous()
+
+    # Built on the meta device and filled with `assign=True`: no time spent initialising weights we overwrite.
+    with torch.device("meta"):
+        vae = DalleVAE(config)
+    expected = vae.state_dict()
+    missing, unexpected = sorted(expected.keys() - state_dict.keys()), sorted(state_dict.keys() - expected.keys())
+    if missing or unexpected:
+        raise ValueError(
+            f"The dVAE files do not match the architecture inferred from them ({config.hidden_size=}, "
+            f"{config.num_blocks_per_group=}, {config.vocab_size=}): missing {missing[:5]}, unexpected {unexpected[:5]}."
+        )
+    for name, tensor in state_dict.items():
+        if tensor.shape != expected[name].shape:
+            raise ValueError(
+                f"Tensor `{name}` has shape {tuple(tensor.shape)}, but the architecture inferred from the files "
+                f"expects {tuple(expected[name].shape)}."
+            )
+    vae.load_state_dict(state_dict, assign=True)
+    return vae.eval()
+
+
+__all__ = ["convert_openai_dvae", "load_openai_dvae_state_dict", "openai_dvae_config"]

@@ -5,6 +5,7 @@ Importing the package registers its models with the transformers Auto classes.
 
 from pathlib import Path
 
+from .convert_openai_dvae import convert_openai_dvae
 from .models.dalle_vae import DalleVAE, DalleVAEConfig, map_pixels, unmap_pixels
 
 __version__ = "0.1.0"
@@ -16,6 +17,7 @@ __all__ = [
     "DEMO_MODEL_DIR",
     "DalleVAE",
     "DalleVAEConfig",
+    "convert_openai_dvae",
     "map_pixels",
     "unmap_pixels",
 ]

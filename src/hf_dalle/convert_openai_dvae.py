@@ -9,6 +9,7 @@ of the same modules (`torch.save(encoder.state_dict())`) are accepted too.
 
 import os
 import pickle
+import zipfile
 
 import torch
 
@@ -73,17 +74,28 @@ def load_openai_dvae_state_dict(path: str | os.PathLike) -> dict[str, torch.Tens
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"OpenAI dVAE file not found: {path!r}.")
+    is_zip = zipfile.is_zipfile(path)
+    with open(path, "rb") as file:
+        is_pickle = file.read(1) == pickle.PROTO  # torch's legacy format: pickles, protocol >= 2
+    if not (is_zip or is_pickle):
+        raise ValueError(f"{path!r} is not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle).")
     try:
         with torch.serialization.safe_globals(_STAND_INS):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         # Raised for anything outside the allowlist: other classes, functions, or code the pickle tries to run.
+        reason = _unpickling_reason(error)
+        if not is_zip and "persistent_load" in reason:
+            reason += (
+                " (a whole module saved in torch's legacy pre-1.6 format embeds its source code and cannot be read "
+                "safely; a state_dict() saved in any format can)"
+            )
         raise ValueError(
             f"{path!r} is not an OpenAI dVAE checkpoint: it contains objects that are not part of `dall_e`'s "
-            f"Encoder/Decoder, and it is not loaded for safety. torch says: {str(error).splitlines()[-1]}"
+            f"Encoder/Decoder, and it is not loaded for safety. {reason}"
         ) from error
-    except (RuntimeError, EOFError, OSError) as error:
-        raise ValueError(f"{path!r} is not a PyTorch checkpoint (torch.load failed: {error}).") from error
+    except Exception as error:
+        raise ValueError(f"{path!r} is not a PyTorch checkpoint (torch.load failed with {error!r}).") from error
 
     if isinstance(checkpoint, PickledModule):
         state_dict = checkpoint.tensors()
@@ -100,6 +112,15 @@ def load_openai_dvae_state_dict(path: str | os.PathLike) -> dict[str, torch.Tens
             f"(found {sorted(state_dict)[:5]}{' ...' if len(state_dict) > 5 else ''})."
         )
     return state_dict
+
+
+def _unpickling_reason(error: pickle.UnpicklingError) -> str:
+    # torch wraps the reason in advice to retry with weights_only=False or to allowlist the global, which is exactly
+    # what must not be done with an untrusted file: keep only the reason.
+    message = str(error)
+    reason = message.partition("WeightsUnpickler error:")[2].split("Check the documentation")[0]
+    reason = reason.split("Please use `torch.serialization")[0]
+    return " ".join(reason.split()) or message
 
 
 def _kind(state_dict: dict[str, torch.Tensor]) -> str:

@@ -5,7 +5,7 @@ Model cards are Jinja templates in the repository's `model_cards/` folder, rende
 """
 
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 from huggingface_hub import CommitInfo, HfApi, ModelCard, ModelCardData
@@ -40,13 +40,12 @@ def render_model_card(template: str | os.PathLike, card_data: ModelCardData, **t
 def write_model_card(card: ModelCard, folder: str | os.PathLike) -> Path:
     """Write `card` as `folder/README.md` (through a temporary file, so no half-written card is left)."""
     path = Path(folder) / "README.md"
-    with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".README.md.", suffix=".tmp", delete=False, encoding="utf-8") as tmp:
-        try:
-            tmp.write(str(card))
-        except BaseException:
-            os.unlink(tmp.name)
-            raise
-    os.replace(tmp.name, path)
+    tmp = path.with_name(f".README.md.{uuid.uuid4().hex}.tmp")  # a plain open() keeps the usual file permissions
+    try:
+        tmp.write_text(str(card), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Convert OpenAI's released dVAE (`encoder.pkl`, `decoder.pkl`) into a `DalleVAE` folder: safetensors weights,
+config.json and a model card, optionally pushed to the Hugging Face Hub.
+
+    python scripts/convert_openai_dvae.py --encoder encoder.pkl --decoder decoder.pkl --output_dir dalle-vae-openai
+
+The pickles are read without running code from them and without the `dall_e` package (see
+`hf_dalle.convert_openai_dvae`).
+"""
+
+import argparse
+import hashlib
+import os
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from huggingface_hub import ModelCardData
+
+import hf_dalle
+from hf_dalle import convert_openai_dvae
+from hf_dalle.hub_utils import push_folder_to_hub, render_model_card, write_model_card
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--encoder", required=True, help="OpenAI's encoder.pkl (or a state dict of a dall_e Encoder).")
+    parser.add_argument("--decoder", required=True, help="OpenAI's decoder.pkl (or a state dict of a dall_e Decoder).")
+    parser.add_argument("--output_dir", required=True, help="Folder for the converted model (created if needed).")
+    parser.add_argument("--push_to_hub", action="store_true", help="Upload the converted model to the Hub.")
+    parser.add_argument("--hub_model_id", default=None, help="Hub repo id; defaults to the name of --output_dir.")
+    parser.add_argument("--hub_private", action="store_true", help="Create the Hub repo as private.")
+    parser.add_argument("--license", default="mit", help="License of the weights for the model card (OpenAI's DALL-E repo: MIT).")
+    return parser.parse_args(argv)
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        vae = convert_openai_dvae(args.encoder, args.decoder)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}")
+
+    output_dir = Path(args.output_dir)
+    repo_id = args.hub_model_id or output_dir.name
+    card = render_model_card(
+        "dalle_vae",
+        ModelCardData(license=args.license, tags=["dall-e", "dvae", "discrete-vae", "image-tokenizer", "openai"]),
+        model_name="DALL-E dVAE (OpenAI weights)",
+        model_description=(
+            "The weights are OpenAI's released DALL-E dVAE (`encoder.pkl`, `decoder.pkl` of the "
+            "[`dall_e` package](https://github.com/openai/DALL-E)), converted to safetensors."
+        ),
+        repo_id=repo_id if args.push_to_hub else str(output_dir),
+        config=vae.config,
+        encoder_parameters=sum(p.numel() for p in vae.encoder.parameters()),
+        decoder_parameters=sum(p.numel() for p in vae.decoder.parameters()),
+        conversion={
+            "hf_dalle_version": hf_dalle.__version__,
+            "torch_version": torch.__version__,
+            "sources": [
+                {"name": os.path.basename(path), "kind": kind, "sha256": sha256_of(path)}
+                for path, kind in ((args.encoder, "encoder"), (args.decoder, "decoder"))
+            ],
+            "command": shlex.join(["python", "scripts/convert_openai_dvae.py", *(sys.argv[1:] if argv is None else argv)]),
+        },
+    )
+
+    # Saved into a temporary sibling folder, then moved in file by file: an interrupted run leaves no half-written
+    # file in --output_dir.
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output_dir.parent, prefix=f".{output_dir.name}.tmp") as tmp:
+        vae.save_pretrained(tmp)
+        write_model_card(card, tmp)
+        output_dir.mkdir(exist_ok=True)
+        for file in sorted(Path(tmp).iterdir()):
+            os.replace(file, output_dir / file.name)
+    print(f"Converted dVAE ({vae.config.vocab_size} codes, hidden size {vae.config.hidden_size}) written to {output_dir}")
+
+    if args.push_to_hub:
+        commit = push_folder_to_hub(
+            output_dir, repo_id, private=args.hub_private or None, commit_message="Add DALL-E dVAE converted with hf_dalle"
+        )
+        print(f"Pushed to {commit.repo_url} ({commit.commit_url})")
+
+
+if __name__ == "__main__":
+    main()

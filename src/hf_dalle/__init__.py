@@ -6,6 +6,7 @@ Importing the package registers its models with the transformers Auto classes.
 from pathlib import Path
 
 from .convert_openai_dvae import convert_openai_dvae
+from .models.dalle import DalleConfig, DalleForImageGeneration, DalleModel, DalleStreamLogitsProcessor
 from .models.dalle_vae import DalleVAE, DalleVAEConfig, map_pixels, unmap_pixels
 
 __version__ = "0.1.0"
@@ -15,6 +16,10 @@ DEMO_MODEL_DIR = str(Path(__file__).parent / "demo_model")
 
 __all__ = [
     "DEMO_MODEL_DIR",
+    "DalleConfig",
+    "DalleForImageGeneration",
+    "DalleModel",
+    "DalleStreamLogitsProcessor",
     "DalleVAE",
     "DalleVAEConfig",
     "convert_openai_dvae",

@@ -1,0 +1,161 @@
+"""Configuration of the DALL-E transformer prior (stage 2)."""
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+
+ATTENTION_TYPES = ("full", "row", "column", "conv")
+
+
+def paper_attention_types(num_hidden_layers: int) -> list[str]:
+    """The layer pattern of the paper: layer i (1-based) uses column attention if (i - 2) % 4 == 0, else row
+    attention, and the last layer uses convolutional attention."""
+    types = ["column" if (i - 2) % 4 == 0 else "row" for i in range(1, num_hidden_layers + 1)]
+    return types[:-1] + ["conv"]
+
+
+@strict
+class DalleConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`DalleForImageGeneration`], the decoder-only transformer of DALL-E (Ramesh et al. 2021) that
+    models one stream of `max_text_length` text tokens followed by `image_grid_size ** 2` image codes. The defaults
+    describe the paper's 12B model (64 layers, d_model 3968, 62 heads of 64 dims, text 256 x 16384, image 32x32 x 8192).
+
+    Token ids of the stream: text tokens are `0 .. text_vocab_size - 1`, image code `c` is written as
+    `text_vocab_size + c`, so the model's vocabulary is `text_vocab_size + image_vocab_size`.
+
+    Args:
+        text_vocab_size (`int`, defaults to 16384):
+            BPE vocabulary of the captions (the tokenizer's vocabulary, special tokens included).
+        image_vocab_size (`int`, defaults to 8192):
+            Number of dVAE codes.
+        max_text_length (`int`, defaults to 256):
+            Text positions at the start of the stream. Positions without a caption token hold `text_pad_token_id`,
+            which the model embeds with a padding embedding learned for each position (it is an input, not masked).
+        image_grid_size (`int`, defaults to 32):
+            Image codes per side; the stream holds `image_grid_size ** 2` codes in raster order.
+        hidden_size (`int`, defaults to 3968):
+            Width of the residual stream.
+        intermediate_size (`int`, *optional*):
+            Width of the MLP; `4 * hidden_size` if not set.
+        num_hidden_layers (`int`, defaults to 64):
+            Number of transformer blocks.
+        num_attention_heads (`int`, defaults to 62):
+            Attention heads per block; must divide `hidden_size`.
+        attention_types (`list[str]`, *optional*):
+            Image-to-image attention of each layer, one of `"full"`, `"row"`, `"column"`, `"conv"` (see
+            [`DalleForImageGeneration`] for the exact masks). Defaults to the paper's pattern: layer i (1-based) is
+            `"column"` if (i - 2) % 4 == 0 else `"row"`, and the last layer is `"conv"`.
+        conv_kernel_size (`int`, defaults to 11):
+            Side of the (odd) kernel of the `"conv"` attention.
+        text_loss_weight (`float`, defaults to 0.125):
+            Weight of the text cross-entropy in the loss; the image cross-entropy gets `1 - text_loss_weight`.
+        text_pad_token_id (`int`, defaults to 0):
+            Id of the tokenizer's pad token (`DalleTokenizer` puts `<pad>` at 0).
+        dropout (`float`, defaults to 0.0):
+            Dropout on the attention probabilities and on the output of each residual branch.
+        layer_norm_eps (`float`, defaults to 1e-5):
+            Epsilon of the layer norms.
+        initializer_range (`float`, defaults to 0.02):
+            Standard deviation of the normal weight initialisation (residual output projections are further scaled
+            by `1 / sqrt(2 * num_hidden_layers)`, as in GPT-2).
+        use_cache (`bool`, defaults to `True`):
+            Whether `forward` returns the key/value cache.
+        tie_word_embeddings (`bool`, defaults to `False`):
+            Share the token embedding matrix with the output projection.
+
+    Example:
+
+    ```python
+    >>> from hf_dalle import DalleConfig, DalleForImageGeneration
+    >>> config = DalleConfig(text_vocab_size=512, image_vocab_size=256, max_text_length=16, image_grid_size=8,
+    ...                      hidden_size=128, num_hidden_layers=4, num_attention_heads=4)
+    >>> config.attention_types
+    ['row', 'column', 'row', 'conv']
+    >>> model = DalleForImageGeneration(config)
+    ```
+    """
+
+    model_type = "dalle"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    text_vocab_size: int = 16384
+    image_vocab_size: int = 8192
+    max_text_length: int = 256
+    image_grid_size: int = 32
+    hidden_size: int = 3968
+    intermediate_size: int | None = None
+    num_hidden_layers: int = 64
+    num_attention_heads: int = 62
+    attention_types: list[str] | None = None
+    conv_kernel_size: int = 11
+    text_loss_weight: float = 0.125
+    text_pad_token_id: int = 0
+    dropout: float = 0.0
+    layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    use_cache: bool = True
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        if self.intermediate_size is None:
+            self.intermediate_size = 4 * self.hidden_size
+        if self.attention_types is None:
+            self.attention_types = paper_attention_types(self.num_hidden_layers)
+        super().__post_init__(**kwargs)
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the model's vocabulary: text tokens, then image codes."""
+        return self.text_vocab_size + self.image_vocab_size
+
+    @property
+    def image_seq_length(self) -> int:
+        return self.image_grid_size**2
+
+    @property
+    def max_sequence_length(self) -> int:
+        """Length of a full stream: `max_text_length` text positions, then `image_grid_size ** 2` image codes."""
+        return self.max_text_length + self.image_seq_length
+
+    def validate_architecture(self):
+        for name in (
+            "text_vocab_size",
+            "image_vocab_size",
+            "max_text_length",
+            "image_grid_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "conv_kernel_size",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be a multiple of `num_attention_heads` "
+                f"({self.num_attention_heads})."
+            )
+        if len(self.attention_types) != self.num_hidden_layers:
+            raise ValueError(
+                f"`attention_types` must name one attention type per layer ({self.num_hidden_layers}), "
+                f"got {len(self.attention_types)}: {self.attention_types}."
+            )
+        unknown = sorted({t for t in self.attention_types if t not in ATTENTION_TYPES})
+        if unknown:
+            raise ValueError(f"Unknown `attention_types` {unknown}; each layer must be one of {list(ATTENTION_TYPES)}.")
+        if self.conv_kernel_size % 2 != 1:
+            raise ValueError(f"`conv_kernel_size` must be odd (a centred kernel), got {self.conv_kernel_size}.")
+        if not 0.0 <= self.text_loss_weight <= 1.0:
+            raise ValueError(f"`text_loss_weight` must be in [0, 1], got {self.text_loss_weight}.")
+        if not 0 <= self.text_pad_token_id < self.text_vocab_size:
+            raise ValueError(
+                f"`text_pad_token_id` must be a text token id in [0, {self.text_vocab_size}), "
+                f"got {self.text_pad_token_id}."
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout}.")
+
+
+__all__ = ["DalleConfig", "paper_attention_types"]

@@ -1,6 +1,7 @@
 import sys
 
-import huggingface_hub
+import huggingface_hub.constants
+import huggingface_hub.hf_api
 import pytest
 
 from hub_server import LocalHub

@@ -5,7 +5,8 @@ It speaks the part of the Hub's HTTP API that huggingface_hub 2.x uses for
   /api/{type}s/{repo}/preupload/{rev}, answered with `"uploadMode": "regular"` so file contents come inline, then
   POST /api/{type}s/{repo}/commit/{rev} with NDJSON lines: a header, then base64 `file` / `deletedFile` /
   `deletedFolder` entries), `whoami`;
-- downloads: repo info (GET /api/{type}s/{repo}[/revision/{rev}]) and files (HEAD / GET /{repo}/resolve/{rev}/{path}),
+- downloads: repo info (GET /api/{type}s/{repo}[/revision/{rev}]), file listings (GET /api/{type}s/{repo}/tree/{rev})
+  and files (HEAD / GET /{repo}/resolve/{rev}/{path}),
   enough for `hf_hub_download`, `snapshot_download` and `from_pretrained(repo_id)`.
 Each repo keeps only its latest files (no history), under `root/{type}s/{namespace}/{name}/`.
 """
@@ -18,7 +19,7 @@ import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 USER = "hf-dalle-tester"
 REPO_TYPES = ("model", "dataset", "space")
@@ -53,7 +54,7 @@ class LocalHub:
         handler = type("LocalHubHandler", (_Handler,), {"hub": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="local-hub", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="local-hub", daemon=True)
 
     def __enter__(self) -> "LocalHub":
         self._thread.start()
@@ -150,6 +151,23 @@ class LocalHub:
         siblings = [{"rfilename": path} for path in self.files(repo_id, repo_type)]
         return {"id": repo_id, "sha": self._heads[(repo_type, repo_id)], "private": False, "siblings": siblings}
 
+    def tree(self, repo_type: str, repo_id: str, revision: str, path_in_repo: str, recursive: bool) -> list[dict]:
+        """One page (no `Link` header) of the files and folders under `path_in_repo`, as `list_repo_tree` reads them."""
+        repo_dir = self._existing_repo(repo_type, repo_id)
+        self._check_revision(repo_type, repo_id, revision)
+        top = self._file_path(repo_dir, path_in_repo) if path_in_repo else repo_dir
+        if not top.is_dir():
+            raise HubError(404, f"Entry {path_in_repo} not found in {repo_id}.", "EntryNotFound")
+        entries = []
+        for path in sorted(top.rglob("*") if recursive else top.iterdir()):
+            name = path.relative_to(repo_dir).as_posix()
+            if path.is_dir():
+                entries.append({"type": "directory", "path": name, "oid": hashlib.sha1(name.encode()).hexdigest()})
+            else:
+                data = path.read_bytes()
+                entries.append({"type": "file", "path": name, "size": len(data), "oid": git_blob_sha1(data)})
+        return entries
+
     def resolve(self, repo_type: str, repo_id: str, revision: str, path_in_repo: str) -> tuple[bytes, dict]:
         repo_dir = self._existing_repo(repo_type, repo_id)
         self._check_revision(repo_type, repo_id, revision)
@@ -201,6 +219,9 @@ class _Handler(BaseHTTPRequestHandler):
                     return self.hub.commit(repo_type, repo_id, upload[2], body)
                 if self.command == "GET" and (info := re.fullmatch(r"(?:/revision/([^/]+))?", rest)):
                     return self.hub.repo_info(repo_type, repo_id, info[1] or "main")
+                if self.command == "GET" and (tree := re.fullmatch(r"/tree/([^/]+)(?:/(.+))?", rest)):
+                    recursive = parse_qs(urlsplit(self.path).query).get("recursive", [""])[0].lower() in ("true", "1")
+                    return self.hub.tree(repo_type, repo_id, tree[1], unquote(tree[2] or ""), recursive)
             if self.command in ("GET", "HEAD") and (match := _RESOLVE.match(path)):
                 repo_type = (match["type"] or "models")[:-1]
                 return self.hub.resolve(repo_type, match["repo"], match["rev"], match["path"])

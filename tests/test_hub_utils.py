@@ -1,0 +1,113 @@
+"""Model cards and Hub uploads (against the loopback Hub of tests/hub_server.py)."""
+
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+import torch
+from huggingface_hub import ModelCard, ModelCardData
+
+from hf_dalle import DalleVAE, DalleVAEConfig
+from hf_dalle.hub_utils import MODEL_CARDS_DIR, push_folder_to_hub, render_model_card, write_model_card
+
+
+def test_render_model_card_from_a_name_or_a_path(tmp_path):
+    template = tmp_path / "card.md"
+    template.write_text("---\n{{ card_data }}\n---\n\n# {{ title }}\n\nTrained for {{ steps }} steps.\n")
+    card = render_model_card(template, ModelCardData(license="mit", tags=["dall-e"]), title="A tiny dVAE", steps=12)
+    assert card.data.library_name == "hf_dalle"  # filled in when not given
+    assert card.data.license == "mit" and card.data.tags == ["dall-e"]
+    assert card.text.strip() == "# A tiny dVAE\n\nTrained for 12 steps."
+
+    config = DalleVAEConfig(hidden_size=16, vocab_size=64)
+    card = render_model_card(
+        "dalle_vae",
+        ModelCardData(library_name="custom", license="apache-2.0"),
+        model_name="A dVAE",
+        repo_id="someone/dvae",
+        config=config,
+        encoder_parameters=1234,
+        decoder_parameters=5678,
+    )
+    assert card.data.library_name == "custom"
+    assert "# A dVAE" in card.text and "encoder 1,234, decoder 5,678" in card.text
+    assert "## How it was converted" not in card.text  # conversion details only for converted weights
+
+
+def test_render_model_card_unknown_template():
+    with pytest.raises(FileNotFoundError, match=r"'no_such_card' not found.*'dalle_vae'"):
+        render_model_card("no_such_card", ModelCardData())
+    assert (MODEL_CARDS_DIR / "dalle_vae.md").is_file()
+
+
+def test_write_model_card(tmp_path):
+    card = render_model_card(
+        "dalle_vae",
+        ModelCardData(license="mit", tags=["dvae"]),
+        model_name="A dVAE",
+        repo_id="someone/dvae",
+        config=DalleVAEConfig(),
+        encoder_parameters=1,
+        decoder_parameters=2,
+    )
+    path = write_model_card(card, tmp_path)
+    assert path == tmp_path / "README.md"
+    assert [p.name for p in tmp_path.iterdir()] == ["README.md"]  # no temporary file left
+    assert path.read_text() == str(card)
+    assert ModelCard.load(path).data.to_dict() == {"library_name": "hf_dalle", "license": "mit", "tags": ["dvae"]}
+
+
+def test_push_folder_to_hub_uploads_the_exact_bytes(tmp_path, hub_server):
+    folder = tmp_path / "model"
+    (folder / "unet" / "nested").mkdir(parents=True)
+    files = {
+        "config.json": b'{"a": 1}\n',
+        "unet/weights.bin": torch.randn(1000).numpy().tobytes(),
+        "unet/nested/notes.txt": "caf\u00e9\n".encode(),
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+
+    commit = push_folder_to_hub(folder, "my-model", commit_message="first")
+    assert commit.repo_url.repo_id == "hf-dalle-tester/my-model"  # no namespace given: the token's user
+    assert hub_server.files("hf-dalle-tester/my-model") == files
+    assert hub_server.commits[-1]["added"] == sorted(files) and commit.oid in commit.commit_url
+    snapshot = Path(huggingface_hub.snapshot_download("hf-dalle-tester/my-model"))  # lists the tree, downloads each file
+    assert {p.relative_to(snapshot).as_posix(): p.read_bytes() for p in snapshot.rglob("*") if p.is_file()} == files
+
+    # A second push sends only what changed (the Hub reports the oids of the files it has).
+    files["config.json"] = b'{"a": 2}\n'
+    files["extra.txt"] = b"new"
+    for name in ("config.json", "extra.txt"):
+        (folder / name).write_bytes(files[name])
+    push_folder_to_hub(folder, "hf-dalle-tester/my-model", commit_message="second")
+    assert hub_server.files("hf-dalle-tester/my-model") == files
+    assert [(c["summary"], sorted(c["added"])) for c in hub_server.commits] == [
+        ("first", sorted(["config.json", "unet/weights.bin", "unet/nested/notes.txt"])),
+        ("second", ["config.json", "extra.txt"]),
+    ]
+
+
+def test_push_folder_to_hub_needs_a_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        push_folder_to_hub(tmp_path / "missing", "someone/model")
+
+
+def test_fixture_serves_library_push_and_download_paths(tmp_path, hub_server):
+    # huggingface_hub's module-level functions (diffusers' push_to_hub uses them) reach the local hub too.
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"a")
+    repo_id = huggingface_hub.create_repo("org/plain", exist_ok=True).repo_id
+    huggingface_hub.upload_folder(repo_id=repo_id, folder_path=folder)
+    assert hub_server.files("org/plain") == {"a.txt": b"a"}
+
+    # transformers' push_to_hub (with its model card check) and from_pretrained(repo_id).
+    vae = DalleVAE(DalleVAEConfig(hidden_size=8, vocab_size=16, num_blocks_per_group=1, decoder_init_size=8))
+    vae.push_to_hub("org/tiny-vae")
+    assert {"config.json", "model.safetensors"} <= set(hub_server.files("org/tiny-vae"))
+    downloaded = DalleVAE.from_pretrained("org/tiny-vae")
+    for name, tensor in vae.state_dict().items():
+        assert torch.equal(downloaded.state_dict()[name], tensor), name
+    with pytest.raises(OSError, match="org/missing"):
+        DalleVAE.from_pretrained("org/missing")

@@ -1,0 +1,22 @@
+"""Data for training and evaluating: the procedural shapes world of the demo model and its pixel judge."""
+
+from .shapes import (
+    BACKGROUND_COLOR,
+    COLORS,
+    HELD_OUT_ARRANGEMENTS,
+    HELD_OUT_COMBINATIONS,
+    HELD_OUT_PAIRINGS,
+    PALETTE,
+    RELATIONS,
+    SHAPES,
+    SPLITS,
+    ShapesCaption,
+    all_captions,
+    caption_split,
+    generate_sample,
+    is_held_out,
+    make_shapes_dataset,
+    parse_caption,
+    render_caption,
+    split_captions,
+)

@@ -442,7 +442,9 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
             logits_to_keep (`int`): compute logits for the last `logits_to_keep` positions only (0 = all).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        # Positions before the model runs: a StaticCache's length is a tensor that the update increments in place.
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        positions = torch.arange(input_ids.shape[-1], device=input_ids.device) + past_length
         outputs = self.model(
             input_ids,
             attention_mask=attention_mask,
@@ -462,8 +464,7 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
             image_logits = F.linear(hidden_states, self.lm_head.weight[text_vocab_size:], self.lm_head.bias[text_vocab_size:])
             logits = F.pad(image_logits, (text_vocab_size, 0), value=float("-inf"))
         else:
-            positions = torch.arange(first_kept, length, device=hidden_states.device) + past_length
-            logits = mask_logits_by_position(self.lm_head(hidden_states), positions, self.config)
+            logits = mask_logits_by_position(self.lm_head(hidden_states), positions[first_kept:], self.config)
 
         loss = text_loss = image_loss = None
         if labels is not None:
@@ -472,7 +473,6 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
                     f"`labels` must have the shape of `input_ids` {tuple(input_ids.shape)} with logits for every "
                     f"position (logits_to_keep=0), got labels {tuple(labels.shape)}, logits_to_keep={logits_to_keep}."
                 )
-            positions = torch.arange(length, device=labels.device) + past_length
             self.model._check_stream_ids(labels, positions, "labels", ignore_index=-100)
             loss, text_loss, image_loss = self.weighted_loss(logits, labels, positions)
 

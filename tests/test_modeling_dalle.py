@@ -1,0 +1,400 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from huggingface_hub.errors import StrictDataclassClassValidationError
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache, StaticCache
+
+from hf_dalle import DalleConfig, DalleForImageGeneration, DalleModel, DalleStreamLogitsProcessor
+from hf_dalle.models.dalle import build_attention_masks
+
+TEXT_VOCAB, IMAGE_VOCAB, TEXT_LENGTH, GRID = 48, 24, 8, 4
+STREAM_LENGTH = TEXT_LENGTH + GRID * GRID
+
+
+def tiny_config(**kwargs) -> DalleConfig:
+    defaults = dict(
+        text_vocab_size=TEXT_VOCAB,
+        image_vocab_size=IMAGE_VOCAB,
+        max_text_length=TEXT_LENGTH,
+        image_grid_size=GRID,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        conv_kernel_size=3,
+    )
+    return DalleConfig(**{**defaults, **kwargs})
+
+
+def tiny_model(seed: int = 0, **kwargs) -> DalleForImageGeneration:
+    torch.manual_seed(seed)
+    return DalleForImageGeneration(tiny_config(**kwargs)).eval()
+
+
+def random_stream(batch: int = 2, caption_length: int = 5, seed: int = 0) -> torch.LongTensor:
+    """Captions of `caption_length` non-pad tokens, padded with id 0, then a full grid of offset image codes."""
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randint(1, TEXT_VOCAB, (batch, caption_length), generator=g)
+    text = F.pad(text, (0, TEXT_LENGTH - caption_length), value=0)
+    codes = torch.randint(0, IMAGE_VOCAB, (batch, GRID * GRID), generator=g)
+    return torch.cat([text, codes + TEXT_VOCAB], dim=1)
+
+
+def reference_visibility(kind: str, kernel_size: int = 3) -> torch.Tensor:
+    """The attention pattern written out position by position on the 2D grid, independently of the model code."""
+    visible = torch.zeros(STREAM_LENGTH, STREAM_LENGTH, dtype=torch.bool)
+    half = kernel_size // 2
+    for q in range(STREAM_LENGTH):
+        for k in range(STREAM_LENGTH):
+            if q < TEXT_LENGTH or k < TEXT_LENGTH:  # text is causal, and image codes see all text
+                visible[q, k] = k <= q
+                continue
+            i, j = q - TEXT_LENGTH, k - TEXT_LENGTH
+            (qr, qc), (kr, kc) = divmod(i, GRID), divmod(j, GRID)
+            if j > i:
+                continue
+            if kind == "full":
+                visible[q, k] = True
+            elif kind == "row":  # itself and the GRID codes before it in raster order
+                visible[q, k] = i - j <= GRID
+            elif kind == "column":
+                visible[q, k] = kc == qc
+            elif kind == "conv":  # kernel offsets (dr, dc) over the raster order, wrapping onto neighbouring rows
+                visible[q, k] = any(
+                    (qr - dr) * GRID + (qc + dc) == j for dr in range(half + 1) for dc in range(-half, half + 1)
+                )
+    return visible
+
+
+def test_default_config_is_the_paper_12b_model():
+    config = DalleConfig()
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (64, 3968, 62)
+    assert config.hidden_size // config.num_attention_heads == 64
+    assert (config.text_vocab_size, config.max_text_length, config.image_vocab_size) == (16384, 256, 8192)
+    assert config.image_grid_size == 32 and config.conv_kernel_size == 11 and config.text_loss_weight == 1 / 8
+    assert config.attention_types[:6] == ["row", "column", "row", "row", "row", "column"]
+    assert config.attention_types[-1] == "conv" and config.attention_types.count("conv") == 1
+    assert config.attention_types.count("column") == 16
+    with torch.device("meta"):
+        model = DalleForImageGeneration(config)
+    num_parameters = sum(p.numel() for p in model.parameters())
+    assert abs(num_parameters - 12.0e9) < 0.3e9, num_parameters
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(attention_types=["row", "conv"]), "one attention type per layer \\(3\\), got 2"),
+        (dict(attention_types=["row", "diagonal", "conv"]), "Unknown `attention_types` \\['diagonal'\\]"),
+        (dict(hidden_size=30, num_attention_heads=4), "multiple of `num_attention_heads`"),
+        (dict(conv_kernel_size=4), "`conv_kernel_size` must be odd"),
+        (dict(text_loss_weight=1.5), "`text_loss_weight` must be in \\[0, 1\\]"),
+        (dict(text_pad_token_id=TEXT_VOCAB), "`text_pad_token_id` must be a text token id"),
+        (dict(image_grid_size=0), "`image_grid_size` must be a positive integer"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(StrictDataclassClassValidationError, match=message):
+        tiny_config(**kwargs)
+
+
+@pytest.mark.parametrize("kind", ["full", "row", "column", "conv"])
+def test_attention_masks_match_the_definition(kind):
+    masks = build_attention_masks(tiny_config(attention_types=[kind] * 3))
+    assert torch.equal(masks[kind], reference_visibility(kind))
+
+
+def test_conv_mask_wraps_around_and_matches_paper_sizes():
+    visible = reference_visibility("conv")
+    first_code_of_row_1 = TEXT_LENGTH + GRID
+    # Its left neighbour in the kernel is the last code of row 0 (wraparound); one step up is its own column.
+    assert visible[first_code_of_row_1, first_code_of_row_1 - 1]
+    assert visible[first_code_of_row_1, first_code_of_row_1 - GRID]
+    # The paper's model: an 11x11 causal kernel holds 5 full rows of 11 and 6 codes of its own row.
+    masks = build_attention_masks(DalleConfig(num_hidden_layers=4, attention_types=["full", "row", "column", "conv"]))
+    middle = 256 + 16 * 32 + 16
+    assert masks["conv"][middle, 256:].sum() == 5 * 11 + 6
+    assert masks["row"][middle, 256:].sum() == 33
+    assert masks["column"][middle, 256:].sum() == 17
+    assert masks["conv"][middle, :256].all()
+
+
+@pytest.mark.parametrize("kind", ["full", "row", "column", "conv"])
+def test_one_layer_model_sees_exactly_the_masked_tokens(kind):
+    model = tiny_model(num_hidden_layers=1, attention_types=[kind])
+    stream = random_stream(batch=1, caption_length=TEXT_LENGTH)
+    visible = reference_visibility(kind)
+    with torch.no_grad():
+        logits = model(stream).logits
+        for k in range(STREAM_LENGTH - 1):
+            changed = stream.clone()
+            vocab_start, vocab_size = (0, TEXT_VOCAB) if k < TEXT_LENGTH else (TEXT_VOCAB, IMAGE_VOCAB)
+            changed[0, k] = vocab_start + (stream[0, k] - vocab_start + 7) % vocab_size
+            new_logits = model(changed).logits
+            for q in range(k + 1, STREAM_LENGTH):
+                difference = (new_logits[0, q] - logits[0, q]).nan_to_num(posinf=0, neginf=0).abs().max()
+                if visible[q, k]:
+                    assert difference > 1e-4, f"{kind}: position {q} should see position {k}"
+                else:
+                    assert difference == 0, f"{kind}: position {q} must not see position {k}"
+
+
+def test_deep_model_is_causal():
+    model = tiny_model(num_hidden_layers=4, attention_types=["row", "column", "full", "conv"])
+    stream = random_stream(batch=1)
+    with torch.no_grad():
+        logits = model(stream).logits
+        for k in (3, TEXT_LENGTH - 1, TEXT_LENGTH + 5, STREAM_LENGTH - 2):
+            changed = stream.clone()
+            changed[0, k] = stream[0, k] + (1 if k < TEXT_LENGTH else -1)
+            new_logits = model(changed).logits
+            torch.testing.assert_close(new_logits[0, :k], logits[0, :k], rtol=0, atol=0)
+            assert not torch.equal(new_logits[0, k], logits[0, k])
+
+
+def test_logits_only_allow_the_token_kind_of_the_next_position():
+    model = tiny_model()
+    with torch.no_grad():
+        logits = model(random_stream()).logits
+    next_is_image = torch.arange(STREAM_LENGTH) >= TEXT_LENGTH - 1
+    text_logits, image_logits = logits[..., :TEXT_VOCAB], logits[..., TEXT_VOCAB:]
+    assert torch.isneginf(text_logits[:, next_is_image]).all() and torch.isfinite(image_logits[:, next_is_image]).all()
+    assert torch.isneginf(image_logits[:, ~next_is_image]).all() and torch.isfinite(text_logits[:, ~next_is_image]).all()
+    # The processor for outside scores applies the same rule.
+    processor = DalleStreamLogitsProcessor(model.config)
+    for length in (3, TEXT_LENGTH, TEXT_LENGTH + 4):
+        scores = processor(torch.zeros(2, length, dtype=torch.long), torch.zeros(2, model.config.vocab_size))
+        assert torch.equal(torch.isneginf(scores), torch.isneginf(logits[:, length - 1]))
+
+
+def test_sampled_images_hold_only_image_codes():
+    model = tiny_model()
+    text = random_stream(batch=4)[:, :TEXT_LENGTH]
+    torch.manual_seed(0)
+    stream = model.generate(text, do_sample=True, temperature=3.0, max_new_tokens=GRID * GRID)
+    codes = model.image_codes_from_ids(stream)
+    assert codes.shape == (4, GRID, GRID)
+    assert codes.min() >= 0 and codes.max() < IMAGE_VOCAB
+    assert len(codes.unique()) > 5  # hot sampling really draws from the image vocabulary
+
+
+def manual_greedy(model, prompt, num_new_tokens, cache):
+    """A hand-written decode loop: prefill, then one token per call."""
+    with torch.no_grad():
+        out = model(input_ids=prompt, past_key_values=cache, use_cache=True)
+        tokens = [prompt]
+        for _ in range(num_new_tokens):
+            next_token = out.logits[:, -1].argmax(-1, keepdim=True)
+            tokens.append(next_token)
+            out = model(input_ids=next_token, past_key_values=out.past_key_values, use_cache=True)
+    return torch.cat(tokens, dim=1)
+
+
+@pytest.mark.parametrize("prompt_length", [TEXT_LENGTH - 3, TEXT_LENGTH, TEXT_LENGTH + 5])
+def test_greedy_generation_is_the_same_with_and_without_cache(prompt_length):
+    model = tiny_model(num_hidden_layers=3, attention_types=["row", "column", "conv"])
+    prompt = random_stream(batch=3)[:, :prompt_length]
+    new = STREAM_LENGTH - prompt_length
+    without_cache = model.generate(prompt, do_sample=False, max_new_tokens=new, use_cache=False)
+    dynamic = model.generate(prompt, do_sample=False, max_new_tokens=new)
+    static = model.generate(prompt, do_sample=False, max_new_tokens=new, cache_implementation="static")
+    assert without_cache.shape == (3, STREAM_LENGTH)
+    assert torch.equal(dynamic, without_cache)
+    assert torch.equal(static, without_cache)
+    assert torch.equal(manual_greedy(model, prompt, new, DynamicCache(config=model.config)), without_cache)
+    # A StaticCache longer than the stream: the extra slots stay hidden.
+    long_cache = StaticCache(config=model.config, max_cache_len=STREAM_LENGTH + 7)
+    assert torch.equal(manual_greedy(model, prompt, new, long_cache), without_cache)
+    # Uncached greedy, one full forward per token, as the ground truth of the three above.
+    stream = prompt
+    with torch.no_grad():
+        while stream.shape[1] < STREAM_LENGTH:
+            stream = torch.cat([stream, model(stream, use_cache=False).logits[:, -1:].argmax(-1)], dim=1)
+    assert torch.equal(stream, without_cache)
+
+
+def test_cached_chunks_give_the_logits_of_one_pass():
+    model = tiny_model()
+    stream = random_stream()
+    with torch.no_grad():
+        full = model(stream, use_cache=False).logits
+        cache = DynamicCache(config=model.config)
+        chunks = [model(chunk, past_key_values=cache).logits for chunk in stream.split([5, 6, 1, 12], dim=1)]
+    torch.testing.assert_close(torch.cat(chunks, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_loss_weights_text_and_image_terms_like_a_hand_computation():
+    model = tiny_model(text_loss_weight=0.25)
+    stream = random_stream(batch=2)
+    labels = stream.clone()
+    labels[0, 2] = labels[1, TEXT_LENGTH + 3] = -100
+    out = model(stream, labels=labels)
+    with torch.no_grad():
+        hidden = model.model(stream).last_hidden_state
+        raw = model.lm_head(hidden)  # unmasked logits: the hand computation restricts the vocabulary itself
+    text_terms, image_terms = [], []
+    for b in range(2):
+        for t in range(1, STREAM_LENGTH):
+            label = labels[b, t].item()
+            if label == -100:
+                continue
+            if t < TEXT_LENGTH:
+                text_terms.append(-F.log_softmax(raw[b, t - 1, :TEXT_VOCAB], -1)[label])
+            else:
+                image_terms.append(-F.log_softmax(raw[b, t - 1, TEXT_VOCAB:], -1)[label - TEXT_VOCAB])
+    assert len(text_terms) == 2 * (TEXT_LENGTH - 1) - 1 and len(image_terms) == 2 * GRID * GRID - 1
+    text_loss, image_loss = torch.stack(text_terms).mean(), torch.stack(image_terms).mean()
+    torch.testing.assert_close(out.text_loss, text_loss)
+    torch.testing.assert_close(out.image_loss, image_loss)
+    torch.testing.assert_close(out.loss, 0.25 * text_loss + 0.75 * image_loss)
+    out.loss.backward()
+    assert model.model.embeddings.text_pad_embedding.weight.grad[5:].abs().sum() > 0  # pads are trained inputs
+
+
+def test_pad_embedding_is_learned_per_position():
+    model = tiny_model()
+    embeddings = model.model.embeddings
+    positions = torch.arange(STREAM_LENGTH)
+    stream = random_stream(batch=1, caption_length=3)
+    with torch.no_grad():
+        embedded = embeddings(stream, positions)[0]
+        pads = embeddings.text_pad_embedding.weight
+        torch.testing.assert_close(embedded[3:TEXT_LENGTH], pads[3:TEXT_LENGTH])
+        assert not torch.allclose(embedded[3], embedded[4])
+        # Text token 0 is the pad: a caption padded at position 3 differs from one padded from position 5 on,
+        # at every later position.
+        other = stream.clone()
+        other[0, 3:5] = torch.tensor([11, 12])
+        logits, other_logits = model(stream).logits, model(other).logits
+    assert not torch.allclose(logits[0, TEXT_LENGTH:], other_logits[0, TEXT_LENGTH:])
+
+
+def test_save_load_and_auto_classes_round_trip(tmp_path):
+    model = tiny_model()
+    stream = random_stream()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), DalleConfig)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is DalleForImageGeneration
+    assert loaded.config.attention_types == model.config.attention_types
+    with torch.no_grad():
+        assert torch.equal(loaded(stream).logits, model(stream).logits)
+        base = AutoModel.from_pretrained(tmp_path).eval()
+        assert type(base) is DalleModel
+        assert torch.equal(base(stream).last_hidden_state, model.model(stream).last_hidden_state)
+
+
+def test_tied_embeddings_share_the_matrix(tmp_path):
+    model = tiny_model(tie_word_embeddings=True)
+    assert model.lm_head.weight is model.model.embeddings.token_embedding.weight
+    model.save_pretrained(tmp_path)
+    loaded = DalleForImageGeneration.from_pretrained(tmp_path)
+    assert loaded.lm_head.weight is loaded.model.embeddings.token_embedding.weight
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    stream = random_stream()
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model(seed=1).train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        model(stream, labels=stream, use_cache=False).loss.backward()
+        grads.append({name: p.grad for name, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, msg=name)
+
+
+def test_bf16_autocast_is_close_to_float32():
+    model = tiny_model()
+    stream = random_stream()
+    with torch.no_grad():
+        loss = model(stream, labels=stream).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(stream, labels=stream)
+    assert out.logits.dtype == torch.bfloat16
+    assert torch.isfinite(out.loss) and abs(out.loss.item() - loss.item()) < 0.05
+
+
+def test_decode_step_traces_as_one_graph_with_a_static_cache():
+    # Dynamo capture without a graph break (the inductor run is in the slow test below).
+    model = tiny_model()
+    prompt = random_stream(batch=2)[:, :TEXT_LENGTH]
+    expected = model.generate(prompt, do_sample=False, max_new_tokens=6)
+    step = torch.compile(model.forward, fullgraph=True, backend="eager")
+    assert torch.equal(compiled_greedy(model, step, prompt, 6), expected)
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_with_static_cache():
+    model = tiny_model()
+    prompt = random_stream(batch=2)[:, :TEXT_LENGTH]
+    expected = model.generate(prompt, do_sample=False, max_new_tokens=GRID * GRID)
+    step = torch.compile(model.forward, fullgraph=True)
+    assert torch.equal(compiled_greedy(model, step, prompt, GRID * GRID), expected)
+
+
+def compiled_greedy(model, step, prompt, num_new_tokens):
+    cache = StaticCache(config=model.config, max_cache_len=STREAM_LENGTH)
+    with torch.no_grad():
+        next_token = model(prompt, past_key_values=cache).logits[:, -1:].argmax(-1)
+        tokens = [prompt, next_token]
+        for _ in range(num_new_tokens - 1):
+            next_token = step(input_ids=next_token, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+            tokens.append(next_token)
+    return torch.cat(tokens, dim=1)
+
+
+def test_prepare_input_ids_and_image_codes_round_trip():
+    model = tiny_model()
+    caption = torch.tensor([[4, 9, 13]])
+    codes = torch.randint(0, IMAGE_VOCAB, (1, GRID, GRID))
+    stream = model.prepare_input_ids(caption, codes)
+    assert stream.shape == (1, STREAM_LENGTH)
+    assert stream[0, :TEXT_LENGTH].tolist() == [4, 9, 13, 0, 0, 0, 0, 0]
+    assert torch.equal(stream[0, TEXT_LENGTH:], codes.flatten() + TEXT_VOCAB)
+    assert torch.equal(model.image_codes_from_ids(stream), codes)
+    primed = model.prepare_input_ids(caption, codes[:, :1])  # the top row primes the image
+    assert primed.shape == (1, TEXT_LENGTH + GRID)
+
+
+@pytest.mark.parametrize(
+    "make_stream, message",
+    [
+        (lambda s: torch.cat([s, s[:, -1:]], dim=1), "reaches stream position 24, but a DALL-E stream holds at most 24"),
+        (lambda s: s.index_fill(1, torch.tensor([2]), TEXT_VOCAB + 1), "image code .* at a text position"),
+        (lambda s: s.index_fill(1, torch.tensor([TEXT_LENGTH + 2]), 5), "text token id .* at an image position"),
+        (lambda s: s.index_fill(1, torch.tensor([TEXT_LENGTH]), TEXT_VOCAB + IMAGE_VOCAB), "ids outside \\[0, 72\\)"),
+        (lambda s: s.index_fill(1, torch.tensor([0]), -3), "ids outside \\[0, 72\\)"),
+        (lambda s: s.float(), "integer tensor of shape \\(batch, length\\)"),
+    ],
+)
+def test_bad_streams_are_rejected(make_stream, message):
+    model = tiny_model()
+    with pytest.raises(ValueError, match=message):
+        model(make_stream(random_stream()))
+
+
+def test_bad_calls_are_rejected():
+    model = tiny_model()
+    stream = random_stream()
+    with pytest.raises(ValueError, match="`attention_mask` must be all ones"):
+        model(stream, attention_mask=(stream != 0).long())
+    with pytest.raises(ValueError, match="`labels` must have the shape of `input_ids`"):
+        model(stream, labels=stream[:, :-1])
+    with pytest.raises(ValueError, match="text token id .* at an image position"):
+        model(stream, labels=stream.index_fill(1, torch.tensor([TEXT_LENGTH]), 3))
+    with pytest.raises(ValueError, match="caption longer than max_text_length"):
+        model(torch.randint(1, TEXT_VOCAB, (1, TEXT_LENGTH + 2)))
+    with pytest.raises(ValueError, match="`text_input_ids` must have shape \\(batch, <= max_text_length=8\\)"):
+        model.prepare_input_ids(torch.ones(1, TEXT_LENGTH + 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="`image_codes` must lie in \\[0, 24\\)"):
+        model.prepare_input_ids(torch.ones(1, 3, dtype=torch.long), torch.full((1, 4), IMAGE_VOCAB))
+    with pytest.raises(ValueError, match="complete streams of shape \\(batch, 24\\)"):
+        model.image_codes_from_ids(stream[:, :-1])
+    # A decode step past the end of the stream.
+    cache = DynamicCache(config=model.config)
+    model(stream, past_key_values=cache)
+    with pytest.raises(ValueError, match="reaches stream position 24"):
+        model(stream[:, -1:], past_key_values=cache)

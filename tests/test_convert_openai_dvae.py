@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub import ModelCard
 
-from hf_dalle import DalleVAE, convert_openai_dvae
+from hf_dalle import DalleVAE, DalleVAEConfig, convert_openai_dvae
 from hf_dalle.convert_openai_dvae import load_openai_dvae_state_dict
 
 dall_e = pytest.importorskip("dall_e")
@@ -247,3 +247,25 @@ def test_script_pushes_to_the_hub(tmp_path, hub_server):
     from_hub = DalleVAE.from_pretrained("someone/dalle-vae-openai")  # the normal download path, from the local hub
     for name, tensor in DalleVAE.from_pretrained(output_dir).state_dict().items():
         assert torch.equal(from_hub.state_dict()[name], tensor), name
+
+
+@pytest.mark.slow
+def test_parity_at_openai_size(tmp_path):
+    """`dall_e`'s default Encoder/Decoder are the released dVAE's architecture: the conversion must give
+    `DalleVAEConfig()` and the parameter counts of OpenAI's files."""
+    encoder, decoder = make_openai_dvae(256, 2, 8192, 128)
+    encoder_path, decoder_path = save_openai_dvae(encoder, decoder, tmp_path, "module")
+    vae = convert_openai_dvae(encoder_path, decoder_path)
+    assert vae.config.to_diff_dict() == DalleVAEConfig().to_diff_dict()
+    assert sum(p.numel() for p in vae.encoder.parameters()) == 53_786_240
+    assert sum(p.numel() for p in vae.decoder.parameters()) == 43_829_766
+
+    pixel_values = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference_logits = encoder(dall_e.map_pixels(pixel_values))
+        encoded = vae.encode(pixel_values)
+        torch.testing.assert_close(encoded.logits, reference_logits)
+        assert torch.equal(encoded.indices, reference_logits.argmax(dim=1))
+        reference_stats = decoder(F.one_hot(encoded.indices, 8192).permute(0, 3, 1, 2).float())
+        decoded = vae.decode(encoded.indices)
+        torch.testing.assert_close(torch.cat([decoded.mu, decoded.log_scale], dim=1), reference_stats)

@@ -132,14 +132,13 @@ def _blocks_per_group(state_dict: dict[str, torch.Tensor]) -> int:
     return len({key.split(".")[2] for key in state_dict if key.startswith("blocks.group_1.block_")})
 
 
-def _checked(path, state_dict: dict[str, torch.Tensor], expected_kind: str) -> dict[str, torch.Tensor]:
+def _check_kind(path, state_dict: dict[str, torch.Tensor], expected_kind: str) -> None:
     kind = _kind(state_dict)
     if kind != expected_kind:
         raise ValueError(
             f"{path!r} holds a dVAE {kind}, but was given as the {expected_kind}: are the encoder and decoder "
             "files swapped?"
         )
-    return state_dict
 
 
 def openai_dvae_config(
@@ -191,8 +190,10 @@ def convert_openai_dvae(encoder_path: str | os.PathLike, decoder_path: str | os.
     >>> vae.save_pretrained("dalle-vae-openai")
     ```
     """
-    encoder_state_dict = _checked(encoder_path, load_openai_dvae_state_dict(encoder_path), "encoder")
-    decoder_state_dict = _checked(decoder_path, load_openai_dvae_state_dict(decoder_path), "decoder")
+    encoder_state_dict = load_openai_dvae_state_dict(encoder_path)
+    decoder_state_dict = load_openai_dvae_state_dict(decoder_path)
+    _check_kind(encoder_path, encoder_state_dict, "encoder")
+    _check_kind(decoder_path, decoder_state_dict, "decoder")
     config = openai_dvae_config(encoder_state_dict, decoder_state_dict)
 
     state_dict = {}

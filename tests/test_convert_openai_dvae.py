@@ -82,11 +82,14 @@ def test_parity_with_dall_e(case, tmp_path):
     assert (config.hidden_size, config.num_blocks_per_group, config.vocab_size) == (n_hid, n_blk, vocab_size)
     assert (config.decoder_init_size, config.num_channels) == (n_init, channels)
     assert not vae.training
+    converted = vae.state_dict()
     for prefix, reference in (("encoder.", encoder), ("decoder.", decoder)):
         for name, tensor in reference.state_dict().items():
-            converted = vae.state_dict()[prefix + name.removesuffix(".w").removesuffix(".b") + (".weight" if name.endswith(".w") else ".bias")]
-            assert converted.is_contiguous() and converted.dtype == torch.float32
-            assert torch.equal(converted, tensor), name
+            module, leaf = name.rsplit(".", 1)
+            ours = converted[f"{prefix}{module}.{ {'w': 'weight', 'b': 'bias'}[leaf] }"]
+            assert ours.is_contiguous() and ours.dtype == torch.float32
+            assert torch.equal(ours, tensor), name
+    assert len(converted) == len(encoder.state_dict()) + len(decoder.state_dict())
 
     pixel_values = torch.rand(2, channels, 32, 40, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -110,6 +113,23 @@ def test_converts_without_dall_e_and_runs_no_code_from_the_files(tmp_path, monke
         monkeypatch.setitem(sys.modules, name, None)  # `import dall_e` now fails
     vae = convert_openai_dvae(encoder_path, decoder_path)
     torch.testing.assert_close(vae.encoder.blocks.output.conv.bias, encoder.blocks.output.conv.b)
+
+
+def test_old_pickles_without_upsample_recompute_scale_factor(tmp_path):
+    # OpenAI's decoder.pkl predates `nn.Upsample.recompute_scale_factor` (torch 1.11), which broke the unpickled
+    # dall_e Decoder's forward on some torch versions; only tensors are read here, so pickles without it convert.
+    encoder, decoder = make_openai_dvae(16, 1, 64, 8)
+    codes = torch.randint(0, 64, (1, 4, 4), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference_stats = decoder(F.one_hot(codes, 64).permute(0, 3, 1, 2).float())
+    for module in decoder.modules():
+        if isinstance(module, torch.nn.Upsample):
+            del module.recompute_scale_factor
+    encoder_path, decoder_path = save_openai_dvae(encoder, decoder, tmp_path, "module")
+
+    vae = convert_openai_dvae(encoder_path, decoder_path)
+    with torch.no_grad():
+        torch.testing.assert_close(vae.decoder(codes), reference_stats)
 
 
 class WritesAFile:

@@ -1,13 +1,13 @@
 """A stand-in for the Hugging Face Hub on 127.0.0.1, so that uploads and downloads are tested without the network.
 
-It speaks the part of the Hub's HTTP API that huggingface_hub 2.x uses for
-- uploads: `create_repo` (POST /api/repos/create), `ModelCard.validate` (POST /api/validate-yaml, accepts all), `upload_folder` / `create_commit` (POST
-  /api/{type}s/{repo}/preupload/{rev}, answered with `"uploadMode": "regular"` so file contents come inline, then
-  POST /api/{type}s/{repo}/commit/{rev} with NDJSON lines: a header, then base64 `file` / `deletedFile` /
-  `deletedFolder` entries), `whoami`;
-- downloads: repo info (GET /api/{type}s/{repo}[/revision/{rev}]), file listings (GET /api/{type}s/{repo}/tree/{rev})
-  and files (HEAD / GET /{repo}/resolve/{rev}/{path}),
-  enough for `hf_hub_download`, `snapshot_download` and `from_pretrained(repo_id)`.
+It speaks the part of the Hub's HTTP API that huggingface_hub 2.x uses
+- for uploads: `create_repo` (POST /api/repos/create), `upload_folder` / `create_commit` (POST
+  /api/{type}s/{repo}/preupload/{rev}, answered with `"uploadMode": "regular"` so that file contents come inline,
+  then POST /api/{type}s/{repo}/commit/{rev}: NDJSON lines, a header, then base64 `file` / `deletedFile` /
+  `deletedFolder` entries), `ModelCard.validate` (POST /api/validate-yaml, accepts every card), `whoami`;
+- for downloads: repo info (GET /api/{type}s/{repo}[/revision/{rev}]), file listings (GET
+  /api/{type}s/{repo}/tree/{rev}) and files (HEAD / GET /{repo}/resolve/{rev}/{path}): enough for
+  `hf_hub_download`, `snapshot_download` and transformers' / diffusers' `from_pretrained(repo_id)`.
 Each repo keeps only its latest files (no history), under `root/{type}s/{namespace}/{name}/`.
 """
 
@@ -139,14 +139,15 @@ class LocalHub:
                 deleted.append(value["path"])
         head = hashlib.sha1((self._heads[(repo_type, repo_id)] + json.dumps(lines)).encode()).hexdigest()
         self._heads[(repo_type, repo_id)] = head
+        summary = lines[0]["value"]["summary"]
         self.commits.append(
-            dict(repo_id=repo_id, repo_type=repo_type, revision=unquote(revision), summary=lines[0]["value"]["summary"], added=added, deleted=deleted)
+            dict(repo_id=repo_id, repo_type=repo_type, revision=unquote(revision), summary=summary, added=added, deleted=deleted)
         )
         prefix = "" if repo_type == "model" else f"{repo_type}s/"
         return {"commitUrl": f"{self.endpoint}/{prefix}{repo_id}/commit/{head}", "commitOid": head, "pullRequestUrl": None}
 
     def repo_info(self, repo_type: str, repo_id: str, revision: str) -> dict:
-        repo_dir = self._existing_repo(repo_type, repo_id)
+        self._existing_repo(repo_type, repo_id)
         self._check_revision(repo_type, repo_id, revision)
         siblings = [{"rfilename": path} for path in self.files(repo_id, repo_type)]
         return {"id": repo_id, "sha": self._heads[(repo_type, repo_id)], "private": False, "siblings": siblings}

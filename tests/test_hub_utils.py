@@ -101,6 +101,8 @@ def test_fixture_serves_library_push_and_download_paths(tmp_path, hub_server):
     repo_id = huggingface_hub.create_repo("org/plain", exist_ok=True).repo_id
     huggingface_hub.upload_folder(repo_id=repo_id, folder_path=folder)
     assert hub_server.files("org/plain") == {"a.txt": b"a"}
+    huggingface_hub.HfApi().delete_file("a.txt", repo_id)  # a plain create_commit with a deletion
+    assert hub_server.files("org/plain") == {} and hub_server.commits[-1]["deleted"] == ["a.txt"]
 
     # transformers' push_to_hub (with its model card check) and from_pretrained(repo_id).
     vae = DalleVAE(DalleVAEConfig(hidden_size=8, vocab_size=16, num_blocks_per_group=1, decoder_init_size=8))

@@ -171,6 +171,13 @@ def test_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="not an OpenAI dVAE checkpoint.*legacy pre-1.6 format embeds its source code"):
         convert_openai_dvae(legacy_module, decoder_path)
 
+    malformed = tmp_path / "malformed.pkl"
+    _, broken_decoder = make_openai_dvae(16, 1, 64, 8)
+    object.__setattr__(broken_decoder.blocks.input, "_parameters", ["w", "b"])
+    torch.save(broken_decoder, malformed)
+    with pytest.raises(ValueError, match="Malformed pickled module `blocks.input.`: `_parameters` is not a dict"):
+        convert_openai_dvae(encoder_path, malformed)
+
     text_file = tmp_path / "notes.txt"
     text_file.write_text("not a checkpoint")
     with pytest.raises(ValueError, match="is not a PyTorch checkpoint"):

@@ -37,17 +37,20 @@ OPENAI_PARAMETER_NAMES = {"w": "weight", "b": "bias"}
 class PickledModule:
     """What an allowlisted module of an OpenAI pickle loads as: its pickled attributes and no behaviour."""
 
-    def tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
-        """The module's parameters and buffers by dotted name, like `nn.Module.state_dict()`."""
-        tensors = {}
-        for attribute in ("_parameters", "_buffers"):
-            for name, tensor in vars(self).get(attribute, {}).items():
-                if tensor is not None:
-                    tensors[prefix + name] = tensor
-        for name, child in vars(self).get("_modules", {}).items():
-            if isinstance(child, PickledModule):
-                tensors.update(child.tensors(f"{prefix}{name}."))
-        return tensors
+
+def _module_tensors(module: PickledModule, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The parameters and buffers of a pickled module tree by dotted name, like `nn.Module.state_dict()`."""
+    tensors = {}
+    for attribute in ("_parameters", "_buffers", "_modules"):
+        entries = vars(module).get(attribute, {})
+        if not isinstance(entries, dict):
+            raise ValueError(f"Malformed pickled module `{prefix or 'root'}`: `{attribute}` is not a dict.")
+        for name, value in entries.items():
+            if attribute == "_modules" and isinstance(value, PickledModule):
+                tensors.update(_module_tensors(value, f"{prefix}{name}."))
+            elif isinstance(value, torch.Tensor):
+                tensors[prefix + name] = value
+    return tensors
 
 
 def _stand_in(qualified_name: str) -> type:
@@ -98,8 +101,10 @@ def load_openai_dvae_state_dict(path: str | os.PathLike) -> dict[str, torch.Tens
         raise ValueError(f"{path!r} is not a PyTorch checkpoint (torch.load failed with {error!r}).") from error
 
     if isinstance(checkpoint, PickledModule):
-        state_dict = checkpoint.tensors()
-    elif isinstance(checkpoint, dict) and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
+        state_dict = _module_tensors(checkpoint)
+    elif isinstance(checkpoint, dict) and all(
+        isinstance(name, str) and isinstance(value, torch.Tensor) for name, value in checkpoint.items()
+    ):
         state_dict = dict(checkpoint)
     else:
         raise ValueError(

@@ -20,3 +20,4 @@ from .shapes import (
     render_caption,
     split_captions,
 )
+from .shapes_judge import DetectedObject, JudgeResult, detect_objects, judge_image

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from huggingface_hub.errors import StrictDataclassClassValidationError
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache, StaticCache
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, CompileConfig, DynamicCache, StaticCache
 
 from hf_dalle import DalleConfig, DalleForImageGeneration, DalleModel, DalleStreamLogitsProcessor
 from hf_dalle.models.dalle import build_attention_masks
@@ -333,6 +333,13 @@ def test_compiled_decode_step_with_static_cache():
     expected = model.generate(prompt, do_sample=False, max_new_tokens=GRID * GRID)
     step = torch.compile(model.forward, fullgraph=True)
     assert torch.equal(compiled_greedy(model, step, prompt, GRID * GRID), expected)
+    # `generate` compiles the decode step itself when asked to (on CPU only with an explicit CompileConfig).
+    compile_config = CompileConfig(fullgraph=True, mode="default")
+    compile_config._compile_all_devices = True
+    compiled = model.generate(
+        prompt, do_sample=False, max_new_tokens=GRID * GRID, cache_implementation="static", compile_config=compile_config
+    )
+    assert torch.equal(compiled, expected)
 
 
 def compiled_greedy(model, step, prompt, num_new_tokens):

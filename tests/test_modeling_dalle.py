@@ -5,7 +5,7 @@ from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, CompileConfig, DynamicCache, StaticCache
 
 from hf_dalle import DalleConfig, DalleForImageGeneration, DalleModel, DalleStreamLogitsProcessor
-from hf_dalle.models.dalle import build_attention_masks
+from hf_dalle.models.dalle import DalleResblockGradientScaler, build_attention_masks
 
 TEXT_VOCAB, IMAGE_VOCAB, TEXT_LENGTH, GRID = 48, 24, 8, 4
 STREAM_LENGTH = TEXT_LENGTH + GRID * GRID
@@ -405,3 +405,75 @@ def test_bad_calls_are_rejected():
     model(stream, past_key_values=cache)
     with pytest.raises(ValueError, match="reaches stream position 24"):
         model(stream[:, -1:], past_key_values=cache)
+
+
+def block_gradient_errors(model, reference) -> dict[str, float]:
+    """Relative error of each transformer-block gradient of `model` against `reference`."""
+    reference_grads = dict(reference.named_parameters())
+    return {
+        name: ((p.grad - reference_grads[name].grad).norm() / reference_grads[name].grad.norm()).item()
+        for name, p in model.named_parameters()
+        if name.startswith("model.layers.")
+    }
+
+
+def test_resblock_gradient_scaling_rescues_fp16_gradients_from_underflow():
+    # A tiny gradient arriving in the float32 residual stream underflows inside the fp16 branches unless each
+    # branch scales it up on the way in and down on the way out (paper, Fig. 4).
+    stream, upstream = random_stream(), torch.randn(2, STREAM_LENGTH, 32) * 1e-8
+    reference = tiny_model(seed=3, num_hidden_layers=6).train()
+    reference.model(stream).last_hidden_state.backward(upstream)
+    errors = {}
+    for scaling in (False, True):
+        model = tiny_model(seed=3, num_hidden_layers=6, resblock_gradient_scaling=scaling,
+                           resblock_gradient_scale_init=2.0**24).train()
+        with torch.autocast("cpu", dtype=torch.float16):
+            hidden = model.model(stream).last_hidden_state
+        hidden.backward(upstream)
+        if scaling:
+            assert model.update_resblock_gradient_scales() == 0
+        errors[scaling] = block_gradient_errors(model, reference)
+    assert max(errors[True].values()) < 0.01
+    assert sum(errors[False].values()) / len(errors[False]) > 0.5  # fp16 alone loses most of these gradients
+
+
+def test_resblock_gradient_scaling_is_exact_in_float32():
+    stream = random_stream()
+    reference = tiny_model(seed=4).train()
+    reference(stream, labels=stream).loss.backward()
+    model = tiny_model(seed=4, resblock_gradient_scaling=True).train()
+    model.activation_checkpointing_enable()
+    model(stream, labels=stream).loss.backward()
+    model.update_resblock_gradient_scales()
+    for name, p in reference.named_parameters():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, p.grad, msg=name)
+
+
+def test_overflowing_branches_are_filtered_and_their_scales_adjusted(tmp_path):
+    model = tiny_model(resblock_gradient_scaling=True, resblock_gradient_scale_init=2.0**40,
+                       resblock_gradient_scale_growth_interval=2).train()
+    stream = random_stream()
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = model(stream, labels=stream).loss
+    loss.backward()  # every branch's gradient overflows fp16 once multiplied by 2**40
+    assert model.update_resblock_gradient_scales() == 2 * 3
+    for name, p in model.named_parameters():
+        assert torch.isfinite(p.grad).all(), name
+        if name.startswith("model.layers."):
+            assert (p.grad == 0).all(), name  # the overflowed branches skip this step
+    # The filter kept the residual stream clean: the embeddings still get their (identity-path) gradient.
+    assert model.model.embeddings.token_embedding.weight.grad.abs().sum() > 0
+    scalers = [m for m in model.modules() if isinstance(m, DalleResblockGradientScaler)]
+    assert len(scalers) == 6 and all(s.scale.item() == 2.0**39 for s in scalers)
+
+    for _ in range(2):  # clean steps: after growth_interval of them the scales double
+        model.zero_grad()
+        model(stream, labels=stream).loss.backward()
+        assert model.update_resblock_gradient_scales() == 0
+    assert all(s.scale.item() == 2.0**40 for s in scalers)
+
+    model.save_pretrained(tmp_path)  # the scales resume with the model
+    loaded = DalleForImageGeneration.from_pretrained(tmp_path)
+    assert [m.scale.item() for m in loaded.modules() if isinstance(m, DalleResblockGradientScaler)] == [2.0**40] * 6
+    with pytest.raises(ValueError, match="resblock_gradient_scaling=True"):
+        tiny_model().update_resblock_gradient_scales()

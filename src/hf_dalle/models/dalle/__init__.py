@@ -6,6 +6,7 @@ from .modeling_dalle import (
     DalleForImageGeneration,
     DalleModel,
     DallePreTrainedModel,
+    DalleResblockGradientScaler,
     DalleStreamLogitsProcessor,
     build_attention_masks,
     mask_logits_by_position,

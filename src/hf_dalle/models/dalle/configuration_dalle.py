@@ -63,6 +63,15 @@ class DalleConfig(PreTrainedConfig):
             Whether `forward` returns the key/value cache.
         tie_word_embeddings (`bool`, defaults to `False`):
             Share the token embedding matrix with the output projection.
+        resblock_gradient_scaling (`bool`, defaults to `False`):
+            Per-resblock gradient scaling for fp16 training (the paper's Fig. 4): the gradient entering each residual
+            branch (attention, MLP) is multiplied by that branch's own scale, and the gradient leaving it is divided by
+            the scale, cleared of inf/NaN, and added to the float32 residual stream. Call
+            [`~DalleForImageGeneration.update_resblock_gradient_scales`] after each backward pass.
+        resblock_gradient_scale_init (`float`, defaults to 65536.0):
+            Initial scale of each branch.
+        resblock_gradient_scale_growth_interval (`int`, defaults to 2000):
+            A branch's scale doubles after this many updates without an inf/NaN, and halves on each one that has.
 
     Example:
 
@@ -96,6 +105,9 @@ class DalleConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     use_cache: bool = True
     tie_word_embeddings: bool = False
+    resblock_gradient_scaling: bool = False
+    resblock_gradient_scale_init: float = 65536.0
+    resblock_gradient_scale_growth_interval: int = 2000
 
     def __post_init__(self, **kwargs):
         if self.intermediate_size is None:
@@ -153,6 +165,11 @@ class DalleConfig(PreTrainedConfig):
             raise ValueError(
                 f"`text_pad_token_id` must be a text token id in [0, {self.text_vocab_size}), "
                 f"got {self.text_pad_token_id}."
+            )
+        if self.resblock_gradient_scale_init <= 0 or self.resblock_gradient_scale_growth_interval < 1:
+            raise ValueError(
+                "`resblock_gradient_scale_init` must be positive and `resblock_gradient_scale_growth_interval` at "
+                f"least 1, got {self.resblock_gradient_scale_init} and {self.resblock_gradient_scale_growth_interval}."
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout}.")

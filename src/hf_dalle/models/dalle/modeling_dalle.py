@@ -155,8 +155,61 @@ class DalleMLP(nn.Module):
         return self.fc_out(F.gelu(self.fc_in(hidden_states)))
 
 
+class _ScaleResblockGradient(torch.autograd.Function):
+    """At a residual branch's output. Forward: cast to float32, the residual stream's dtype. Backward: multiply the
+    float32 gradient by the branch's scale before it is cast to the branch's (fp16) dtype."""
+
+    @staticmethod
+    def forward(ctx, branch_output: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scale)
+        ctx.branch_dtype = branch_output.dtype
+        return branch_output.float()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (scale,) = ctx.saved_tensors
+        return (grad * scale).to(ctx.branch_dtype), None
+
+
+class _UnscaleResblockGradient(torch.autograd.Function):
+    """At a residual branch's input. Forward: identity. Backward: divide the branch's gradient by its scale in
+    float32, set inf/NaN to zero (so one overflowing branch does not poison the stream) and record that it did."""
+
+    @staticmethod
+    def forward(ctx, hidden_states: torch.Tensor, scale: torch.Tensor, found_nonfinite: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scale)
+        ctx.found_nonfinite = found_nonfinite
+        return hidden_states.view_as(hidden_states)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (scale,) = ctx.saved_tensors
+        grad = grad.float() / scale
+        finite = torch.isfinite(grad)
+        ctx.found_nonfinite.logical_or_(~finite.all())
+        return torch.where(finite, grad, 0.0), None, None
+
+
+class DalleResblockGradientScaler(nn.Module):
+    """The gradient scale of one residual branch (`config.resblock_gradient_scaling`, the paper's Fig. 4), kept as
+    buffers so that it is saved and resumed with the model."""
+
+    def __init__(self, config: DalleConfig):
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(config.resblock_gradient_scale_init, dtype=torch.float32))
+        self.register_buffer("found_nonfinite", torch.tensor(False))
+        self.register_buffer("good_steps", torch.tensor(0))
+
+    def branch_input(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return _UnscaleResblockGradient.apply(hidden_states, self.scale, self.found_nonfinite)
+
+    def branch_output(self, output: torch.Tensor) -> torch.Tensor:
+        return _ScaleResblockGradient.apply(output, self.scale)
+
+
 class DalleBlock(GradientCheckpointingLayer):
-    """Pre-norm transformer block: `x + attn(ln(x))`, then `x + mlp(ln(x))`."""
+    """Pre-norm transformer block: `x + attn(ln(x))`, then `x + mlp(ln(x))`. With
+    `config.resblock_gradient_scaling`, each of the two residual branches has its own gradient scaler."""
 
     def __init__(self, config: DalleConfig, layer_idx: int):
         super().__init__()
@@ -166,13 +219,32 @@ class DalleBlock(GradientCheckpointingLayer):
         self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = DalleMLP(config)
         self.dropout = nn.Dropout(config.dropout)
+        scaling = config.resblock_gradient_scaling
+        self.attention_gradient_scaler = DalleResblockGradientScaler(config) if scaling else None
+        self.mlp_gradient_scaler = DalleResblockGradientScaler(config) if scaling else None
+
+    def residual_branches(self) -> list[tuple[DalleResblockGradientScaler | None, list[nn.Module]]]:
+        """Each residual branch's gradient scaler and the modules inside the branch."""
+        return [
+            (self.attention_gradient_scaler, [self.attention_norm, self.attention]),
+            (self.mlp_gradient_scaler, [self.mlp_norm, self.mlp]),
+        ]
 
     def forward(
         self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, past_key_values: Cache | None = None
     ) -> torch.Tensor:
-        attention = self.attention(self.attention_norm(hidden_states), attention_mask, past_key_values)
-        hidden_states = hidden_states + self.dropout(attention)
-        return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
+        if self.attention_gradient_scaler is None or not torch.is_grad_enabled():
+            attention = self.attention(self.attention_norm(hidden_states), attention_mask, past_key_values)
+            hidden_states = hidden_states + self.dropout(attention)
+            return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
+
+        scaler = self.attention_gradient_scaler
+        branch = self.attention_norm(scaler.branch_input(hidden_states))
+        attention = self.attention(branch, attention_mask, past_key_values)
+        hidden_states = hidden_states + scaler.branch_output(self.dropout(attention))
+        scaler = self.mlp_gradient_scaler
+        mlp = self.mlp(self.mlp_norm(scaler.branch_input(hidden_states)))
+        return hidden_states + scaler.branch_output(self.dropout(mlp))
 
 
 class DallePreTrainedModel(PreTrainedModel):
@@ -187,11 +259,47 @@ class DallePreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         super()._init_weights(module)
+        if isinstance(module, DalleResblockGradientScaler):
+            init.constant_(module.scale, self.config.resblock_gradient_scale_init)
+            init.zeros_(module.found_nonfinite)
+            init.zeros_(module.good_steps)
         # GPT-2's scaled init: the residual stream sums 2 * num_layers branch outputs.
         if isinstance(module, (DalleAttention, DalleMLP)):
             projection = module.out_proj if isinstance(module, DalleAttention) else module.fc_out
             std = self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers)
             init.normal_(projection.weight, mean=0.0, std=std)
+
+    @torch.no_grad()
+    def update_resblock_gradient_scales(self) -> int:
+        """
+        With `config.resblock_gradient_scaling`: call after the backward pass (after all gradient accumulation
+        steps), before the optimizer step. Divides each residual branch's parameter gradients by the branch's scale;
+        a branch whose gradients held inf/NaN (in its parameters or its input gradient) gets zero gradients for this
+        step and half the scale, the others double their scale every `resblock_gradient_scale_growth_interval`
+        clean steps. Returns the number of branches that overflowed. The flags are per process: under data
+        parallelism every process must see the same gradients (call it after they are all-reduced).
+        """
+        if not self.config.resblock_gradient_scaling:
+            raise ValueError("`update_resblock_gradient_scales` needs a model built with `resblock_gradient_scaling=True`.")
+        growth_interval = self.config.resblock_gradient_scale_growth_interval
+        overflowed = []
+        for block in self.modules():
+            if not isinstance(block, DalleBlock):
+                continue
+            for scaler, modules in block.residual_branches():
+                grads = [p.grad for module in modules for p in module.parameters() if p.grad is not None]
+                found = scaler.found_nonfinite.clone()
+                for grad in grads:
+                    grad.div_(scaler.scale)
+                    found |= ~torch.isfinite(grad).all()
+                for grad in grads:
+                    grad.masked_fill_(found, 0.0)
+                grow = ~found & (scaler.good_steps + 1 >= growth_interval)
+                scaler.scale.copy_(torch.where(found, scaler.scale / 2, torch.where(grow, scaler.scale * 2, scaler.scale)))
+                scaler.good_steps.copy_(torch.where(found | grow, 0, scaler.good_steps + 1))
+                scaler.found_nonfinite.zero_()
+                overflowed.append(found)
+        return int(torch.stack(overflowed).sum())
 
 
 class DalleModel(DallePreTrainedModel):
@@ -511,6 +619,7 @@ __all__ = [
     "DalleForImageGeneration",
     "DalleModel",
     "DallePreTrainedModel",
+    "DalleResblockGradientScaler",
     "DalleStreamLogitsProcessor",
     "build_attention_masks",
     "mask_logits_by_position",

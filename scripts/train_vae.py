@@ -1,0 +1,171 @@
+#!/usr/bin/env python
+"""Train the DALL-E dVAE (stage 1) on images, with Accelerate (CPU, one GPU, DDP, FSDP).
+
+    accelerate launch scripts/train_vae.py --train_data_dir my_images --resolution 64 \\
+        --model_config '{"hidden_size": 64, "vocab_size": 512}' --max_train_steps 5000 --output_dir dalle-vae
+
+The relaxed ELB of the paper: gumbel-softmax temperature annealed from --temperature_start to --temperature_end and
+the KL weight raised from --kl_weight_start to --kl_weight_end, each over its own number of steps. Logs the
+reconstruction loss, the KL term and codebook usage; every --validation_steps it writes a grid of fixed images above
+their argmax-code reconstructions to OUTPUT_DIR/reconstructions/. The output folder is a `DalleVAE`
+(`DalleVAE.from_pretrained(OUTPUT_DIR)`) with a model card.
+"""
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from hf_dalle import DalleVAE, DalleVAEConfig
+from hf_dalle.training import (
+    ImageCaptionCollator,
+    add_common_arguments,
+    add_data_arguments,
+    annealed_value,
+    check_common_arguments,
+    create_accelerator,
+    create_ema,
+    load_component,
+    load_image_caption_dataset,
+    make_dataloader,
+    parse_model_config,
+    save_image_grid,
+    save_model,
+    tensors_to_pil,
+    train,
+    training_summary,
+    write_card_and_push,
+    write_folder_atomically,
+)
+from hf_dalle.training.schedules import SCHEDULE_KINDS
+
+logger = logging.getLogger(__name__)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_arguments(parser, learning_rate=1e-3, train_batch_size=32, max_train_steps=10000)
+    add_data_arguments(parser, resolution=64)
+    vae = parser.add_argument_group("dVAE relaxation")
+    vae.add_argument("--temperature_start", type=float, default=1.0, help="Gumbel-softmax temperature at step 0.")
+    vae.add_argument("--temperature_end", type=float, default=1 / 16, help="Temperature after the annealing (paper: 1/16).")
+    vae.add_argument(
+        "--temperature_steps", type=int, default=None, help="Steps of the temperature annealing (default: --max_train_steps)."
+    )
+    vae.add_argument("--kl_weight_start", type=float, default=0.0, help="KL weight at step 0.")
+    vae.add_argument("--kl_weight_end", type=float, default=6.6, help="KL weight after the ramp (paper: 6.6).")
+    vae.add_argument(
+        "--kl_weight_steps", type=int, default=None, help="Steps of the KL ramp (default: a tenth of --max_train_steps)."
+    )
+    vae.add_argument("--schedule", default="cosine", choices=SCHEDULE_KINDS, help="Shape of both schedules (paper: cosine).")
+    vae.add_argument(
+        "--straight_through", action="store_true", help="Hard one-hot codes with straight-through gradients."
+    )
+    vae.add_argument(
+        "--num_validation_images", type=int, default=8, help="Images reconstructed in each validation grid."
+    )
+    vae.add_argument("--license", default=None, help="License of the weights, for the model card.")
+    parser.set_defaults(adam_beta2=0.999, adam_weight_decay=1e-4)
+    args = parser.parse_args(argv)
+    check_common_arguments(args)
+    if args.temperature_steps is None:
+        args.temperature_steps = args.max_train_steps
+    if args.kl_weight_steps is None:
+        args.kl_weight_steps = max(args.max_train_steps // 10, 1)
+    if args.temperature_start <= 0 or args.temperature_end <= 0:
+        raise ValueError("The gumbel-softmax temperatures must be positive.")
+    return args
+
+
+def build_vae(args) -> DalleVAE:
+    if args.pretrained_model_name_or_path is not None:
+        return load_component(DalleVAE, args.pretrained_model_name_or_path, "vae")
+    config = DalleVAEConfig(**{"image_size": args.resolution, **parse_model_config(args.model_config)})
+    return DalleVAE(config)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    accelerator = create_accelerator(args)
+    vae = build_vae(args)
+    if args.resolution % vae.config.downsample_factor:
+        raise ValueError(f"--resolution must be a multiple of {vae.config.downsample_factor}, got {args.resolution}.")
+    if args.gradient_checkpointing:
+        vae.gradient_checkpointing_enable()
+    ema = create_ema(vae, args.ema_decay) if args.use_ema else None
+
+    dataset = load_image_caption_dataset(args)
+    collate = ImageCaptionCollator(args.resolution)
+    train_dataloader = make_dataloader(dataset, args.train_batch_size, collate, args.dataloader_num_workers, seed=args.seed)
+    validation_images = collate(list(dataset.take(args.num_validation_images)))["pixel_values"]
+
+    def loss_fn(model, batch, step):
+        temperature = annealed_value(step, args.temperature_start, args.temperature_end, args.temperature_steps, args.schedule)
+        kl_weight = annealed_value(step, args.kl_weight_start, args.kl_weight_end, args.kl_weight_steps, args.schedule)
+        output = model(batch["pixel_values"], temperature=temperature, kl_weight=kl_weight, hard=args.straight_through)
+        return {
+            "loss": output.loss,
+            "reconstruction_loss": output.reconstruction_loss,
+            "kl_loss": output.kl_loss,
+            "perplexity": output.perplexity,
+            "codes_used": output.codes_used,
+            "temperature": temperature,
+            "kl_weight": kl_weight,
+        }
+
+    grids = []
+
+    def validate(step: int, model: DalleVAE) -> None:
+        if not accelerator.is_main_process or (step % args.validation_steps and step != args.max_train_steps):
+            return
+        if ema is not None:  # show what will be saved: the averaged weights
+            ema.store(model.parameters())
+            ema.copy_to(model.parameters())
+        model.eval()
+        with torch.no_grad(), accelerator.autocast():
+            pixels = validation_images.to(accelerator.device)
+            codes = model.encode(pixels).indices
+            reconstructions = model.decode(codes).sample
+        model.train()
+        if ema is not None:
+            ema.restore(model.parameters())
+        path = save_image_grid(
+            tensors_to_pil(pixels) + tensors_to_pil(reconstructions), 2, Path(args.output_dir) / "reconstructions" / f"step-{step:06d}.png"
+        )
+        grids.append(path)
+        accelerator.log(
+            {
+                "validation/codes_used": codes.unique().numel(),
+                "validation/mse": torch.mean((reconstructions.float() - pixels) ** 2).item(),
+            },
+            step=step,
+        )
+
+    vae, state, metrics = train(args, accelerator, vae, train_dataloader, loss_fn, ema=ema, on_step_end=validate)
+
+    if accelerator.is_main_process:
+        write_folder_atomically(args.output_dir, lambda folder: save_model(vae, folder, ema))
+        sample_grid = None
+        if grids:
+            sample_grid = "reconstructions/" + grids[-1].name
+        summary = training_summary(args, "train_vae.py", argv, metrics, sample_grid)
+        write_card_and_push(
+            args,
+            "dalle_vae",
+            ["dvae", "discrete-vae", "image-tokenizer"],
+            {
+                "model_name": Path(args.output_dir).resolve().name,
+                "model_description": summary,
+                "config": vae.config,
+                "encoder_parameters": sum(p.numel() for p in vae.encoder.parameters()),
+                "decoder_parameters": sum(p.numel() for p in vae.decoder.parameters()),
+            },
+            commit_message="Add DALL-E dVAE trained with hf_dalle",
+        )
+        logger.info("Saved the dVAE to %s (%d steps, %d skipped).", args.output_dir, state.global_step, state.skipped_steps)
+    return state
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Shared code of the training scripts in `scripts/` (Accelerate): flags, data, the training loop, EMA, schedules,
+atomic resumable checkpoints, and the outputs (image grids, model cards, Hub uploads)."""
+
+from .arguments import add_common_arguments, add_data_arguments, check_common_arguments, parse_model_config
+from .checkpointing import TrainingState, list_checkpoints, resolve_checkpoint, save_checkpoint
+from .data import ImageCaptionCollator, image_to_tensor, load_image_caption_dataset, make_dataloader
+from .ema import NON_EMA_VARIANT, create_ema, save_model
+from .loading import load_component
+from .loop import NonFiniteLossError, create_accelerator, train
+from .outputs import save_image_grid, tensors_to_pil, training_summary, write_card_and_push, write_folder_atomically
+from .schedules import annealed_value
+
+__all__ = [
+    "NON_EMA_VARIANT",
+    "ImageCaptionCollator",
+    "NonFiniteLossError",
+    "TrainingState",
+    "add_common_arguments",
+    "add_data_arguments",
+    "annealed_value",
+    "check_common_arguments",
+    "create_accelerator",
+    "create_ema",
+    "image_to_tensor",
+    "list_checkpoints",
+    "load_component",
+    "load_image_caption_dataset",
+    "make_dataloader",
+    "parse_model_config",
+    "resolve_checkpoint",
+    "save_checkpoint",
+    "save_image_grid",
+    "save_model",
+    "tensors_to_pil",
+    "train",
+    "training_summary",
+    "write_card_and_push",
+    "write_folder_atomically",
+]

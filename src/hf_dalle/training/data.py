@@ -1,0 +1,119 @@
+"""Image-caption data for the training scripts: loading (a `datasets` dataset or an imagefolder, optionally
+streamed), image preprocessing, and data loaders."""
+
+import argparse
+import os
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image
+
+
+def is_saved_dataset(path: str) -> bool:
+    """Whether `path` is a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`."""
+    return os.path.isfile(os.path.join(path, "state.json")) or os.path.isfile(os.path.join(path, "dataset_dict.json"))
+
+
+def load_image_caption_dataset(args: argparse.Namespace) -> datasets.Dataset | datasets.IterableDataset:
+    """
+    The training split named by the data flags (`add_data_arguments`), with its image and caption columns renamed
+    to `image` and `caption` and nothing else kept. `--dataset_name` may be a Hub id, a local folder that
+    `load_dataset` reads or a `save_to_disk` folder; `--train_data_dir` is an imagefolder with `metadata.jsonl`.
+    """
+    if args.dataset_name is None and args.train_data_dir is None:
+        raise ValueError("No training data: pass --dataset_name (a datasets dataset) or --train_data_dir (an imagefolder).")
+    if args.dataset_name is not None and is_saved_dataset(args.dataset_name):
+        dataset = datasets.load_from_disk(args.dataset_name)
+        if isinstance(dataset, datasets.DatasetDict):
+            dataset = _pick_split(dataset, args.dataset_split)
+        if args.streaming:
+            dataset = dataset.to_iterable_dataset()
+    elif args.dataset_name is not None:
+        dataset = datasets.load_dataset(
+            args.dataset_name, args.dataset_config_name, split=args.dataset_split, streaming=args.streaming
+        )
+    else:
+        if not os.path.isdir(args.train_data_dir):
+            raise ValueError(f"--train_data_dir {args.train_data_dir!r} is not a folder.")
+        dataset = datasets.load_dataset(
+            "imagefolder", data_dir=args.train_data_dir, split=args.dataset_split, streaming=args.streaming
+        )
+    columns = list(dataset.features) if dataset.features is not None else dataset.column_names
+    for flag, column in (("--image_column", args.image_column), ("--caption_column", args.caption_column)):
+        if column not in columns:
+            raise ValueError(
+                f"The dataset has no column {column!r} ({flag}); its columns are {columns}."
+                + (" An imagefolder takes its captions from the fields of metadata.jsonl." if args.train_data_dir else "")
+            )
+    dataset = dataset.select_columns([args.image_column, args.caption_column])
+    renames = {old: new for old, new in ((args.image_column, "image"), (args.caption_column, "caption")) if old != new}
+    if renames:
+        dataset = dataset.rename_columns(renames)
+    if args.max_train_samples is not None:
+        dataset = dataset.take(args.max_train_samples)
+    return dataset
+
+
+def _pick_split(dataset: datasets.DatasetDict, split: str) -> datasets.Dataset:
+    if split not in dataset:
+        raise ValueError(f"The dataset has no split {split!r}; it has {list(dataset)} (pick one with --dataset_split).")
+    return dataset[split]
+
+
+def image_to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
+    """An RGB float tensor `[3, resolution, resolution]` in [0, 1]: the shorter side resized to `resolution`
+    (bicubic), then a centre crop. No flips: captions talk about left and right."""
+    image = image.convert("RGB")
+    width, height = image.size
+    scale = resolution / min(width, height)
+    if (width, height) != (resolution, resolution):
+        size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+        image = image.resize(size, Image.BICUBIC)
+        left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+        image = image.crop((left, top, left + resolution, top + resolution))
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+class ImageCaptionCollator:
+    """Collate `{"image": PIL, "caption": str}` rows into `pixel_values` `[B, 3, R, R]` in [0, 1] and `captions`
+    (a picklable class, so data-loader workers can run it)."""
+
+    def __init__(self, resolution: int):
+        self.resolution = resolution
+
+    def __call__(self, rows: list[dict]) -> dict:
+        return {
+            "pixel_values": torch.stack([image_to_tensor(row["image"], self.resolution) for row in rows]),
+            "captions": [row["caption"] for row in rows],
+        }
+
+
+def make_dataloader(
+    dataset: datasets.Dataset | datasets.IterableDataset,
+    batch_size: int,
+    collate_fn=None,
+    num_workers: int = 0,
+    shuffle: bool = True,
+    seed: int = 0,
+) -> torch.utils.data.DataLoader:
+    """A `DataLoader` for `Accelerator.prepare`. A map-style dataset is shuffled by the sampler; a streaming dataset
+    through its shuffle buffer, reseeded every epoch (`set_epoch`). The loader draws its worker seeds from its own
+    generator, so that iterating it never moves the global RNG (which a resumed run restores exactly)."""
+    if isinstance(dataset, datasets.IterableDataset):
+        if shuffle:
+            dataset = dataset.shuffle(seed=seed, buffer_size=1000)
+        shuffle = False
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        collate_fn=collate_fn,
+        num_workers=num_workers,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=False,
+    )
+
+
+__all__ = ["ImageCaptionCollator", "image_to_tensor", "is_saved_dataset", "load_image_caption_dataset", "make_dataloader"]

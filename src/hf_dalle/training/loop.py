@@ -1,0 +1,241 @@
+"""The training loop shared by the training scripts: Accelerate set-up, AdamW and its schedule, gradient
+accumulation, clipping, skipping non-finite steps, EMA, resumable checkpoints, PowerSGD, and logging.
+
+A script builds its model and data, then calls `train(...)` with a `loss_fn(model, batch, step)` that returns the loss
+and the metrics to log; everything else is here.
+"""
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
+from diffusers.training_utils import EMAModel
+from transformers import get_scheduler
+
+from .checkpointing import TrainingState, resolve_checkpoint, save_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when too many optimizer steps in a row had a non-finite loss or gradient."""
+
+
+def create_accelerator(args) -> Accelerator:
+    """An `Accelerator` for the common flags, seeded with `--seed` (same seed on every process: identical initial
+    weights; each process still sees different data)."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
+        # The shuffle order is a function of (seed, epoch): a resumed run sees the same batches as an uninterrupted one.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per file of every checkpoint otherwise
+    if not accelerator.is_local_main_process:
+        logging.getLogger().setLevel(logging.WARNING)
+    set_seed(args.seed)
+    return accelerator
+
+
+def create_optimizer(args, model: torch.nn.Module) -> torch.optim.AdamW:
+    """AdamW; weight decay on tensors of 2 or more dimensions (weight matrices, kernels, embeddings), not on biases
+    and norm scales."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": args.adam_weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(
+        [group for group in groups if group["params"]],
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+    )
+
+
+def create_lr_scheduler(args, optimizer: torch.optim.Optimizer, num_processes: int):
+    # A prepared scheduler steps once per process at each optimizer step (diffusers' convention), hence the factor.
+    return get_scheduler(
+        args.lr_scheduler,
+        optimizer,
+        num_warmup_steps=args.lr_warmup_steps * num_processes,
+        num_training_steps=args.max_train_steps * num_processes,
+    )
+
+
+def register_powersgd_hook(accelerator: Accelerator, model: torch.nn.Module, rank: int, start_step: int) -> bool:
+    """Compress the DDP gradient all-reduce with PowerSGD (rank `rank`, error feedback, plain all-reduce for the first
+    `start_step` steps). Returns whether it was registered (only a multi-process DDP run has a DDP model)."""
+    from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not isinstance(model, DistributedDataParallel):
+        logger.warning("--powersgd_rank is ignored: this is not a multi-process DDP run (%s).", accelerator.distributed_type)
+        return False
+    state = powerSGD_hook.PowerSGDState(
+        process_group=None, matrix_approximation_rank=rank, start_powerSGD_iter=max(start_step, 2)
+    )
+    model.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+    return True
+
+
+class MetricsLogger:
+    """Averages metrics over the logging interval on the device (no host sync between logs), then writes them to the
+    trackers, the console and `OUTPUT_DIR/logs/metrics.jsonl` (main process)."""
+
+    def __init__(self, accelerator: Accelerator, output_dir: str):
+        self.accelerator = accelerator
+        self.path = Path(output_dir) / "logs" / "metrics.jsonl"
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.last: dict[str, float] = {}
+        self._clock = time.perf_counter()
+        self._steps_at_clock = 0
+
+    def add(self, metrics: dict[str, torch.Tensor | float]) -> None:
+        for name, value in metrics.items():
+            value = torch.as_tensor(value).detach().to(self.accelerator.device, torch.float32)
+            self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def log(self, step: int, extra: dict[str, float]) -> dict[str, float]:
+        if not self.sums:
+            return {}
+        names = sorted(self.sums)
+        means = self.accelerator.reduce(torch.stack([self.sums[n] / self.counts[n] for n in names]), reduction="mean")
+        now = time.perf_counter()
+        logs = dict(zip(names, means.tolist()))
+        logs.update(extra, steps_per_second=(step - self._steps_at_clock) / max(now - self._clock, 1e-9))
+        self.sums, self.counts, self._clock, self._steps_at_clock = {}, {}, now, step
+        self.last = logs
+        self.accelerator.log(logs, step=step)
+        if self.accelerator.is_main_process:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as file:
+                file.write(json.dumps({"step": step, **logs}) + "\n")
+            logger.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in logs.items()))
+        return logs
+
+
+def train(
+    args,
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    train_dataloader: torch.utils.data.DataLoader,
+    loss_fn: Callable[[torch.nn.Module, dict, int], dict[str, torch.Tensor]],
+    ema: EMAModel | None = None,
+    on_step_end: Callable[[int, torch.nn.Module], None] | None = None,
+) -> tuple[torch.nn.Module, TrainingState, dict[str, float]]:
+    """
+    Train `model` for `args.max_train_steps` optimizer steps and return `(unwrapped model, state, last metrics)`.
+
+    Args:
+        loss_fn: `loss_fn(model, batch, step) -> {"loss": scalar, **metrics}`; the metrics (scalar tensors) are
+            averaged over the logging interval. `step` is the optimizer step about to be taken.
+        ema: the moving average to update after every optimizer step (and to checkpoint).
+        on_step_end: called on every process after each optimizer step with `(step, unwrapped model)` (validation
+            images, ...).
+
+    A step whose gradient norm is not finite (a NaN or inf loss anywhere) is skipped, counted and logged; after
+    `--max_nonfinite_steps` such steps in a row, `NonFiniteLossError` stops the run. Checking the norm costs one
+    host sync per optimizer step, and every process sees the same all-reduced norm, so all of them skip together.
+    """
+    optimizer = create_optimizer(args, model)
+    lr_scheduler = create_lr_scheduler(args, optimizer, accelerator.num_processes)
+    model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader, lr_scheduler)
+    if args.powersgd_rank is not None:
+        register_powersgd_hook(accelerator, model, args.powersgd_rank, args.powersgd_start_step)
+    if ema is not None:
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+    state = TrainingState()
+    accelerator.register_for_checkpointing(state)
+    if accelerator.is_main_process:
+        accelerator.init_trackers(Path(args.output_dir).name, config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+
+    checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        logger.info("Resumed from %s at step %d (epoch %d, batch %d).", checkpoint, state.global_step, state.epoch, state.batches_in_epoch)
+
+    max_grad_norm = args.max_grad_norm if args.max_grad_norm is not None else math.inf
+    metrics = MetricsLogger(accelerator, args.output_dir)
+    unwrapped = accelerator.unwrap_model(model)
+    model.train()
+    while state.global_step < args.max_train_steps:
+        train_dataloader.set_epoch(state.epoch)
+        batches = train_dataloader
+        if state.batches_in_epoch:
+            batches = accelerator.skip_first_batches(train_dataloader, state.batches_in_epoch)
+        batches_before = state.batches_in_epoch
+        for batch in batches:
+            state.batches_in_epoch += 1
+            with accelerator.accumulate(model):
+                outputs = loss_fn(model, batch, state.global_step)
+                accelerator.backward(outputs["loss"])
+                metrics.add(outputs)
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+                    finite = bool(torch.isfinite(grad_norm))
+                    # fp16: the gradient scaler must see every step to lower its scale; it skips non-finite ones.
+                    if finite or accelerator.scaler is not None:
+                        optimizer.step()
+                    stepped = finite and not accelerator.optimizer_step_was_skipped
+                    if stepped:
+                        lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            if not stepped:
+                state.skipped_steps += 1
+                state.nonfinite_in_a_row += 1
+                logger.warning(
+                    "Skipped optimizer step %d: non-finite gradient norm (%d skipped in total).",
+                    state.global_step + 1, state.skipped_steps,
+                )  # fmt: skip
+                if state.nonfinite_in_a_row >= args.max_nonfinite_steps:
+                    raise NonFiniteLossError(
+                        f"Stopping: the loss or gradients were not finite (NaN or inf) in {state.nonfinite_in_a_row} "
+                        f"optimizer steps in a row (--max_nonfinite_steps {args.max_nonfinite_steps}), at step "
+                        f"{state.global_step + 1}. Lower --learning_rate, set --max_grad_norm, or check the data; "
+                        "resume from the last checkpoint with --resume_from_checkpoint latest."
+                    )
+                continue
+            state.nonfinite_in_a_row = 0
+            state.global_step += 1
+            metrics.add({"grad_norm": grad_norm})
+            if ema is not None:
+                ema.step(model.parameters())
+            if state.global_step % args.logging_steps == 0 or state.global_step == args.max_train_steps:
+                metrics.log(state.global_step, {"lr": lr_scheduler.get_last_lr()[0], "skipped_steps": state.skipped_steps})
+            if state.global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, args.output_dir, state.global_step, args.checkpoints_total_limit)
+            if on_step_end is not None:
+                on_step_end(state.global_step, unwrapped)
+            if state.global_step >= args.max_train_steps:
+                break
+        else:
+            if state.batches_in_epoch == batches_before:
+                raise ValueError(
+                    "The training data yields no batch: it has fewer examples per process than --train_batch_size "
+                    f"({args.train_batch_size})."
+                )
+            state.epoch += 1
+            state.batches_in_epoch = 0
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return unwrapped, state, metrics.last
+
+
+__all__ = ["MetricsLogger", "NonFiniteLossError", "create_accelerator", "create_optimizer", "create_lr_scheduler",
+           "register_powersgd_hook", "train"]  # fmt: skip

@@ -1,0 +1,187 @@
+"""The training library and the training scripts: schedules, exact resume, atomic checkpoints, the non-finite guard,
+EMA outputs, mixed precision, errors. Tiny models, a few steps each."""
+
+import importlib.util
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hf_dalle import DalleVAE
+from hf_dalle.data import make_shapes_dataset
+from hf_dalle.training import NonFiniteLossError, annealed_value, list_checkpoints, resolve_checkpoint
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_VAE = '{"hidden_size": 8, "vocab_size": 16, "num_blocks_per_group": 1, "decoder_init_size": 8}'
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO_ROOT / "scripts" / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster than two fighting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory) -> Path:
+    """20 shapes-world images of 32x32 with captions, saved with `save_to_disk`."""
+    path = tmp_path_factory.mktemp("data") / "shapes"
+    make_shapes_dataset(20, seed=1, image_size=32).save_to_disk(str(path))
+    return path
+
+
+def vae_args(data: Path, output_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--dataset_name", str(data), "--resolution", "32", "--model_config", TINY_VAE, "--output_dir", str(output_dir),
+        "--train_batch_size", "4", "--learning_rate", "3e-3", "--temperature_steps", "8", "--kl_weight_steps", "4",
+        "--logging_steps", "2", "--validation_steps", "100", "--num_validation_images", "2", *extra,
+    ]  # fmt: skip
+
+
+class Interrupt(Exception):
+    """Stands in for the process being killed."""
+
+
+def interrupt_on_call(monkeypatch, cls, method: str, call: int):
+    """Make the `call`-th call (1-based) of `cls.method` raise `Interrupt`."""
+    original, calls = getattr(cls, method), []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise Interrupt(f"interrupted at call {call} of {cls.__name__}.{method}")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(cls, method, wrapper)
+
+
+def assert_same_weights(dir_a: Path, dir_b: Path, filename: str = "model.safetensors", atol: float = 1e-6):
+    a, b = load_file(dir_a / filename), load_file(dir_b / filename)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=atol, msg=name)
+
+
+def test_annealed_value_end_points_and_shapes():
+    # The paper's relaxation schedules: temperature 1 -> 1/16 and KL weight 0 -> 6.6, cosine.
+    assert annealed_value(0, 1.0, 1 / 16, 100) == 1.0
+    assert annealed_value(100, 1.0, 1 / 16, 100) == 1 / 16
+    assert annealed_value(10**6, 0.0, 6.6, 100) == 6.6  # stays at the end value
+    assert annealed_value(50, 0.0, 6.6, 100) == pytest.approx(3.3)  # cosine and linear meet half way
+    assert annealed_value(25, 0.0, 1.0, 100) == pytest.approx(0.5 * (1 - math.cos(math.pi / 4)))
+    assert annealed_value(25, 0.0, 1.0, 100, "linear") == pytest.approx(0.25)
+    assert annealed_value(50, 1.0, 1 / 16, 100, "exponential") == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="Unknown schedule 'step'"):
+        annealed_value(1, 1.0, 0.0, 10, "step")
+    with pytest.raises(ValueError, match="positive end points"):
+        annealed_value(1, 1.0, 0.0, 10, "exponential")
+
+
+def test_vae_resume_is_exact(shapes_dir, tmp_path, monkeypatch):
+    """8 steps straight == 3 steps, killed, resumed from the checkpoint for 5 more: same weights, EMA and metrics.
+    20 images in batches of 4: the checkpoint lies mid-epoch (the data loader must skip the consumed batches) and the
+    run crosses an epoch boundary; gumbel noise comes from the restored RNG state."""
+    train_vae = load_script("train_vae")
+    common = ["--max_train_steps", "8", "--checkpointing_steps", "3", "--use_ema", "--ema_decay", "0.5"]
+    train_vae.main(vae_args(shapes_dir, tmp_path / "straight", *common))
+
+    resumed = tmp_path / "resumed"
+    interrupt_on_call(monkeypatch, DalleVAE, "forward", 5)  # killed during step 5, after checkpoint-3
+    with pytest.raises(Interrupt):
+        train_vae.main(vae_args(shapes_dir, resumed, *common))
+    monkeypatch.undo()
+    assert [p.name for p in list_checkpoints(resumed)] == ["checkpoint-3"]
+    state = train_vae.main(vae_args(shapes_dir, resumed, *common, "--resume_from_checkpoint", "latest"))
+    assert state.global_step == 8 and state.epoch == 1 and state.batches_in_epoch == 3
+
+    straight = tmp_path / "straight"
+    assert_same_weights(straight, resumed)  # the EMA weights (what from_pretrained loads)
+    assert_same_weights(straight, resumed, "model.non_ema.safetensors")  # the raw weights
+    ema, raw = load_file(straight / "model.safetensors"), load_file(straight / "model.non_ema.safetensors")
+    assert any(not torch.equal(ema[name], raw[name]) for name in ema)  # the average is not the raw weights
+    straight_logs = [json.loads(line) for line in (straight / "logs" / "metrics.jsonl").read_text().splitlines()]
+    resumed_logs = [json.loads(line) for line in (resumed / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [log["step"] for log in straight_logs] == [2, 4, 6, 8]
+    for a, b in zip(straight_logs[2:], resumed_logs[-2:]):  # steps 6 and 8, both after the resume point
+        assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_checkpoint_interrupted_while_saving_leaves_the_previous_one(shapes_dir, tmp_path, monkeypatch):
+    train_vae = load_script("train_vae")
+    output_dir = tmp_path / "run"
+    args = vae_args(shapes_dir, output_dir, "--max_train_steps", "4", "--checkpointing_steps", "2")
+    # The second save (step 4) dies after the model weights are written, while the optimizer state is written.
+    from accelerate import checkpointing as accelerate_checkpointing
+
+    original_save = accelerate_checkpointing.save
+
+    def save_killed_at_step_4(obj, path, *args, **kwargs):
+        if Path(path).parent.name == ".tmp-checkpoint-4" and Path(path).name == "optimizer.bin":
+            Path(path).write_bytes(b"half an optimizer")
+            raise Interrupt("killed while saving checkpoint-4")
+        return original_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(accelerate_checkpointing, "save", save_killed_at_step_4)
+    with pytest.raises(Interrupt):
+        train_vae.main(args)
+    monkeypatch.undo()
+    folder = output_dir / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == [".tmp-checkpoint-4", "checkpoint-2"]  # the torn save is hidden
+    assert resolve_checkpoint(output_dir, "latest") == folder / "checkpoint-2"
+    assert not (output_dir / "model.safetensors").exists()  # no final model from a failed run
+
+    # Resuming ignores (and clears) the torn save and completes the run like an uninterrupted one.
+    train_vae.main([*args, "--resume_from_checkpoint", "latest"])
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    train_vae.main(vae_args(shapes_dir, tmp_path / "straight", "--max_train_steps", "4", "--checkpointing_steps", "2"))
+    assert_same_weights(tmp_path / "straight", output_dir)
+
+
+def test_checkpoints_total_limit_prunes_the_oldest(shapes_dir, tmp_path):
+    train_vae = load_script("train_vae")
+    output_dir = tmp_path / "run"
+    train_vae.main(
+        vae_args(shapes_dir, output_dir, "--max_train_steps", "5", "--checkpointing_steps", "1", "--checkpoints_total_limit", "2")
+    )
+    assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-4", "checkpoint-5"]
+    # The newest checkpoint holds the final weights (no EMA here: model.safetensors is the raw model).
+    final = load_file(output_dir / "model.safetensors")
+    checkpoint = load_file(output_dir / "checkpoints" / "checkpoint-5" / "model.safetensors")
+    assert all(torch.equal(final[name], checkpoint[name]) for name in final)
+    with pytest.raises(ValueError, match="is not a checkpoint folder"):
+        resolve_checkpoint(output_dir, str(output_dir / "checkpoints" / "checkpoint-3"))
+
+
+def test_nonfinite_loss_steps_are_skipped_then_training_stops(shapes_dir, tmp_path, monkeypatch):
+    train_vae = load_script("train_vae")
+    original, calls = DalleVAE.forward, []
+
+    def forward_with_nan_losses(self, *args, **kwargs):
+        output = original(self, *args, **kwargs)
+        calls.append(self.encoder.blocks.input.weight.detach().clone())  # the weights this step starts from
+        if len(calls) in (2, 3) or len(calls) >= 6:  # steps 2 and 3 once, then every step from 6 on
+            output.loss = output.loss * float("nan")
+        return output
+
+    monkeypatch.setattr(DalleVAE, "forward", forward_with_nan_losses)
+    with pytest.raises(NonFiniteLossError, match=r"not finite \(NaN or inf\) in 3 optimizer steps in a row \(--max_nonfinite_steps 3\)"):
+        train_vae.main(vae_args(shapes_dir, tmp_path / "run", "--max_train_steps", "20", "--max_nonfinite_steps", "3"))
+    assert len(calls) == 8  # 5 forward passes, 2 of them skipped (3 steps taken), then 3 non-finite in a row
+    assert torch.equal(calls[1], calls[2]) and torch.equal(calls[2], calls[3])  # skipped: no update, no NaN
+    assert not torch.equal(calls[0], calls[1]) and not torch.equal(calls[3], calls[4])  # finite steps update
+    assert all(torch.isfinite(weights).all() for weights in calls)
+    logs = [json.loads(line) for line in (tmp_path / "run" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [(log["step"], log["skipped_steps"]) for log in logs] == [(2, 2)]

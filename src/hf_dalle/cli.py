@@ -35,9 +35,74 @@ def reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_pipeline(model: str | None):
+    from hf_dalle import DEMO_MODEL_DIR, DallePipeline
+
+    model = model or DEMO_MODEL_DIR
+    if model == DEMO_MODEL_DIR and not Path(DEMO_MODEL_DIR, "model_index.json").exists():
+        raise SystemExit(f"The bundled demo model is missing from {DEMO_MODEL_DIR}; pass --model DIR_OR_HUB_ID.")
+    return DallePipeline.from_pretrained(model)
+
+
+def generate(args: argparse.Namespace) -> int:
+    """Caption(s) in, reranked PNGs and a grid out; prints each file with its CLIP score."""
+    import re
+
+    import torch
+    from diffusers.utils import make_image_grid
+
+    pipe = _load_pipeline(args.model)
+    num_rows = len(args.prompts) * args.num_candidates
+    # One generator per candidate, seeded seed + index: each candidate is reproducible on its own.
+    generators = [torch.Generator().manual_seed(args.seed + i) for i in range(num_rows)] if args.seed is not None else None
+    output = pipe(
+        args.prompts,
+        negative_prompt=args.negative_prompt,
+        num_candidates=args.num_candidates,
+        num_images_per_prompt=args.num_images,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        guidance_scale=args.guidance_scale,
+        generator=generators,
+        candidate_batch_size=args.candidate_batch_size,
+    )
+    output_dir = Path(args.output_dir)
+    for index, image in enumerate(output.images):
+        prompt = args.prompts[index // args.num_images]
+        slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:60] or "image"
+        path = output_dir / f"{slug}_{index % args.num_images}.png"
+        _save_png(image, path)
+        score = f"{output.scores[index]:.4f}" if output.scores is not None else "n/a (no CLIP model)"
+        print(f"{path}  score={score}  prompt={prompt!r}")
+    grid = make_image_grid(output.images, rows=len(args.prompts), cols=args.num_images)
+    _save_png(grid, output_dir / "grid.png")
+    print(f"{output_dir / 'grid.png'}  ({len(args.prompts)} prompts x {args.num_images} images)")
+    return 0
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser, num_candidates: int, num_images: int) -> None:
+    parser.add_argument("--model", default=None, help="Pipeline directory or Hub id (default: the bundled demo model).")
+    parser.add_argument("--negative-prompt", default=None, help="Caption to steer away from (with --guidance-scale > 1).")
+    parser.add_argument("--num-candidates", type=int, default=num_candidates, help=f"Candidates sampled per prompt (default: {num_candidates}).")
+    parser.add_argument("--num-images", type=int, default=num_images, help=f"Best candidates kept per prompt (default: {num_images}).")
+    parser.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature (default: 1.0).")
+    parser.add_argument("--top-k", type=int, default=None, help="Sample among the k most likely codes (default: all).")
+    parser.add_argument("--top-p", type=float, default=None, help="Nucleus sampling threshold (default: off).")
+    parser.add_argument("--guidance-scale", type=float, default=1.0, help="Classifier-free guidance scale (default: 1, off).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed; candidate i uses seed + i (default: 0).")
+    parser.add_argument("--candidate-batch-size", type=int, default=16, help="Candidates sampled together (default: 16).")
+    parser.add_argument("--output-dir", default="outputs", help="Where the PNGs go (default: outputs).")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-dalle", description="DALL-E on the Hugging Face stack.")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    gen = commands.add_parser("generate", help="Generate CLIP-reranked images for captions.")
+    gen.add_argument("prompts", nargs="+", help="Caption(s), e.g. 'a red circle above a blue square'.")
+    add_generation_arguments(gen, num_candidates=16, num_images=4)
+    gen.set_defaults(func=generate)
 
     rec = commands.add_parser("reconstruct", help="Round-trip images through a dVAE (encode to codes, decode).")
     rec.add_argument("images", nargs="+", help="Image files.")

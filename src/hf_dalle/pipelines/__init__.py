@@ -1,0 +1,1 @@
+from .pipeline_dalle import DallePipeline, DallePipelineOutput

@@ -1,0 +1,201 @@
+import logging
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from tiny_pipeline import make_tiny_pipeline
+
+from hf_dalle import DallePipeline
+from hf_dalle.cli import main as cli_main
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return make_tiny_pipeline()
+
+
+def seeded(n: int, offset: int = 0) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(offset + i) for i in range(n)]
+
+
+def without_clip(pipe: DallePipeline) -> DallePipeline:
+    return DallePipeline(tokenizer=pipe.tokenizer, transformer=pipe.transformer, vae=pipe.vae)
+
+
+def all_candidates(pipe, prompt, generators, **kwargs):
+    """Every candidate in sampling order (no CLIP: no rerank), as tensors."""
+    n = len(generators)
+    return without_clip(pipe)(prompt, num_candidates=n, num_images_per_prompt=n, generator=generators, output_type="pt", **kwargs).images
+
+
+def test_output_types(pipe):
+    kwargs = dict(num_candidates=3, num_images_per_prompt=2, generator=seeded(6))
+    pil = pipe(["a red circle", "a blue square"], **kwargs)
+    assert len(pil.images) == 4 and all(isinstance(i, PIL.Image.Image) and i.size == (32, 32) for i in pil.images)
+    assert len(pil.scores) == 4
+    np_out = pipe(["a red circle", "a blue square"], output_type="np", **{**kwargs, "generator": seeded(6)})
+    assert np_out.images.shape == (4, 32, 32, 3) and np_out.images.min() >= 0 and np_out.images.max() <= 1
+    pt = pipe(["a red circle", "a blue square"], output_type="pt", **{**kwargs, "generator": seeded(6)})
+    assert pt.images.shape == (4, 3, 32, 32)
+    torch.testing.assert_close(torch.from_numpy(np_out.images).permute(0, 3, 1, 2), pt.images)
+    assert np.array_equal(np.asarray(pil.images[0]), (np_out.images[0] * 255).round().astype(np.uint8))
+    assert pil.scores == pt.scores
+    images, scores = pipe("a red circle", num_candidates=2, generator=seeded(2), return_dict=False)
+    assert len(images) == 1 and len(scores) == 1
+
+
+def test_seed_independent_of_batch_size_candidate_count_and_chunking(pipe):
+    reference = all_candidates(pipe, "a red circle", seeded(6), candidate_batch_size=6)
+    for batch_size in (1, 4):
+        torch.testing.assert_close(all_candidates(pipe, "a red circle", seeded(6), candidate_batch_size=batch_size), reference)
+    # Fewer candidates: the same first images.
+    torch.testing.assert_close(all_candidates(pipe, "a red circle", seeded(3)), reference[:3])
+    # A candidate is its generator's: candidate 4 alone, from generator 4.
+    torch.testing.assert_close(all_candidates(pipe, "a red circle", seeded(1, offset=4)), reference[4:5])
+    # Different seeds draw different images.
+    assert not torch.allclose(reference[0], reference[1])
+    # With other prompts in the batch, a prompt's candidates stay the same.
+    mixed = without_clip(pipe)(
+        ["a blue square", "a red circle"], num_candidates=6, num_images_per_prompt=6,
+        generator=seeded(6, offset=100) + seeded(6), candidate_batch_size=4, output_type="pt",
+    ).images  # fmt: skip
+    torch.testing.assert_close(mixed[6:], reference)
+
+
+def test_rerank_order_is_clip_score_order(pipe):
+    candidates = all_candidates(pipe, "a blue square", seeded(8))
+    # CLIP scores computed here, independently of the pipeline: CLIP's normalisation by hand, cosine similarity.
+    mean = torch.tensor(pipe.clip_processor.image_processor.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(pipe.clip_processor.image_processor.image_std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        image_embeds = pipe.clip_model.get_image_features(pixel_values=(candidates - mean) / std).pooler_output
+        ids = pipe.tokenizer(["a blue square"], return_tensors="pt").input_ids
+        text_embeds = pipe.clip_model.get_text_features(input_ids=ids).pooler_output
+    expected = torch.nn.functional.cosine_similarity(image_embeds, text_embeds)
+    order = expected.argsort(descending=True)
+
+    out = pipe("a blue square", num_candidates=8, num_images_per_prompt=3, generator=seeded(8), candidate_batch_size=3, output_type="pt")
+    torch.testing.assert_close(out.images, candidates[order[:3]])
+    # CLIP's image processor (PIL backend without torchvision) rounds pixels to 8 bits: scores agree to ~1e-4.
+    torch.testing.assert_close(torch.tensor(out.scores), expected[order[:3]], atol=5e-4, rtol=0)
+    assert out.scores == sorted(out.scores, reverse=True)
+
+
+def test_without_clip_returns_first_candidates_with_warning(pipe, caplog):
+    plain = without_clip(pipe)
+    candidates = all_candidates(pipe, "a red circle", seeded(4))
+    with caplog.at_level(logging.WARNING):
+        out = plain("a red circle", num_candidates=4, num_images_per_prompt=2, generator=seeded(4), output_type="pt")
+    assert "No CLIP model" in caplog.text
+    assert out.scores is None
+    torch.testing.assert_close(out.images, candidates[:2])
+
+
+def test_guidance_with_prompt_as_negative_equals_no_guidance(pipe):
+    # uncond + s * (cond - uncond) == cond when the negative prompt is the prompt itself: the conditional and
+    # unconditional rows must stay aligned through the batched forward and the cache.
+    plain = all_candidates(pipe, "a red circle", seeded(4))
+    guided = all_candidates(pipe, "a red circle", seeded(4), guidance_scale=3.0, negative_prompt="a red circle")
+    torch.testing.assert_close(guided, plain)
+    # A real unconditional stream changes the images.
+    unconditional = all_candidates(pipe, "a red circle", seeded(4), guidance_scale=3.0)
+    assert not torch.allclose(unconditional, plain)
+
+
+def test_guidance_scale_one_equals_no_guidance(pipe):
+    torch.testing.assert_close(
+        all_candidates(pipe, "a green triangle", seeded(3), guidance_scale=1.0, negative_prompt="a red circle"),
+        all_candidates(pipe, "a green triangle", seeded(3)),
+    )
+
+
+def test_priming_keeps_the_top_rows(pipe, monkeypatch):
+    image = torch.rand(3, 32, 32)
+    primed_codes = pipe.vae.encode(image[None]).indices[0, :2]
+    decoded = []
+    original_decode = pipe.decode
+    monkeypatch.setattr(pipe, "decode", lambda codes: decoded.append(codes.view(-1, 4, 4)) or original_decode(codes))
+    pipe("a red circle", num_candidates=5, generator=seeded(5), image=image, num_prime_rows=2)
+    codes = torch.cat(decoded)
+    assert codes.shape == (5, 4, 4)
+    assert (codes[:, :2] == primed_codes).all()
+    assert len({tuple(c[2:].flatten().tolist()) for c in codes}) > 1  # the rest is sampled
+    # A PIL image works the same way.
+    decoded.clear()
+    pil = PIL.Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    pipe("a red circle", num_candidates=2, generator=seeded(2), image=pil, num_prime_rows=1)
+    pil_codes = pipe.vae.encode(torch.from_numpy(np.asarray(pil) / 255).permute(2, 0, 1)[None].float()).indices[0, :1]
+    assert (torch.cat(decoded)[:, :1] == pil_codes).all()
+
+
+def test_save_load_round_trip(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path)
+    assert (tmp_path / "transformer" / "model.safetensors").exists()
+    assert (tmp_path / "vae" / "model.safetensors").exists()
+    loaded = DallePipeline.from_pretrained(tmp_path)
+    kwargs = dict(num_candidates=4, num_images_per_prompt=2, generator=seeded(4), output_type="pt")
+    expected = pipe("a red circle", **kwargs)
+    got = loaded("a red circle", **{**kwargs, "generator": seeded(4)})
+    assert torch.equal(expected.images, got.images)
+    torch.testing.assert_close(torch.tensor(got.scores), torch.tensor(expected.scores), atol=1e-6, rtol=0)
+
+
+def test_push_to_hub_and_load_by_id(pipe, hub_server, tmp_path):
+    pipe.push_to_hub("tiny-dalle")
+    files = hub_server.files("hf-dalle-tester/tiny-dalle")
+    assert "model_index.json" in files and "transformer/model.safetensors" in files
+    pipe.save_pretrained(tmp_path)
+    assert files["transformer/model.safetensors"] == (tmp_path / "transformer" / "model.safetensors").read_bytes()
+    loaded = DallePipeline.from_pretrained("hf-dalle-tester/tiny-dalle")
+    kwargs = dict(num_candidates=2, generator=seeded(2), output_type="pt")
+    assert torch.equal(loaded("a red circle", **kwargs).images, pipe("a red circle", **{**kwargs, "generator": seeded(2)}).images)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(prompt=""), "non-empty"),
+        (dict(prompt=[]), "non-empty"),
+        (dict(prompt="a red circle", num_candidates=2, num_images_per_prompt=3), "between 1 and num_candidates=2"),
+        (dict(prompt="a red circle", num_candidates=0), "num_candidates"),
+        (dict(prompt="a red circle", temperature=0), "temperature"),
+        (dict(prompt="a red circle", top_p=1.5), "top_p"),
+        (dict(prompt="a red circle", guidance_scale=0.5), "guidance_scale"),
+        (dict(prompt="a red circle", num_candidates=2, generator=[torch.Generator()]), "one per candidate"),
+        (dict(prompt="a red circle", image=torch.rand(3, 64, 64), num_prime_rows=1), "must be 32x32"),
+        (dict(prompt="a red circle", image=torch.rand(3, 32, 32), num_prime_rows=4), "num_prime_rows"),
+        (dict(prompt="a red circle", num_prime_rows=1), "needs an `image`"),
+        (dict(prompt="a red circle", output_type="latent"), "output_type"),
+        (dict(prompt=["a", "b"], negative_prompt=["x"]), "one per prompt"),
+    ],
+)
+def test_bad_input_raises(pipe, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pipe(**{"num_candidates": 2, **kwargs})
+
+
+def test_wrong_component_types_raise(pipe):
+    with pytest.raises(ValueError, match="`vae` must be a DalleVAE, got DalleForImageGeneration"):
+        DallePipeline(tokenizer=pipe.tokenizer, transformer=pipe.transformer, vae=pipe.transformer)
+    with pytest.raises(ValueError, match="pass both or neither"):
+        DallePipeline(tokenizer=pipe.tokenizer, transformer=pipe.transformer, vae=pipe.vae, clip_model=pipe.clip_model)
+
+
+def test_cli_generate_writes_files(pipe, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    pipe.save_pretrained(model_dir)
+    out_dir = tmp_path / "out"
+    code = cli_main(
+        ["generate", "a red circle", "a blue square", "--model", str(model_dir), "--num-candidates", "3",
+         "--num-images", "2", "--seed", "7", "--output-dir", str(out_dir)]
+    )  # fmt: skip
+    assert code == 0
+    pngs = sorted(p.name for p in out_dir.glob("*.png"))
+    assert pngs == ["a_blue_square_0.png", "a_blue_square_1.png", "a_red_circle_0.png", "a_red_circle_1.png", "grid.png"]
+    assert PIL.Image.open(out_dir / "grid.png").size == (64, 64)
+    printed = capsys.readouterr().out
+    assert printed.count("score=") == 4
+    # The files are the pipeline's images for the per-candidate seeds 7, 8, ...
+    expected = pipe(["a red circle", "a blue square"], num_candidates=3, num_images_per_prompt=2, generator=seeded(6, offset=7))
+    assert np.array_equal(np.asarray(PIL.Image.open(out_dir / "a_blue_square_1.png")), np.asarray(expected.images[3]))

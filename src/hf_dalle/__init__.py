@@ -8,6 +8,7 @@ from pathlib import Path
 from .convert_openai_dvae import convert_openai_dvae
 from .models.dalle import DalleConfig, DalleForImageGeneration, DalleModel, DalleStreamLogitsProcessor
 from .models.dalle_vae import DalleVAE, DalleVAEConfig, map_pixels, unmap_pixels
+from .pipelines import DallePipeline, DallePipelineOutput
 from .tokenization_dalle import DalleTokenizer
 
 __version__ = "0.1.0"
@@ -20,6 +21,8 @@ __all__ = [
     "DalleConfig",
     "DalleForImageGeneration",
     "DalleModel",
+    "DallePipeline",
+    "DallePipelineOutput",
     "DalleStreamLogitsProcessor",
     "DalleTokenizer",
     "DalleVAE",

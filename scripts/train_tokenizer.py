@@ -93,7 +93,8 @@ def main(argv=None):
             os.replace(file, output_dir / file.name)
     print(
         f"Trained a BPE tokenizer of {len(tokenizer)} tokens (max_text_length {args.max_text_length}) on "
-        f"{len(captions)} captions; written to {output_dir}. Use DalleConfig(text_vocab_size={len(tokenizer)}) or larger."
+        f"{len(captions)} captions; written to {output_dir}. "
+        f"Use DalleConfig(text_vocab_size={len(tokenizer)}) or larger."
     )
     return tokenizer
 

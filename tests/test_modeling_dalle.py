@@ -157,8 +157,10 @@ def test_logits_only_allow_the_token_kind_of_the_next_position():
         logits = model(random_stream()).logits
     next_is_image = torch.arange(STREAM_LENGTH) >= TEXT_LENGTH - 1
     text_logits, image_logits = logits[..., :TEXT_VOCAB], logits[..., TEXT_VOCAB:]
-    assert torch.isneginf(text_logits[:, next_is_image]).all() and torch.isfinite(image_logits[:, next_is_image]).all()
-    assert torch.isneginf(image_logits[:, ~next_is_image]).all() and torch.isfinite(text_logits[:, ~next_is_image]).all()
+    assert torch.isneginf(text_logits[:, next_is_image]).all()
+    assert torch.isfinite(image_logits[:, next_is_image]).all()
+    assert torch.isneginf(image_logits[:, ~next_is_image]).all()
+    assert torch.isfinite(text_logits[:, ~next_is_image]).all()
     # The processor for outside scores applies the same rule.
     processor = DalleStreamLogitsProcessor(model.config)
     for length in (3, TEXT_LENGTH, TEXT_LENGTH + 4):
@@ -337,7 +339,11 @@ def test_compiled_decode_step_with_static_cache():
     compile_config = CompileConfig(fullgraph=True, mode="default")
     compile_config._compile_all_devices = True
     compiled = model.generate(
-        prompt, do_sample=False, max_new_tokens=GRID * GRID, cache_implementation="static", compile_config=compile_config
+        prompt,
+        do_sample=False,
+        max_new_tokens=GRID * GRID,
+        cache_implementation="static",
+        compile_config=compile_config,
     )
     assert torch.equal(compiled, expected)
 
@@ -369,7 +375,7 @@ def test_prepare_input_ids_and_image_codes_round_trip():
 @pytest.mark.parametrize(
     "make_stream, message",
     [
-        (lambda s: torch.cat([s, s[:, -1:]], dim=1), "reaches stream position 24, but a DALL-E stream holds at most 24"),
+        (lambda s: torch.cat([s, s[:, -1:]], dim=1), "reaches stream position 24, but a DALL-E stream holds at most"),
         (lambda s: s.index_fill(1, torch.tensor([2]), TEXT_VOCAB + 1), "image code .* at a text position"),
         (lambda s: s.index_fill(1, torch.tensor([TEXT_LENGTH + 2]), 5), "text token id .* at an image position"),
         (lambda s: s.index_fill(1, torch.tensor([TEXT_LENGTH]), TEXT_VOCAB + IMAGE_VOCAB), "ids outside \\[0, 72\\)"),
@@ -394,7 +400,7 @@ def test_bad_calls_are_rejected():
         model(stream, labels=stream.index_fill(1, torch.tensor([TEXT_LENGTH]), 3))
     with pytest.raises(ValueError, match="caption longer than max_text_length"):
         model(torch.randint(1, TEXT_VOCAB, (1, TEXT_LENGTH + 2)))
-    with pytest.raises(ValueError, match="`text_input_ids` must have shape \\(batch, <= max_text_length=8\\)"):
+    with pytest.raises(ValueError, match="`text_input_ids` must be a tensor of shape \\(batch, <= max_text_length=8"):
         model.prepare_input_ids(torch.ones(1, TEXT_LENGTH + 1, dtype=torch.long))
     with pytest.raises(ValueError, match="`image_codes` must lie in \\[0, 24\\)"):
         model.prepare_input_ids(torch.ones(1, 3, dtype=torch.long), torch.full((1, 4), IMAGE_VOCAB))

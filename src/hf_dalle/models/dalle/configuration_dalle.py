@@ -19,7 +19,8 @@ class DalleConfig(PreTrainedConfig):
     r"""
     Configuration of [`DalleForImageGeneration`], the decoder-only transformer of DALL-E (Ramesh et al. 2021) that
     models one stream of `max_text_length` text tokens followed by `image_grid_size ** 2` image codes. The defaults
-    describe the paper's 12B model (64 layers, d_model 3968, 62 heads of 64 dims, text 256 x 16384, image 32x32 x 8192).
+    describe the paper's 12B model (64 layers, d_model 3968, 62 heads of 64 dims, text 256 x 16384,
+    image 32x32 x 8192).
 
     Token ids of the stream: text tokens are `0 .. text_vocab_size - 1`, image code `c` is written as
     `text_vocab_size + c`, so the model's vocabulary is `text_vocab_size + image_vocab_size`.
@@ -156,7 +157,9 @@ class DalleConfig(PreTrainedConfig):
             )
         unknown = sorted({t for t in self.attention_types if t not in ATTENTION_TYPES})
         if unknown:
-            raise ValueError(f"Unknown `attention_types` {unknown}; each layer must be one of {list(ATTENTION_TYPES)}.")
+            raise ValueError(
+                f"Unknown `attention_types` {unknown}; each layer must be one of {list(ATTENTION_TYPES)}."
+            )
         if self.conv_kernel_size % 2 != 1:
             raise ValueError(f"`conv_kernel_size` must be odd (a centred kernel), got {self.conv_kernel_size}.")
         if not 0.0 <= self.text_loss_weight <= 1.0:

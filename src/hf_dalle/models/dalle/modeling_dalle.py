@@ -22,7 +22,8 @@ def build_attention_masks(config: DalleConfig, device: torch.device | str | None
     by `config`, where `S = max_text_length + image_grid_size ** 2`.
 
     Text queries attend causally to text; image queries attend to all text. Between image codes at raster indices
-    `i` (query) and `j` (key), every type requires `j <= i`, and with `G = image_grid_size`, `h = conv_kernel_size // 2`:
+    `i` (query) and `j` (key), every type requires `j <= i`, and with `G = image_grid_size`,
+    `h = conv_kernel_size // 2`:
 
     - `"full"`: every earlier code;
     - `"row"`: `i - j <= G`, the code itself and the `G` codes before it (the paper's "previous grid + 1 tokens": the
@@ -280,7 +281,9 @@ class DallePreTrainedModel(PreTrainedModel):
         parallelism every process must see the same gradients (call it after they are all-reduced).
         """
         if not self.config.resblock_gradient_scaling:
-            raise ValueError("`update_resblock_gradient_scales` needs a model built with `resblock_gradient_scaling=True`.")
+            raise ValueError(
+                "`update_resblock_gradient_scales` needs a model built with `resblock_gradient_scaling=True`."
+            )
         growth_interval = self.config.resblock_gradient_scale_growth_interval
         overflowed = []
         for block in self.modules():
@@ -295,7 +298,8 @@ class DallePreTrainedModel(PreTrainedModel):
                 for grad in grads:
                     grad.masked_fill_(found, 0.0)
                 grow = ~found & (scaler.good_steps + 1 >= growth_interval)
-                scaler.scale.copy_(torch.where(found, scaler.scale / 2, torch.where(grow, scaler.scale * 2, scaler.scale)))
+                new_scale = torch.where(found, scaler.scale / 2, torch.where(grow, scaler.scale * 2, scaler.scale))
+                scaler.scale.copy_(new_scale)
                 scaler.good_steps.copy_(torch.where(found | grow, 0, scaler.good_steps + 1))
                 scaler.found_nonfinite.zero_()
                 overflowed.append(found)
@@ -327,11 +331,14 @@ class DalleModel(DallePreTrainedModel):
             self._attention_masks[device] = build_attention_masks(self.config, device)
         return self._attention_masks[device]
 
-    def _check_stream_ids(self, ids: torch.Tensor, positions: torch.Tensor, name: str, ignore_index: int | None = None):
+    def _check_stream_ids(
+        self, ids: torch.Tensor, positions: torch.Tensor, name: str, ignore_index: int | None = None
+    ) -> None:
         """Raise a ValueError naming the problem if `ids` (stream positions `positions`) break the layout."""
         config = self.config
-        if ids.ndim != 2 or ids.is_floating_point() or ids.shape[1] == 0:
-            raise ValueError(f"`{name}` must be a non-empty integer tensor of shape (batch, length), got {ids.dtype} {tuple(ids.shape)}.")
+        if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.is_floating_point() or ids.shape[1] == 0:
+            got = f"{ids.dtype} {tuple(ids.shape)}" if isinstance(ids, torch.Tensor) else type(ids).__name__
+            raise ValueError(f"`{name}` must be a non-empty integer tensor of shape (batch, length), got {got}.")
         valid = ids != ignore_index if ignore_index is not None else torch.ones_like(ids, dtype=torch.bool)
         is_image_position = positions >= config.max_text_length
         is_image_id = ids >= config.text_vocab_size
@@ -376,7 +383,6 @@ class DalleModel(DallePreTrainedModel):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> BaseModelOutputWithPast | tuple:
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         output_hidden_states = (
@@ -403,8 +409,9 @@ class DalleModel(DallePreTrainedModel):
         key_length = past_key_values.get_mask_sizes(length, 0)[0] if past_key_values is not None else length
         masks = {}
         for kind, mask in self.attention_masks(input_ids.device).items():
-            mask = mask[:, :key_length] if key_length <= mask.shape[1] else F.pad(mask, (0, key_length - mask.shape[1]))
-            masks[kind] = mask.index_select(0, positions)
+            if key_length > mask.shape[1]:
+                mask = F.pad(mask, (0, key_length - mask.shape[1]))
+            masks[kind] = mask[:, :key_length].index_select(0, positions)
 
         hidden_states = self.embeddings(input_ids, positions)
         all_hidden_states = (hidden_states,) if output_hidden_states else None
@@ -495,10 +502,14 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
         `text_vocab_size`. Prime with the top rows of an image by passing its first codes.
         """
         config = self.config
-        if text_input_ids.ndim != 2 or text_input_ids.shape[1] > config.max_text_length:
+        if (
+            not isinstance(text_input_ids, torch.Tensor)
+            or text_input_ids.ndim != 2
+            or text_input_ids.shape[1] > config.max_text_length
+        ):
             raise ValueError(
-                f"`text_input_ids` must have shape (batch, <= max_text_length={config.max_text_length}), "
-                f"got {tuple(text_input_ids.shape)}."
+                f"`text_input_ids` must be a tensor of shape (batch, <= max_text_length={config.max_text_length}), "
+                f"got {tuple(text_input_ids.shape) if isinstance(text_input_ids, torch.Tensor) else text_input_ids!r}."
             )
         missing = config.max_text_length - text_input_ids.shape[1]
         stream = F.pad(text_input_ids, (0, missing), value=config.text_pad_token_id)
@@ -537,7 +548,6 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> DalleCausalLMOutputWithPast | tuple:
         r"""
         Args:
@@ -569,7 +579,8 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
         text_vocab_size = self.config.text_vocab_size
         if isinstance(past_length, int) and past_length + first_kept >= self.config.max_text_length - 1:
             # Only image codes can come next: skip the text rows of the head (2/3 of it in the paper's model).
-            image_logits = F.linear(hidden_states, self.lm_head.weight[text_vocab_size:], self.lm_head.bias[text_vocab_size:])
+            bias = self.lm_head.bias[text_vocab_size:] if self.lm_head.bias is not None else None
+            image_logits = F.linear(hidden_states, self.lm_head.weight[text_vocab_size:], bias)
             logits = F.pad(image_logits, (text_vocab_size, 0), value=float("-inf"))
         else:
             logits = mask_logits_by_position(self.lm_head(hidden_states), positions[first_kept:], self.config)

@@ -3,7 +3,13 @@ atomic resumable checkpoints, and the outputs (image grids, model cards, Hub upl
 
 from .arguments import add_common_arguments, add_data_arguments, check_common_arguments, parse_model_config
 from .checkpointing import TrainingState, list_checkpoints, resolve_checkpoint, save_checkpoint
-from .data import ImageCaptionCollator, image_to_tensor, load_image_caption_dataset, make_dataloader
+from .data import (
+    ImageCaptionCollator,
+    image_to_tensor,
+    load_image_caption_dataset,
+    load_pretokenized_dataset,
+    make_dataloader,
+)
 from .ema import NON_EMA_VARIANT, create_ema, save_model
 from .loading import load_component
 from .loop import NonFiniteLossError, create_accelerator, train
@@ -25,6 +31,7 @@ __all__ = [
     "list_checkpoints",
     "load_component",
     "load_image_caption_dataset",
+    "load_pretokenized_dataset",
     "make_dataloader",
     "parse_model_config",
     "resolve_checkpoint",

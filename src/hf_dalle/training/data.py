@@ -2,6 +2,7 @@
 streamed), image preprocessing, and data loaders."""
 
 import argparse
+import json
 import os
 
 import datasets
@@ -53,6 +54,50 @@ def load_image_caption_dataset(args: argparse.Namespace) -> datasets.Dataset | d
     if args.max_train_samples is not None:
         dataset = dataset.take(args.max_train_samples)
     return dataset
+
+
+PRETOKENIZED_COLUMNS = ("text_input_ids", "image_codes")
+# Written by scripts/pretokenize.py next to the data: the tokenizer and dVAE that made it, and the stream sizes.
+PRETOKENIZED_INFO_FILE = "hf_dalle_pretokenized.json"
+
+
+def load_pretokenized_dataset(
+    path: str, split: str = "train", streaming: bool = False, max_samples: int | None = None
+) -> datasets.Dataset | datasets.IterableDataset:
+    """
+    Data made by `scripts/pretokenize.py`: a `save_to_disk` folder, a folder of parquet shards or a Hub dataset with
+    the columns `text_input_ids` (`max_text_length` caption ids, pad-filled) and `image_codes` (the dVAE's codes in
+    raster order), formatted as torch tensors.
+    """
+    saved = next((p for p in (path, os.path.join(path, "data")) if is_saved_dataset(p)), None)
+    if saved is not None:
+        dataset = datasets.load_from_disk(saved)
+        if isinstance(dataset, datasets.DatasetDict):
+            dataset = _pick_split(dataset, split)
+        if streaming:
+            dataset = dataset.to_iterable_dataset()
+    else:
+        dataset = datasets.load_dataset(path, split=split, streaming=streaming)
+    columns = list(dataset.features) if dataset.features is not None else dataset.column_names
+    missing = [column for column in PRETOKENIZED_COLUMNS if column not in columns]
+    if missing:
+        raise ValueError(
+            f"{path!r} is not pre-tokenized data: it lacks the columns {missing} (it has {columns}); make it with "
+            "scripts/pretokenize.py."
+        )
+    dataset = dataset.select_columns(list(PRETOKENIZED_COLUMNS))
+    if max_samples is not None:
+        dataset = dataset.take(max_samples)
+    return dataset.with_format("torch")
+
+
+def read_pretokenized_info(path: str) -> dict:
+    """The `hf_dalle_pretokenized.json` of a local pre-tokenized folder (tokenizer, dVAE, sizes), or `{}`."""
+    info = os.path.join(path, PRETOKENIZED_INFO_FILE)
+    if not os.path.isfile(info):
+        return {}
+    with open(info, encoding="utf-8") as file:
+        return json.load(file)
 
 
 def _pick_split(dataset: datasets.DatasetDict, split: str) -> datasets.Dataset:
@@ -116,4 +161,14 @@ def make_dataloader(
     )
 
 
-__all__ = ["ImageCaptionCollator", "image_to_tensor", "is_saved_dataset", "load_image_caption_dataset", "make_dataloader"]
+__all__ = [
+    "PRETOKENIZED_COLUMNS",
+    "PRETOKENIZED_INFO_FILE",
+    "ImageCaptionCollator",
+    "image_to_tensor",
+    "is_saved_dataset",
+    "load_image_caption_dataset",
+    "load_pretokenized_dataset",
+    "make_dataloader",
+    "read_pretokenized_info",
+]

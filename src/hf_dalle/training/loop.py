@@ -135,6 +135,7 @@ def train(
     loss_fn: Callable[[torch.nn.Module, dict, int], dict[str, torch.Tensor]],
     ema: EMAModel | None = None,
     on_step_end: Callable[[int, torch.nn.Module], None] | None = None,
+    before_optimizer_step: Callable[[torch.nn.Module], object] | None = None,
 ) -> tuple[torch.nn.Module, TrainingState, dict[str, float]]:
     """
     Train `model` for `args.max_train_steps` optimizer steps and return `(unwrapped model, state, last metrics)`.
@@ -145,6 +146,8 @@ def train(
         ema: the moving average to update after every optimizer step (and to checkpoint).
         on_step_end: called on every process after each optimizer step with `(step, unwrapped model)` (validation
             images, ...).
+        before_optimizer_step: called with the unwrapped model once the gradients of a step are complete (all-reduced),
+            before clipping and the optimizer step (e.g. the transformer's per-resblock gradient unscaling).
 
     A step whose gradient norm is not finite (a NaN or inf loss anywhere) is skipped, counted and logged; after
     `--max_nonfinite_steps` such steps in a row, `NonFiniteLossError` stops the run. Checking the norm costs one
@@ -185,6 +188,8 @@ def train(
                 accelerator.backward(outputs["loss"])
                 metrics.add(outputs)
                 if accelerator.sync_gradients:
+                    if before_optimizer_step is not None:
+                        before_optimizer_step(unwrapped)
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
                     finite = bool(torch.isfinite(grad_norm))
                     # fp16: the gradient scaler must see every step to lower its scale; it skips non-finite ones.

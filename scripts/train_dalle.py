@@ -1,0 +1,243 @@
+#!/usr/bin/env python
+"""Train (or fine-tune) the DALL-E transformer prior (stage 2) on pre-tokenized pairs, with Accelerate.
+
+    python scripts/pretokenize.py --train_data_dir my_images --pretrained_model_name_or_path PIPELINE --output_dir tokens
+    accelerate launch scripts/train_dalle.py --pretrained_model_name_or_path PIPELINE --pretokenized_dataset tokens \\
+        --use_ema --max_train_steps 2000 --output_dir my-dalle
+
+From scratch, name the tokenizer and dVAE (or let the pre-tokenized data's hf_dalle_pretokenized.json name them) and
+the architecture with --model_config. The loss is the model's weighted cross-entropy (text 1/8, image 7/8 by
+default); --caption_dropout replaces a share of the captions by the empty (all-pad) caption, which teaches the
+unconditional stream that classifier-free guidance needs. Every --validation_steps the prompts are sampled to an
+image grid in OUTPUT_DIR/validation/. The output folder is a pipeline: transformer/ (with --use_ema the averaged
+weights, raw weights beside them as the non_ema variant), tokenizer/, vae/ and, if given, clip_model/ +
+clip_processor/, plus a model card.
+"""
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from hf_dalle import DalleConfig, DalleForImageGeneration, DalleTokenizer, DalleVAE
+from hf_dalle.training import (
+    add_common_arguments,
+    check_common_arguments,
+    create_accelerator,
+    create_ema,
+    load_component,
+    load_pretokenized_dataset,
+    make_dataloader,
+    parse_model_config,
+    save_image_grid,
+    save_model,
+    tensors_to_pil,
+    train,
+    training_summary,
+    write_card_and_push,
+    write_folder_atomically,
+)
+from hf_dalle.training.data import read_pretokenized_info
+
+logger = logging.getLogger(__name__)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_arguments(parser, learning_rate=4.5e-4, train_batch_size=32, max_train_steps=10000)
+    data = parser.add_argument_group("data")
+    data.add_argument("--pretokenized_dataset", required=True, help="Output of scripts/pretokenize.py (folder or Hub id).")
+    data.add_argument("--streaming", action="store_true", help="Stream the pre-tokenized data.")
+    data.add_argument("--max_train_samples", type=int, default=None, help="Use only the first this many pairs.")
+    parts = parser.add_argument_group("pipeline parts (default: those of --pretrained_model_name_or_path, else those "
+                                      "recorded by pretokenize.py)")  # fmt: skip
+    parts.add_argument("--tokenizer_name_or_path", default=None, help="The DalleTokenizer.")
+    parts.add_argument("--vae_model_name_or_path", default=None, help="The dVAE that made the image codes.")
+    parts.add_argument(
+        "--clip_model_name_or_path", default=None, help="A CLIPModel + CLIPProcessor folder (train_clip.py) for reranking."
+    )
+    stage = parser.add_argument_group("transformer training")
+    stage.add_argument(
+        "--caption_dropout", type=float, default=0.1, help="Share of captions replaced by the empty caption (for guidance)."
+    )
+    stage.add_argument("--text_loss_weight", type=float, default=None, help="Override the config's text loss weight (1/8).")
+    stage.add_argument(
+        "--validation_prompts", nargs="*", default=None, help="Prompts of the validation grid (default: 4 training captions)."
+    )
+    stage.add_argument("--num_validation_images", type=int, default=4, help="Images per validation prompt.")
+    stage.add_argument("--validation_top_k", type=int, default=64, help="Top-k sampling of the validation images.")
+    stage.add_argument("--license", default=None, help="License of the weights, for the model card.")
+    parser.set_defaults(adam_beta2=0.96, adam_weight_decay=4.5e-2, max_grad_norm=4.0)
+    args = parser.parse_args(argv)
+    check_common_arguments(args)
+    if not 0.0 <= args.caption_dropout < 1.0:
+        raise ValueError(f"--caption_dropout must be in [0, 1), got {args.caption_dropout}.")
+    return args
+
+
+def load_parts(args) -> tuple[DalleTokenizer, DalleVAE, dict]:
+    """The tokenizer and dVAE of the pipeline being trained, and the pre-tokenized data's info."""
+    info = read_pretokenized_info(args.pretokenized_dataset)
+    sources = {}
+    for name, flag in (("tokenizer", args.tokenizer_name_or_path), ("vae", args.vae_model_name_or_path)):
+        sources[name] = flag or args.pretrained_model_name_or_path or info.get(name)
+        if sources[name] is None:
+            raise ValueError(
+                f"Which {name}? Pass --{name}{'_name_or_path' if name == 'tokenizer' else '_model_name_or_path'}, a "
+                "pipeline with --pretrained_model_name_or_path, or data made by scripts/pretokenize.py."
+            )
+    tokenizer = load_component(DalleTokenizer, sources["tokenizer"], "tokenizer")
+    vae = load_component(DalleVAE, sources["vae"], "vae").eval().requires_grad_(False)
+    return tokenizer, vae, info
+
+
+def build_transformer(args, tokenizer: DalleTokenizer, vae: DalleVAE, text_length: int, grid: int) -> DalleForImageGeneration:
+    if args.pretrained_model_name_or_path is not None:
+        model = load_component(DalleForImageGeneration, args.pretrained_model_name_or_path, "transformer")
+    else:
+        config = {
+            "text_vocab_size": len(tokenizer),
+            "image_vocab_size": vae.config.vocab_size,
+            "max_text_length": text_length,
+            "image_grid_size": grid,
+            "text_pad_token_id": tokenizer.pad_token_id,
+            **parse_model_config(args.model_config),
+        }
+        model = DalleForImageGeneration(DalleConfig(**config))
+    config = model.config
+    problems = []
+    if (config.max_text_length, config.image_grid_size) != (text_length, grid):
+        problems.append(
+            f"the data has {text_length} caption positions and {grid}x{grid} codes, the transformer "
+            f"{config.max_text_length} and {config.image_grid_size}x{config.image_grid_size}"
+        )
+    if config.image_vocab_size != vae.config.vocab_size:
+        problems.append(f"the dVAE has {vae.config.vocab_size} codes, the transformer {config.image_vocab_size}")
+    if len(tokenizer) > config.text_vocab_size or tokenizer.pad_token_id != config.text_pad_token_id:
+        problems.append(
+            f"the tokenizer has {len(tokenizer)} tokens and pad id {tokenizer.pad_token_id}, the transformer "
+            f"text_vocab_size {config.text_vocab_size} and text_pad_token_id {config.text_pad_token_id}"
+        )
+    if problems:
+        raise ValueError("The transformer does not fit its data: " + "; ".join(problems) + ". Re-run pretokenize.py with the pipeline's tokenizer and dVAE.")
+    if args.text_loss_weight is not None:
+        config.text_loss_weight = args.text_loss_weight
+    return model
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    accelerator = create_accelerator(args)
+    tokenizer, vae, info = load_parts(args)
+    dataset = load_pretokenized_dataset(args.pretokenized_dataset, streaming=args.streaming, max_samples=args.max_train_samples)
+    first = next(iter(dataset))
+    text_length, num_codes = first["text_input_ids"].numel(), first["image_codes"].numel()
+    grid = int(round(num_codes**0.5))
+    if grid * grid != num_codes:
+        raise ValueError(f"The pre-tokenized image_codes hold {num_codes} codes per image, not a square grid.")
+
+    model = build_transformer(args, tokenizer, vae, text_length, grid)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    ema = create_ema(model, args.ema_decay) if args.use_ema else None
+    vae.to(accelerator.device)
+    config = model.config
+
+    prompts = args.validation_prompts
+    if not prompts:
+        rows = list(dataset.take(4))
+        prompts = tokenizer.batch_decode([row["text_input_ids"] for row in rows], skip_special_tokens=True)
+    validation_ids = tokenizer(
+        prompts, padding="max_length", truncation=True, max_length=config.max_text_length, return_tensors="pt"
+    )["input_ids"]
+
+    train_dataloader = make_dataloader(dataset, args.train_batch_size, num_workers=args.dataloader_num_workers, seed=args.seed)
+
+    def loss_fn(model, batch, step):
+        text = batch["text_input_ids"].long()
+        if args.caption_dropout > 0:
+            dropped = torch.rand(text.shape[0], device=text.device) < args.caption_dropout
+            text = text.masked_fill(dropped[:, None], config.text_pad_token_id)
+        input_ids = torch.cat([text, batch["image_codes"].long() + config.text_vocab_size], dim=1)
+        output = model(input_ids=input_ids, labels=input_ids, use_cache=False)
+        return {"loss": output.loss, "text_loss": output.text_loss, "image_loss": output.image_loss}
+
+    before_optimizer_step = None
+    if config.resblock_gradient_scaling:  # the paper's per-resblock fp16 gradient scaling (after the all-reduce)
+        before_optimizer_step = lambda model: model.update_resblock_gradient_scales()  # noqa: E731
+
+    grids = []
+
+    def validate(step: int, model: DalleForImageGeneration) -> None:
+        if not accelerator.is_main_process or (step % args.validation_steps and step != args.max_train_steps):
+            return
+        grids.append(sample_grid(model, step))
+
+    @torch.no_grad()
+    def sample_grid(model: DalleForImageGeneration, step: int) -> Path:
+        if ema is not None:
+            ema.store(model.parameters())
+            ema.copy_to(model.parameters())
+        model.eval()
+        # A fixed seed, and the training RNG untouched (a resumed run must draw the same noise as an uninterrupted one).
+        with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []), accelerator.autocast():
+            torch.manual_seed(args.seed)
+            prompt_ids = validation_ids.repeat_interleave(args.num_validation_images, dim=0).to(accelerator.device)
+            streams = model.generate(
+                prompt_ids,
+                attention_mask=torch.ones_like(prompt_ids),
+                do_sample=True,
+                top_k=args.validation_top_k,
+                max_new_tokens=config.image_seq_length,
+                min_new_tokens=config.image_seq_length,
+            )
+            images = vae.decode(model.image_codes_from_ids(streams)).sample
+        model.train()
+        if ema is not None:
+            ema.restore(model.parameters())
+        path = Path(args.output_dir) / "validation" / f"step-{step:06d}.png"
+        return save_image_grid(tensors_to_pil(images), len(prompts), path)
+
+    model, state, metrics = train(
+        args, accelerator, model, train_dataloader, loss_fn, ema=ema, on_step_end=validate,
+        before_optimizer_step=before_optimizer_step,
+    )  # fmt: skip
+
+    if accelerator.is_main_process:
+        def write_pipeline(folder: Path) -> None:
+            save_model(model, folder / "transformer", ema)
+            tokenizer.save_pretrained(folder / "tokenizer")
+            vae.save_pretrained(folder / "vae")
+            if args.clip_model_name_or_path is not None:
+                from transformers import CLIPModel, CLIPProcessor
+
+                load_component(CLIPModel, args.clip_model_name_or_path, "clip_model").save_pretrained(folder / "clip_model")
+                load_component(CLIPProcessor, args.clip_model_name_or_path, "clip_processor").save_pretrained(folder / "clip_processor")
+
+        write_folder_atomically(args.output_dir, write_pipeline)
+        summary = training_summary(args, "train_dalle.py", argv, metrics, f"validation/{grids[-1].name}" if grids else None)
+        write_card_and_push(
+            args,
+            "dalle_pipeline",
+            ["text-to-image"],
+            {
+                "model_name": Path(args.output_dir).resolve().name,
+                "training_summary": summary,
+                "config": config,
+                "num_parameters": model.num_parameters(),
+                "prompts": prompts,
+                "pretokenized_dataset": args.pretokenized_dataset,
+                "pretokenized_info": info,
+                "base_model": args.pretrained_model_name_or_path,
+                "use_ema": args.use_ema,
+                "has_clip": args.clip_model_name_or_path is not None,
+            },
+            commit_message="Add DALL-E pipeline trained with hf_dalle",
+        )
+        logger.info("Saved the pipeline to %s (%d steps, %d skipped).", args.output_dir, state.global_step, state.skipped_steps)
+    return state
+
+
+if __name__ == "__main__":
+    main()

@@ -365,8 +365,9 @@ class DalleModel(DallePreTrainedModel):
         if image_in_text:
             raise ValueError(
                 f"`{name}` holds an image code (id >= text_vocab_size={config.text_vocab_size}) at a text position "
-                f"(< max_text_length={config.max_text_length}); pad the caption to max_text_length with the pad "
-                f"token {config.text_pad_token_id} before the image codes."
+                f"(< max_text_length={config.max_text_length}): pad the caption to max_text_length with the pad "
+                f"token {config.text_pad_token_id} before the image codes, and use a tokenizer whose vocabulary fits "
+                "in text_vocab_size."
             )
         if text_in_image:
             raise ValueError(

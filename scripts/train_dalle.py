@@ -20,8 +20,11 @@ from pathlib import Path
 
 import torch
 
-from hf_dalle import DalleConfig, DalleForImageGeneration, DalleTokenizer, DalleVAE
+from transformers import CLIPModel, CLIPProcessor
+
+from hf_dalle import DalleConfig, DalleForImageGeneration, DallePipeline, DalleTokenizer, DalleVAE
 from hf_dalle.training import (
+    NON_EMA_VARIANT,
     add_common_arguments,
     check_common_arguments,
     create_accelerator,
@@ -31,8 +34,6 @@ from hf_dalle.training import (
     make_dataloader,
     parse_model_config,
     save_image_grid,
-    save_model,
-    tensors_to_pil,
     train,
     training_summary,
     write_card_and_push,
@@ -67,6 +68,9 @@ def parse_args(argv=None):
     )
     stage.add_argument("--num_validation_images", type=int, default=4, help="Images per validation prompt.")
     stage.add_argument("--validation_top_k", type=int, default=64, help="Top-k sampling of the validation images.")
+    stage.add_argument(
+        "--validation_guidance_scale", type=float, default=1.0, help="Classifier-free guidance of the validation images."
+    )
     stage.add_argument("--license", default=None, help="License of the weights, for the model card.")
     parser.set_defaults(adam_beta2=0.96, adam_weight_decay=4.5e-2, max_grad_norm=4.0)
     args = parser.parse_args(argv)
@@ -126,6 +130,23 @@ def build_transformer(args, tokenizer: DalleTokenizer, vae: DalleVAE, text_lengt
     return model
 
 
+def load_clip(args) -> tuple[CLIPModel | None, CLIPProcessor | None]:
+    """The reranker to ship with the pipeline: --clip_model_name_or_path (a train_clip.py output or a pipeline), else
+    the one of the pipeline being fine-tuned, if it has one."""
+    source = args.clip_model_name_or_path
+    if source is not None:
+        return load_component(CLIPModel, source, "clip_model"), load_component(CLIPProcessor, source, "clip_processor")
+    if args.pretrained_model_name_or_path is None:
+        return None, None
+    try:
+        return (
+            CLIPModel.from_pretrained(args.pretrained_model_name_or_path, subfolder="clip_model"),
+            CLIPProcessor.from_pretrained(args.pretrained_model_name_or_path, subfolder="clip_processor"),
+        )
+    except OSError:
+        return None, None
+
+
 def main(argv=None):
     args = parse_args(argv)
     accelerator = create_accelerator(args)
@@ -148,9 +169,6 @@ def main(argv=None):
     if not prompts:
         rows = list(dataset.take(4))
         prompts = tokenizer.batch_decode([row["text_input_ids"] for row in rows], skip_special_tokens=True)
-    validation_ids = tokenizer(
-        prompts, padding="max_length", truncation=True, max_length=config.max_text_length, return_tensors="pt"
-    )["input_ids"]
 
     train_dataloader = make_dataloader(dataset, args.train_batch_size, num_workers=args.dataloader_num_workers, seed=args.seed)
 
@@ -167,37 +185,37 @@ def main(argv=None):
     if config.resblock_gradient_scaling:  # the paper's per-resblock fp16 gradient scaling (after the all-reduce)
         before_optimizer_step = lambda model: model.update_resblock_gradient_scales()  # noqa: E731
 
+    clip_model, clip_processor = load_clip(args)
+    if clip_model is not None:
+        clip_model.to(accelerator.device).eval()
     grids = []
 
     def validate(step: int, model: DalleForImageGeneration) -> None:
         if not accelerator.is_main_process or (step % args.validation_steps and step != args.max_train_steps):
             return
-        grids.append(sample_grid(model, step))
-
-    @torch.no_grad()
-    def sample_grid(model: DalleForImageGeneration, step: int) -> Path:
-        if ema is not None:
+        if ema is not None:  # sample from what will be saved: the averaged weights
             ema.store(model.parameters())
             ema.copy_to(model.parameters())
         model.eval()
-        # A fixed seed, and the training RNG untouched (a resumed run must draw the same noise as an uninterrupted one).
-        with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []), accelerator.autocast():
-            torch.manual_seed(args.seed)
-            prompt_ids = validation_ids.repeat_interleave(args.num_validation_images, dim=0).to(accelerator.device)
-            streams = model.generate(
-                prompt_ids,
-                attention_mask=torch.ones_like(prompt_ids),
-                do_sample=True,
+        pipeline = DallePipeline(tokenizer, model, vae, clip_model, clip_processor)
+        pipeline.set_progress_bar_config(disable=True)
+        # Seeded generators: the same noise at every validation, and the training RNG is left alone (a resumed run
+        # must draw what an uninterrupted one draws).
+        generators = [torch.Generator(accelerator.device).manual_seed(args.seed + i) for i in range(len(prompts) * args.num_validation_images)]
+        with accelerator.autocast():
+            images = pipeline(
+                prompts,
+                num_candidates=args.num_validation_images,
+                num_images_per_prompt=args.num_validation_images,
                 top_k=args.validation_top_k,
-                max_new_tokens=config.image_seq_length,
-                min_new_tokens=config.image_seq_length,
-            )
-            images = vae.decode(model.image_codes_from_ids(streams)).sample
+                guidance_scale=args.validation_guidance_scale,
+                generator=generators,
+                output_type="pil",
+            ).images
         model.train()
         if ema is not None:
             ema.restore(model.parameters())
-        path = Path(args.output_dir) / "validation" / f"step-{step:06d}.png"
-        return save_image_grid(tensors_to_pil(images), len(prompts), path)
+        grids.append(save_image_grid(images, len(prompts), Path(args.output_dir) / "validation" / f"step-{step:06d}.png"))
 
     model, state, metrics = train(
         args, accelerator, model, train_dataloader, loss_fn, ema=ema, on_step_end=validate,
@@ -206,14 +224,10 @@ def main(argv=None):
 
     if accelerator.is_main_process:
         def write_pipeline(folder: Path) -> None:
-            save_model(model, folder / "transformer", ema)
-            tokenizer.save_pretrained(folder / "tokenizer")
-            vae.save_pretrained(folder / "vae")
-            if args.clip_model_name_or_path is not None:
-                from transformers import CLIPModel, CLIPProcessor
-
-                load_component(CLIPModel, args.clip_model_name_or_path, "clip_model").save_pretrained(folder / "clip_model")
-                load_component(CLIPProcessor, args.clip_model_name_or_path, "clip_processor").save_pretrained(folder / "clip_processor")
+            if ema is not None:  # the raw weights beside the averaged ones, which the pipeline samples with
+                model.save_pretrained(folder / "transformer", variant=NON_EMA_VARIANT)
+                ema.copy_to(model.parameters())
+            DallePipeline(tokenizer, model, vae, clip_model, clip_processor).save_pretrained(folder)
 
         write_folder_atomically(args.output_dir, write_pipeline)
         summary = training_summary(args, "train_dalle.py", argv, metrics, f"validation/{grids[-1].name}" if grids else None)
@@ -231,7 +245,7 @@ def main(argv=None):
                 "pretokenized_info": info,
                 "base_model": args.pretrained_model_name_or_path,
                 "use_ema": args.use_ema,
-                "has_clip": args.clip_model_name_or_path is not None,
+                "has_clip": clip_model is not None,
             },
             commit_message="Add DALL-E pipeline trained with hf_dalle",
         )

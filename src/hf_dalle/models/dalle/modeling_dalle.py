@@ -55,12 +55,13 @@ def build_attention_masks(config: DalleConfig, device: torch.device | str | None
 
 
 def mask_logits_by_position(logits: torch.Tensor, positions: torch.Tensor, config: DalleConfig) -> torch.Tensor:
-    """Set to -inf the logits a stream position may not produce: the logits at position `p` predict the token at
-    `p + 1`, which is an image code if `p + 1 >= max_text_length` and a text token otherwise.
-    `logits`: `[..., len(positions), vocab_size]`."""
+    """Set the logits a stream position may not produce to the dtype's lowest value: the logits at position `p`
+    predict the token at `p + 1`, which is an image code if `p + 1 >= max_text_length` and a text token otherwise.
+    `logits`: `[..., len(positions), vocab_size]`. The lowest finite value rather than -inf, so that the difference
+    of two masked logits (classifier-free guidance) stays finite instead of becoming NaN."""
     predicts_image = positions >= config.max_text_length - 1
     vocab_is_image = torch.arange(config.vocab_size, device=logits.device) >= config.text_vocab_size
-    return logits.masked_fill(predicts_image[:, None] != vocab_is_image, float("-inf"))
+    return logits.masked_fill(predicts_image[:, None] != vocab_is_image, torch.finfo(logits.dtype).min)
 
 
 class DalleStreamLogitsProcessor(LogitsProcessor):
@@ -451,9 +452,10 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
     therefore continues the stream, with a `DynamicCache` or a preallocated `StaticCache` (whose unused slots the
     masks hide). This is all a hand-written decode loop needs.
 
-    **Logits**: `logits[:, i]` predicts the token after position `i`; the model sets to -inf every logit that this
-    position may not produce (text tokens where an image code comes next, and the reverse), so `generate()` and any
-    sampler draw valid streams by construction. [`DalleStreamLogitsProcessor`] applies the same rule to other scores.
+    **Logits**: `logits[:, i]` predicts the token after position `i`; every logit that this position may not
+    produce (text tokens where an image code comes next, and the reverse) is set to the lowest finite value of the
+    dtype (probability 0, and still finite under guidance arithmetic), so `generate()` and any sampler draw valid
+    streams by construction. [`DalleStreamLogitsProcessor`] applies the same rule to other scores.
 
     **Attention**: text attends causally to text, image codes attend to all text and to earlier codes through the
     layer's image mask (`config.attention_types`, masks defined in [`build_attention_masks`]). Masks are built once
@@ -582,7 +584,7 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
             # Only image codes can come next: skip the text rows of the head (2/3 of it in the paper's model).
             bias = self.lm_head.bias[text_vocab_size:] if self.lm_head.bias is not None else None
             image_logits = F.linear(hidden_states, self.lm_head.weight[text_vocab_size:], bias)
-            logits = F.pad(image_logits, (text_vocab_size, 0), value=float("-inf"))
+            logits = F.pad(image_logits, (text_vocab_size, 0), value=torch.finfo(image_logits.dtype).min)
         else:
             logits = mask_logits_by_position(self.lm_head(hidden_states), positions[first_kept:], self.config)
 

@@ -1,0 +1,233 @@
+#!/usr/bin/env python
+"""Train a CLIP model (transformers `CLIPModel`) contrastively on image-caption pairs, to rerank DALL-E samples.
+
+    accelerate launch scripts/train_clip.py --train_data_dir my_images --resolution 64 --output_dir my-clip
+    accelerate launch scripts/train_dalle.py ... --clip_model_name_or_path my-clip   # ships it in the pipeline
+
+From scratch the architecture is small (override with --model_config '{"text_config": {...}, "vision_config": {...},
+"projection_dim": N}'), the tokenizer is the BPE of --tokenizer_name_or_path (e.g. the pipeline's DalleTokenizer) or
+one trained on the captions, with an end-of-text token appended to every caption (CLIP pools the text at that token),
+and the image processor is a `CLIPImageProcessor` for --resolution. Every --validation_steps it logs the
+image-to-caption retrieval accuracy on held-back pairs. The output folder holds the `CLIPModel` and its
+`CLIPProcessor`, both loadable offline with `from_pretrained(OUTPUT_DIR)`, plus a model card.
+"""
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, processors
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
+
+from hf_dalle import DalleTokenizer
+from hf_dalle.training import (
+    add_common_arguments,
+    add_data_arguments,
+    check_common_arguments,
+    create_accelerator,
+    create_ema,
+    load_component,
+    load_image_caption_dataset,
+    make_dataloader,
+    parse_model_config,
+    save_model,
+    train,
+    training_summary,
+    write_card_and_push,
+    write_folder_atomically,
+)
+
+logger = logging.getLogger(__name__)
+
+EOS_TOKEN = "<|endoftext|>"
+# CLIP's own normalisation statistics (OpenAI's image preprocessing).
+CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_arguments(parser, learning_rate=5e-4, train_batch_size=64, max_train_steps=2000)
+    add_data_arguments(parser, resolution=64)
+    clip = parser.add_argument_group("CLIP")
+    clip.add_argument(
+        "--tokenizer_name_or_path",
+        default=None,
+        help="A BPE tokenizer (or pipeline with tokenizer/) to build the CLIP tokenizer from; default: train one.",
+    )
+    clip.add_argument("--vocab_size", type=int, default=1024, help="Vocabulary of a tokenizer trained on the captions.")
+    clip.add_argument("--max_text_length", type=int, default=32, help="Text positions of the CLIP text encoder.")
+    clip.add_argument(
+        "--num_validation_pairs", type=int, default=64, help="Pairs (the first of the data) for the retrieval accuracy."
+    )
+    clip.add_argument("--license", default=None, help="License of the weights, for the model card.")
+    parser.set_defaults(adam_beta2=0.98, adam_weight_decay=0.2, lr_scheduler="cosine")
+    args = parser.parse_args(argv)
+    check_common_arguments(args)
+    return args
+
+
+def build_clip_tokenizer(bpe: PreTrainedTokenizerFast, max_length: int) -> PreTrainedTokenizerFast:
+    """A copy of `bpe` (normaliser, pre-tokeniser, vocabulary) that appends an end-of-text token to every text and
+    pads with `bpe`'s pad token, so that CLIP can pool each caption at its end-of-text position."""
+    backend = Tokenizer.from_str(bpe.backend_tokenizer.to_str())
+    backend.add_special_tokens([EOS_TOKEN])
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"$A {EOS_TOKEN}", pair=f"$A {EOS_TOKEN} $B {EOS_TOKEN}", special_tokens=[(EOS_TOKEN, backend.token_to_id(EOS_TOKEN))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token=EOS_TOKEN,
+        pad_token=bpe.pad_token,
+        model_max_length=max_length,
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+def build_processor(args, dataset) -> CLIPProcessor:
+    if args.tokenizer_name_or_path is not None:
+        bpe = load_component(DalleTokenizer, args.tokenizer_name_or_path, "tokenizer")
+    else:
+        captions = (batch["caption"] for batch in dataset.select_columns(["caption"]).iter(batch_size=1000))
+        bpe = DalleTokenizer.train_from_texts(captions, vocab_size=args.vocab_size, max_text_length=args.max_text_length)
+    size = args.resolution
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+    )
+    return CLIPProcessor(image_processor=image_processor, tokenizer=build_clip_tokenizer(bpe, args.max_text_length))
+
+
+def build_model(args, processor: CLIPProcessor) -> CLIPModel:
+    tokenizer = processor.tokenizer
+    overrides = parse_model_config(args.model_config)
+    text_config = {
+        "vocab_size": len(tokenizer),
+        "max_position_embeddings": tokenizer.model_max_length,
+        "hidden_size": 128,
+        "intermediate_size": 512,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.pad_token_id,  # no BOS: captions start with their first word
+        "eos_token_id": tokenizer.eos_token_id,  # CLIP pools the text at this token
+        **overrides.pop("text_config", {}),
+    }
+    vision_config = {
+        "image_size": args.resolution,
+        "patch_size": 8,
+        "hidden_size": 128,
+        "intermediate_size": 512,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        **overrides.pop("vision_config", {}),
+    }
+    return CLIPModel(CLIPConfig(text_config=text_config, vision_config=vision_config, **{"projection_dim": 128, **overrides}))
+
+
+class ClipCollator:
+    """`{"image", "caption"}` rows -> CLIP inputs, through the processor that will be saved (same preprocessing in
+    training and at reranking time)."""
+
+    def __init__(self, processor: CLIPProcessor):
+        self.processor = processor
+
+    def __call__(self, rows: list[dict]) -> dict:
+        return self.processor(
+            images=[row["image"].convert("RGB") for row in rows],
+            text=[row["caption"] for row in rows],
+            padding="max_length",
+            truncation=True,
+            return_tensors="pt",
+        ).data | {"captions": [row["caption"] for row in rows]}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    accelerator = create_accelerator(args)
+    dataset = load_image_caption_dataset(args)
+    if args.pretrained_model_name_or_path is not None:
+        model = load_component(CLIPModel, args.pretrained_model_name_or_path, "clip_model")
+        processor = load_component(CLIPProcessor, args.pretrained_model_name_or_path, "clip_processor")
+    else:
+        processor = build_processor(args, dataset)
+        model = build_model(args, processor)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    ema = create_ema(model, args.ema_decay) if args.use_ema else None
+
+    collate = ClipCollator(processor)
+    train_dataloader = make_dataloader(dataset, args.train_batch_size, collate, args.dataloader_num_workers, seed=args.seed)
+    validation = collate(list(dataset.take(args.num_validation_pairs)))
+
+    def loss_fn(model, batch, step):
+        output = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
+            return_loss=True,
+        )
+        return {"loss": output.loss, "logit_scale": accelerator.unwrap_model(model).logit_scale.detach().exp()}
+
+    def validate(step: int, model: CLIPModel) -> None:
+        if not accelerator.is_main_process or (step % args.validation_steps and step != args.max_train_steps):
+            return
+        accuracy = retrieval_accuracy(model, validation, accelerator, ema)
+        accelerator.log({"validation/image_to_text_accuracy": accuracy}, step=step)
+        logger.info("step %d: image-to-caption retrieval accuracy %.3f on %d pairs", step, accuracy, len(validation["captions"]))
+        accuracies.append(accuracy)
+
+    accuracies = []
+    model, state, metrics = train(args, accelerator, model, train_dataloader, loss_fn, ema=ema, on_step_end=validate)
+
+    if accelerator.is_main_process:
+        def write(folder: Path) -> None:
+            save_model(model, folder, ema)
+            processor.save_pretrained(folder)
+
+        write_folder_atomically(args.output_dir, write)
+        if accuracies:
+            metrics = {**metrics, "validation_image_to_text_accuracy": accuracies[-1]}
+        write_card_and_push(
+            args,
+            "clip_reranker",
+            ["clip", "zero-shot-image-classification"],
+            {
+                "model_name": Path(args.output_dir).resolve().name,
+                "training_summary": training_summary(args, "train_clip.py", argv, metrics, None),
+                "config": model.config,
+                "num_parameters": model.num_parameters(),
+                "num_validation_pairs": len(validation["captions"]),
+            },
+            commit_message="Add CLIP reranker trained with hf_dalle",
+        )
+        logger.info("Saved CLIP to %s (%d steps).", args.output_dir, state.global_step)
+    return state
+
+
+@torch.no_grad()
+def retrieval_accuracy(model: CLIPModel, batch: dict, accelerator, ema=None) -> float:
+    """Share of images whose best-scoring caption among the batch's captions is their own caption (an equal caption
+    of another pair counts too)."""
+    if ema is not None:
+        ema.store(model.parameters())
+        ema.copy_to(model.parameters())
+    model.eval()
+    with accelerator.autocast():
+        logits = model(
+            input_ids=batch["input_ids"].to(accelerator.device),
+            attention_mask=batch["attention_mask"].to(accelerator.device),
+            pixel_values=batch["pixel_values"].to(accelerator.device),
+        ).logits_per_image
+    model.train()
+    if ema is not None:
+        ema.restore(model.parameters())
+    captions = batch["captions"]
+    best = logits.argmax(dim=1).tolist()
+    return sum(captions[j] == captions[i] for i, j in enumerate(best)) / len(captions)
+
+
+if __name__ == "__main__":
+    main()

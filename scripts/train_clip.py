@@ -7,7 +7,7 @@
 From scratch the architecture is small (override with --model_config '{"text_config": {...}, "vision_config": {...},
 "projection_dim": N}'), the tokenizer is the BPE of --tokenizer_name_or_path (e.g. the pipeline's DalleTokenizer) or
 one trained on the captions, with an end-of-text token appended to every caption (CLIP pools the text at that token),
-and the image processor is a `CLIPImageProcessor` for --resolution. Every --validation_steps it logs the
+and the image processor is a `CLIPImageProcessor` (PIL backend) for --resolution. Every --validation_steps it logs the
 image-to-caption retrieval accuracy on held-back pairs. The output folder holds the `CLIPModel` and its
 `CLIPProcessor`, both loadable offline with `from_pretrained(OUTPUT_DIR)`, plus a model card.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, processors
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
 
 from hf_dalle import DalleTokenizer
 from hf_dalle.training import (
@@ -91,7 +91,8 @@ def build_processor(args, dataset) -> CLIPProcessor:
         captions = (batch["caption"] for batch in dataset.select_columns(["caption"]).iter(batch_size=1000))
         bpe = DalleTokenizer.train_from_texts(captions, vocab_size=args.vocab_size, max_text_length=args.max_text_length)
     size = args.resolution
-    image_processor = CLIPImageProcessor(
+    # The PIL backend: the same preprocessing whether or not torchvision is installed.
+    image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": size},
         crop_size={"height": size, "width": size},
         image_mean=CLIP_MEAN,

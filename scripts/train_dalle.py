@@ -98,18 +98,19 @@ def load_parts(args) -> tuple[DalleTokenizer, DalleVAE, dict]:
 
 def build_transformer(args, tokenizer: DalleTokenizer, vae: DalleVAE, text_length: int, grid: int) -> DalleForImageGeneration:
     if args.pretrained_model_name_or_path is not None:
-        model = load_component(DalleForImageGeneration, args.pretrained_model_name_or_path, "transformer")
+        config = load_component(DalleConfig, args.pretrained_model_name_or_path, "transformer")
     else:
-        config = {
-            "text_vocab_size": len(tokenizer),
-            "image_vocab_size": vae.config.vocab_size,
-            "max_text_length": text_length,
-            "image_grid_size": grid,
-            "text_pad_token_id": tokenizer.pad_token_id,
-            **parse_model_config(args.model_config),
-        }
-        model = DalleForImageGeneration(DalleConfig(**config))
-    config = model.config
+        config = DalleConfig(
+            **{
+                "text_vocab_size": len(tokenizer),
+                "image_vocab_size": vae.config.vocab_size,
+                "max_text_length": text_length,
+                "image_grid_size": grid,
+                "text_pad_token_id": tokenizer.pad_token_id,
+                **parse_model_config(args.model_config),
+            }
+        )
+    # Checked on the config, before a possibly large model is built.
     problems = []
     if (config.max_text_length, config.image_grid_size) != (text_length, grid):
         problems.append(
@@ -124,10 +125,15 @@ def build_transformer(args, tokenizer: DalleTokenizer, vae: DalleVAE, text_lengt
             f"text_vocab_size {config.text_vocab_size} and text_pad_token_id {config.text_pad_token_id}"
         )
     if problems:
-        raise ValueError("The transformer does not fit its data: " + "; ".join(problems) + ". Re-run pretokenize.py with the pipeline's tokenizer and dVAE.")
+        raise ValueError(
+            "The transformer does not fit its data: " + "; ".join(problems) + ". Pre-tokenize with the tokenizer and "
+            "dVAE of the pipeline (scripts/pretokenize.py --pretrained_model_name_or_path ...)."
+        )
     if args.text_loss_weight is not None:
         config.text_loss_weight = args.text_loss_weight
-    return model
+    if args.pretrained_model_name_or_path is not None:
+        return load_component(DalleForImageGeneration, args.pretrained_model_name_or_path, "transformer", config=config)
+    return DalleForImageGeneration(config)
 
 
 def load_clip(args) -> tuple[CLIPModel | None, CLIPProcessor | None]:

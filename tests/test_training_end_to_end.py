@@ -1,0 +1,201 @@
+"""The four training scripts chained on generated shapes-world pairs, as a user runs them: train_vae -> pretokenize ->
+train_clip -> train_dalle, then fine-tuning the resulting pipeline on an imagefolder, and pushing to a local Hub."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import CLIPModel, CLIPProcessor
+
+from hf_dalle import DalleForImageGeneration, DallePipeline, DalleTokenizer, DalleVAE
+from hf_dalle.data import all_captions, make_shapes_dataset
+from hf_dalle.training import load_pretokenized_dataset
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_VAE = '{"hidden_size": 8, "vocab_size": 16, "num_blocks_per_group": 1, "decoder_init_size": 8}'
+TINY_DALLE = '{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}'
+TINY_CLIP = json.dumps(
+    {
+        "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2},
+        "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2},
+        "projection_dim": 32,
+    }
+)
+COMMON = ["--logging_steps", "2", "--checkpointing_steps", "100", "--validation_steps", "100"]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO_ROOT / "scripts" / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """Every stage trained for a few steps on 24 pairs of 32x32: paths of the data and of each output."""
+    root = tmp_path_factory.mktemp("e2e")
+    paths = {name: root / name for name in ("data", "tokenizer", "vae", "tokens", "clip", "pipeline")}
+    make_shapes_dataset(24, seed=2, image_size=32).save_to_disk(str(paths["data"]))
+    DalleTokenizer.train_from_texts(all_captions(), vocab_size=300, max_text_length=16).save_pretrained(paths["tokenizer"])
+    data = ["--dataset_name", str(paths["data"]), "--resolution", "32"]
+    load_script("train_vae").main(
+        [*data, *COMMON, "--model_config", TINY_VAE, "--max_train_steps", "4", "--train_batch_size", "8",
+         "--validation_steps", "2", "--num_validation_images", "4", "--output_dir", str(paths["vae"])]
+    )  # fmt: skip
+    load_script("pretokenize").main(
+        [*data, "--vae_model_name_or_path", str(paths["vae"]), "--tokenizer_name_or_path", str(paths["tokenizer"]),
+         "--batch_size", "5", "--output_dir", str(paths["tokens"])]
+    )  # fmt: skip
+    load_script("train_clip").main(
+        [*data, *COMMON, "--model_config", TINY_CLIP, "--tokenizer_name_or_path", str(paths["tokenizer"]),
+         "--max_train_steps", "4", "--train_batch_size", "8", "--num_validation_pairs", "8", "--output_dir", str(paths["clip"])]
+    )  # fmt: skip
+    load_script("train_dalle").main(
+        [*COMMON, "--pretokenized_dataset", str(paths["tokens"]), "--model_config", TINY_DALLE, "--max_train_steps", "4",
+         "--train_batch_size", "8", "--use_ema", "--validation_steps", "4", "--num_validation_images", "2",
+         "--validation_prompts", "a red circle", "a blue square above a green triangle",
+         "--clip_model_name_or_path", str(paths["clip"]), "--output_dir", str(paths["pipeline"])]
+    )  # fmt: skip
+    return paths
+
+
+def test_train_vae_output(trained):
+    vae = DalleVAE.from_pretrained(trained["vae"])
+    assert (vae.config.hidden_size, vae.config.vocab_size, vae.config.image_size) == (8, 16, 32)
+    grids = sorted(p.name for p in (trained["vae"] / "reconstructions").iterdir())
+    assert grids == ["step-000002.png", "step-000004.png"]
+    # 4 validation images above their reconstructions.
+    assert Image.open(trained["vae"] / "reconstructions" / grids[-1]).size == (4 * 32, 2 * 32)
+    logs = [json.loads(line) for line in (trained["vae"] / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [log["step"] for log in logs] == [2, 4]
+    assert {"reconstruction_loss", "kl_loss", "codes_used", "perplexity", "temperature", "kl_weight"} <= logs[-1].keys()
+    card = (trained["vae"] / "README.md").read_text()
+    assert "scripts/train_vae.py" in card and "reconstructions/step-000004.png" in card and "| `--max_train_steps` | 4 |" in card
+
+
+def test_pretokenized_data_matches_the_vae_and_tokenizer(trained):
+    dataset = load_pretokenized_dataset(str(trained["tokens"]))
+    vae = DalleVAE.from_pretrained(trained["vae"])
+    tokenizer = DalleTokenizer.from_pretrained(trained["tokenizer"])
+    source = make_shapes_dataset(24, seed=2, image_size=32)
+    assert len(dataset) == 24
+    from hf_dalle.training import image_to_tensor
+
+    pixels = torch.stack([image_to_tensor(row["image"], 32) for row in source.select(range(6))])
+    with torch.no_grad():
+        codes = vae.encode(pixels).indices.flatten(1)
+    assert torch.equal(dataset[:6]["image_codes"].long(), codes)
+    assert torch.equal(dataset[:6]["text_input_ids"].long(), tokenizer.encode_captions(source[:6]["caption"]))
+    info = json.loads((trained["tokens"] / "hf_dalle_pretokenized.json").read_text())
+    assert (info["image_grid_size"], info["image_vocab_size"], info["max_text_length"]) == (4, 16, 16)
+
+
+def test_train_clip_output_works_offline(trained):
+    model, processor = CLIPModel.from_pretrained(trained["clip"]), CLIPProcessor.from_pretrained(trained["clip"])
+    tokens = processor.tokenizer(["A Red Circle", "a red circle above a blue square"], padding=True)
+    eos = processor.tokenizer.eos_token_id
+    assert model.config.text_config.eos_token_id == eos
+    # Lowercased like the DALL-E tokenizer, one end-of-text token closing every caption (CLIP pools there).
+    assert tokens["input_ids"][0][: tokens["attention_mask"][0].count(1)] == processor.tokenizer("a red circle")["input_ids"]
+    assert [ids.count(eos) for ids in tokens["input_ids"]] == [1, 1]
+    assert [ids[mask.count(1) - 1] for ids, mask in zip(tokens["input_ids"], tokens["attention_mask"])] == [eos, eos]
+    assert processor.image_processor.crop_size == {"height": 32, "width": 32}
+
+
+def test_train_dalle_output_is_a_pipeline_with_ema(trained):
+    pipe = DallePipeline.from_pretrained(trained["pipeline"])
+    assert pipe.clip_model is not None and pipe.image_size == 32
+    output = pipe(["a red circle"], num_candidates=3, num_images_per_prompt=2, generator=torch.Generator().manual_seed(0))
+    assert len(output.images) == 2 and output.scores[0] >= output.scores[1]
+    # The pipeline samples with the EMA weights; the raw weights sit beside them as the non_ema variant.
+    folder = trained["pipeline"] / "transformer"
+    ema, raw = load_file(folder / "model.safetensors"), load_file(folder / "model.non_ema.safetensors")
+    assert ema.keys() == raw.keys() and any(not torch.equal(ema[k], raw[k]) for k in ema)
+    raw_model = DalleForImageGeneration.from_pretrained(folder, variant="non_ema")
+    assert all(torch.equal(p, raw[n]) for n, p in raw_model.state_dict().items() if n in raw)
+    assert (trained["pipeline"] / "validation" / "step-000004.png").is_file()
+    card = ModelCard.load(trained["pipeline"] / "README.md")
+    assert card.data.library_name == "hf_dalle" and "text-to-image" in card.data.tags
+    assert "validation/step-000004.png" in card.text and '"a blue square above a green triangle"' in card.text
+
+
+def test_fine_tune_the_pipeline_on_an_imagefolder(trained, tmp_path):
+    """The README's fine-tuning recipe: pre-tokenize an imagefolder with the pipeline's own dVAE and tokenizer, then
+    continue training its transformer."""
+    folder = tmp_path / "my_images"
+    folder.mkdir()
+    rows = make_shapes_dataset(8, seed=5, image_size=48)  # other size: resized to the pipeline's 32
+    with open(folder / "metadata.jsonl", "w") as metadata:
+        for index, row in enumerate(rows):
+            row["image"].save(folder / f"{index}.png")
+            metadata.write(json.dumps({"file_name": f"{index}.png", "text": row["caption"]}) + "\n")
+    tokens = tmp_path / "tokens"
+    load_script("pretokenize").main(
+        ["--train_data_dir", str(folder), "--caption_column", "text", "--pretrained_model_name_or_path",
+         str(trained["pipeline"]), "--output_dir", str(tokens), "--output_format", "parquet"]
+    )  # fmt: skip
+    output_dir = tmp_path / "fine-tuned"
+    state = load_script("train_dalle").main(
+        [*COMMON, "--pretrained_model_name_or_path", str(trained["pipeline"]), "--pretokenized_dataset", str(tokens),
+         "--max_train_steps", "2", "--train_batch_size", "4", "--output_dir", str(output_dir)]
+    )  # fmt: skip
+    assert state.global_step == 2
+    before = DalleForImageGeneration.from_pretrained(trained["pipeline"] / "transformer")
+    after = DalleForImageGeneration.from_pretrained(output_dir / "transformer")
+    assert after.config.to_diff_dict() | {"_name_or_path": None} == before.config.to_diff_dict() | {"_name_or_path": None}
+    changed = [n for n, p in after.state_dict().items() if not torch.equal(p, before.state_dict()[n])]
+    assert changed  # trained from the pipeline's weights ...
+    close = [n for n, p in after.state_dict().items() if torch.allclose(p, before.state_dict()[n], atol=0.01)]
+    assert len(close) == len(after.state_dict())  # ... two small steps away from them
+    assert (output_dir / "clip_model").is_dir()  # the reranker is carried over
+
+
+def test_errors_name_the_problem(trained, tmp_path):
+    train_dalle, pretokenize = load_script("train_dalle"), load_script("pretokenize")
+    with pytest.raises(ValueError, match="is not pre-tokenized data: it lacks the columns"):
+        train_dalle.main(["--pretokenized_dataset", str(trained["data"]), "--tokenizer_name_or_path",
+                          str(trained["tokenizer"]), "--vae_model_name_or_path", str(trained["vae"]),
+                          "--output_dir", str(tmp_path / "x")])  # fmt: skip
+    with pytest.raises(ValueError, match="The transformer does not fit its data: the dVAE has 16 codes, the transformer 32"):
+        train_dalle.main(["--pretokenized_dataset", str(trained["tokens"]), "--model_config", '{"image_vocab_size": 32}',
+                          "--output_dir", str(tmp_path / "y")])  # fmt: skip
+    with pytest.raises(ValueError, match="has no column 'text'.*its columns are \\['image', 'caption'\\]"):
+        pretokenize.main(["--dataset_name", str(trained["data"]), "--caption_column", "text",
+                          "--pretrained_model_name_or_path", str(trained["pipeline"]), "--output_dir", str(tmp_path / "z")])  # fmt: skip
+    with pytest.raises(ValueError, match="already exists"):
+        pretokenize.main(["--dataset_name", str(trained["data"]), "--pretrained_model_name_or_path",
+                          str(trained["pipeline"]), "--output_dir", str(trained["tokens"])])  # fmt: skip
+
+
+def test_push_to_hub(trained, tmp_path, hub_server):
+    output_dir = tmp_path / "pushed"
+    load_script("train_dalle").main(
+        [*COMMON, "--pretrained_model_name_or_path", str(trained["pipeline"]), "--pretokenized_dataset",
+         str(trained["tokens"]), "--max_train_steps", "2", "--train_batch_size", "8", "--use_ema", "--license", "mit",
+         "--checkpointing_steps", "1", "--output_dir", str(output_dir), "--push_to_hub", "--hub_model_id", "someone/tiny-dalle"]
+    )  # fmt: skip
+    uploaded = hub_server.files("someone/tiny-dalle")
+    local = {str(p.relative_to(output_dir)): p.read_bytes() for p in output_dir.rglob("*") if p.is_file()}
+    expected = {name: data for name, data in local.items() if not name.startswith(("checkpoints/", "logs/"))}
+    assert uploaded == expected  # every file intact, checkpoints and logs kept local
+    assert {"model_index.json", "transformer/model.safetensors", "transformer/model.non_ema.safetensors",
+            "tokenizer/tokenizer.json", "vae/model.safetensors", "clip_model/model.safetensors", "README.md"} <= uploaded.keys()  # fmt: skip
+    card = ModelCard(uploaded["README.md"].decode())
+    assert card.data.license == "mit" and 'DallePipeline.from_pretrained("someone/tiny-dalle")' in card.text
+    assert [commit["summary"] for commit in hub_server.commits] == ["Add DALL-E pipeline trained with hf_dalle"]
+    pipe = DallePipeline.from_pretrained("someone/tiny-dalle")  # downloaded back from the local Hub
+    assert torch.equal(pipe.transformer.lm_head.weight, DallePipeline.from_pretrained(output_dir).transformer.lm_head.weight)

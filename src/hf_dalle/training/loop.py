@@ -86,6 +86,7 @@ def register_powersgd_hook(accelerator: Accelerator, model: torch.nn.Module, ran
         process_group=None, matrix_approximation_rank=rank, start_powerSGD_iter=max(start_step, 2)
     )
     model.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+    logger.info("Compressing the gradient all-reduce with PowerSGD of rank %d from step %d.", rank, state.start_powerSGD_iter)
     return True
 
 

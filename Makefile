@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test test-slow install install-test
+.PHONY: demo test test-slow install install-test bench-env benchmark
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,3 +34,31 @@ test: install-test
 
 test-slow: install-test
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]  # 5: no slow test collected
+
+# Benchmarks (scripts/benchmark_*.py) compare against reference implementations that are not package dependencies:
+# they go into their own venv. torch first (the CPU wheel), then DALLE-pytorch 1.6.6 as ../shared/REFERENCES.md
+# describes (youtokentome needs cython without build isolation; torch pinned on the same line so nothing replaces it;
+# torchvision's python parts only; pkg_resources still imported), OpenAI's dall_e (--no-deps: its declared
+# dependencies pull a CUDA torch), then our package, editable.
+BENCH_VENV ?= .venv-bench
+BENCH_PIP := $(BENCH_VENV)/bin/python -m pip
+
+$(BENCH_VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PIP) install -q --upgrade pip
+	$(BENCH_PIP) install -q torch==2.13.0
+	$(BENCH_PIP) install -q cython
+	$(BENCH_PIP) install -q --no-build-isolation youtokentome
+	$(BENCH_PIP) install -q dalle-pytorch==1.6.6 pytorch-lightning==1.9.5 torchmetrics==1.3.2 torch==2.13.0
+	$(BENCH_PIP) install -q --no-deps torchvision==0.15.2
+	$(BENCH_PIP) install -q "setuptools<81"
+	$(BENCH_PIP) install -q --no-deps DALL-E==0.1 attrs
+	$(BENCH_PIP) install -q -e .
+	touch $@
+
+bench-env: $(BENCH_VENV)/.installed
+
+# Both benchmarks on this machine's CPU; results in benchmarks/*.md and *.json (see README "Performance").
+benchmark: bench-env
+	$(BENCH_VENV)/bin/python scripts/benchmark_generation.py $(BENCH_ARGS)
+	$(BENCH_VENV)/bin/python scripts/benchmark_training.py $(BENCH_ARGS)

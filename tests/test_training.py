@@ -185,3 +185,10 @@ def test_nonfinite_loss_steps_are_skipped_then_training_stops(shapes_dir, tmp_pa
     assert all(torch.isfinite(weights).all() for weights in calls)
     logs = [json.loads(line) for line in (tmp_path / "run" / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [(log["step"], log["skipped_steps"]) for log in logs] == [(2, 2)]
+
+
+def test_processes_that_accelerate_does_not_connect_are_refused(shapes_dir, tmp_path, monkeypatch):
+    # `torchrun --nproc_per_node 2` on CPU without ACCELERATE_USE_CPU=1: each process would train alone.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="Launched as 2 processes, but Accelerate runs this one as a single process"):
+        load_script("train_vae").main(vae_args(shapes_dir, tmp_path / "run", "--max_train_steps", "1"))

@@ -29,13 +29,10 @@ def run(command: list[str], **env) -> str:
 
 
 def launch(script: str, args: list[str], num_processes: int, port: int) -> str:
-    """`accelerate launch` on CPU (gloo) through tests/distributed_training.py, which dumps every rank's weights."""
-    accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
-    if num_processes > 1:
-        accelerate += ["--multi_gpu", "--num_processes", str(num_processes), "--main_process_port", str(port)]
-    else:
-        accelerate += ["--num_processes", "1"]
-    command = [*accelerate, "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    """`accelerate launch` with the repository's DDP config on CPU (gloo), through tests/distributed_training.py, which
+    dumps every rank's weights."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/ddp.yaml",
+               "--num_processes", str(num_processes), "--main_process_port", str(port), "--mixed_precision", "no",
                "tests/distributed_training.py", f"scripts/{script}.py", *args]  # fmt: skip
     return run(command, ACCELERATE_USE_CPU="1")
 

@@ -43,6 +43,13 @@ def create_accelerator(args) -> Accelerator:
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per file of every checkpoint otherwise
     if not accelerator.is_local_main_process:
         logging.getLogger().setLevel(logging.WARNING)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > accelerator.num_processes:
+        # Each process would train alone and write the same files.
+        raise RuntimeError(
+            f"Launched as {launched} processes, but Accelerate runs this one as a single process. On CPU, set "
+            "ACCELERATE_USE_CPU=1 (e.g. `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 ...`)."
+        )
     set_seed(args.seed)
     return accelerator
 
@@ -154,6 +161,13 @@ def train(
     `--max_nonfinite_steps` such steps in a row, `NonFiniteLossError` stops the run. Checking the norm costs one
     host sync per optimizer step, and every process sees the same all-reduced norm, so all of them skip together.
     """
+    if accelerator.distributed_type == DistributedType.FSDP:
+        if ema is not None:
+            raise ValueError("--use_ema is not supported with FSDP (the average would only cover each process's shard).")
+        if on_step_end is not None:
+            # Sampling on the main process alone would wait forever for the other shards.
+            logger.warning("Validation images are not made under FSDP.")
+            on_step_end = None
     optimizer = create_optimizer(args, model)
     lr_scheduler = create_lr_scheduler(args, optimizer, accelerator.num_processes)
     model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader, lr_scheduler)
@@ -239,6 +253,13 @@ def train(
             state.epoch += 1
             state.batches_in_epoch = 0
     accelerator.wait_for_everyone()
+    if accelerator.distributed_type == DistributedType.FSDP:
+        # The weights are spread over the processes: gather them (every process takes part) into a whole model.
+        state_dict = accelerator.get_state_dict(model)
+        if accelerator.is_main_process:
+            whole = type(unwrapped)(unwrapped.config)
+            whole.load_state_dict(state_dict)
+            unwrapped = whole
     accelerator.end_training()
     return unwrapped, state, metrics.last
 

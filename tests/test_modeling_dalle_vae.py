@@ -153,7 +153,7 @@ def test_gradient_checkpointing_gives_same_gradients():
         return [p.grad.clone() for p in vae.parameters()]
 
     reference = grads()
-    vae.gradient_checkpointing_enable()
+    vae.activation_checkpointing_enable()
     assert vae.encoder.blocks.group_1.block_1.gradient_checkpointing
     for a, b in zip(reference, grads()):
         torch.testing.assert_close(a, b)

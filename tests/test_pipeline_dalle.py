@@ -4,7 +4,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from tiny_pipeline import make_tiny_pipeline
+from hf_dalle.testing_utils import make_tiny_pipeline
 
 from hf_dalle import DallePipeline
 from hf_dalle.cli import main as cli_main

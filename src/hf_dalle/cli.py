@@ -44,19 +44,27 @@ def _load_pipeline(model: str | None):
     return DallePipeline.from_pretrained(model)
 
 
-def generate(args: argparse.Namespace) -> int:
-    """Caption(s) in, reranked PNGs and a grid out; prints each file with its CLIP score."""
+# Demo-world captions: two seen in training, two held out (drawn zero-shot); see hf_dalle.data.shapes.
+DEMO_PROMPTS = (
+    "a red circle",
+    "a blue square below a yellow circle",
+    "a green triangle",
+    "a yellow circle to the left of a purple triangle",
+)
+
+
+def _generate_and_save(pipe, prompts: list[str], args: argparse.Namespace) -> int:
+    """Run the pipeline, write one PNG per image and a grid, print each file with its CLIP score."""
     import re
 
     import torch
     from diffusers.utils import make_image_grid
 
-    pipe = _load_pipeline(args.model)
-    num_rows = len(args.prompts) * args.num_candidates
+    num_rows = len(prompts) * args.num_candidates
     # One generator per candidate, seeded seed + index: each candidate is reproducible on its own.
-    generators = [torch.Generator().manual_seed(args.seed + i) for i in range(num_rows)] if args.seed is not None else None
+    generators = [torch.Generator().manual_seed(args.seed + i) for i in range(num_rows)]
     output = pipe(
-        args.prompts,
+        prompts,
         negative_prompt=args.negative_prompt,
         num_candidates=args.num_candidates,
         num_images_per_prompt=args.num_images,
@@ -69,20 +77,56 @@ def generate(args: argparse.Namespace) -> int:
     )
     output_dir = Path(args.output_dir)
     for index, image in enumerate(output.images):
-        prompt = args.prompts[index // args.num_images]
+        prompt = prompts[index // args.num_images]
         slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:60] or "image"
         path = output_dir / f"{slug}_{index % args.num_images}.png"
         _save_png(image, path)
         score = f"{output.scores[index]:.4f}" if output.scores is not None else "n/a (no CLIP model)"
         print(f"{path}  score={score}  prompt={prompt!r}")
-    grid = make_image_grid(output.images, rows=len(args.prompts), cols=args.num_images)
+    grid = make_image_grid(output.images, rows=len(prompts), cols=args.num_images)
     _save_png(grid, output_dir / "grid.png")
-    print(f"{output_dir / 'grid.png'}  ({len(args.prompts)} prompts x {args.num_images} images)")
+    print(f"{output_dir / 'grid.png'}  ({len(prompts)} prompts x {args.num_images} images)")
+    return 0
+
+
+def generate(args: argparse.Namespace) -> int:
+    """Caption(s) in, reranked PNGs and a grid out."""
+    return _generate_and_save(_load_pipeline(args.model), args.prompts, args)
+
+
+def demo(args: argparse.Namespace) -> int:
+    """The bundled demo model on demo-world captions (seen and held out)."""
+    from hf_dalle import DEMO_MODEL_DIR
+
+    if Path(DEMO_MODEL_DIR, "model_index.json").exists():
+        pipe = _load_pipeline(DEMO_MODEL_DIR)
+    else:
+        # Until the trained demo model ships, show the whole text -> image path on an untrained tiny pipeline.
+        from hf_dalle.testing_utils import make_tiny_pipeline
+
+        print(
+            "NOTE: the trained demo model is not bundled in this version yet; running the same pipeline "
+            "(tokenize -> sample codes with the KV cache -> dVAE decode -> CLIP rerank) on an untrained tiny model, "
+            "so the images are noise.",
+            file=sys.stderr,
+        )
+        pipe = make_tiny_pipeline()
+    return _generate_and_save(pipe, list(args.prompts or DEMO_PROMPTS), args)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve the Gradio web demo (`hf_dalle.app`) on one pipeline until interrupted."""
+    try:
+        from hf_dalle.app import create_demo
+    except ModuleNotFoundError as error:
+        if error.name != "gradio":
+            raise
+        raise SystemExit("`hf-dalle serve` needs Gradio: pip install 'hf_dalle[web]'.") from error
+    create_demo(args.model).launch(server_name=args.host, server_port=args.port)
     return 0
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser, num_candidates: int, num_images: int) -> None:
-    parser.add_argument("--model", default=None, help="Pipeline directory or Hub id (default: the bundled demo model).")
     parser.add_argument("--negative-prompt", default=None, help="Caption to steer away from (with --guidance-scale > 1).")
     parser.add_argument("--num-candidates", type=int, default=num_candidates, help=f"Candidates sampled per prompt (default: {num_candidates}).")
     parser.add_argument("--num-images", type=int, default=num_images, help=f"Best candidates kept per prompt (default: {num_images}).")
@@ -90,7 +134,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser, num_candidates: in
     parser.add_argument("--top-k", type=int, default=None, help="Sample among the k most likely codes (default: all).")
     parser.add_argument("--top-p", type=float, default=None, help="Nucleus sampling threshold (default: off).")
     parser.add_argument("--guidance-scale", type=float, default=1.0, help="Classifier-free guidance scale (default: 1, off).")
-    parser.add_argument("--seed", type=int, default=0, help="Seed; candidate i uses seed + i (default: 0).")
+    parser.add_argument("--seed", type=int, default=0, help="Candidate i is drawn with seed + i (default: 0).")
     parser.add_argument("--candidate-batch-size", type=int, default=16, help="Candidates sampled together (default: 16).")
     parser.add_argument("--output-dir", default="outputs", help="Where the PNGs go (default: outputs).")
 
@@ -101,8 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = commands.add_parser("generate", help="Generate CLIP-reranked images for captions.")
     gen.add_argument("prompts", nargs="+", help="Caption(s), e.g. 'a red circle above a blue square'.")
+    gen.add_argument("--model", default=None, help="Pipeline directory or Hub id (default: the bundled demo model).")
     add_generation_arguments(gen, num_candidates=16, num_images=4)
     gen.set_defaults(func=generate)
+
+    dem = commands.add_parser("demo", help="Generate images for demo-world captions with the bundled demo model.")
+    dem.add_argument("prompts", nargs="*", help="Captions (default: two seen and two held-out demo-world captions).")
+    add_generation_arguments(dem, num_candidates=16, num_images=4)
+    dem.set_defaults(func=demo)
 
     rec = commands.add_parser("reconstruct", help="Round-trip images through a dVAE (encode to codes, decode).")
     rec.add_argument("images", nargs="+", help="Image files.")
@@ -110,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--image-size", type=int, default=None, help="Resize to this side (default: the model's).")
     rec.add_argument("--output-dir", default="outputs", help="Where the PNGs go (default: outputs).")
     rec.set_defaults(func=reconstruct)
+
+    web = commands.add_parser("serve", help="Serve the web demo (Gradio; needs the `web` extra).")
+    web.add_argument("--model", default=None, help="Pipeline directory or Hub id (default: the bundled demo model).")
+    web.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: 127.0.0.1; 0.0.0.0 for all).")
+    web.add_argument("--port", type=int, default=7860, help="Port (default: 7860).")
+    web.set_defaults(func=serve)
     return parser
 
 

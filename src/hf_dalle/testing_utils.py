@@ -1,0 +1,63 @@
+"""Tiny random models for tests and smoke runs: a complete DallePipeline (tokenizer, transformer, dVAE, CLIP) that
+builds in about a second, with no download."""
+
+import torch
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+from .models.dalle import DalleConfig, DalleForImageGeneration
+from .models.dalle_vae import DalleVAE, DalleVAEConfig
+from .pipelines import DallePipeline
+from .tokenization_dalle import DalleTokenizer
+
+CAPTIONS = [
+    "a red circle",
+    "a blue square",
+    "a green triangle",
+    "a red circle above a blue square",
+    "a yellow square to the left of a purple triangle",
+]
+
+
+def make_tiny_pipeline(with_clip: bool = True, seed: int = 0) -> DallePipeline:
+    """An untrained pipeline for 32x32 images (4x4 codes from 32, captions of 8 tokens), seeded by `seed`."""
+    torch.manual_seed(seed)
+    tokenizer = DalleTokenizer.train_from_texts(CAPTIONS * 4, vocab_size=300, max_text_length=8)
+    transformer = DalleForImageGeneration(
+        DalleConfig(
+            text_vocab_size=len(tokenizer),
+            image_vocab_size=32,
+            max_text_length=8,
+            image_grid_size=4,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            attention_types=["row", "conv"],
+        )
+    ).eval()
+    vae = DalleVAE(
+        DalleVAEConfig(hidden_size=16, vocab_size=32, num_blocks_per_group=1, decoder_init_size=8, image_size=32)
+    ).eval()
+    for p in vae.parameters():  # an untrained dVAE decodes every grid to nearly the same gray: make codes visible
+        p.data.normal_(0, 0.3)
+    clip_model = clip_processor = None
+    if with_clip:
+        clip_model = CLIPModel(
+            CLIPConfig(
+                text_config=dict(
+                    vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                    num_attention_heads=2, max_position_embeddings=16, pad_token_id=0, bos_token_id=0, eos_token_id=0,
+                ),
+                vision_config=dict(
+                    image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                    num_attention_heads=2,
+                ),
+                projection_dim=16,
+            )
+        ).eval()
+        clip_processor = CLIPProcessor(
+            image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+            tokenizer=tokenizer,
+        )
+    return DallePipeline(
+        tokenizer=tokenizer, transformer=transformer, vae=vae, clip_model=clip_model, clip_processor=clip_processor
+    )

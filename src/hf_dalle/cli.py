@@ -24,7 +24,9 @@ def reconstruct(args: argparse.Namespace) -> int:
     vae = DalleVAE.from_pretrained(args.model).eval()
     size = args.image_size or vae.config.image_size
     for path in args.images:
-        image = Image.open(path).convert("RGB").resize((size, size), Image.BICUBIC)
+        image = Image.open(path).convert("RGB")
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.BICUBIC)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
         with torch.no_grad():
             codes = vae.encode(pixels).indices

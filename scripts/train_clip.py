@@ -156,7 +156,7 @@ def main(argv=None):
         processor = build_processor(args, dataset)
         model = build_model(args, processor)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     ema = create_ema(model, args.ema_decay) if args.use_ema else None
 
     collate = ClipCollator(processor)

@@ -166,7 +166,7 @@ def main(argv=None):
 
     model = build_transformer(args, tokenizer, vae, text_length, grid)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     ema = create_ema(model, args.ema_decay) if args.use_ema else None
     vae.to(accelerator.device)
     config = model.config

@@ -92,7 +92,7 @@ def main(argv=None):
     if args.resolution % vae.config.downsample_factor:
         raise ValueError(f"--resolution must be a multiple of {vae.config.downsample_factor}, got {args.resolution}.")
     if args.gradient_checkpointing:
-        vae.gradient_checkpointing_enable()
+        vae.activation_checkpointing_enable()
     ema = create_ema(vae, args.ema_decay) if args.use_ema else None
 
     dataset = load_image_caption_dataset(args)

@@ -192,3 +192,17 @@ def test_processes_that_accelerate_does_not_connect_are_refused(shapes_dir, tmp_
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RuntimeError, match="Launched as 2 processes, but Accelerate runs this one as a single process"):
         load_script("train_vae").main(vae_args(shapes_dir, tmp_path / "run", "--max_train_steps", "1"))
+
+
+def test_streaming_resume_is_exact(shapes_dir, tmp_path, monkeypatch):
+    """--streaming reads the data as an IterableDataset (shuffle buffer reseeded per epoch): 6 steps straight equal 2
+    steps, killed, resumed for 4."""
+    train_vae = load_script("train_vae")
+    common = ["--streaming", "--max_train_steps", "6", "--checkpointing_steps", "2"]
+    train_vae.main(vae_args(shapes_dir, tmp_path / "straight", *common))
+    interrupt_on_call(monkeypatch, DalleVAE, "forward", 4)
+    with pytest.raises(Interrupt):
+        train_vae.main(vae_args(shapes_dir, tmp_path / "resumed", *common))
+    monkeypatch.undo()
+    train_vae.main(vae_args(shapes_dir, tmp_path / "resumed", *common, "--resume_from_checkpoint", "latest"))
+    assert_same_weights(tmp_path / "straight", tmp_path / "resumed")

@@ -158,3 +158,15 @@ def test_per_resblock_gradient_scaling_in_the_training_loop(tokens, tmp_path):
     assert_close(plain_weights, {name: scaled_weights[name] for name in plain_weights}, atol=1e-5)
     scales = [name for name in scaled_weights if name.endswith("gradient_scaler.scale")]
     assert len(scales) == 4 and all(scaled_weights[name].item() == 65536.0 for name in scales)
+
+
+def test_gradient_checkpointing_and_accumulation_give_the_same_training(tokens, tmp_path):
+    """--gradient_checkpointing recomputes activations (same gradients); --gradient_accumulation_steps 2 with half
+    the batch sums to the same steps as the full batch."""
+    train_dalle = load_script("train_dalle")
+    train_dalle.main(dalle_args(tokens, tmp_path / "plain", 8))
+    train_dalle.main(dalle_args(tokens, tmp_path / "checkpointed", 8, "--gradient_checkpointing"))
+    train_dalle.main(dalle_args(tokens, tmp_path / "accumulated", 4, "--gradient_accumulation_steps", "2"))
+    plain = load_file(tmp_path / "plain" / "transformer" / "model.non_ema.safetensors")
+    assert_close(plain, load_file(tmp_path / "checkpointed" / "transformer" / "model.non_ema.safetensors"), atol=1e-6)
+    assert_close(plain, load_file(tmp_path / "accumulated" / "transformer" / "model.non_ema.safetensors"), atol=1e-5)

@@ -135,6 +135,18 @@ class MetricsLogger:
         return logs
 
 
+def _without_moving_the_rng(dataloader):
+    """Iterate `dataloader` with the global torch RNG left as it was: the loader that skips the batches a resumed run
+    already saw draws seeds that an uninterrupted run does not, and the training noise must not depend on that."""
+    iterator = iter(dataloader)
+    while True:
+        with torch.random.fork_rng(devices=[]):
+            batch = next(iterator, None)
+        if batch is None:
+            return
+        yield batch
+
+
 def train(
     args,
     accelerator: Accelerator,
@@ -196,7 +208,7 @@ def train(
         if state.batches_in_epoch:
             batches = accelerator.skip_first_batches(train_dataloader, state.batches_in_epoch)
         batches_before = state.batches_in_epoch
-        for batch in batches:
+        for batch in _without_moving_the_rng(batches):
             state.batches_in_epoch += 1
             with accelerator.accumulate(model):
                 outputs = loss_fn(model, batch, state.global_step)

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test test-slow install install-test bench-env benchmark
+.PHONY: demo serve test test-slow install install-test bench-env benchmark
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ install-test: $(VENV)/.installed-test
 
 demo: install
 	$(VENV)/bin/hf-dalle demo --output-dir outputs/demo
+
+# The web demo (Gradio, the `web` extra) on http://127.0.0.1:7860; SERVE_ARGS="--model DIR_OR_HUB_ID --port N".
+$(VENV)/.installed-web: $(VENV)/.installed
+	$(PIP) install -q -e ".[web]"
+	touch $@
+
+serve: $(VENV)/.installed-web
+	$(VENV)/bin/hf-dalle serve $(SERVE_ARGS)
 
 test: install-test
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

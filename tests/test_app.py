@@ -1,22 +1,23 @@
 """The Gradio web demo (hf_dalle.app) on a tiny random pipeline: the generate function's values and errors, and the
-app served on 127.0.0.1 (queue, progress, bad requests) through gradio_client. The browser test is test_app_browser.py."""
+app served on 127.0.0.1 (queue, progress, bad requests) through gradio_client; browser test: test_app_browser.py."""
 
+import runpy
 import socket
 import threading
 import time
+from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
+from gradio_client import Client
+from gradio_client.exceptions import AppError
 
-gr = pytest.importorskip("gradio", reason="the web demo needs the `web` extra (gradio)")
-from gradio_client import Client  # noqa: E402  (gradio's own client, installed with it)
-from gradio_client.exceptions import AppError  # noqa: E402
-
-from hf_dalle import app  # noqa: E402
-from hf_dalle.cli import build_parser  # noqa: E402
-from hf_dalle.data import RELATIONS, caption_split, parse_caption  # noqa: E402
-from hf_dalle.testing_utils import make_tiny_pipeline  # noqa: E402
+from hf_dalle import app
+from hf_dalle.cli import build_parser
+from hf_dalle.data import RELATIONS, caption_split, parse_caption
+from hf_dalle.testing_utils import make_tiny_pipeline
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -75,13 +76,15 @@ def test_generate_images_settings_reach_the_pipeline(pipe):
     for (image, _), expected_image in zip(gallery, expected):
         np.testing.assert_array_equal(np.asarray(image), np.asarray(expected_image))
     # Seeds 100..103: none of the candidates above.
-    other_seeds, _ = app.generate_images(pipe, "a green triangle", num_candidates=4, num_images=2, **{**settings, "seed": 100})
+    settings["seed"] = 100
+    other_seeds, _ = app.generate_images(pipe, "a green triangle", num_candidates=4, num_images=2, **settings)
     assert not np.array_equal(np.asarray(other_seeds[0][0]), np.asarray(gallery[0][0]))
 
 
 def test_generate_images_without_clip_says_so():
-    gallery, status = app.generate_images(make_tiny_pipeline(with_clip=False), "a red circle", num_candidates=4, num_images=2)
-    assert [caption for _, caption in gallery] == ["#1 (no CLIP model: not reranked)", "#2 (no CLIP model: not reranked)"]
+    pipe = make_tiny_pipeline(with_clip=False)
+    gallery, status = app.generate_images(pipe, "a red circle", num_candidates=4, num_images=2)
+    assert [caption for _, caption in gallery] == [f"#{rank} (no CLIP model: not reranked)" for rank in (1, 2)]
     assert "showing the 2 first (no CLIP model to rerank)" in status
 
 
@@ -174,13 +177,14 @@ def test_served_app_queues_reports_progress_and_survives_bad_requests(pipe):
         demo.close()
 
 
-def test_lazy_demo_uses_hf_dalle_model(pipe, tmp_path, monkeypatch):
+def test_space_app_file_builds_the_demo_on_hf_dalle_model(pipe, tmp_path, monkeypatch):
     pipe.save_pretrained(tmp_path / "pipe")
     monkeypatch.setenv("HF_DALLE_MODEL", str(tmp_path / "pipe"))
-    assert "demo" not in vars(app)  # importing the module builds nothing
+    assert "demo" not in vars(app)  # importing hf_dalle.app builds nothing
     try:
-        demo = app.demo
-        assert isinstance(demo, gr.Blocks) and app.demo is demo
+        # The repo's app.py, as a Space runs it but without launching (`__name__` is not "__main__").
+        demo = runpy.run_path(str(Path(__file__).resolve().parent.parent / "app.py"))["demo"]
+        assert isinstance(demo, gr.Blocks) and app.demo is demo  # built once, on first access
         headers = [block.value for block in demo.blocks.values() if isinstance(block, gr.Markdown) and block.value]
         assert f"Model: `{tmp_path / 'pipe'}` (32x32 images, 2 layers)" in headers[0]
     finally:

@@ -138,11 +138,22 @@ def _set_number(driver, elem_id: str, value: int) -> None:
     box.send_keys(str(value), Keys.TAB)
 
 
+def _loaded_gallery_images(driver):
+    """The gallery's images once every one of them has loaded, else None."""
+    from selenium.webdriver.common.by import By
+
+    images = driver.find_elements(By.CSS_SELECTOR, "#gallery img")
+    loaded = "return arguments[0].complete && arguments[0].naturalWidth > 0"
+    return images if images and all(driver.execute_script(loaded, image) for image in images) else None
+
+
 # Records every value the progress bar of the gallery shows while the request runs.
 RECORD_PROGRESS_JS = """
 window.progressSeen = [];
 new MutationObserver(() => {
-  for (const level of document.querySelectorAll('#gallery .progress-level')) window.progressSeen.push(level.textContent.trim());
+  for (const level of document.querySelectorAll('#gallery .progress-level')) {
+    window.progressSeen.push(level.textContent.trim());
+  }
 }).observe(document.body, {subtree: true, childList: true, characterData: true});
 """
 
@@ -162,19 +173,19 @@ def test_generate_in_the_browser(server_url, browser):
     browser.find_element(By.ID, "generate").click()
     _wait(
         browser,
-        lambda d: any("Please enter a caption" in toast.text for toast in d.find_elements(By.CSS_SELECTOR, ".toast-body")),
+        lambda d: any("Please enter a caption" in t.text for t in d.find_elements(By.CSS_SELECTOR, ".toast-body")),
         30,
         "no error message for the empty caption",
     )
     browser.find_element(By.CSS_SELECTOR, "[data-testid=toast-close]").click()
-    _wait(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, ".toast-body"), 10, "the error message did not close")
+    _wait(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, ".toast-body"), 10, "the error did not close")
 
     # ...and the server goes on serving: N = 512 candidates (the paper's N), the best 6 shown.
     _set_number(browser, "num-candidates", 512)
     _set_number(browser, "num-images", 6)
     # A held-out caption from the examples: clicking it fills the caption box.
     browser.find_element(By.XPATH, "//button[normalize-space(.)='a red square (unseen)']").click()
-    _wait(browser, lambda d: prompt.get_attribute("value") == "a red square", 10, "the example did not fill the caption")
+    _wait(browser, lambda d: prompt.get_attribute("value") == "a red square", 10, "the example did not fill in")
     browser.execute_script(RECORD_PROGRESS_JS)
     browser.find_element(By.ID, "generate").click()
     _wait(
@@ -183,16 +194,13 @@ def test_generate_in_the_browser(server_url, browser):
         150,
         "the gallery did not fill",
     )
-    images = _wait(
-        browser,
-        lambda d: [i for i in d.find_elements(By.CSS_SELECTOR, "#gallery img") if d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i)],
-        30,
-        "the gallery's images did not load",
-    )
+    images = _wait(browser, _loaded_gallery_images, 30, "the gallery's images did not load")
     assert len(images) == 6
     assert [image.get_attribute("naturalWidth") for image in images] == ["32"] * 6
     captions = [image.get_attribute("alt") for image in images]
-    scores = [float(re.fullmatch(rf"#{rank} · CLIP score (-?\d\.\d{{3}})", c).group(1)) for rank, c in enumerate(captions, 1)]
+    ranks_and_scores = [re.fullmatch(r"#(\d+) · CLIP score (-?\d\.\d{3})", caption).groups() for caption in captions]
+    assert [int(rank) for rank, _ in ranks_and_scores] == [1, 2, 3, 4, 5, 6]
+    scores = [float(score) for _, score in ranks_and_scores]
     assert scores == sorted(scores, reverse=True)
     status = browser.find_element(By.ID, "status").text
     assert "showing the 6 best by CLIP score" in status

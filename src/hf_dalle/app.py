@@ -151,7 +151,7 @@ def create_demo(
         )
     pipeline, model_name = _load(pipeline_or_path)
     config = pipeline.transformer.config
-    reranking = "reranked by CLIP" if pipeline.clip_model is not None else "not reranked (this pipeline has no CLIP model)"
+    reranking = "reranked by CLIP" if pipeline.clip_model is not None else "not reranked (the pipeline has no CLIP)"
 
     def generate(
         prompt, negative_prompt, num_candidates, num_images, guidance_scale, temperature, top_k, seed,
@@ -173,8 +173,9 @@ def create_demo(
             with gr.Column(scale=2):
                 prompt = gr.Textbox(label="Caption", placeholder="a red circle above a blue square", elem_id="prompt")
                 negative_prompt = gr.Textbox(
-                    label="Negative caption", info="Steered away from when guidance scale > 1.", elem_id="negative-prompt"
-                )
+                    label="Negative caption", info="Steered away from when guidance scale > 1.",
+                    elem_id="negative-prompt",
+                )  # fmt: skip
                 with gr.Row():
                     num_candidates = gr.Slider(
                         1, max_candidates, value=min(16, max_candidates), step=1, label="Candidates (N)",
@@ -185,7 +186,9 @@ def create_demo(
                     guidance_scale = gr.Slider(1.0, 10.0, value=1.0, step=0.5, label="Guidance scale (1 = off)")
                     temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature")
                     top_k = gr.Slider(0, config.image_vocab_size, value=0, step=1, label="Top-k (0 = all codes)")
-                    seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed (candidate i uses seed + i)")
+                    seed = gr.Number(
+                        value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed (candidate i uses seed + i)"
+                    )
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=3):
                 gallery = gr.Gallery(label="Best candidates", columns=4, format="png", elem_id="gallery")
@@ -195,7 +198,7 @@ def create_demo(
             examples=[[caption] for caption in examples],
             inputs=[prompt],
             label="Demo-world captions (those marked 'unseen' never appear in training)",
-            example_labels=[caption if caption_split(caption) == "train" else f"{caption} (unseen)" for caption in examples],
+            example_labels=[c if caption_split(c) == "train" else f"{c} (unseen)" for c in examples],
         )
         inputs = [prompt, negative_prompt, num_candidates, num_images, guidance_scale, temperature, top_k, seed]
         gr.on([button.click, prompt.submit], generate, inputs=inputs, outputs=[gallery, status], api_name="generate")
@@ -212,4 +215,11 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["MAX_CANDIDATES", "MAX_CANDIDATE_BATCH_SIZE", "MAX_IMAGES", "create_demo", "example_captions", "generate_images"]
+__all__ = [
+    "MAX_CANDIDATES",
+    "MAX_CANDIDATE_BATCH_SIZE",
+    "MAX_IMAGES",
+    "create_demo",
+    "example_captions",
+    "generate_images",
+]

@@ -1,10 +1,8 @@
 """The training library and the training scripts: schedules, exact resume, atomic checkpoints, the non-finite guard,
 EMA outputs, mixed precision, errors. Tiny models, a few steps each."""
 
-import importlib.util
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,25 +12,9 @@ from safetensors.torch import load_file
 from hf_dalle import DalleVAE
 from hf_dalle.data import make_shapes_dataset
 from hf_dalle.training import NonFiniteLossError, annealed_value, list_checkpoints, resolve_checkpoint
+from training_utils import load_script, training_environment  # noqa: F401 (autouse fixture)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_VAE = '{"hidden_size": 8, "vocab_size": 16, "num_blocks_per_group": 1, "decoder_init_size": 8}'
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO_ROOT / "scripts" / f"{name}.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster than two fighting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Data-parallel training on CPU (2 processes, gloo) through `accelerate launch`, PowerSGD gradient compression, and
 bf16 mixed precision."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,8 +14,8 @@ from safetensors.torch import load_file
 
 from hf_dalle import DalleTokenizer
 from hf_dalle.data import all_captions, make_shapes_dataset
+from training_utils import REPO_ROOT, load_script, training_environment  # noqa: F401 (autouse fixture)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_VAE = '{"hidden_size": 8, "vocab_size": 16, "num_blocks_per_group": 1, "decoder_init_size": 8}'
 TINY_DALLE = '{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}'
 
@@ -35,21 +34,6 @@ def launch(script: str, args: list[str], num_processes: int, port: int) -> str:
                "--num_processes", str(num_processes), "--main_process_port", str(port), "--mixed_precision", "no",
                "tests/distributed_training.py", f"scripts/{script}.py", *args]  # fmt: skip
     return run(command, ACCELERATE_USE_CPU="1")
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO_ROOT / "scripts" / f"{name}.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

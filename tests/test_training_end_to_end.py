@@ -1,7 +1,6 @@
 """The four training scripts chained on generated shapes-world pairs, as a user runs them: train_vae -> pretokenize ->
 train_clip -> train_dalle, then fine-tuning the resulting pipeline on an imagefolder, and pushing to a local Hub."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,8 +14,8 @@ from transformers import CLIPModel, CLIPProcessor
 from hf_dalle import DalleForImageGeneration, DallePipeline, DalleTokenizer, DalleVAE
 from hf_dalle.data import all_captions, make_shapes_dataset
 from hf_dalle.training import load_pretokenized_dataset
+from training_utils import load_script, training_environment  # noqa: F401 (autouse fixture)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_VAE = '{"hidden_size": 8, "vocab_size": 16, "num_blocks_per_group": 1, "decoder_init_size": 8}'
 TINY_DALLE = '{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}'
 TINY_CLIP = json.dumps(
@@ -27,21 +26,6 @@ TINY_CLIP = json.dumps(
     }
 )
 COMMON = ["--logging_steps", "2", "--checkpointing_steps", "100", "--validation_steps", "100"]
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO_ROOT / "scripts" / f"{name}.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -167,6 +167,7 @@ def test_nonfinite_loss_steps_are_skipped_then_training_stops(shapes_dir, tmp_pa
     assert all(torch.isfinite(weights).all() for weights in calls)
     logs = [json.loads(line) for line in (tmp_path / "run" / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [(log["step"], log["skipped_steps"]) for log in logs] == [(2, 2)]
+    assert math.isfinite(logs[0]["loss"])  # the averages leave the skipped batches out
 
 
 def test_processes_that_accelerate_does_not_connect_are_refused(shapes_dir, tmp_path, monkeypatch):

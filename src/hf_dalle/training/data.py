@@ -142,9 +142,9 @@ def make_dataloader(
     shuffle: bool = True,
     seed: int = 0,
 ) -> torch.utils.data.DataLoader:
-    """A `DataLoader` for `Accelerator.prepare`. A map-style dataset is shuffled by the sampler; a streaming dataset
-    through its shuffle buffer, reseeded every epoch (`set_epoch`). The loader draws its worker seeds from its own
-    generator, so that iterating it never moves the global RNG (which a resumed run restores exactly)."""
+    """A `DataLoader` for `Accelerator.prepare`. A map-style dataset is shuffled by the sampler, whose order Accelerate
+    derives from the loader's seeded generator and the epoch; a streaming dataset through its shuffle buffer, reseeded
+    every epoch (`set_epoch`). Incomplete last batches are dropped."""
     if isinstance(dataset, datasets.IterableDataset):
         if shuffle:
             dataset = dataset.shuffle(seed=seed, buffer_size=1000)

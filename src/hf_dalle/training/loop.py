@@ -169,7 +169,8 @@ def train(
         before_optimizer_step: called with the unwrapped model once the gradients of a step are complete (all-reduced),
             before clipping and the optimizer step (e.g. the transformer's per-resblock gradient unscaling).
 
-    A step whose gradient norm is not finite (a NaN or inf loss anywhere) is skipped, counted and logged; after
+    A step whose gradient norm is not finite (a NaN or inf loss anywhere) is skipped, counted and logged (its batches'
+    metrics are left out of the averages); after
     `--max_nonfinite_steps` such steps in a row, `NonFiniteLossError` stops the run. Checking the norm costs one
     host sync per optimizer step, and every process sees the same all-reduced norm, so all of them skip together.
     """
@@ -201,6 +202,7 @@ def train(
     max_grad_norm = args.max_grad_norm if args.max_grad_norm is not None else math.inf
     metrics = MetricsLogger(accelerator, args.output_dir)
     unwrapped = accelerator.unwrap_model(model)
+    step_metrics = []  # of the batches of the current optimizer step; logged only if the step is taken
     model.train()
     while state.global_step < args.max_train_steps:
         train_dataloader.set_epoch(state.epoch)
@@ -213,7 +215,7 @@ def train(
             with accelerator.accumulate(model):
                 outputs = loss_fn(model, batch, state.global_step)
                 accelerator.backward(outputs["loss"])
-                metrics.add(outputs)
+                step_metrics.append({name: torch.as_tensor(value).detach() for name, value in outputs.items()})
                 if accelerator.sync_gradients:
                     if before_optimizer_step is not None:
                         before_optimizer_step(unwrapped)
@@ -228,6 +230,7 @@ def train(
                     optimizer.zero_grad(set_to_none=True)
             if not accelerator.sync_gradients:
                 continue
+            taken_metrics, step_metrics = step_metrics, []
             if not stepped:
                 state.skipped_steps += 1
                 state.nonfinite_in_a_row += 1
@@ -245,6 +248,8 @@ def train(
                 continue
             state.nonfinite_in_a_row = 0
             state.global_step += 1
+            for batch_metrics in taken_metrics:
+                metrics.add(batch_metrics)
             metrics.add({"grad_norm": grad_norm})
             if ema is not None:
                 ema.step(model.parameters())

@@ -88,6 +88,23 @@ def test_pretokenized_data_matches_the_vae_and_tokenizer(trained):
     assert (info["image_grid_size"], info["image_vocab_size"], info["max_text_length"]) == (4, 16, 16)
 
 
+def test_pretokenize_streaming_to_parquet_matches(trained, tmp_path):
+    """A streamed dataset, written as parquet shards, gives the same rows as the in-memory one saved with
+    save_to_disk, in the same order."""
+    output_dir = tmp_path / "streamed"
+    load_script("pretokenize").main(
+        ["--dataset_name", str(trained["data"]), "--streaming", "--vae_model_name_or_path", str(trained["vae"]),
+         "--tokenizer_name_or_path", str(trained["tokenizer"]), "--output_format", "parquet", "--rows_per_shard", "10",
+         "--batch_size", "7", "--output_dir", str(output_dir)]
+    )  # fmt: skip
+    assert sorted(p.name for p in (output_dir / "data").iterdir()) == [f"train-0000{i}-of-00003.parquet" for i in range(3)]
+    streamed, saved = load_pretokenized_dataset(str(output_dir)), load_pretokenized_dataset(str(trained["tokens"]))
+    assert len(streamed) == len(saved) == 24
+    assert torch.equal(streamed[:]["image_codes"], saved[:]["image_codes"])
+    assert torch.equal(streamed[:]["text_input_ids"], saved[:]["text_input_ids"])
+    assert not list(tmp_path.glob(".tmp-*"))  # the temporary folder was renamed
+
+
 def test_train_clip_output_works_offline(trained):
     model, processor = CLIPModel.from_pretrained(trained["clip"]), CLIPProcessor.from_pretrained(trained["clip"])
     tokens = processor.tokenizer(["A Red Circle", "a red circle above a blue square"], padding=True)

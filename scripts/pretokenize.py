@@ -34,7 +34,10 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_data_arguments(parser, resolution=None)
     parser.add_argument(
-        "--resolution", type=int, default=None, help="Images are resized and centre-cropped to this side (default: the dVAE's image_size)."
+        "--resolution",
+        type=int,
+        default=None,
+        help="Images are resized and centre-cropped to this side (default: the dVAE's image_size).",
     )
     parser.add_argument(
         "--pretrained_model_name_or_path",
@@ -42,12 +45,19 @@ def parse_args(argv=None):
         help="A pipeline folder or Hub id whose vae/ and tokenizer/ to use (e.g. hf_dalle.DEMO_MODEL_DIR).",
     )
     parser.add_argument("--vae_model_name_or_path", default=None, help="The dVAE (overrides the pipeline's).")
-    parser.add_argument("--tokenizer_name_or_path", default=None, help="The DalleTokenizer (overrides the pipeline's).")
     parser.add_argument(
-        "--max_text_length", type=int, default=None, help="Caption positions (default: the tokenizer's model_max_length)."
+        "--tokenizer_name_or_path", default=None, help="The DalleTokenizer (overrides the pipeline's)."
+    )
+    parser.add_argument(
+        "--max_text_length",
+        type=int,
+        default=None,
+        help="Caption positions (default: the tokenizer's model_max_length).",
     )
     parser.add_argument("--output_dir", required=True, help="Folder for the pre-tokenized data (must not exist yet).")
-    parser.add_argument("--output_format", default="arrow", choices=["arrow", "parquet"], help="save_to_disk or parquet shards.")
+    parser.add_argument(
+        "--output_format", default="arrow", choices=["arrow", "parquet"], help="save_to_disk or parquet shards."
+    )
     parser.add_argument("--rows_per_shard", type=int, default=100_000, help="Rows per output shard.")
     parser.add_argument("--batch_size", type=int, default=64, help="Images encoded per dVAE forward pass.")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="Device of the dVAE.")
@@ -55,7 +65,9 @@ def parse_args(argv=None):
     if args.vae_model_name_or_path is None and args.pretrained_model_name_or_path is None:
         raise ValueError("Name the dVAE: --vae_model_name_or_path or a pipeline with --pretrained_model_name_or_path.")
     if args.tokenizer_name_or_path is None and args.pretrained_model_name_or_path is None:
-        raise ValueError("Name the tokenizer: --tokenizer_name_or_path or a pipeline with --pretrained_model_name_or_path.")
+        raise ValueError(
+            "Name the tokenizer: --tokenizer_name_or_path or a pipeline with --pretrained_model_name_or_path."
+        )
     if os.path.exists(args.output_dir):
         raise ValueError(f"--output_dir {args.output_dir!r} already exists; pick a new folder.")
     return args
@@ -101,7 +113,9 @@ def main(argv=None):
         }
     )
     encode = Pretokenizer(vae, tokenizer, resolution, max_text_length, args.device)
-    encoded = dataset.map(encode, batched=True, batch_size=args.batch_size, remove_columns=["image"], features=features)
+    encoded = dataset.map(
+        encode, batched=True, batch_size=args.batch_size, remove_columns=["image"], features=features
+    )
     if isinstance(encoded, datasets.IterableDataset):
         # Streamed rows are encoded as they are read and written to Arrow files on the way (no full copy in memory).
         encoded = datasets.Dataset.from_generator(lambda: iter(encoded), features=features)
@@ -133,7 +147,14 @@ def main(argv=None):
         os.replace(temporary, output_dir)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
-    logger.info("Pre-tokenized %d pairs (%dx%d codes, %d caption positions) into %s", len(encoded), grid, grid, max_text_length, output_dir)
+    logger.info(
+        "Pre-tokenized %d pairs (%dx%d codes, %d caption positions) into %s",
+        len(encoded),
+        grid,
+        grid,
+        max_text_length,
+        output_dir,
+    )
     return output_dir
 
 

@@ -55,10 +55,15 @@ def parse_args(argv=None):
         default=None,
         help="A BPE tokenizer (or pipeline with tokenizer/) to build the CLIP tokenizer from; default: train one.",
     )
-    clip.add_argument("--vocab_size", type=int, default=1024, help="Vocabulary of a tokenizer trained on the captions.")
+    clip.add_argument(
+        "--vocab_size", type=int, default=1024, help="Vocabulary of a tokenizer trained on the captions."
+    )
     clip.add_argument("--max_text_length", type=int, default=32, help="Text positions of the CLIP text encoder.")
     clip.add_argument(
-        "--num_validation_pairs", type=int, default=64, help="Pairs (the first of the data) for the retrieval accuracy."
+        "--num_validation_pairs",
+        type=int,
+        default=64,
+        help="Pairs (the first of the data) for the retrieval accuracy.",
     )
     clip.add_argument("--license", default=None, help="License of the weights, for the model card.")
     parser.set_defaults(adam_beta2=0.98, adam_weight_decay=0.2, lr_scheduler="cosine")
@@ -73,7 +78,9 @@ def build_clip_tokenizer(bpe: PreTrainedTokenizerFast, max_length: int) -> PreTr
     backend = Tokenizer.from_str(bpe.backend_tokenizer.to_str())
     backend.add_special_tokens([EOS_TOKEN])
     backend.post_processor = processors.TemplateProcessing(
-        single=f"$A {EOS_TOKEN}", pair=f"$A {EOS_TOKEN} $B {EOS_TOKEN}", special_tokens=[(EOS_TOKEN, backend.token_to_id(EOS_TOKEN))]
+        single=f"$A {EOS_TOKEN}",
+        pair=f"$A {EOS_TOKEN} $B {EOS_TOKEN}",
+        special_tokens=[(EOS_TOKEN, backend.token_to_id(EOS_TOKEN))],
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
@@ -89,7 +96,9 @@ def build_processor(args, dataset) -> CLIPProcessor:
         bpe = load_component(DalleTokenizer, args.tokenizer_name_or_path, "tokenizer")
     else:
         captions = (batch["caption"] for batch in dataset.select_columns(["caption"]).iter(batch_size=1000))
-        bpe = DalleTokenizer.train_from_texts(captions, vocab_size=args.vocab_size, max_text_length=args.max_text_length)
+        bpe = DalleTokenizer.train_from_texts(
+            captions, vocab_size=args.vocab_size, max_text_length=args.max_text_length
+        )
     size = args.resolution
     # The PIL backend: the same preprocessing whether or not torchvision is installed.
     image_processor = CLIPImageProcessorPil(
@@ -125,7 +134,9 @@ def build_model(args, processor: CLIPProcessor) -> CLIPModel:
         "num_attention_heads": 4,
         **overrides.pop("vision_config", {}),
     }
-    return CLIPModel(CLIPConfig(text_config=text_config, vision_config=vision_config, **{"projection_dim": 128, **overrides}))
+    return CLIPModel(
+        CLIPConfig(text_config=text_config, vision_config=vision_config, **{"projection_dim": 128, **overrides})
+    )
 
 
 class ClipCollator:
@@ -160,7 +171,9 @@ def main(argv=None):
     ema = create_ema(model, args.ema_decay) if args.use_ema else None
 
     collate = ClipCollator(processor)
-    train_dataloader = make_dataloader(dataset, args.train_batch_size, collate, args.dataloader_num_workers, seed=args.seed)
+    train_dataloader = make_dataloader(
+        dataset, args.train_batch_size, collate, args.dataloader_num_workers, seed=args.seed
+    )
     validation = collate(list(dataset.take(args.num_validation_pairs)))
 
     def loss_fn(model, batch, step):
@@ -177,13 +190,19 @@ def main(argv=None):
             return
         accuracy = retrieval_accuracy(model, validation, accelerator, ema)
         accelerator.log({"validation/image_to_text_accuracy": accuracy}, step=step)
-        logger.info("step %d: image-to-caption retrieval accuracy %.3f on %d pairs", step, accuracy, len(validation["captions"]))
+        logger.info(
+            "step %d: image-to-caption retrieval accuracy %.3f on %d pairs",
+            step,
+            accuracy,
+            len(validation["captions"]),
+        )
         accuracies.append(accuracy)
 
     accuracies = []
     model, state, metrics = train(args, accelerator, model, train_dataloader, loss_fn, ema=ema, on_step_end=validate)
 
     if accelerator.is_main_process:
+
         def write(folder: Path) -> None:
             save_model(model, folder, ema)
             processor.save_pretrained(folder)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Train (or fine-tune) the DALL-E transformer prior (stage 2) on pre-tokenized pairs, with Accelerate.
 
-    python scripts/pretokenize.py --train_data_dir my_images --pretrained_model_name_or_path PIPELINE --output_dir tokens
+    python scripts/pretokenize.py --train_data_dir my_images --pretrained_model_name_or_path PIPELINE \
+        --output_dir tokens
     accelerate launch scripts/train_dalle.py --pretrained_model_name_or_path PIPELINE --pretokenized_dataset tokens \\
         --use_ema --max_train_steps 2000 --output_dir my-dalle
 
@@ -19,7 +20,6 @@ import logging
 from pathlib import Path
 
 import torch
-
 from transformers import CLIPModel, CLIPProcessor
 
 from hf_dalle import DalleConfig, DalleForImageGeneration, DallePipeline, DalleTokenizer, DalleVAE
@@ -48,28 +48,44 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, learning_rate=4.5e-4, train_batch_size=32, max_train_steps=10000)
     data = parser.add_argument_group("data")
-    data.add_argument("--pretokenized_dataset", required=True, help="Output of scripts/pretokenize.py (folder or Hub id).")
+    data.add_argument(
+        "--pretokenized_dataset", required=True, help="Output of scripts/pretokenize.py (folder or Hub id)."
+    )
     data.add_argument("--streaming", action="store_true", help="Stream the pre-tokenized data.")
     data.add_argument("--max_train_samples", type=int, default=None, help="Use only the first this many pairs.")
-    parts = parser.add_argument_group("pipeline parts (default: those of --pretrained_model_name_or_path, else those "
-                                      "recorded by pretokenize.py)")  # fmt: skip
+    parts = parser.add_argument_group(
+        "pipeline parts (default: those of --pretrained_model_name_or_path, else those " "recorded by pretokenize.py)"
+    )
     parts.add_argument("--tokenizer_name_or_path", default=None, help="The DalleTokenizer.")
     parts.add_argument("--vae_model_name_or_path", default=None, help="The dVAE that made the image codes.")
     parts.add_argument(
-        "--clip_model_name_or_path", default=None, help="A CLIPModel + CLIPProcessor folder (train_clip.py) for reranking."
+        "--clip_model_name_or_path",
+        default=None,
+        help="A CLIPModel + CLIPProcessor folder (train_clip.py) for reranking.",
     )
     stage = parser.add_argument_group("transformer training")
     stage.add_argument(
-        "--caption_dropout", type=float, default=0.1, help="Share of captions replaced by the empty caption (for guidance)."
+        "--caption_dropout",
+        type=float,
+        default=0.1,
+        help="Share of captions replaced by the empty caption (for guidance).",
     )
-    stage.add_argument("--text_loss_weight", type=float, default=None, help="Override the config's text loss weight (1/8).")
     stage.add_argument(
-        "--validation_prompts", nargs="*", default=None, help="Prompts of the validation grid (default: 4 training captions)."
+        "--text_loss_weight", type=float, default=None, help="Override the config's text loss weight (1/8)."
+    )
+    stage.add_argument(
+        "--validation_prompts",
+        nargs="*",
+        default=None,
+        help="Prompts of the validation grid (default: 4 training captions).",
     )
     stage.add_argument("--num_validation_images", type=int, default=4, help="Images per validation prompt.")
     stage.add_argument("--validation_top_k", type=int, default=64, help="Top-k sampling of the validation images.")
     stage.add_argument(
-        "--validation_guidance_scale", type=float, default=1.0, help="Classifier-free guidance of the validation images."
+        "--validation_guidance_scale",
+        type=float,
+        default=1.0,
+        help="Classifier-free guidance of the validation images.",
     )
     stage.add_argument("--license", default=None, help="License of the weights, for the model card.")
     parser.set_defaults(adam_beta2=0.96, adam_weight_decay=4.5e-2, max_grad_norm=4.0)
@@ -96,7 +112,9 @@ def load_parts(args) -> tuple[DalleTokenizer, DalleVAE, dict]:
     return tokenizer, vae, info
 
 
-def build_transformer(args, tokenizer: DalleTokenizer, vae: DalleVAE, text_length: int, grid: int) -> DalleForImageGeneration:
+def build_transformer(
+    args, tokenizer: DalleTokenizer, vae: DalleVAE, text_length: int, grid: int
+) -> DalleForImageGeneration:
     if args.pretrained_model_name_or_path is not None:
         config = load_component(DalleConfig, args.pretrained_model_name_or_path, "transformer")
     else:
@@ -132,7 +150,9 @@ def build_transformer(args, tokenizer: DalleTokenizer, vae: DalleVAE, text_lengt
     if args.text_loss_weight is not None:
         config.text_loss_weight = args.text_loss_weight
     if args.pretrained_model_name_or_path is not None:
-        return load_component(DalleForImageGeneration, args.pretrained_model_name_or_path, "transformer", config=config)
+        return load_component(
+            DalleForImageGeneration, args.pretrained_model_name_or_path, "transformer", config=config
+        )
     return DalleForImageGeneration(config)
 
 
@@ -157,7 +177,9 @@ def main(argv=None):
     args = parse_args(argv)
     accelerator = create_accelerator(args)
     tokenizer, vae, info = load_parts(args)
-    dataset = load_pretokenized_dataset(args.pretokenized_dataset, streaming=args.streaming, max_samples=args.max_train_samples)
+    dataset = load_pretokenized_dataset(
+        args.pretokenized_dataset, streaming=args.streaming, max_samples=args.max_train_samples
+    )
     first = next(iter(dataset))
     text_length, num_codes = first["text_input_ids"].numel(), first["image_codes"].numel()
     grid = int(round(num_codes**0.5))
@@ -176,7 +198,9 @@ def main(argv=None):
         rows = list(dataset.take(4))
         prompts = tokenizer.batch_decode([row["text_input_ids"] for row in rows], skip_special_tokens=True)
 
-    train_dataloader = make_dataloader(dataset, args.train_batch_size, num_workers=args.dataloader_num_workers, seed=args.seed)
+    train_dataloader = make_dataloader(
+        dataset, args.train_batch_size, num_workers=args.dataloader_num_workers, seed=args.seed
+    )
 
     def loss_fn(model, batch, step):
         text = batch["text_input_ids"].long()
@@ -207,7 +231,10 @@ def main(argv=None):
         pipeline.set_progress_bar_config(disable=True)
         # Seeded generators: the same noise at every validation, and the training RNG is left alone (a resumed run
         # must draw what an uninterrupted one draws).
-        generators = [torch.Generator(accelerator.device).manual_seed(args.seed + i) for i in range(len(prompts) * args.num_validation_images)]
+        generators = [
+            torch.Generator(accelerator.device).manual_seed(args.seed + i)
+            for i in range(len(prompts) * args.num_validation_images)
+        ]
         with accelerator.autocast():
             images = pipeline(
                 prompts,
@@ -221,14 +248,23 @@ def main(argv=None):
         model.train()
         if ema is not None:
             ema.restore(model.parameters())
-        grids.append(save_image_grid(images, len(prompts), Path(args.output_dir) / "validation" / f"step-{step:06d}.png"))
+        grids.append(
+            save_image_grid(images, len(prompts), Path(args.output_dir) / "validation" / f"step-{step:06d}.png")
+        )
 
     model, state, metrics = train(
-        args, accelerator, model, train_dataloader, loss_fn, ema=ema, on_step_end=validate,
+        args,
+        accelerator,
+        model,
+        train_dataloader,
+        loss_fn,
+        ema=ema,
+        on_step_end=validate,
         before_optimizer_step=before_optimizer_step,
-    )  # fmt: skip
+    )
 
     if accelerator.is_main_process:
+
         def write_pipeline(folder: Path) -> None:
             if ema is not None:  # the raw weights beside the averaged ones, which the pipeline samples with
                 model.save_pretrained(folder / "transformer", variant=NON_EMA_VARIANT)
@@ -236,7 +272,9 @@ def main(argv=None):
             DallePipeline(tokenizer, model, vae, clip_model, clip_processor).save_pretrained(folder)
 
         write_folder_atomically(args.output_dir, write_pipeline)
-        summary = training_summary(args, "train_dalle.py", argv, metrics, f"validation/{grids[-1].name}" if grids else None)
+        summary = training_summary(
+            args, "train_dalle.py", argv, metrics, f"validation/{grids[-1].name}" if grids else None
+        )
         write_card_and_push(
             args,
             "dalle_pipeline",
@@ -255,7 +293,9 @@ def main(argv=None):
             },
             commit_message="Add DALL-E pipeline trained with hf_dalle",
         )
-        logger.info("Saved the pipeline to %s (%d steps, %d skipped).", args.output_dir, state.global_step, state.skipped_steps)
+        logger.info(
+            "Saved the pipeline to %s (%d steps, %d skipped).", args.output_dir, state.global_step, state.skipped_steps
+        )
     return state
 
 

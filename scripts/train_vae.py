@@ -49,16 +49,26 @@ def parse_args(argv=None):
     add_data_arguments(parser, resolution=64)
     vae = parser.add_argument_group("dVAE relaxation")
     vae.add_argument("--temperature_start", type=float, default=1.0, help="Gumbel-softmax temperature at step 0.")
-    vae.add_argument("--temperature_end", type=float, default=1 / 16, help="Temperature after the annealing (paper: 1/16).")
     vae.add_argument(
-        "--temperature_steps", type=int, default=None, help="Steps of the temperature annealing (default: --max_train_steps)."
+        "--temperature_end", type=float, default=1 / 16, help="Temperature after the annealing (paper: 1/16)."
+    )
+    vae.add_argument(
+        "--temperature_steps",
+        type=int,
+        default=None,
+        help="Steps of the temperature annealing (default: --max_train_steps).",
     )
     vae.add_argument("--kl_weight_start", type=float, default=0.0, help="KL weight at step 0.")
     vae.add_argument("--kl_weight_end", type=float, default=6.6, help="KL weight after the ramp (paper: 6.6).")
     vae.add_argument(
-        "--kl_weight_steps", type=int, default=None, help="Steps of the KL ramp (default: a tenth of --max_train_steps)."
+        "--kl_weight_steps",
+        type=int,
+        default=None,
+        help="Steps of the KL ramp (default: a tenth of --max_train_steps).",
     )
-    vae.add_argument("--schedule", default="cosine", choices=SCHEDULE_KINDS, help="Shape of both schedules (paper: cosine).")
+    vae.add_argument(
+        "--schedule", default="cosine", choices=SCHEDULE_KINDS, help="Shape of both schedules (paper: cosine)."
+    )
     vae.add_argument(
         "--straight_through", action="store_true", help="Hard one-hot codes with straight-through gradients."
     )
@@ -97,11 +107,15 @@ def main(argv=None):
 
     dataset = load_image_caption_dataset(args)
     collate = ImageCaptionCollator(args.resolution)
-    train_dataloader = make_dataloader(dataset, args.train_batch_size, collate, args.dataloader_num_workers, seed=args.seed)
+    train_dataloader = make_dataloader(
+        dataset, args.train_batch_size, collate, args.dataloader_num_workers, seed=args.seed
+    )
     validation_images = collate(list(dataset.take(args.num_validation_images)))["pixel_values"]
 
     def loss_fn(model, batch, step):
-        temperature = annealed_value(step, args.temperature_start, args.temperature_end, args.temperature_steps, args.schedule)
+        temperature = annealed_value(
+            step, args.temperature_start, args.temperature_end, args.temperature_steps, args.schedule
+        )
         kl_weight = annealed_value(step, args.kl_weight_start, args.kl_weight_end, args.kl_weight_steps, args.schedule)
         output = model(batch["pixel_values"], temperature=temperature, kl_weight=kl_weight, hard=args.straight_through)
         return {
@@ -131,7 +145,9 @@ def main(argv=None):
         if ema is not None:
             ema.restore(model.parameters())
         path = save_image_grid(
-            tensors_to_pil(pixels) + tensors_to_pil(reconstructions), 2, Path(args.output_dir) / "reconstructions" / f"step-{step:06d}.png"
+            tensors_to_pil(pixels) + tensors_to_pil(reconstructions),
+            2,
+            Path(args.output_dir) / "reconstructions" / f"step-{step:06d}.png",
         )
         grids.append(path)
         accelerator.log(
@@ -163,7 +179,9 @@ def main(argv=None):
             },
             commit_message="Add DALL-E dVAE trained with hf_dalle",
         )
-        logger.info("Saved the dVAE to %s (%d steps, %d skipped).", args.output_dir, state.global_step, state.skipped_steps)
+        logger.info(
+            "Saved the dVAE to %s (%d steps, %d skipped).", args.output_dir, state.global_step, state.skipped_steps
+        )
     return state
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from training_utils import load_script, training_environment  # noqa: F401 (autouse fixture)
 
 from hf_dalle import DalleVAE
 from hf_dalle.data import make_shapes_dataset
 from hf_dalle.training import NonFiniteLossError, annealed_value, list_checkpoints, resolve_checkpoint
-from training_utils import load_script, training_environment  # noqa: F401 (autouse fixture)
 
 TINY_VAE = '{"hidden_size": 8, "vocab_size": 16, "num_blocks_per_group": 1, "decoder_init_size": 8}'
 
@@ -27,10 +27,30 @@ def shapes_dir(tmp_path_factory) -> Path:
 
 def vae_args(data: Path, output_dir: Path, *extra: str) -> list[str]:
     return [
-        "--dataset_name", str(data), "--resolution", "32", "--model_config", TINY_VAE, "--output_dir", str(output_dir),
-        "--train_batch_size", "4", "--learning_rate", "3e-3", "--temperature_steps", "8", "--kl_weight_steps", "4",
-        "--logging_steps", "2", "--validation_steps", "100", "--num_validation_images", "2", *extra,
-    ]  # fmt: skip
+        "--dataset_name",
+        str(data),
+        "--resolution",
+        "32",
+        "--model_config",
+        TINY_VAE,
+        "--output_dir",
+        str(output_dir),
+        "--train_batch_size",
+        "4",
+        "--learning_rate",
+        "3e-3",
+        "--temperature_steps",
+        "8",
+        "--kl_weight_steps",
+        "4",
+        "--logging_steps",
+        "2",
+        "--validation_steps",
+        "100",
+        "--num_validation_images",
+        "2",
+        *extra,
+    ]
 
 
 class Interrupt(Exception):
@@ -136,7 +156,16 @@ def test_checkpoints_total_limit_prunes_the_oldest(shapes_dir, tmp_path):
     train_vae = load_script("train_vae")
     output_dir = tmp_path / "run"
     train_vae.main(
-        vae_args(shapes_dir, output_dir, "--max_train_steps", "5", "--checkpointing_steps", "1", "--checkpoints_total_limit", "2")
+        vae_args(
+            shapes_dir,
+            output_dir,
+            "--max_train_steps",
+            "5",
+            "--checkpointing_steps",
+            "1",
+            "--checkpoints_total_limit",
+            "2",
+        )
     )
     assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-4", "checkpoint-5"]
     # The newest checkpoint holds the final weights (no EMA here: model.safetensors is the raw model).
@@ -159,7 +188,10 @@ def test_nonfinite_loss_steps_are_skipped_then_training_stops(shapes_dir, tmp_pa
         return output
 
     monkeypatch.setattr(DalleVAE, "forward", forward_with_nan_losses)
-    with pytest.raises(NonFiniteLossError, match=r"not finite \(NaN or inf\) in 3 optimizer steps in a row \(--max_nonfinite_steps 3\)"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"not finite \(NaN or inf\) in 3 optimizer steps in a row \(--max_nonfinite_steps 3\)",
+    ):
         train_vae.main(vae_args(shapes_dir, tmp_path / "run", "--max_train_steps", "20", "--max_nonfinite_steps", "3"))
     assert len(calls) == 8  # 5 forward passes, 2 of them skipped (3 steps taken), then 3 non-finite in a row
     assert torch.equal(calls[1], calls[2]) and torch.equal(calls[2], calls[3])  # skipped: no update, no NaN
@@ -173,7 +205,9 @@ def test_nonfinite_loss_steps_are_skipped_then_training_stops(shapes_dir, tmp_pa
 def test_processes_that_accelerate_does_not_connect_are_refused(shapes_dir, tmp_path, monkeypatch):
     # `torchrun --nproc_per_node 2` on CPU without ACCELERATE_USE_CPU=1: each process would train alone.
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(RuntimeError, match="Launched as 2 processes, but Accelerate runs this one as a single process"):
+    with pytest.raises(
+        RuntimeError, match="Launched as 2 processes, but Accelerate runs this one as a single process"
+    ):
         load_script("train_vae").main(vae_args(shapes_dir, tmp_path / "run", "--max_train_steps", "1"))
 
 

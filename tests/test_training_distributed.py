@@ -11,10 +11,10 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
+from training_utils import REPO_ROOT, load_script, training_environment  # noqa: F401 (autouse fixture)
 
 from hf_dalle import DalleTokenizer
 from hf_dalle.data import all_captions, make_shapes_dataset
-from training_utils import REPO_ROOT, load_script, training_environment  # noqa: F401 (autouse fixture)
 
 TINY_VAE = '{"hidden_size": 8, "vocab_size": 16, "num_blocks_per_group": 1, "decoder_init_size": 8}'
 TINY_DALLE = '{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}'
@@ -30,9 +30,22 @@ def run(command: list[str], **env) -> str:
 def launch(script: str, args: list[str], num_processes: int, port: int) -> str:
     """`accelerate launch` with the repository's DDP config on CPU (gloo), through tests/distributed_training.py, which
     dumps every rank's weights."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/ddp.yaml",
-               "--num_processes", str(num_processes), "--main_process_port", str(port), "--mixed_precision", "no",
-               "tests/distributed_training.py", f"scripts/{script}.py", *args]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        "configs/accelerate/ddp.yaml",
+        "--num_processes",
+        str(num_processes),
+        "--main_process_port",
+        str(port),
+        "--mixed_precision",
+        "no",
+        "tests/distributed_training.py",
+        f"scripts/{script}.py",
+        *args,
+    ]
     return run(command, ACCELERATE_USE_CPU="1")
 
 
@@ -41,12 +54,34 @@ def tokens(tmp_path_factory) -> Path:
     """32 pre-tokenized shapes pairs (tiny dVAE, 4x4 codes), made by the scripts."""
     root = tmp_path_factory.mktemp("distributed")
     make_shapes_dataset(32, seed=3, image_size=32).save_to_disk(str(root / "data"))
-    DalleTokenizer.train_from_texts(all_captions(), vocab_size=300, max_text_length=16).save_pretrained(root / "tokenizer")
+    DalleTokenizer.train_from_texts(all_captions(), vocab_size=300, max_text_length=16).save_pretrained(
+        root / "tokenizer"
+    )
     data = ["--dataset_name", str(root / "data"), "--resolution", "32"]
-    load_script("train_vae").main([*data, "--model_config", TINY_VAE, "--max_train_steps", "1",
-                                   "--output_dir", str(root / "vae"), "--num_validation_images", "1"])  # fmt: skip
-    load_script("pretokenize").main([*data, "--vae_model_name_or_path", str(root / "vae"), "--tokenizer_name_or_path",
-                                     str(root / "tokenizer"), "--output_dir", str(root / "tokens")])  # fmt: skip
+    load_script("train_vae").main(
+        [
+            *data,
+            "--model_config",
+            TINY_VAE,
+            "--max_train_steps",
+            "1",
+            "--output_dir",
+            str(root / "vae"),
+            "--num_validation_images",
+            "1",
+        ]
+    )
+    load_script("pretokenize").main(
+        [
+            *data,
+            "--vae_model_name_or_path",
+            str(root / "vae"),
+            "--tokenizer_name_or_path",
+            str(root / "tokenizer"),
+            "--output_dir",
+            str(root / "tokens"),
+        ]
+    )
     return root / "tokens"
 
 
@@ -60,11 +95,31 @@ def ddp_run(tokens, tmp_path_factory) -> Path:
 
 def dalle_args(tokens: Path, output_dir: Path, batch_size: int, *extra: str) -> list[str]:
     return [
-        "--pretokenized_dataset", str(tokens), "--model_config", TINY_DALLE, "--output_dir", str(output_dir),
-        "--max_train_steps", "6", "--train_batch_size", str(batch_size), "--caption_dropout", "0", "--use_ema",
-        "--ema_decay", "0.5", "--learning_rate", "3e-3", "--checkpointing_steps", "100", "--validation_steps", "100",
-        "--logging_steps", "3", *extra,
-    ]  # fmt: skip
+        "--pretokenized_dataset",
+        str(tokens),
+        "--model_config",
+        TINY_DALLE,
+        "--output_dir",
+        str(output_dir),
+        "--max_train_steps",
+        "6",
+        "--train_batch_size",
+        str(batch_size),
+        "--caption_dropout",
+        "0",
+        "--use_ema",
+        "--ema_decay",
+        "0.5",
+        "--learning_rate",
+        "3e-3",
+        "--checkpointing_steps",
+        "100",
+        "--validation_steps",
+        "100",
+        "--logging_steps",
+        "3",
+        *extra,
+    ]
 
 
 def assert_close(a: dict, b: dict, atol: float):
@@ -79,14 +134,14 @@ def read_metrics(output_dir: Path) -> list[dict]:
 
 def test_two_processes_match_one_process_with_the_global_batch(tokens, ddp_run, tmp_path):
     """DDP on 2 CPU processes with batches of 4 takes the same steps as 1 process with batches of 8: each rank reads
-    its own half of every global batch and the gradients are averaged. Both ranks end with identical weights and EMA."""
+    its own half of every global batch and the gradients are averaged. Both ranks end with identical weights, EMA."""
     rank_0, rank_1 = (load_file(ddp_run / f"rank-{r}.safetensors") for r in (0, 1))
     assert_close(rank_0, rank_1, atol=0)
     load_script("train_dalle").main(dalle_args(tokens, tmp_path / "single", 8))
     raw = load_file(tmp_path / "single" / "transformer" / "model.non_ema.safetensors")
     ema = load_file(tmp_path / "single" / "transformer" / "model.safetensors")
-    assert_close({name[len("model."):]: t for name, t in rank_0.items() if name.startswith("model.")}, raw, atol=1e-5)
-    assert_close({name[len("ema."):]: t for name, t in rank_0.items() if name.startswith("ema.")}, ema, atol=1e-5)
+    assert_close({name[len("model.") :]: t for name, t in rank_0.items() if name.startswith("model.")}, raw, atol=1e-5)
+    assert_close({name[len("ema.") :]: t for name, t in rank_0.items() if name.startswith("ema.")}, ema, atol=1e-5)
     for ddp, one in zip(read_metrics(ddp_run), read_metrics(tmp_path / "single"), strict=True):
         assert ddp["loss"] == pytest.approx(one["loss"], rel=1e-5)  # the logged loss is the mean over both processes
 
@@ -95,9 +150,11 @@ def test_two_processes_with_powersgd(tokens, ddp_run, tmp_path):
     """PowerSGD (rank 1, from step 2) compresses the all-reduce: the replicas still agree exactly, and the weights
     differ from exact averaging (the compression really ran)."""
     output = launch(
-        "train_dalle", dalle_args(tokens, tmp_path / "powersgd", 4, "--powersgd_rank", "1", "--powersgd_start_step", "2"),
-        num_processes=2, port=29533,
-    )  # fmt: skip
+        "train_dalle",
+        dalle_args(tokens, tmp_path / "powersgd", 4, "--powersgd_rank", "1", "--powersgd_start_step", "2"),
+        num_processes=2,
+        port=29533,
+    )
     assert "Compressing the gradient all-reduce with PowerSGD of rank 1 from step 2" in output
     rank_0, rank_1 = (load_file(tmp_path / "powersgd" / f"rank-{r}.safetensors") for r in (0, 1))
     assert_close(rank_0, rank_1, atol=0)

@@ -9,12 +9,12 @@ import torch
 from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
+from training_utils import load_script, training_environment  # noqa: F401 (autouse fixture)
 from transformers import CLIPModel, CLIPProcessor
 
 from hf_dalle import DalleForImageGeneration, DallePipeline, DalleTokenizer, DalleVAE
 from hf_dalle.data import all_captions, make_shapes_dataset
 from hf_dalle.training import load_pretokenized_dataset
-from training_utils import load_script, training_environment  # noqa: F401 (autouse fixture)
 
 TINY_VAE = '{"hidden_size": 8, "vocab_size": 16, "num_blocks_per_group": 1, "decoder_init_size": 8}'
 TINY_DALLE = '{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}'
@@ -34,26 +34,84 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("e2e")
     paths = {name: root / name for name in ("data", "tokenizer", "vae", "tokens", "clip", "pipeline")}
     make_shapes_dataset(24, seed=2, image_size=32).save_to_disk(str(paths["data"]))
-    DalleTokenizer.train_from_texts(all_captions(), vocab_size=300, max_text_length=16).save_pretrained(paths["tokenizer"])
+    DalleTokenizer.train_from_texts(all_captions(), vocab_size=300, max_text_length=16).save_pretrained(
+        paths["tokenizer"]
+    )
     data = ["--dataset_name", str(paths["data"]), "--resolution", "32"]
     load_script("train_vae").main(
-        [*data, *COMMON, "--model_config", TINY_VAE, "--max_train_steps", "4", "--train_batch_size", "8",
-         "--validation_steps", "2", "--num_validation_images", "4", "--output_dir", str(paths["vae"])]
-    )  # fmt: skip
+        [
+            *data,
+            *COMMON,
+            "--model_config",
+            TINY_VAE,
+            "--max_train_steps",
+            "4",
+            "--train_batch_size",
+            "8",
+            "--validation_steps",
+            "2",
+            "--num_validation_images",
+            "4",
+            "--output_dir",
+            str(paths["vae"]),
+        ]
+    )
     load_script("pretokenize").main(
-        [*data, "--vae_model_name_or_path", str(paths["vae"]), "--tokenizer_name_or_path", str(paths["tokenizer"]),
-         "--batch_size", "5", "--output_dir", str(paths["tokens"])]
-    )  # fmt: skip
+        [
+            *data,
+            "--vae_model_name_or_path",
+            str(paths["vae"]),
+            "--tokenizer_name_or_path",
+            str(paths["tokenizer"]),
+            "--batch_size",
+            "5",
+            "--output_dir",
+            str(paths["tokens"]),
+        ]
+    )
     load_script("train_clip").main(
-        [*data, *COMMON, "--model_config", TINY_CLIP, "--tokenizer_name_or_path", str(paths["tokenizer"]),
-         "--max_train_steps", "4", "--train_batch_size", "8", "--num_validation_pairs", "8", "--output_dir", str(paths["clip"])]
-    )  # fmt: skip
+        [
+            *data,
+            *COMMON,
+            "--model_config",
+            TINY_CLIP,
+            "--tokenizer_name_or_path",
+            str(paths["tokenizer"]),
+            "--max_train_steps",
+            "4",
+            "--train_batch_size",
+            "8",
+            "--num_validation_pairs",
+            "8",
+            "--output_dir",
+            str(paths["clip"]),
+        ]
+    )
     load_script("train_dalle").main(
-        [*COMMON, "--pretokenized_dataset", str(paths["tokens"]), "--model_config", TINY_DALLE, "--max_train_steps", "4",
-         "--train_batch_size", "8", "--use_ema", "--validation_steps", "4", "--num_validation_images", "2",
-         "--validation_prompts", "a red circle", "a blue square above a green triangle",
-         "--clip_model_name_or_path", str(paths["clip"]), "--output_dir", str(paths["pipeline"])]
-    )  # fmt: skip
+        [
+            *COMMON,
+            "--pretokenized_dataset",
+            str(paths["tokens"]),
+            "--model_config",
+            TINY_DALLE,
+            "--max_train_steps",
+            "4",
+            "--train_batch_size",
+            "8",
+            "--use_ema",
+            "--validation_steps",
+            "4",
+            "--num_validation_images",
+            "2",
+            "--validation_prompts",
+            "a red circle",
+            "a blue square above a green triangle",
+            "--clip_model_name_or_path",
+            str(paths["clip"]),
+            "--output_dir",
+            str(paths["pipeline"]),
+        ]
+    )
     return paths
 
 
@@ -66,9 +124,15 @@ def test_train_vae_output(trained):
     assert Image.open(trained["vae"] / "reconstructions" / grids[-1]).size == (4 * 32, 2 * 32)
     logs = [json.loads(line) for line in (trained["vae"] / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [log["step"] for log in logs] == [2, 4]
-    assert {"reconstruction_loss", "kl_loss", "codes_used", "perplexity", "temperature", "kl_weight"} <= logs[-1].keys()
+    assert {"reconstruction_loss", "kl_loss", "codes_used", "perplexity", "temperature", "kl_weight"} <= logs[
+        -1
+    ].keys()
     card = (trained["vae"] / "README.md").read_text()
-    assert "scripts/train_vae.py" in card and "reconstructions/step-000004.png" in card and "| `--max_train_steps` | 4 |" in card
+    assert (
+        "scripts/train_vae.py" in card
+        and "reconstructions/step-000004.png" in card
+        and "| `--max_train_steps` | 4 |" in card
+    )
 
 
 def test_pretokenized_data_matches_the_vae_and_tokenizer(trained):
@@ -93,11 +157,27 @@ def test_pretokenize_streaming_to_parquet_matches(trained, tmp_path):
     save_to_disk, in the same order."""
     output_dir = tmp_path / "streamed"
     load_script("pretokenize").main(
-        ["--dataset_name", str(trained["data"]), "--streaming", "--vae_model_name_or_path", str(trained["vae"]),
-         "--tokenizer_name_or_path", str(trained["tokenizer"]), "--output_format", "parquet", "--rows_per_shard", "10",
-         "--batch_size", "7", "--output_dir", str(output_dir)]
-    )  # fmt: skip
-    assert sorted(p.name for p in (output_dir / "data").iterdir()) == [f"train-0000{i}-of-00003.parquet" for i in range(3)]
+        [
+            "--dataset_name",
+            str(trained["data"]),
+            "--streaming",
+            "--vae_model_name_or_path",
+            str(trained["vae"]),
+            "--tokenizer_name_or_path",
+            str(trained["tokenizer"]),
+            "--output_format",
+            "parquet",
+            "--rows_per_shard",
+            "10",
+            "--batch_size",
+            "7",
+            "--output_dir",
+            str(output_dir),
+        ]
+    )
+    assert sorted(p.name for p in (output_dir / "data").iterdir()) == [
+        f"train-0000{i}-of-00003.parquet" for i in range(3)
+    ]
     streamed, saved = load_pretokenized_dataset(str(output_dir)), load_pretokenized_dataset(str(trained["tokens"]))
     assert len(streamed) == len(saved) == 24
     assert torch.equal(streamed[:]["image_codes"], saved[:]["image_codes"])
@@ -111,7 +191,10 @@ def test_train_clip_output_works_offline(trained):
     eos = processor.tokenizer.eos_token_id
     assert model.config.text_config.eos_token_id == eos
     # Lowercased like the DALL-E tokenizer, one end-of-text token closing every caption (CLIP pools there).
-    assert tokens["input_ids"][0][: tokens["attention_mask"][0].count(1)] == processor.tokenizer("a red circle")["input_ids"]
+    assert (
+        tokens["input_ids"][0][: tokens["attention_mask"][0].count(1)]
+        == processor.tokenizer("a red circle")["input_ids"]
+    )
     assert [ids.count(eos) for ids in tokens["input_ids"]] == [1, 1]
     assert [ids[mask.count(1) - 1] for ids, mask in zip(tokens["input_ids"], tokens["attention_mask"])] == [eos, eos]
     assert processor.image_processor.crop_size == {"height": 32, "width": 32}
@@ -120,7 +203,9 @@ def test_train_clip_output_works_offline(trained):
 def test_train_dalle_output_is_a_pipeline_with_ema(trained):
     pipe = DallePipeline.from_pretrained(trained["pipeline"])
     assert pipe.clip_model is not None and pipe.image_size == 32
-    output = pipe(["a red circle"], num_candidates=3, num_images_per_prompt=2, generator=torch.Generator().manual_seed(0))
+    output = pipe(
+        ["a red circle"], num_candidates=3, num_images_per_prompt=2, generator=torch.Generator().manual_seed(0)
+    )
     assert len(output.images) == 2 and output.scores[0] >= output.scores[1]
     # The pipeline samples with the EMA weights; the raw weights sit beside them as the non_ema variant.
     folder = trained["pipeline"] / "transformer"
@@ -146,18 +231,41 @@ def test_fine_tune_the_pipeline_on_an_imagefolder(trained, tmp_path):
             metadata.write(json.dumps({"file_name": f"{index}.png", "text": row["caption"]}) + "\n")
     tokens = tmp_path / "tokens"
     load_script("pretokenize").main(
-        ["--train_data_dir", str(folder), "--caption_column", "text", "--pretrained_model_name_or_path",
-         str(trained["pipeline"]), "--output_dir", str(tokens), "--output_format", "parquet"]
-    )  # fmt: skip
+        [
+            "--train_data_dir",
+            str(folder),
+            "--caption_column",
+            "text",
+            "--pretrained_model_name_or_path",
+            str(trained["pipeline"]),
+            "--output_dir",
+            str(tokens),
+            "--output_format",
+            "parquet",
+        ]
+    )
     output_dir = tmp_path / "fine-tuned"
     state = load_script("train_dalle").main(
-        [*COMMON, "--pretrained_model_name_or_path", str(trained["pipeline"]), "--pretokenized_dataset", str(tokens),
-         "--max_train_steps", "2", "--train_batch_size", "4", "--output_dir", str(output_dir)]
-    )  # fmt: skip
+        [
+            *COMMON,
+            "--pretrained_model_name_or_path",
+            str(trained["pipeline"]),
+            "--pretokenized_dataset",
+            str(tokens),
+            "--max_train_steps",
+            "2",
+            "--train_batch_size",
+            "4",
+            "--output_dir",
+            str(output_dir),
+        ]
+    )
     assert state.global_step == 2
     before = DalleForImageGeneration.from_pretrained(trained["pipeline"] / "transformer")
     after = DalleForImageGeneration.from_pretrained(output_dir / "transformer")
-    assert after.config.to_diff_dict() | {"_name_or_path": None} == before.config.to_diff_dict() | {"_name_or_path": None}
+    assert after.config.to_diff_dict() | {"_name_or_path": None} == before.config.to_diff_dict() | {
+        "_name_or_path": None
+    }
     changed = [n for n, p in after.state_dict().items() if not torch.equal(p, before.state_dict()[n])]
     assert changed  # trained from the pipeline's weights ...
     close = [n for n, p in after.state_dict().items() if torch.allclose(p, before.state_dict()[n], atol=0.01)]
@@ -168,38 +276,102 @@ def test_fine_tune_the_pipeline_on_an_imagefolder(trained, tmp_path):
 def test_errors_name_the_problem(trained, tmp_path):
     train_dalle, pretokenize = load_script("train_dalle"), load_script("pretokenize")
     with pytest.raises(ValueError, match="is not pre-tokenized data: it lacks the columns"):
-        train_dalle.main(["--pretokenized_dataset", str(trained["data"]), "--tokenizer_name_or_path",
-                          str(trained["tokenizer"]), "--vae_model_name_or_path", str(trained["vae"]),
-                          "--output_dir", str(tmp_path / "x")])  # fmt: skip
-    with pytest.raises(ValueError, match="The transformer does not fit its data: the dVAE has 16 codes, the transformer 32"):
-        train_dalle.main(["--pretokenized_dataset", str(trained["tokens"]), "--model_config", '{"image_vocab_size": 32}',
-                          "--output_dir", str(tmp_path / "y")])  # fmt: skip
+        train_dalle.main(
+            [
+                "--pretokenized_dataset",
+                str(trained["data"]),
+                "--tokenizer_name_or_path",
+                str(trained["tokenizer"]),
+                "--vae_model_name_or_path",
+                str(trained["vae"]),
+                "--output_dir",
+                str(tmp_path / "x"),
+            ]
+        )
+    with pytest.raises(
+        ValueError, match="The transformer does not fit its data: the dVAE has 16 codes, the transformer 32"
+    ):
+        train_dalle.main(
+            [
+                "--pretokenized_dataset",
+                str(trained["tokens"]),
+                "--model_config",
+                '{"image_vocab_size": 32}',
+                "--output_dir",
+                str(tmp_path / "y"),
+            ]
+        )
     with pytest.raises(ValueError, match="has no column 'text'.*its columns are \\['image', 'caption'\\]"):
-        pretokenize.main(["--dataset_name", str(trained["data"]), "--caption_column", "text",
-                          "--pretrained_model_name_or_path", str(trained["pipeline"]), "--output_dir", str(tmp_path / "z")])  # fmt: skip
+        pretokenize.main(
+            [
+                "--dataset_name",
+                str(trained["data"]),
+                "--caption_column",
+                "text",
+                "--pretrained_model_name_or_path",
+                str(trained["pipeline"]),
+                "--output_dir",
+                str(tmp_path / "z"),
+            ]
+        )
     with pytest.raises(ValueError, match="already exists"):
-        pretokenize.main(["--dataset_name", str(trained["data"]), "--pretrained_model_name_or_path",
-                          str(trained["pipeline"]), "--output_dir", str(trained["tokens"])])  # fmt: skip
+        pretokenize.main(
+            [
+                "--dataset_name",
+                str(trained["data"]),
+                "--pretrained_model_name_or_path",
+                str(trained["pipeline"]),
+                "--output_dir",
+                str(trained["tokens"]),
+            ]
+        )
 
 
 def test_push_to_hub(trained, tmp_path, hub_server):
     output_dir = tmp_path / "pushed"
     load_script("train_dalle").main(
-        [*COMMON, "--pretrained_model_name_or_path", str(trained["pipeline"]), "--pretokenized_dataset",
-         str(trained["tokens"]), "--max_train_steps", "2", "--train_batch_size", "8", "--use_ema", "--license", "mit",
-         "--checkpointing_steps", "1", "--output_dir", str(output_dir), "--push_to_hub", "--hub_model_id", "someone/tiny-dalle"]
-    )  # fmt: skip
+        [
+            *COMMON,
+            "--pretrained_model_name_or_path",
+            str(trained["pipeline"]),
+            "--pretokenized_dataset",
+            str(trained["tokens"]),
+            "--max_train_steps",
+            "2",
+            "--train_batch_size",
+            "8",
+            "--use_ema",
+            "--license",
+            "mit",
+            "--checkpointing_steps",
+            "1",
+            "--output_dir",
+            str(output_dir),
+            "--push_to_hub",
+            "--hub_model_id",
+            "someone/tiny-dalle",
+        ]
+    )
     uploaded = hub_server.files("someone/tiny-dalle")
     local = {str(p.relative_to(output_dir)): p.read_bytes() for p in output_dir.rglob("*") if p.is_file()}
     expected = {name: data for name, data in local.items() if not name.startswith(("checkpoints/", "logs/"))}
     assert uploaded == expected  # every file intact, checkpoints and logs kept local
-    assert {"model_index.json", "transformer/model.safetensors", "transformer/model.non_ema.safetensors",
-            "tokenizer/tokenizer.json", "vae/model.safetensors", "clip_model/model.safetensors", "README.md"} <= uploaded.keys()  # fmt: skip
+    assert {
+        "model_index.json",
+        "transformer/model.safetensors",
+        "transformer/model.non_ema.safetensors",
+        "tokenizer/tokenizer.json",
+        "vae/model.safetensors",
+        "clip_model/model.safetensors",
+        "README.md",
+    } <= uploaded.keys()
     card = ModelCard(uploaded["README.md"].decode())
     assert card.data.license == "mit" and 'DallePipeline.from_pretrained("someone/tiny-dalle")' in card.text
     assert [commit["summary"] for commit in hub_server.commits] == ["Add DALL-E pipeline trained with hf_dalle"]
     pipe = DallePipeline.from_pretrained("someone/tiny-dalle")  # downloaded back from the local Hub
-    assert torch.equal(pipe.transformer.lm_head.weight, DallePipeline.from_pretrained(output_dir).transformer.lm_head.weight)
+    assert torch.equal(
+        pipe.transformer.lm_head.weight, DallePipeline.from_pretrained(output_dir).transformer.lm_head.weight
+    )
 
 
 def test_train_dalle_resume_is_exact(trained, tmp_path):
@@ -208,10 +380,34 @@ def test_train_dalle_resume_is_exact(trained, tmp_path):
     train_dalle = load_script("train_dalle")
 
     def args(output_dir: Path, max_steps: int, *extra: str) -> list[str]:
-        return ["--pretokenized_dataset", str(trained["tokens"]), "--model_config", TINY_DALLE, "--max_train_steps",
-                str(max_steps), "--train_batch_size", "8", "--caption_dropout", "0.5", "--use_ema", "--ema_decay", "0.5",
-                "--checkpointing_steps", "2", "--validation_steps", "2", "--num_validation_images", "1",
-                "--logging_steps", "1", "--lr_scheduler", "constant", "--output_dir", str(output_dir), *extra]  # fmt: skip
+        return [
+            "--pretokenized_dataset",
+            str(trained["tokens"]),
+            "--model_config",
+            TINY_DALLE,
+            "--max_train_steps",
+            str(max_steps),
+            "--train_batch_size",
+            "8",
+            "--caption_dropout",
+            "0.5",
+            "--use_ema",
+            "--ema_decay",
+            "0.5",
+            "--checkpointing_steps",
+            "2",
+            "--validation_steps",
+            "2",
+            "--num_validation_images",
+            "1",
+            "--logging_steps",
+            "1",
+            "--lr_scheduler",
+            "constant",
+            "--output_dir",
+            str(output_dir),
+            *extra,
+        ]
 
     train_dalle.main(args(tmp_path / "straight", 4))
     train_dalle.main(args(tmp_path / "resumed", 2))  # stops after checkpoint-2 (and its validation grid)

@@ -1,4 +1,4 @@
-"""Command-line flags shared by the training scripts (diffusers-style argparse: every script adds the groups it uses)."""
+"""Command-line flags shared by the training scripts (diffusers-style argparse: each script adds its groups)."""
 
 import argparse
 import json
@@ -16,20 +16,24 @@ def add_common_arguments(
     model.add_argument(
         "--pretrained_model_name_or_path",
         default=None,
-        help="Start from these weights (a pipeline folder such as hf_dalle.DEMO_MODEL_DIR, a model folder, or a Hub id) "
+        help="Start from these weights (a pipeline folder such as hf_dalle.DEMO_MODEL_DIR, a model folder, a Hub id) "
         "instead of from scratch.",
     )
     model.add_argument(
         "--model_config",
         default=None,
-        help="Architecture of a model trained from scratch: a JSON object or the path of a JSON file with config fields "
+        help="Architecture of a model trained from scratch: a JSON object or a JSON file with config fields "
         "(e.g. '{\"hidden_size\": 64}'); ignored with --pretrained_model_name_or_path.",
     )
-    model.add_argument("--gradient_checkpointing", action="store_true", help="Recompute activations in the backward pass.")
+    model.add_argument(
+        "--gradient_checkpointing", action="store_true", help="Recompute activations in the backward pass."
+    )
 
     output = parser.add_argument_group("output")
     output.add_argument("--output_dir", required=True, help="Where the model, checkpoints, logs and samples go.")
-    output.add_argument("--seed", type=int, default=0, help="Seed of every random choice (weights, data order, noise).")
+    output.add_argument(
+        "--seed", type=int, default=0, help="Seed of every random choice (weights, data order, noise)."
+    )
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--max_train_steps", type=int, default=max_train_steps, help="Optimizer steps to train for.")
@@ -49,12 +53,14 @@ def add_common_arguments(
     optim.add_argument("--adam_beta2", type=float, default=0.999)
     optim.add_argument("--adam_epsilon", type=float, default=1e-8)
     optim.add_argument("--adam_weight_decay", type=float, default=0.0, help="Decoupled weight decay.")
-    optim.add_argument("--max_grad_norm", type=float, default=None, help="Clip the gradient norm to this (default: no clipping).")
+    optim.add_argument(
+        "--max_grad_norm", type=float, default=None, help="Clip the gradient norm to this (default: no clipping)."
+    )
     optim.add_argument(
         "--max_nonfinite_steps",
         type=int,
         default=20,
-        help="Optimizer steps with a non-finite loss or gradient are skipped; stop with an error after this many in a row.",
+        help="Steps with a non-finite loss or gradient are skipped; stop with an error after this many in a row.",
     )
 
     precision = parser.add_argument_group("precision and distribution")
@@ -68,7 +74,7 @@ def add_common_arguments(
         "--powersgd_rank",
         type=int,
         default=None,
-        help="Compress DDP gradients with PowerSGD of this rank (the paper's gradient compression); multi-process only.",
+        help="Compress DDP gradients with PowerSGD of this rank (the paper's gradient compression).",
     )
     precision.add_argument(
         "--powersgd_start_step",
@@ -95,7 +101,7 @@ def add_common_arguments(
     ema.add_argument(
         "--use_ema",
         action="store_true",
-        help="Keep an exponential moving average of the weights; the saved model holds it (raw weights beside it as the "
+        help="Keep an exponential moving average of the weights; the saved model holds it (raw weights beside as the "
         "'non_ema' variant).",
     )
     ema.add_argument("--ema_decay", type=float, default=0.999, help="Decay of the moving average.")
@@ -109,11 +115,16 @@ def add_common_arguments(
     )
     logging.add_argument("--logging_steps", type=int, default=10, help="Log averaged metrics every this many steps.")
     logging.add_argument(
-        "--validation_steps", type=int, default=500, help="Write validation images every this many steps (and at the end)."
+        "--validation_steps",
+        type=int,
+        default=500,
+        help="Write validation images every this many steps (and at the end).",
     )
 
     hub = parser.add_argument_group("Hugging Face Hub")
-    hub.add_argument("--push_to_hub", action="store_true", help="Upload the final model and its model card to the Hub.")
+    hub.add_argument(
+        "--push_to_hub", action="store_true", help="Upload the final model and its model card to the Hub."
+    )
     hub.add_argument("--hub_model_id", default=None, help="Repo id on the Hub (default: the name of --output_dir).")
     hub.add_argument("--hub_private", action="store_true", help="Create the Hub repo as private.")
     return parser
@@ -161,8 +172,15 @@ def parse_model_config(value: str | None) -> dict:
 
 def check_common_arguments(args: argparse.Namespace) -> None:
     """Raise ValueError for flags that cannot work together, before any model is built."""
-    for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps",
-                 "logging_steps", "validation_steps", "max_nonfinite_steps"):  # fmt: skip
+    for name in (
+        "max_train_steps",
+        "train_batch_size",
+        "gradient_accumulation_steps",
+        "checkpointing_steps",
+        "logging_steps",
+        "validation_steps",
+        "max_nonfinite_steps",
+    ):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be a positive integer, got {getattr(args, name)}.")
     if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:

@@ -53,7 +53,11 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     folder = checkpoints_dir(output_dir)
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), path) for path in folder.iterdir() if (m := _CHECKPOINT_NAME.match(path.name)) and path.is_dir()]
+    found = [
+        (int(m.group(1)), path)
+        for path in folder.iterdir()
+        if (m := _CHECKPOINT_NAME.match(path.name)) and path.is_dir()
+    ]
     return [path for _, path in sorted(found)]
 
 
@@ -108,4 +112,11 @@ def save_checkpoint(
     return final
 
 
-__all__ = ["CHECKPOINT_PREFIX", "TrainingState", "checkpoints_dir", "list_checkpoints", "resolve_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_PREFIX",
+    "TrainingState",
+    "checkpoints_dir",
+    "list_checkpoints",
+    "resolve_checkpoint",
+    "save_checkpoint",
+]

@@ -23,7 +23,9 @@ def load_image_caption_dataset(args: argparse.Namespace) -> datasets.Dataset | d
     `load_dataset` reads or a `save_to_disk` folder; `--train_data_dir` is an imagefolder with `metadata.jsonl`.
     """
     if args.dataset_name is None and args.train_data_dir is None:
-        raise ValueError("No training data: pass --dataset_name (a datasets dataset) or --train_data_dir (an imagefolder).")
+        raise ValueError(
+            "No training data: pass --dataset_name (a datasets dataset) or --train_data_dir (an imagefolder)."
+        )
     if args.dataset_name is not None and is_saved_dataset(args.dataset_name):
         dataset = datasets.load_from_disk(args.dataset_name)
         if isinstance(dataset, datasets.DatasetDict):
@@ -45,7 +47,11 @@ def load_image_caption_dataset(args: argparse.Namespace) -> datasets.Dataset | d
         if column not in columns:
             raise ValueError(
                 f"The dataset has no column {column!r} ({flag}); its columns are {columns}."
-                + (" An imagefolder takes its captions from the fields of metadata.jsonl." if args.train_data_dir else "")
+                + (
+                    " An imagefolder takes its captions from the fields of metadata.jsonl."
+                    if args.train_data_dir
+                    else ""
+                )
             )
     dataset = dataset.select_columns([args.image_column, args.caption_column])
     renames = {old: new for old, new in ((args.image_column, "image"), (args.caption_column, "caption")) if old != new}
@@ -102,7 +108,9 @@ def read_pretokenized_info(path: str) -> dict:
 
 def _pick_split(dataset: datasets.DatasetDict, split: str) -> datasets.Dataset:
     if split not in dataset:
-        raise ValueError(f"The dataset has no split {split!r}; it has {list(dataset)} (pick one with --dataset_split).")
+        raise ValueError(
+            f"The dataset has no split {split!r}; it has {list(dataset)} (pick one with --dataset_split)."
+        )
     return dataset[split]
 
 

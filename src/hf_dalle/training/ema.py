@@ -17,7 +17,9 @@ def create_ema(model: PreTrainedModel, decay: float) -> EMAModel:
     return EMAModel(model.parameters(), decay=decay, foreach=True)
 
 
-def save_model(model: PreTrainedModel, save_directory: str | os.PathLike, ema: EMAModel | None = None, **kwargs) -> None:
+def save_model(
+    model: PreTrainedModel, save_directory: str | os.PathLike, ema: EMAModel | None = None, **kwargs
+) -> None:
     """`model.save_pretrained(save_directory)`; with `ema`, the averaged weights are what `from_pretrained` loads and
     the raw weights go beside them (`from_pretrained(..., variant="non_ema")`)."""
     if ema is None:

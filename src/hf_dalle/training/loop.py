@@ -36,8 +36,10 @@ def create_accelerator(args) -> Accelerator:
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
-        # The shuffle order is a function of (seed, epoch): a resumed run sees the same batches as an uninterrupted one.
+        project_config=ProjectConfiguration(
+            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")
+        ),
+        # Shuffle order = f(seed, epoch): a resumed run sees the same batches as an uninterrupted one.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per file of every checkpoint otherwise
@@ -87,13 +89,17 @@ def register_powersgd_hook(accelerator: Accelerator, model: torch.nn.Module, ran
     from torch.nn.parallel import DistributedDataParallel
 
     if not isinstance(model, DistributedDataParallel):
-        logger.warning("--powersgd_rank is ignored: this is not a multi-process DDP run (%s).", accelerator.distributed_type)
+        logger.warning(
+            "--powersgd_rank is ignored: this is not a multi-process DDP run (%s).", accelerator.distributed_type
+        )
         return False
     state = powerSGD_hook.PowerSGDState(
         process_group=None, matrix_approximation_rank=rank, start_powerSGD_iter=max(start_step, 2)
     )
     model.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
-    logger.info("Compressing the gradient all-reduce with PowerSGD of rank %d from step %d.", rank, state.start_powerSGD_iter)
+    logger.info(
+        "Compressing the gradient all-reduce with PowerSGD of rank %d from step %d.", rank, state.start_powerSGD_iter
+    )
     return True
 
 
@@ -176,14 +182,18 @@ def train(
     """
     if accelerator.distributed_type == DistributedType.FSDP:
         if ema is not None:
-            raise ValueError("--use_ema is not supported with FSDP (the average would only cover each process's shard).")
+            raise ValueError(
+                "--use_ema is not supported with FSDP (the average would only cover each process's shard)."
+            )
         if on_step_end is not None:
             # Sampling on the main process alone would wait forever for the other shards.
             logger.warning("Validation images are not made under FSDP.")
             on_step_end = None
     optimizer = create_optimizer(args, model)
     lr_scheduler = create_lr_scheduler(args, optimizer, accelerator.num_processes)
-    model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader, lr_scheduler)
+    model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
+        model, optimizer, train_dataloader, lr_scheduler
+    )
     if args.powersgd_rank is not None:
         register_powersgd_hook(accelerator, model, args.powersgd_rank, args.powersgd_start_step)
     if ema is not None:
@@ -192,12 +202,21 @@ def train(
     state = TrainingState()
     accelerator.register_for_checkpointing(state)
     if accelerator.is_main_process:
-        accelerator.init_trackers(Path(args.output_dir).name, config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+        accelerator.init_trackers(
+            Path(args.output_dir).name,
+            config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))},
+        )
 
     checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
-        logger.info("Resumed from %s at step %d (epoch %d, batch %d).", checkpoint, state.global_step, state.epoch, state.batches_in_epoch)
+        logger.info(
+            "Resumed from %s at step %d (epoch %d, batch %d).",
+            checkpoint,
+            state.global_step,
+            state.epoch,
+            state.batches_in_epoch,
+        )
 
     max_grad_norm = args.max_grad_norm if args.max_grad_norm is not None else math.inf
     metrics = MetricsLogger(accelerator, args.output_dir)
@@ -236,8 +255,9 @@ def train(
                 state.nonfinite_in_a_row += 1
                 logger.warning(
                     "Skipped optimizer step %d: non-finite gradient norm (%d skipped in total).",
-                    state.global_step + 1, state.skipped_steps,
-                )  # fmt: skip
+                    state.global_step + 1,
+                    state.skipped_steps,
+                )
                 if state.nonfinite_in_a_row >= args.max_nonfinite_steps:
                     raise NonFiniteLossError(
                         f"Stopping: the loss or gradients were not finite (NaN or inf) in {state.nonfinite_in_a_row} "
@@ -254,7 +274,9 @@ def train(
             if ema is not None:
                 ema.step(model.parameters())
             if state.global_step % args.logging_steps == 0 or state.global_step == args.max_train_steps:
-                metrics.log(state.global_step, {"lr": lr_scheduler.get_last_lr()[0], "skipped_steps": state.skipped_steps})
+                metrics.log(
+                    state.global_step, {"lr": lr_scheduler.get_last_lr()[0], "skipped_steps": state.skipped_steps}
+                )
             if state.global_step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, args.output_dir, state.global_step, args.checkpoints_total_limit)
             if on_step_end is not None:
@@ -281,5 +303,12 @@ def train(
     return unwrapped, state, metrics.last
 
 
-__all__ = ["MetricsLogger", "NonFiniteLossError", "create_accelerator", "create_optimizer", "create_lr_scheduler",
-           "register_powersgd_hook", "train"]  # fmt: skip
+__all__ = [
+    "MetricsLogger",
+    "NonFiniteLossError",
+    "create_accelerator",
+    "create_optimizer",
+    "create_lr_scheduler",
+    "register_powersgd_hook",
+    "train",
+]

@@ -20,10 +20,22 @@ from ..hub_utils import MODEL_CARDS_DIR, push_folder_to_hub, render_model_card, 
 
 # Training flags shown in the model card (the rest are paths or bookkeeping).
 _CARD_FLAGS = (
-    "max_train_steps", "train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler",
-    "lr_warmup_steps", "adam_beta1", "adam_beta2", "adam_weight_decay", "max_grad_norm", "mixed_precision", "use_ema",
-    "ema_decay", "resolution", "seed",
-)  # fmt: skip
+    "max_train_steps",
+    "train_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "lr_scheduler",
+    "lr_warmup_steps",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_weight_decay",
+    "max_grad_norm",
+    "mixed_precision",
+    "use_ema",
+    "ema_decay",
+    "resolution",
+    "seed",
+)
 
 
 def tensors_to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -59,7 +71,9 @@ def write_folder_atomically(output_dir: str | os.PathLike, write: Callable[[Path
             os.replace(entry, target)
 
 
-def training_summary(args, script: str, argv: list[str] | None, metrics: dict[str, float], sample_grid: str | None) -> str:
+def training_summary(
+    args, script: str, argv: list[str] | None, metrics: dict[str, float], sample_grid: str | None
+) -> str:
     """The "Training" section of a model card (markdown): the command, the flags, the data, the final metrics and the
     sample grid, rendered from `model_cards/_training_section.md`."""
     command = shlex.join(["python", f"scripts/{script}", *(sys.argv[1:] if argv is None else argv)])
@@ -101,5 +115,11 @@ def write_card_and_push(
         print(f"Pushed to {commit.repo_url} ({commit.commit_url})")
 
 
-__all__ = ["MODEL_CARDS_DIR", "save_image_grid", "tensors_to_pil", "training_summary", "write_card_and_push",
-           "write_folder_atomically"]  # fmt: skip
+__all__ = [
+    "MODEL_CARDS_DIR",
+    "save_image_grid",
+    "tensors_to_pil",
+    "training_summary",
+    "write_card_and_push",
+    "write_folder_atomically",
+]

@@ -86,50 +86,27 @@ class DalleVAEOutput(ModelOutput):
     sample: torch.FloatTensor | None = None
 
 
-class DalleVAEEncoderBlock(GradientCheckpointingLayer):
-    def __init__(self, in_channels: int, out_channels: int, num_layers: int):
+class DalleVAEResBlock(GradientCheckpointingLayer):
+    """`id_path(x) + post_gain * res_path(x)`: four ReLU + conv layers through a bottleneck of a quarter of the
+    output width. The encoder's kernels are 3, 3, 3, 1 and the decoder's 1, 3, 3, 3, as in OpenAI's `dall_e`."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_layers: int, kernel_sizes: tuple[int, int, int, int]):
         super().__init__()
         hidden = out_channels // 4
         self.post_gain = 1 / num_layers**2
         self.id_path = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
-        self.res_path = nn.Sequential(
-            OrderedDict(
-                relu_1=nn.ReLU(),
-                conv_1=nn.Conv2d(in_channels, hidden, 3, padding=1),
-                relu_2=nn.ReLU(),
-                conv_2=nn.Conv2d(hidden, hidden, 3, padding=1),
-                relu_3=nn.ReLU(),
-                conv_3=nn.Conv2d(hidden, hidden, 3, padding=1),
-                relu_4=nn.ReLU(),
-                conv_4=nn.Conv2d(hidden, out_channels, 1),
-            )
-        )
+        widths = [in_channels, hidden, hidden, hidden, out_channels]
+        layers = []
+        for i, kernel in enumerate(kernel_sizes):
+            layers += [(f"relu_{i + 1}", nn.ReLU()), (f"conv_{i + 1}", nn.Conv2d(widths[i], widths[i + 1], kernel, padding=kernel // 2))]
+        self.res_path = nn.Sequential(OrderedDict(layers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.id_path(x) + self.post_gain * self.res_path(x)
 
 
-class DalleVAEDecoderBlock(GradientCheckpointingLayer):
-    def __init__(self, in_channels: int, out_channels: int, num_layers: int):
-        super().__init__()
-        hidden = out_channels // 4
-        self.post_gain = 1 / num_layers**2
-        self.id_path = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
-        self.res_path = nn.Sequential(
-            OrderedDict(
-                relu_1=nn.ReLU(),
-                conv_1=nn.Conv2d(in_channels, hidden, 1),
-                relu_2=nn.ReLU(),
-                conv_2=nn.Conv2d(hidden, hidden, 3, padding=1),
-                relu_3=nn.ReLU(),
-                conv_3=nn.Conv2d(hidden, hidden, 3, padding=1),
-                relu_4=nn.ReLU(),
-                conv_4=nn.Conv2d(hidden, out_channels, 3, padding=1),
-            )
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.id_path(x) + self.post_gain * self.res_path(x)
+ENCODER_KERNEL_SIZES = (3, 3, 3, 1)
+DECODER_KERNEL_SIZES = (1, 3, 3, 3)
 
 
 def _group(blocks: list[nn.Module], resample: tuple[str, nn.Module] | None) -> nn.Sequential:
@@ -148,7 +125,10 @@ class DalleVAEEncoder(nn.Module):
         widths = [n_hid, 2 * n_hid, 4 * n_hid, 8 * n_hid]
         groups, in_width = [], n_hid
         for g, width in enumerate(widths):
-            blocks = [DalleVAEEncoderBlock(in_width if i == 0 else width, width, num_layers) for i in range(n_blk)]
+            blocks = [
+                DalleVAEResBlock(in_width if i == 0 else width, width, num_layers, ENCODER_KERNEL_SIZES)
+                for i in range(n_blk)
+            ]
             pool = ("pool", nn.MaxPool2d(kernel_size=2)) if g < config.num_groups - 1 else None
             groups.append((f"group_{g + 1}", _group(blocks, pool)))
             in_width = width
@@ -178,7 +158,10 @@ class DalleVAEDecoder(nn.Module):
         widths = [8 * n_hid, 4 * n_hid, 2 * n_hid, n_hid]
         groups, in_width = [], config.decoder_init_size
         for g, width in enumerate(widths):
-            blocks = [DalleVAEDecoderBlock(in_width if i == 0 else width, width, num_layers) for i in range(n_blk)]
+            blocks = [
+                DalleVAEResBlock(in_width if i == 0 else width, width, num_layers, DECODER_KERNEL_SIZES)
+                for i in range(n_blk)
+            ]
             upsample = ("upsample", nn.Upsample(scale_factor=2, mode="nearest")) if g < config.num_groups - 1 else None
             groups.append((f"group_{g + 1}", _group(blocks, upsample)))
             in_width = width
@@ -206,7 +189,7 @@ class DalleVAEPreTrainedModel(PreTrainedModel):
     base_model_prefix = "dalle_vae"
     main_input_name = "pixel_values"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["DalleVAEEncoderBlock", "DalleVAEDecoderBlock"]
+    _no_split_modules = ["DalleVAEResBlock"]
 
     def _init_weights(self, module):
         # OpenAI's `dall_e.utils.Conv2d` init: N(0, 1 / fan_in) weights, zero biases.

@@ -3,6 +3,7 @@ bf16 mixed precision."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,21 +28,20 @@ def run(command: list[str], **env) -> str:
     return result.stdout + result.stderr
 
 
-def launch(script: str, args: list[str], num_processes: int, port: int) -> str:
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch(script: str, args: list[str], num_processes: int) -> str:
     """`accelerate launch` with the repository's DDP config on CPU (gloo), through tests/distributed_training.py, which
     dumps every rank's weights."""
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        "configs/accelerate/ddp.yaml",
-        "--num_processes",
-        str(num_processes),
+    options = "--config_file configs/accelerate/ddp.yaml --mixed_precision no --num_processes".split()
+    command = [sys.executable, "-m", "accelerate.commands.launch", *options, str(num_processes)]
+    command += [
         "--main_process_port",
-        str(port),
-        "--mixed_precision",
-        "no",
+        str(free_port()),
         "tests/distributed_training.py",
         f"scripts/{script}.py",
         *args,
@@ -89,7 +89,7 @@ def tokens(tmp_path_factory) -> Path:
 def ddp_run(tokens, tmp_path_factory) -> Path:
     """train_dalle on 2 processes with batches of 4 (exact all-reduce)."""
     output_dir = tmp_path_factory.mktemp("ddp") / "run"
-    launch("train_dalle", dalle_args(tokens, output_dir, 4), num_processes=2, port=29531)
+    launch("train_dalle", dalle_args(tokens, output_dir, 4), num_processes=2)
     return output_dir
 
 
@@ -153,7 +153,6 @@ def test_two_processes_with_powersgd(tokens, ddp_run, tmp_path):
         "train_dalle",
         dalle_args(tokens, tmp_path / "powersgd", 4, "--powersgd_rank", "1", "--powersgd_start_step", "2"),
         num_processes=2,
-        port=29533,
     )
     assert "Compressing the gradient all-reduce with PowerSGD of rank 1 from step 2" in output
     rank_0, rank_1 = (load_file(tmp_path / "powersgd" / f"rank-{r}.safetensors") for r in (0, 1))

@@ -185,20 +185,11 @@ def main(argv=None):
         )
         return {"loss": output.loss, "logit_scale": accelerator.unwrap_model(model).logit_scale.detach().exp()}
 
-    def validate(step: int, model: CLIPModel) -> None:
+    def validate(step: int, model: CLIPModel) -> dict[str, float] | None:
         if not accelerator.is_main_process or (step % args.validation_steps and step != args.max_train_steps):
-            return
-        accuracy = retrieval_accuracy(model, validation, accelerator, ema)
-        accelerator.log({"validation/image_to_text_accuracy": accuracy}, step=step)
-        logger.info(
-            "step %d: image-to-caption retrieval accuracy %.3f on %d pairs",
-            step,
-            accuracy,
-            len(validation["captions"]),
-        )
-        accuracies.append(accuracy)
+            return None
+        return {"validation_image_to_text_accuracy": retrieval_accuracy(model, validation, accelerator, ema)}
 
-    accuracies = []
     model, state, metrics = train(args, accelerator, model, train_dataloader, loss_fn, ema=ema, on_step_end=validate)
 
     if accelerator.is_main_process:
@@ -208,8 +199,6 @@ def main(argv=None):
             processor.save_pretrained(folder)
 
         write_folder_atomically(args.output_dir, write)
-        if accuracies:
-            metrics = {**metrics, "validation_image_to_text_accuracy": accuracies[-1]}
         write_card_and_push(
             args,
             "clip_reranker",

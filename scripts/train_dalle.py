@@ -222,7 +222,7 @@ def main(argv=None):
 
     def validate(step: int, model: DalleForImageGeneration) -> None:
         if not accelerator.is_main_process or (step % args.validation_steps and step != args.max_train_steps):
-            return
+            return None
         if ema is not None:  # sample from what will be saved: the averaged weights
             ema.store(model.parameters())
             ema.copy_to(model.parameters())

@@ -130,9 +130,9 @@ def main(argv=None):
 
     grids = []
 
-    def validate(step: int, model: DalleVAE) -> None:
+    def validate(step: int, model: DalleVAE) -> dict[str, float] | None:
         if not accelerator.is_main_process or (step % args.validation_steps and step != args.max_train_steps):
-            return
+            return None
         if ema is not None:  # show what will be saved: the averaged weights
             ema.store(model.parameters())
             ema.copy_to(model.parameters())
@@ -150,13 +150,10 @@ def main(argv=None):
             Path(args.output_dir) / "reconstructions" / f"step-{step:06d}.png",
         )
         grids.append(path)
-        accelerator.log(
-            {
-                "validation/codes_used": codes.unique().numel(),
-                "validation/mse": torch.mean((reconstructions.float() - pixels) ** 2).item(),
-            },
-            step=step,
-        )
+        return {
+            "validation_codes_used": codes.unique().numel(),
+            "validation_mse": torch.mean((reconstructions.float() - pixels) ** 2).item(),
+        }
 
     vae, state, metrics = train(args, accelerator, vae, train_dataloader, loss_fn, ema=ema, on_step_end=validate)
 

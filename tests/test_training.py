@@ -77,6 +77,12 @@ def assert_same_weights(dir_a: Path, dir_b: Path, filename: str = "model.safeten
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=atol, msg=name)
 
 
+def training_logs(output_dir: Path) -> list[dict]:
+    """The training averages in OUTPUT_DIR/logs/metrics.jsonl (not the validation lines)."""
+    logs = [json.loads(line) for line in (output_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+    return [log for log in logs if "loss" in log]
+
+
 def test_annealed_value_end_points_and_shapes():
     # The paper's relaxation schedules: temperature 1 -> 1/16 and KL weight 0 -> 6.6, cosine.
     assert annealed_value(0, 1.0, 1 / 16, 100) == 1.0
@@ -114,8 +120,7 @@ def test_vae_resume_is_exact(shapes_dir, tmp_path, monkeypatch):
     assert_same_weights(straight, resumed, "model.non_ema.safetensors")  # the raw weights
     ema, raw = load_file(straight / "model.safetensors"), load_file(straight / "model.non_ema.safetensors")
     assert any(not torch.equal(ema[name], raw[name]) for name in ema)  # the average is not the raw weights
-    straight_logs = [json.loads(line) for line in (straight / "logs" / "metrics.jsonl").read_text().splitlines()]
-    resumed_logs = [json.loads(line) for line in (resumed / "logs" / "metrics.jsonl").read_text().splitlines()]
+    straight_logs, resumed_logs = training_logs(straight), training_logs(resumed)
     assert [log["step"] for log in straight_logs] == [2, 4, 6, 8]
     for a, b in zip(straight_logs[2:], resumed_logs[-2:]):  # steps 6 and 8, both after the resume point
         assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
@@ -197,7 +202,7 @@ def test_nonfinite_loss_steps_are_skipped_then_training_stops(shapes_dir, tmp_pa
     assert torch.equal(calls[1], calls[2]) and torch.equal(calls[2], calls[3])  # skipped: no update, no NaN
     assert not torch.equal(calls[0], calls[1]) and not torch.equal(calls[3], calls[4])  # finite steps update
     assert all(torch.isfinite(weights).all() for weights in calls)
-    logs = [json.loads(line) for line in (tmp_path / "run" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    logs = training_logs(tmp_path / "run")
     assert [(log["step"], log["skipped_steps"]) for log in logs] == [(2, 2)]
     assert math.isfinite(logs[0]["loss"])  # the averages leave the skipped batches out
 

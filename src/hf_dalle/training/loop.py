@@ -112,7 +112,8 @@ class MetricsLogger:
         self.path = Path(output_dir) / "logs" / "metrics.jsonl"
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
-        self.last: dict[str, float] = {}
+        self.last_training: dict[str, float] = {}
+        self.last_validation: dict[str, float] = {}
         self._clock = time.perf_counter()
         self._steps_at_clock = 0
 
@@ -131,14 +132,27 @@ class MetricsLogger:
         logs = dict(zip(names, means.tolist()))
         logs.update(extra, steps_per_second=(step - self._steps_at_clock) / max(now - self._clock, 1e-9))
         self.sums, self.counts, self._clock, self._steps_at_clock = {}, {}, now, step
-        self.last = logs
-        self.accelerator.log(logs, step=step)
+        self.last_training = logs
+        self.write(step, logs)
+        return logs
+
+    def log_validation(self, step: int, values: dict[str, float]) -> None:
+        """Metrics computed on the main process (validation), written as they are."""
+        self.last_validation.update(values)
+        self.write(step, values)
+
+    @property
+    def last(self) -> dict[str, float]:
+        """The latest training averages and validation metrics (for the model card)."""
+        return {**self.last_training, **self.last_validation}
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        self.accelerator.log(values, step=step)
         if self.accelerator.is_main_process:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as file:
-                file.write(json.dumps({"step": step, **logs}) + "\n")
-            logger.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in logs.items()))
-        return logs
+                file.write(json.dumps({"step": step, **values}) + "\n")
+            logger.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
 
 
 def _without_moving_the_rng(dataloader):
@@ -160,7 +174,7 @@ def train(
     train_dataloader: torch.utils.data.DataLoader,
     loss_fn: Callable[[torch.nn.Module, dict, int], dict[str, torch.Tensor]],
     ema: EMAModel | None = None,
-    on_step_end: Callable[[int, torch.nn.Module], None] | None = None,
+    on_step_end: Callable[[int, torch.nn.Module], dict[str, float] | None] | None = None,
     before_optimizer_step: Callable[[torch.nn.Module], object] | None = None,
 ) -> tuple[torch.nn.Module, TrainingState, dict[str, float]]:
     """
@@ -171,7 +185,7 @@ def train(
             averaged over the logging interval. `step` is the optimizer step about to be taken.
         ema: the moving average to update after every optimizer step (and to checkpoint).
         on_step_end: called on every process after each optimizer step with `(step, unwrapped model)` (validation
-            images, ...).
+            images, ...); metrics it returns (a dict of floats) are logged at that step.
         before_optimizer_step: called with the unwrapped model once the gradients of a step are complete (all-reduced),
             before clipping and the optimizer step (e.g. the transformer's per-resblock gradient unscaling).
 
@@ -280,7 +294,9 @@ def train(
             if state.global_step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, args.output_dir, state.global_step, args.checkpoints_total_limit)
             if on_step_end is not None:
-                on_step_end(state.global_step, unwrapped)
+                validation = on_step_end(state.global_step, unwrapped)
+                if validation:
+                    metrics.log_validation(state.global_step, validation)
             if state.global_step >= args.max_train_steps:
                 break
         else:

@@ -40,6 +40,7 @@ from hf_dalle.training import (
     write_folder_atomically,
 )
 from hf_dalle.training.data import read_pretokenized_info
+from hf_dalle.training.validation import shapes_judge_accuracy
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,11 @@ def parse_args(argv=None):
         type=float,
         default=1.0,
         help="Classifier-free guidance of the validation images.",
+    )
+    stage.add_argument(
+        "--shapes_judge",
+        action="store_true",
+        help="Also log the share of validation images that the shapes-world pixel judge accepts for their prompt.",
     )
     stage.add_argument("--license", default=None, help="License of the weights, for the model card.")
     parser.set_defaults(adam_beta2=0.96, adam_weight_decay=4.5e-2, max_grad_norm=4.0)
@@ -220,7 +226,7 @@ def main(argv=None):
         clip_model.to(accelerator.device).eval()
     grids = []
 
-    def validate(step: int, model: DalleForImageGeneration) -> None:
+    def validate(step: int, model: DalleForImageGeneration) -> dict[str, float] | None:
         if not accelerator.is_main_process or (step % args.validation_steps and step != args.max_train_steps):
             return None
         if ema is not None:  # sample from what will be saved: the averaged weights
@@ -251,6 +257,10 @@ def main(argv=None):
         grids.append(
             save_image_grid(images, len(prompts), Path(args.output_dir) / "validation" / f"step-{step:06d}.png")
         )
+        if args.shapes_judge:
+            captions = [prompt for prompt in prompts for _ in range(args.num_validation_images)]
+            return {"validation_judge_accuracy": shapes_judge_accuracy(images, captions)}
+        return None
 
     model, state, metrics = train(
         args,

@@ -39,6 +39,7 @@ from hf_dalle.training import (
     write_folder_atomically,
 )
 from hf_dalle.training.schedules import SCHEDULE_KINDS
+from hf_dalle.training.validation import shapes_judge_accuracy
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,16 @@ def parse_args(argv=None):
         "--straight_through", action="store_true", help="Hard one-hot codes with straight-through gradients."
     )
     vae.add_argument(
-        "--num_validation_images", type=int, default=8, help="Images reconstructed in each validation grid."
+        "--num_validation_images",
+        type=int,
+        default=8,
+        help="Images (the first of the data) reconstructed at each validation; the grid shows up to 16.",
+    )
+    vae.add_argument(
+        "--shapes_judge",
+        action="store_true",
+        help="Also log the share of argmax reconstructions that the shapes-world pixel judge accepts (the captions "
+        "must follow the shapes grammar); the dVAE bounds what the whole pipeline can draw.",
     )
     vae.add_argument("--license", default=None, help="License of the weights, for the model card.")
     parser.set_defaults(adam_beta2=0.999, adam_weight_decay=1e-4)
@@ -110,7 +120,7 @@ def main(argv=None):
     train_dataloader = make_dataloader(
         dataset, args.train_batch_size, collate, args.dataloader_num_workers, seed=args.seed
     )
-    validation_images = collate(list(dataset.take(args.num_validation_images)))["pixel_values"]
+    validation = collate(list(dataset.take(args.num_validation_images)))
 
     def loss_fn(model, batch, step):
         temperature = annealed_value(
@@ -138,22 +148,23 @@ def main(argv=None):
             ema.copy_to(model.parameters())
         model.eval()
         with torch.no_grad(), accelerator.autocast():
-            pixels = validation_images.to(accelerator.device)
+            pixels = validation["pixel_values"].to(accelerator.device)
             codes = model.encode(pixels).indices
             reconstructions = model.decode(codes).sample
         model.train()
         if ema is not None:
             ema.restore(model.parameters())
-        path = save_image_grid(
-            tensors_to_pil(pixels) + tensors_to_pil(reconstructions),
-            2,
-            Path(args.output_dir) / "reconstructions" / f"step-{step:06d}.png",
-        )
-        grids.append(path)
-        return {
+        images = tensors_to_pil(reconstructions)
+        shown = slice(0, 16)
+        path = Path(args.output_dir) / "reconstructions" / f"step-{step:06d}.png"
+        grids.append(save_image_grid(tensors_to_pil(pixels[shown]) + images[shown], 2, path))
+        metrics = {
             "validation_codes_used": codes.unique().numel(),
             "validation_mse": torch.mean((reconstructions.float() - pixels) ** 2).item(),
         }
+        if args.shapes_judge:
+            metrics["validation_judge_accuracy"] = shapes_judge_accuracy(images, validation["captions"])
+        return metrics
 
     vae, state, metrics = train(args, accelerator, vae, train_dataloader, loss_fn, ema=ema, on_step_end=validate)
 

@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 from training_utils import load_script, training_environment  # noqa: F401 (autouse fixture)
 
 from hf_dalle import DalleVAE
-from hf_dalle.data import make_shapes_dataset
+from hf_dalle.data import make_shapes_dataset, render_caption
 from hf_dalle.training import NonFiniteLossError, annealed_value, list_checkpoints, resolve_checkpoint
+from hf_dalle.training.validation import shapes_judge_accuracy
 
 TINY_VAE = '{"hidden_size": 8, "vocab_size": 16, "num_blocks_per_group": 1, "decoder_init_size": 8}'
 
@@ -228,3 +229,17 @@ def test_streaming_resume_is_exact(shapes_dir, tmp_path, monkeypatch):
     monkeypatch.undo()
     train_vae.main(vae_args(shapes_dir, tmp_path / "resumed", *common, "--resume_from_checkpoint", "latest"))
     assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_shapes_judge_accuracy():
+    images = [
+        render_caption(caption, seed=i)
+        for i, caption in enumerate(["a red circle", "a blue square above a green triangle"])
+    ]
+    assert shapes_judge_accuracy(images, ["a red circle", "a blue square above a green triangle"]) == 1.0
+    assert shapes_judge_accuracy(images, ["a red square", "a blue square above a green triangle"]) == 0.5
+    assert shapes_judge_accuracy(images, ["a green circle", "a blue square below a green triangle"]) == 0.0
+    with pytest.raises(ValueError, match="does not fit the shapes grammar"):
+        shapes_judge_accuracy(images, ["a red circle", "a cat"])
+    with pytest.raises(ValueError, match="one caption per image"):
+        shapes_judge_accuracy(images, ["a red circle"])

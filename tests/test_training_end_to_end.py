@@ -52,6 +52,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
             "2",
             "--num_validation_images",
             "4",
+            "--shapes_judge",
             "--output_dir",
             str(paths["vae"]),
         ]
@@ -127,6 +128,7 @@ def test_train_vae_output(trained):
     training_metrics = {"reconstruction_loss", "kl_loss", "codes_used", "perplexity", "temperature", "kl_weight"}
     assert training_metrics <= logs[-2].keys()
     assert 1 <= logs[-1]["validation_codes_used"] <= 16 and logs[-1]["validation_mse"] > 0
+    assert logs[-1]["validation_judge_accuracy"] in (0, 0.25, 0.5, 0.75, 1)  # 4 images judged
     assert "| validation_codes_used |" in (trained["vae"] / "README.md").read_text()
     card = (trained["vae"] / "README.md").read_text()
     assert (

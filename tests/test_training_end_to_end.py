@@ -421,3 +421,32 @@ def test_train_dalle_resume_is_exact(trained, tmp_path):
         assert all(torch.equal(straight[name], resumed[name]) for name in straight), filename
     grids = [Image.open(tmp_path / run / "validation" / "step-000004.png") for run in ("straight", "resumed")]
     assert grids[0].tobytes() == grids[1].tobytes()
+
+
+def test_text_loss_weight_flag(trained, tmp_path):
+    """--text_loss_weight sets the model's weighting of the two cross-entropies (paper: 1/8 text, 7/8 image)."""
+    output_dir = tmp_path / "weighted"
+    load_script("train_dalle").main(
+        [
+            *COMMON,
+            "--pretokenized_dataset",
+            str(trained["tokens"]),
+            "--model_config",
+            TINY_DALLE,
+            "--logging_steps",
+            "1",
+            "--max_train_steps",
+            "2",
+            "--train_batch_size",
+            "8",
+            "--text_loss_weight",
+            "0.5",
+            "--output_dir",
+            str(output_dir),
+        ]
+    )
+    logs = [json.loads(line) for line in (output_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert len(logs) == 2
+    for log in logs:
+        assert log["loss"] == pytest.approx(0.5 * log["text_loss"] + 0.5 * log["image_loss"], rel=1e-5)
+    assert DalleForImageGeneration.from_pretrained(output_dir / "transformer").config.text_loss_weight == 0.5

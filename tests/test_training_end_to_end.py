@@ -376,6 +376,43 @@ def test_push_to_hub(trained, tmp_path, hub_server):
         pipe.transformer.lm_head.weight, DallePipeline.from_pretrained(output_dir).transformer.lm_head.weight
     )
 
+    # Fine-tuning starts from the Hub repo as from a folder: its transformer, tokenizer, dVAE and CLIP.
+    tokens = tmp_path / "hub_tokens"
+    load_script("pretokenize").main(
+        [
+            "--dataset_name",
+            str(trained["data"]),
+            "--pretrained_model_name_or_path",
+            "someone/tiny-dalle",
+            "--output_dir",
+            str(tokens),
+        ]
+    )
+    assert torch.equal(
+        load_pretokenized_dataset(str(tokens))[:]["image_codes"],
+        load_pretokenized_dataset(str(trained["tokens"]))[:]["image_codes"],
+    )
+    fine_tuned = tmp_path / "from_hub"
+    load_script("train_dalle").main(
+        [
+            *COMMON,
+            "--pretrained_model_name_or_path",
+            "someone/tiny-dalle",
+            "--pretokenized_dataset",
+            str(tokens),
+            "--max_train_steps",
+            "1",
+            "--train_batch_size",
+            "8",
+            "--output_dir",
+            str(fine_tuned),
+        ]
+    )
+    assert (fine_tuned / "clip_model" / "model.safetensors").is_file()
+    assert DallePipeline.from_pretrained(fine_tuned).transformer.config.to_diff_dict() | {"_name_or_path": None} == (
+        pipe.transformer.config.to_diff_dict() | {"_name_or_path": None}
+    )
+
 
 def test_train_dalle_resume_is_exact(trained, tmp_path):
     """Caption dropout, EMA and validation grids (sampled at the checkpoint step, with their own generators) do not
@@ -450,40 +487,3 @@ def test_text_loss_weight_flag(trained, tmp_path):
     for log in logs:
         assert log["loss"] == pytest.approx(0.5 * log["text_loss"] + 0.5 * log["image_loss"], rel=1e-5)
     assert DalleForImageGeneration.from_pretrained(output_dir / "transformer").config.text_loss_weight == 0.5
-
-    # Fine-tuning starts from the Hub repo as from a folder: its transformer, tokenizer, dVAE and CLIP.
-    tokens = tmp_path / "hub_tokens"
-    load_script("pretokenize").main(
-        [
-            "--dataset_name",
-            str(trained["data"]),
-            "--pretrained_model_name_or_path",
-            "someone/tiny-dalle",
-            "--output_dir",
-            str(tokens),
-        ]
-    )
-    assert torch.equal(
-        load_pretokenized_dataset(str(tokens))[:]["image_codes"],
-        load_pretokenized_dataset(str(trained["tokens"]))[:]["image_codes"],
-    )
-    fine_tuned = tmp_path / "from_hub"
-    load_script("train_dalle").main(
-        [
-            *COMMON,
-            "--pretrained_model_name_or_path",
-            "someone/tiny-dalle",
-            "--pretokenized_dataset",
-            str(tokens),
-            "--max_train_steps",
-            "1",
-            "--train_batch_size",
-            "8",
-            "--output_dir",
-            str(fine_tuned),
-        ]
-    )
-    assert (fine_tuned / "clip_model" / "model.safetensors").is_file()
-    assert DallePipeline.from_pretrained(fine_tuned).transformer.config.to_diff_dict() | {"_name_or_path": None} == (
-        pipe.transformer.config.to_diff_dict() | {"_name_or_path": None}
-    )

@@ -240,7 +240,8 @@ def generation_workloads(args, grid: int, batch_size: int, device: torch.device,
     parameters = {OURS: model.num_parameters(), OURS_COMPILED: model.num_parameters(), GPT2: gpt2.num_parameters()}
     if args.reference:
         dalle = dalle_pytorch_models(args, config, device, dtype)
-        workloads[DALLE_PYTORCH] = dalle_pytorch_as_shipped(dalle, text, args.top_k)
+        if args.shipped_batch_sizes is None or batch_size in args.shipped_batch_sizes:
+            workloads[DALLE_PYTORCH] = dalle_pytorch_as_shipped(dalle, text, args.top_k)
         workloads[DALLE_PYTORCH_CACHE] = dalle_pytorch_cache_loop(dalle, text, args.top_k)
         transformer_parameters = sum(p.numel() for n, p in dalle.named_parameters() if not n.startswith("vae."))
         parameters[DALLE_PYTORCH] = parameters[DALLE_PYTORCH_CACHE] = transformer_parameters
@@ -268,7 +269,11 @@ def ratios_against(results: dict, ours: str, basis: str) -> dict:
     return ratios
 
 
-def benchmark_generation(args, device: torch.device, dtype: torch.dtype) -> list[dict]:
+def benchmark_generation(
+    args, device: torch.device, dtype: torch.dtype, on_result: Callable[[list[dict]], None]
+) -> list[dict]:
+    """Every grid x batch configuration; `on_result(runs so far)` after each (results are saved as they come: the
+    slow references take minutes per configuration)."""
     basis = ratio_basis(device, torch.get_num_threads())
     runs = []
     for grid in args.grid_sizes:
@@ -301,6 +306,7 @@ def benchmark_generation(args, device: torch.device, dtype: torch.dtype) -> list
             print(f"grid {grid}x{grid}, batch {batch_size}:", flush=True)
             for name, result in results.items():
                 print(f"  {name:45s} wall {result['wall_s']:8.3f} s  CPU {result['cpu_s']:8.3f} s", flush=True)
+            on_result(runs)
     return runs
 
 
@@ -329,18 +335,19 @@ def profile_ours(args, device: torch.device, dtype: torch.dtype, output: Path) -
 
 
 def decode_step_12b(args, device: torch.device, dtype: torch.dtype) -> list[dict]:
-    """One decode step of a single layer of the paper's 12B shape at the last stream position, vs the time to read
-    what it must read at the device's measured copy bandwidth."""
-    config = DalleConfig(text_vocab_size=16, image_vocab_size=16, num_hidden_layers=1)  # 12B widths, one layer
+    """One decode step of a single layer of the paper's 12B shape (a row-attention layer) at the last stream position,
+    eager and compiled, vs the time to read what it must read (its weights, the keys and values of the stream) at the
+    device's measured copy bandwidth."""
+    # The 12B model's widths, one layer, a token vocabulary too small to matter.
+    config = DalleConfig(text_vocab_size=16, image_vocab_size=16, num_hidden_layers=1, attention_types=["row"])
     torch.manual_seed(0)
-    model = DalleModel(config).to(device, dtype).eval()
-    layer = model.layers[0]
+    layer = DalleModel(config).to(device, dtype).eval().layers[0]
     position = config.max_sequence_length - 1
     mask = build_attention_masks(config, device)[layer.attention_type][position : position + 1]
     itemsize = torch.finfo(dtype).bits // 8
     bandwidth = copy_bandwidth(device)
     layer_bytes = sum(p.numel() for p in layer.parameters()) * itemsize
-    step = torch.compile(layer) if args.compile else layer
+    variants = {"eager": layer} | ({"compiled": torch.compile(layer)} if args.compile else {})
     runs = []
     for batch_size in args.decode_batch_sizes:
         cache = StaticCache(config=config, max_cache_len=config.max_sequence_length)
@@ -349,27 +356,34 @@ def decode_step_12b(args, device: torch.device, dtype: torch.dtype) -> list[dict
             cache.update(torch.randn(shape, device=device, dtype=dtype), torch.randn(shape, device=device, dtype=dtype), 0)
         hidden_states = torch.randn(batch_size, 1, config.hidden_size, device=device, dtype=dtype)
 
-        def run() -> int:
-            with torch.no_grad():
-                step(hidden_states, mask, past_key_values=cache)
-            cache.layers[0].cumulative_length.fill_(position)  # write the same slot again on the next call
-            return batch_size
+        def decode_step(step) -> Callable[[], int]:
+            def run() -> int:
+                with torch.no_grad():
+                    step(hidden_states, mask, past_key_values=cache)
+                cache.layers[0].cumulative_length.fill_(position)  # write the same slot again on the next call
+                return batch_size
 
-        samples = interleaved_timings({"step": run}, args.repeats * 4, device, warmup=3)["step"]
-        step_time = summarize(samples)["wall_s"]
+            return run
+
+        workloads = {name: decode_step(step) for name, step in variants.items()}
+        samples = interleaved_timings(workloads, args.repeats * 4, device, warmup=3)
         kv_bytes = 2 * batch_size * (position + 1) * config.hidden_size * itemsize
         floor = (layer_bytes + kv_bytes) / bandwidth
-        runs.append(
-            {
-                "batch_size": batch_size,
-                "step_s": step_time,
-                "bytes_read": layer_bytes + kv_bytes,
-                "bandwidth_bytes_per_s": bandwidth,
-                "floor_s": floor,
-                "ratio_to_floor": step_time / floor,
-            }
-        )
-        print(f"12B-shaped layer decode step, batch {batch_size}: {step_time * 1e3:.3f} ms, floor {floor * 1e3:.3f} ms")
+        for name in workloads:
+            step_time = summarize(samples[name])["wall_s"]
+            runs.append(
+                {
+                    "variant": name,
+                    "batch_size": batch_size,
+                    "step_s": step_time,
+                    "bytes_read": layer_bytes + kv_bytes,
+                    "bandwidth_bytes_per_s": bandwidth,
+                    "floor_s": floor,
+                    "ratio_to_floor": step_time / floor,
+                }
+            )
+            print(f"12B-shaped layer decode step, {name}, batch {batch_size}: {step_time * 1e3:.3f} ms, "
+                  f"floor {floor * 1e3:.3f} ms", flush=True)
         del cache
     return runs
 
@@ -389,7 +403,7 @@ def generation_markdown(runs: list[dict], decode_runs: list[dict], info: dict, a
     basis_name = "CPU time (one thread; wall time on a shared machine includes waiting for a core)" if (
         basis == "cpu_s"
     ) else "wall time"
-    lines = [
+    lines = [] if not runs else [
         "## Image-token generation",
         "",
         f"{info['device']} ({info.get('gpu') or info.get('cpu')}), torch {info['torch']}, {args.dtype}, "
@@ -425,9 +439,10 @@ def generation_markdown(runs: list[dict], decode_runs: list[dict], info: dict, a
                     cell,
                 ]
             )
-    lines.append(markdown_table(headers, rows))
-    largest = max(args.batch_sizes)
-    lines += ["", f"Targets at batch {largest} (ours' fastest variant):", ""]
+    if runs:
+        lines.append(markdown_table(headers, rows))
+        largest = max(args.batch_sizes)
+        lines += ["", f"Targets at batch {largest} (ours' fastest variant):", ""]
     for run in runs:
         if run["batch_size"] != largest:
             continue
@@ -444,12 +459,17 @@ def generation_markdown(runs: list[dict], decode_runs: list[dict], info: dict, a
     if decode_runs:
         lines += [
             "",
-            "## One 12B-shaped layer, one decode step at the end of the stream (position 1279)",
+            "## One 12B-shaped layer (d_model 3968, 62 heads, row attention), one decode step at position 1279",
+            "",
+            f"{info['device']} ({info.get('gpu') or info.get('cpu')}), torch {info['torch']}, {args.dtype}. Bytes read: "
+            "the layer's weights and the keys and values of all 1280 positions; floor: bytes over the measured copy "
+            "bandwidth (a copy reads and writes each byte). Median of the step's wall time.",
             "",
             markdown_table(
-                ["batch", "step ms", "bytes read MB", "copy bandwidth GB/s", "floor ms", "step / floor"],
+                ["variant", "batch", "step ms", "bytes read MB", "copy bandwidth GB/s", "floor ms", "step / floor"],
                 [
                     [
+                        run["variant"],
                         run["batch_size"],
                         f"{run['step_s'] * 1e3:.3f}",
                         f"{run['bytes_read'] / 1e6:.0f}",
@@ -480,6 +500,8 @@ def parse_args(argv=None):
     parser.add_argument("--top-k", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--slow-repeats", type=int, default=3, help="repeats of DALLE-pytorch as shipped")
+    parser.add_argument("--shipped-batch-sizes", type=int, nargs="+", default=None,
+                        help="batch sizes at which to run DALLE-pytorch as shipped (default: all; it takes minutes)")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the compiled variants")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="do not measure peak memory")
     parser.add_argument(
@@ -512,16 +534,20 @@ def main(argv=None):
     if args.decode_step_12b is None:
         args.decode_step_12b = device.type == "cuda" or args.decode_step_12b_only
     info = environment(device, torch.get_num_threads())
-    runs = [] if args.decode_step_12b_only else benchmark_generation(args, device, dtype)
+    output = args.output or Path("benchmarks") / f"generation_{device.type}"
+
+    def save(runs: list[dict], decode_runs: list[dict]) -> None:
+        data = {"environment": info, "arguments": {k: str(v) for k, v in vars(args).items()}, "generation": runs,
+                "decode_step_12b": decode_runs}
+        write_results(output, generation_markdown(runs, decode_runs, info, args), data)
+
+    runs = [] if args.decode_step_12b_only else benchmark_generation(args, device, dtype, lambda runs: save(runs, []))
     decode_runs = decode_step_12b(args, device, dtype) if args.decode_step_12b else []
     synchronize(device)
-    output = args.output or Path("benchmarks") / f"generation_{device.type}"
+    save(runs, decode_runs)
+    print(f"wrote {output}.md and {output}.json")
     if args.profile:
         profile_ours(args, device, dtype, output.with_name(f"{output.name}_profile.txt"))
-    data = {"environment": info, "arguments": {k: str(v) for k, v in vars(args).items()}, "generation": runs,
-            "decode_step_12b": decode_runs}
-    write_results(output, generation_markdown(runs, decode_runs, info, args), data)
-    print(f"wrote {output}.md and {output}.json")
 
 
 if __name__ == "__main__":

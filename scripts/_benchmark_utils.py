@@ -69,16 +69,18 @@ def interleaved_timings(
     warmup: int = 1,
     repeats_of: dict[str, int] | None = None,
     measure_memory: bool = False,
+    warmup_of: dict[str, int] | None = None,
 ) -> dict[str, list[Sample]]:
     """
     Time every workload `repeats` times in interleaved rounds, after `warmup` untimed calls each (compilation,
     allocator and cache warm-up). Slow workloads can be given fewer repeats (`repeats_of[name]`, they then sit out the
     later rounds); one with at most 1 repeat is not warmed up either (eager code without compilation: the first call
-    differs little, and it is the one that takes minutes).
+    differs little, and it is the one that takes minutes). `warmup_of[name]` overrides `warmup` (compiled code with
+    CUDA graphs records them over its first calls).
     """
-    repeats_of = repeats_of or {}
+    repeats_of, warmup_of = repeats_of or {}, warmup_of or {}
     for name, workload in workloads.items():
-        for _ in range(warmup if repeats_of.get(name, repeats) > 1 else 0):
+        for _ in range(warmup_of.get(name, warmup if repeats_of.get(name, repeats) > 1 else 0)):
             workload()
     samples = {name: [] for name in workloads}
     for order in interleaving_order(list(workloads), repeats):

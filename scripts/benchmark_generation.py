@@ -286,6 +286,7 @@ def benchmark_generation(
                     device,
                     repeats_of={DALLE_PYTORCH: args.slow_repeats},
                     measure_memory=args.memory,
+                    warmup_of={OURS_COMPILED: 3},
                 )
             results = {name: summarize(samples[name]) for name in workloads}
             for name in results:

@@ -65,6 +65,16 @@ def test_interleaved_timings_call_order_and_slow_repeats():
     assert calls == ["fast", "slow", "fast", "slow", "slow", "fast", "fast", "fast"]
     assert [s.items for s in samples["fast"]] == [4] * 4 and [s.items for s in samples["slow"]] == [8] * 2
 
+    calls.clear()
+    utils.interleaved_timings(
+        {"compiled": workload("compiled", 1), "slow": workload("slow", 1)},
+        repeats=2,
+        repeats_of={"slow": 1},
+        warmup_of={"compiled": 3},
+    )
+    # A workload timed once is not warmed up; `warmup_of` overrides the default warm-up.
+    assert calls == ["compiled"] * 3 + ["compiled", "slow", "compiled"]
+
 
 def test_summarize_takes_medians_and_rejects_varying_item_counts():
     samples = [utils.Sample(3.0, 1.0, 10), utils.Sample(1.0, 3.0, 10), utils.Sample(2.0, 2.5, 10)]

@@ -580,7 +580,13 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
             hidden_states = hidden_states[:, -logits_to_keep:]
         first_kept = length - hidden_states.shape[1]
         text_vocab_size = self.config.text_vocab_size
-        if isinstance(past_length, int) and past_length + first_kept >= self.config.max_text_length - 1:
+        # An accelerate hook (device_map / offload) places the head's weight only when `lm_head` itself is called.
+        head_is_dispatched = hasattr(self.lm_head, "_hf_hook")
+        if (
+            isinstance(past_length, int)
+            and past_length + first_kept >= self.config.max_text_length - 1
+            and not head_is_dispatched
+        ):
             # Only image codes can come next: skip the text rows of the head (2/3 of it in the paper's model).
             bias = self.lm_head.bias[text_vocab_size:] if self.lm_head.bias is not None else None
             image_logits = F.linear(hidden_states, self.lm_head.weight[text_vocab_size:], bias)

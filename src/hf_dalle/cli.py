@@ -128,6 +128,26 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def estimate_memory(args: argparse.Namespace) -> int:
+    """Parameter and KV-cache memory of a transformer config, in fp32 / bf16 / int8."""
+    import os
+
+    from hf_dalle import DalleConfig
+    from hf_dalle.memory import estimate_memory as estimate, format_estimates
+
+    if args.config == "12b":
+        config = DalleConfig()
+    elif os.path.isfile(os.path.join(args.config, "model_index.json")):
+        config = DalleConfig.from_pretrained(args.config, subfolder="transformer")
+    else:
+        try:
+            config = DalleConfig.from_pretrained(args.config)
+        except OSError:  # a pipeline repo on the Hub: the transformer's config is in its subfolder
+            config = DalleConfig.from_pretrained(args.config, subfolder="transformer")
+    print(format_estimates(config, estimate(config, batch_size=args.batch_size, dtypes=args.dtype)))
+    return 0
+
+
 def add_generation_arguments(parser: argparse.ArgumentParser, num_candidates: int, num_images: int) -> None:
     parser.add_argument("--negative-prompt", default=None, help="Caption to steer away from (with --guidance-scale > 1).")
     parser.add_argument("--num-candidates", type=int, default=num_candidates, help=f"Candidates sampled per prompt (default: {num_candidates}).")
@@ -168,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: 127.0.0.1; 0.0.0.0 for all).")
     web.add_argument("--port", type=int, default=7860, help="Port (default: 7860).")
     web.set_defaults(func=serve)
+
+    mem = commands.add_parser("estimate-memory", help="Parameter and KV-cache memory of a transformer, per dtype.")
+    mem.add_argument("--config", default="12b", help="'12b' (the paper's model, default), or a transformer/pipeline directory or Hub id.")
+    mem.add_argument("--batch-size", type=int, default=1, help="Images generated together (default: 1).")
+    mem.add_argument("--dtype", nargs="+", default=["fp32", "bf16", "int8"], choices=["fp32", "bf16", "int8"], help="Storage dtypes to report (default: all).")
+    mem.set_defaults(func=estimate_memory)
     return parser
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, PipelineQuantizationConfig
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput, logging
 from huggingface_hub import snapshot_download
@@ -97,14 +97,43 @@ class DallePipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "DallePipeline":
-        """Load from a local pipeline directory or a Hub repo id (downloaded with `snapshot_download`, which honours
-        `revision`, `cache_dir`, `token`, `force_download`, `local_files_only` and `HF_HUB_OFFLINE`)."""
+        """
+        Load from a local pipeline directory or a Hub repo id (downloaded with `snapshot_download`, which honours
+        `revision`, `cache_dir`, `token`, `force_download`, `local_files_only` and `HF_HUB_OFFLINE`).
+
+        The transformer holds nearly all the weights, so these go to its `from_pretrained` (the dVAE and CLIP load
+        whole, as usual):
+
+        - `device_map="auto"` or a dict over the transformer's modules (`{"model.layers.3": "disk", ...}`), with
+          `max_memory` and `offload_folder`: accelerate big-model inference. Blocks that do not fit stay on disk (or
+          on the CPU) and are brought in one at a time during each forward pass. diffusers' own pipeline-level
+          strategies (`"balanced"`, a device name) are passed on to diffusers unchanged.
+        - `quantization_config`: a transformers quantization config, e.g.
+          `TorchAoConfig(Int8WeightOnlyConfig())` (CPU or GPU) or `BitsAndBytesConfig(load_in_8bit=True)` (GPU).
+          A diffusers `PipelineQuantizationConfig` is passed on to diffusers unchanged.
+        """
         if not os.path.isdir(pretrained_model_name_or_path):
             # diffusers refuses, before downloading, repos whose `model_index.json` names components from libraries
             # other than diffusers/transformers (ours are `hf_dalle` classes), but loads such a folder from disk.
             download_keys = ("revision", "cache_dir", "token", "force_download", "local_files_only")
             download_kwargs = {key: kwargs.pop(key) for key in download_keys if key in kwargs}
             pretrained_model_name_or_path = snapshot_download(str(pretrained_model_name_or_path), **download_kwargs)
+        device_map = kwargs.get("device_map")
+        quantization_config = kwargs.get("quantization_config")
+        per_module_map = device_map == "auto" or isinstance(device_map, dict)
+        transformers_quantization = quantization_config is not None and not isinstance(
+            quantization_config, PipelineQuantizationConfig
+        )
+        if "transformer" not in kwargs and (per_module_map or transformers_quantization):
+            transformer_keys = ["max_memory", "offload_folder"] if per_module_map else []
+            transformer_keys += ["device_map"] if per_module_map else []
+            transformer_keys += ["quantization_config"] if transformers_quantization else []
+            transformer_kwargs = {key: kwargs.pop(key) for key in transformer_keys if key in kwargs}
+            if kwargs.get("torch_dtype") is not None:
+                transformer_kwargs["dtype"] = kwargs["torch_dtype"]
+            kwargs["transformer"] = DalleForImageGeneration.from_pretrained(
+                pretrained_model_name_or_path, subfolder="transformer", **transformer_kwargs
+            )
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @property

@@ -1,0 +1,81 @@
+"""How much memory a DALL-E transformer needs for inference: weights and KV cache, per storage dtype
+(`hf-dalle estimate-memory`)."""
+
+from dataclasses import dataclass
+
+from accelerate import init_empty_weights
+from torch import nn
+
+from .models.dalle import DalleConfig, DalleForImageGeneration
+
+# Bytes per stored weight, and per KV-cache entry (the compute dtype: int8 weight-only quantization keeps
+# activations, and so the cache, in bf16).
+WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "int8": 1}
+CACHE_BYTES = {"fp32": 4, "bf16": 2, "int8": 2}
+
+
+@dataclass
+class MemoryEstimate:
+    dtype: str
+    num_parameters: int
+    parameter_bytes: int
+    kv_cache_bytes_per_image: int
+    batch_size: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.parameter_bytes + self.batch_size * self.kv_cache_bytes_per_image
+
+
+def estimate_memory(config: DalleConfig, batch_size: int = 1, dtypes=("fp32", "bf16", "int8")) -> list[MemoryEstimate]:
+    """
+    Parameter memory and KV-cache memory of `DalleForImageGeneration(config)`, counted on the meta device (no
+    weights are allocated, so the 12B default config is fine). `"int8"` is weight-only quantization
+    (`TorchAoConfig(Int8WeightOnlyConfig())`): the `nn.Linear` weights of the blocks take one byte each, everything
+    else (embeddings, the output head, norms, biases) stays bf16; the per-row scales (< 0.1%) are not counted. The KV
+    cache of one image is `2 (keys, values) * layers * max_sequence_length * hidden_size` entries.
+    """
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size}.")
+    unknown = [d for d in dtypes if d not in WEIGHT_BYTES]
+    if unknown:
+        raise ValueError(f"Unknown dtype(s) {unknown}: choose from {list(WEIGHT_BYTES)}.")
+    with init_empty_weights():
+        model = DalleForImageGeneration(config)
+    num_parameters = sum(p.numel() for p in model.parameters())
+    # transformers' int8 weight-only quantizers skip the output head (`lm_head`): only the blocks' Linears shrink.
+    block_linear_weights = sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, nn.Linear))
+    cache_entries = 2 * config.num_hidden_layers * config.max_sequence_length * config.hidden_size
+    estimates = []
+    for dtype in dtypes:
+        if dtype == "int8":
+            parameter_bytes = block_linear_weights + (num_parameters - block_linear_weights) * WEIGHT_BYTES["bf16"]
+        else:
+            parameter_bytes = num_parameters * WEIGHT_BYTES[dtype]
+        estimates.append(
+            MemoryEstimate(dtype, num_parameters, parameter_bytes, cache_entries * CACHE_BYTES[dtype], batch_size)
+        )
+    return estimates
+
+
+def format_bytes(num_bytes: int) -> str:
+    return f"{num_bytes / 2**30:.2f} GiB" if num_bytes >= 2**30 else f"{num_bytes / 2**20:.2f} MiB"
+
+
+def format_estimates(config: DalleConfig, estimates: list[MemoryEstimate]) -> str:
+    batch_size = estimates[0].batch_size
+    lines = [
+        f"DALL-E transformer: {estimates[0].num_parameters:,} parameters, {config.num_hidden_layers} layers, "
+        f"hidden {config.hidden_size}, stream of {config.max_sequence_length} tokens",
+        f"{'dtype':<6} {'parameters':>12} {'KV cache / image':>17} {f'total (batch {batch_size})':>18}",
+    ]
+    for e in estimates:
+        lines.append(
+            f"{e.dtype:<6} {format_bytes(e.parameter_bytes):>12} {format_bytes(e.kv_cache_bytes_per_image):>17} "
+            f"{format_bytes(e.total_bytes):>18}"
+        )
+    lines.append("int8 = weight-only (block Linear weights int8, the rest and the KV cache bf16).")
+    return "\n".join(lines)
+
+
+__all__ = ["MemoryEstimate", "estimate_memory", "format_estimates"]

@@ -21,6 +21,7 @@ $(VENV)/.installed: $(VENV)/bin/python setup.cfg pyproject.toml
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install -q -e ".[test]"
 	$(PIP) install -q --no-deps DALL-E==0.1 attrs
+	$(PIP) install -q --no-deps torchao==0.18.0  # the `quantization` extra, for the int8 tests; never touches torch
 	touch $@
 
 install: $(VENV)/.installed

@@ -4,6 +4,7 @@
 from dataclasses import dataclass
 
 from accelerate import init_empty_weights
+import torch
 from torch import nn
 
 from .models.dalle import DalleConfig, DalleForImageGeneration
@@ -58,6 +59,20 @@ def estimate_memory(config: DalleConfig, batch_size: int = 1, dtypes=("fp32", "b
     return estimates
 
 
+def stored_bytes(tensor: torch.Tensor) -> int:
+    """Bytes a tensor occupies: a plain tensor's, or the sum of the inner tensors of a torchao quantized tensor
+    subclass (int8 data + scales)."""
+    names = getattr(tensor, "tensor_data_names", None)
+    if names is None:
+        return tensor.numel() * tensor.element_size()
+    return sum(stored_bytes(getattr(tensor, name)) for name in names)
+
+
+def parameter_bytes(module: nn.Module) -> int:
+    """Bytes the parameters of `module` occupy in memory (as stored: quantized weights count their int8 data)."""
+    return sum(stored_bytes(p) for p in module.parameters())
+
+
 def format_bytes(num_bytes: int) -> str:
     return f"{num_bytes / 2**30:.2f} GiB" if num_bytes >= 2**30 else f"{num_bytes / 2**20:.2f} MiB"
 
@@ -78,4 +93,4 @@ def format_estimates(config: DalleConfig, estimates: list[MemoryEstimate]) -> st
     return "\n".join(lines)
 
 
-__all__ = ["MemoryEstimate", "estimate_memory", "format_estimates"]
+__all__ = ["MemoryEstimate", "estimate_memory", "format_estimates", "parameter_bytes", "stored_bytes"]

@@ -129,8 +129,9 @@ class DallePipeline(DiffusionPipeline):
             transformer_keys += ["device_map"] if per_module_map else []
             transformer_keys += ["quantization_config"] if transformers_quantization else []
             transformer_kwargs = {key: kwargs.pop(key) for key in transformer_keys if key in kwargs}
-            if kwargs.get("torch_dtype") is not None:
-                transformer_kwargs["dtype"] = kwargs["torch_dtype"]
+            dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+            if dtype is not None:
+                transformer_kwargs["dtype"] = dtype
             kwargs["transformer"] = DalleForImageGeneration.from_pretrained(
                 pretrained_model_name_or_path, subfolder="transformer", **transformer_kwargs
             )

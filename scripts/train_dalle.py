@@ -13,6 +13,11 @@ unconditional stream that classifier-free guidance needs. Every --validation_ste
 image grid in OUTPUT_DIR/validation/. The output folder is a pipeline: transformer/ (with --use_ema the averaged
 weights, raw weights beside them as the non_ema variant), tokenizer/, vae/ and, if given, clip_model/ +
 clip_processor/, plus a model card.
+
+With --lora_rank R (fine-tuning only) a peft LoRA adapter on the attention and MLP projections trains instead of all
+weights, with the same resume / EMA / validation / Hub machinery; the output folder is then the adapter
+(adapter_model.safetensors + adapter_config.json, with --use_ema the averaged adapter) plus the model card, loaded with
+`DallePipeline.from_pretrained(BASE).load_lora_weights(OUTPUT_DIR)`.
 """
 
 import argparse
@@ -40,6 +45,7 @@ from hf_dalle.training import (
     write_folder_atomically,
 )
 from hf_dalle.training.data import read_pretokenized_info
+from hf_dalle.training.lora import LORA_TARGET_MODULES, add_lora_adapter
 from hf_dalle.training.validation import shapes_judge_accuracy
 
 logger = logging.getLogger(__name__)
@@ -94,11 +100,22 @@ def parse_args(argv=None):
         help="Also log the share of validation images that the shapes-world pixel judge accepts for their prompt.",
     )
     stage.add_argument("--license", default=None, help="License of the weights, for the model card.")
+    lora = parser.add_argument_group("LoRA (fine-tune a low-rank adapter instead of all weights; needs peft)")
+    lora.add_argument("--lora_rank", type=int, default=None, help="Rank of the LoRA adapter (default: no LoRA).")
+    lora.add_argument("--lora_alpha", type=float, default=None, help="LoRA scale numerator (default: the rank).")
+    lora.add_argument(
+        "--lora_target_modules",
+        nargs="+",
+        default=list(LORA_TARGET_MODULES),
+        help=f"Linear layers that get an adapter (default: {' '.join(LORA_TARGET_MODULES)}).",
+    )
     parser.set_defaults(adam_beta2=0.96, adam_weight_decay=4.5e-2, max_grad_norm=4.0)
     args = parser.parse_args(argv)
     check_common_arguments(args)
     if not 0.0 <= args.caption_dropout < 1.0:
         raise ValueError(f"--caption_dropout must be in [0, 1), got {args.caption_dropout}.")
+    if args.lora_rank is not None and args.pretrained_model_name_or_path is None:
+        raise ValueError("--lora_rank fine-tunes a trained pipeline: pass --pretrained_model_name_or_path.")
     return args
 
 
@@ -193,6 +210,8 @@ def main(argv=None):
         raise ValueError(f"The pre-tokenized image_codes hold {num_codes} codes per image, not a square grid.")
 
     model = build_transformer(args, tokenizer, vae, text_length, grid)
+    if args.lora_rank is not None:
+        add_lora_adapter(model, args.lora_rank, args.lora_alpha, args.lora_target_modules)
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()
     ema = create_ema(model, args.ema_decay) if args.use_ema else None
@@ -276,6 +295,11 @@ def main(argv=None):
     if accelerator.is_main_process:
 
         def write_pipeline(folder: Path) -> None:
+            if args.lora_rank is not None:  # the adapter only: save_pretrained of a model with a peft adapter
+                if ema is not None:
+                    ema.copy_to(model.parameters())
+                model.save_pretrained(folder)
+                return
             if ema is not None:  # the raw weights beside the averaged ones, which the pipeline samples with
                 model.save_pretrained(folder / "transformer", variant=NON_EMA_VARIANT)
                 ema.copy_to(model.parameters())

@@ -6,7 +6,10 @@ import os
 import pytest
 import torch
 from huggingface_hub import create_repo, upload_folder
+from training_utils import load_script, training_environment  # noqa: F401 (autouse fixture)
 
+from hf_dalle import DallePipeline
+from hf_dalle.data import make_shapes_dataset
 from hf_dalle.testing_utils import make_tiny_pipeline
 from hf_dalle.training.lora import LORA_TARGET_MODULES, add_lora_adapter
 
@@ -93,3 +96,41 @@ def test_bad_adapter_arguments(tmp_path):
         add_lora_adapter(pipe.transformer, rank=4, target_modules=["q_proj"])
     with pytest.raises(ValueError, match="rank"):
         add_lora_adapter(pipe.transformer, rank=0)
+
+
+def test_train_dalle_lora_rank_trains_an_adapter_the_pipeline_loads(tmp_path):
+    base_dir, tokens, output_dir = tmp_path / "base", tmp_path / "tokens", tmp_path / "lora"
+    make_tiny_pipeline().save_pretrained(base_dir)
+    make_shapes_dataset(8, seed=5, image_size=32).save_to_disk(str(tmp_path / "data"))
+    load_script("pretokenize").main(
+        ["--dataset_name", str(tmp_path / "data"), "--resolution", "32", "--pretrained_model_name_or_path",
+         str(base_dir), "--output_dir", str(tokens)]
+    )  # fmt: skip
+    state = load_script("train_dalle").main(
+        ["--pretrained_model_name_or_path", str(base_dir), "--pretokenized_dataset", str(tokens),
+         "--lora_rank", "4", "--lora_alpha", "8", "--lora_target_modules", "qkv_proj", "fc_out", "--use_ema",
+         "--learning_rate", "1e-2", "--max_train_steps", "3", "--train_batch_size", "4", "--output_dir",
+         str(output_dir), "--logging_steps", "2", "--checkpointing_steps", "100", "--validation_steps", "100"]
+    )  # fmt: skip
+    assert state.global_step == 3
+    files = set(os.listdir(output_dir))
+    assert {"adapter_model.safetensors", "adapter_config.json", "README.md"} <= files
+    assert "transformer" not in files and "model.safetensors" not in files  # no copy of the base weights
+
+    pipe = DallePipeline.from_pretrained(base_dir)
+    stream = stream_of(pipe)
+    base_logits = logits_of(pipe, stream)
+    pipe.load_lora_weights(output_dir)
+    wrapped = {name.rsplit(".", 1)[-1] for name, m in pipe.transformer.named_modules() if hasattr(m, "lora_A")}
+    assert wrapped == {"qkv_proj", "fc_out"}
+    assert pipe.transformer.peft_config["default"].lora_alpha == 8
+    assert not torch.allclose(logits_of(pipe, stream), base_logits, atol=1e-4)  # the adapter trained
+    pipe.unload_lora_weights()
+    assert torch.equal(logits_of(pipe, stream), base_logits)
+
+
+def test_train_dalle_lora_needs_a_base_model(tmp_path):
+    with pytest.raises(ValueError, match="--lora_rank fine-tunes a trained pipeline"):
+        load_script("train_dalle").parse_args(
+            ["--pretokenized_dataset", str(tmp_path), "--lora_rank", "4", "--output_dir", str(tmp_path / "out")]
+        )

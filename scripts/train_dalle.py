@@ -328,7 +328,11 @@ def main(argv=None):
             commit_message="Add DALL-E pipeline trained with hf_dalle",
         )
         logger.info(
-            "Saved the pipeline to %s (%d steps, %d skipped).", args.output_dir, state.global_step, state.skipped_steps
+            "Saved the %s to %s (%d steps, %d skipped).",
+            "LoRA adapter" if args.lora_rank is not None else "pipeline",
+            args.output_dir,
+            state.global_step,
+            state.skipped_steps,
         )
     return state
 

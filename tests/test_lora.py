@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 from huggingface_hub import create_repo, upload_folder
+from safetensors.torch import load_file
 from training_utils import load_script, training_environment  # noqa: F401 (autouse fixture)
 
 from hf_dalle import DallePipeline
@@ -127,6 +128,31 @@ def test_train_dalle_lora_rank_trains_an_adapter_the_pipeline_loads(tmp_path):
     assert not torch.allclose(logits_of(pipe, stream), base_logits, atol=1e-4)  # the adapter trained
     pipe.unload_lora_weights()
     assert torch.equal(logits_of(pipe, stream), base_logits)
+
+
+def test_train_dalle_lora_resumes_exactly(tmp_path):
+    base_dir, tokens = tmp_path / "base", tmp_path / "tokens"
+    make_tiny_pipeline().save_pretrained(base_dir)
+    make_shapes_dataset(12, seed=6, image_size=32).save_to_disk(str(tmp_path / "data"))
+    load_script("pretokenize").main(
+        ["--dataset_name", str(tmp_path / "data"), "--resolution", "32", "--pretrained_model_name_or_path",
+         str(base_dir), "--output_dir", str(tokens)]
+    )  # fmt: skip
+    train_dalle = load_script("train_dalle")
+
+    def run(output_dir, *extra):
+        train_dalle.main(
+            ["--pretrained_model_name_or_path", str(base_dir), "--pretokenized_dataset", str(tokens),
+             "--lora_rank", "4", "--learning_rate", "1e-2", "--max_train_steps", "4", "--train_batch_size", "4",
+             "--checkpointing_steps", "2", "--validation_steps", "100", "--use_ema", "--output_dir",
+             str(output_dir), *extra]
+        )  # fmt: skip
+        return load_file(output_dir / "adapter_model.safetensors")
+
+    uninterrupted = run(tmp_path / "whole")
+    resumed = run(tmp_path / "resumed", "--resume_from_checkpoint", str(tmp_path / "whole/checkpoints/checkpoint-2"))
+    assert uninterrupted.keys() == resumed.keys() and uninterrupted
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
 
 
 def test_train_dalle_lora_needs_a_base_model(tmp_path):

@@ -127,6 +127,21 @@ def test_vae_resume_is_exact(shapes_dir, tmp_path, monkeypatch):
         assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
 
 
+def test_resume_from_a_checkpoint_at_the_end_of_an_epoch(shapes_dir, tmp_path, monkeypatch):
+    """20 images in batches of 4 are 5 batches: checkpoint-5 is the epoch's last batch; resuming starts epoch 1."""
+    train_vae = load_script("train_vae")
+    common = ["--max_train_steps", "7", "--checkpointing_steps", "5"]
+    train_vae.main(vae_args(shapes_dir, tmp_path / "straight", *common))
+    resumed = tmp_path / "resumed"
+    interrupt_on_call(monkeypatch, DalleVAE, "forward", 6)  # killed during step 6, after checkpoint-5
+    with pytest.raises(Interrupt):
+        train_vae.main(vae_args(shapes_dir, resumed, *common))
+    monkeypatch.undo()
+    state = train_vae.main(vae_args(shapes_dir, resumed, *common, "--resume_from_checkpoint", "latest"))
+    assert state.global_step == 7 and state.epoch == 1 and state.batches_in_epoch == 2
+    assert_same_weights(tmp_path / "straight", resumed)
+
+
 def test_checkpoint_interrupted_while_saving_leaves_the_previous_one(shapes_dir, tmp_path, monkeypatch):
     train_vae = load_script("train_vae")
     output_dir = tmp_path / "run"

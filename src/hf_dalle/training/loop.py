@@ -242,7 +242,6 @@ def train(
         batches = train_dataloader
         if state.batches_in_epoch:
             batches = accelerator.skip_first_batches(train_dataloader, state.batches_in_epoch)
-        batches_before = state.batches_in_epoch
         for batch in _without_moving_the_rng(batches):
             state.batches_in_epoch += 1
             with accelerator.accumulate(model):
@@ -300,7 +299,8 @@ def train(
             if state.global_step >= args.max_train_steps:
                 break
         else:
-            if state.batches_in_epoch == batches_before:
+            # A run resumed from a checkpoint taken at the epoch's last batch has nothing left to skip to: next epoch.
+            if state.batches_in_epoch == 0:
                 raise ValueError(
                     "The training data yields no batch: it has fewer examples per process than --train_batch_size "
                     f"({args.train_batch_size})."

@@ -61,7 +61,7 @@ def parse_args(argv=None):
     data.add_argument("--streaming", action="store_true", help="Stream the pre-tokenized data.")
     data.add_argument("--max_train_samples", type=int, default=None, help="Use only the first this many pairs.")
     parts = parser.add_argument_group(
-        "pipeline parts (default: those of --pretrained_model_name_or_path, else those " "recorded by pretokenize.py)"
+        "pipeline parts (default: those of --pretrained_model_name_or_path, else those recorded by pretokenize.py)"
     )
     parts.add_argument("--tokenizer_name_or_path", default=None, help="The DalleTokenizer.")
     parts.add_argument("--vae_model_name_or_path", default=None, help="The dVAE that made the image codes.")

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from hf_dalle import DalleVAE, DalleVAEConfig
+from hf_dalle.models.dalle_vae.modeling_dalle_vae import RECONSTRUCTION_LOSSES
 from hf_dalle.training import (
     ImageCaptionCollator,
     add_common_arguments,
@@ -74,6 +75,20 @@ def parse_args(argv=None):
         "--straight_through", action="store_true", help="Hard one-hot codes with straight-through gradients."
     )
     vae.add_argument(
+        "--reconstruction_loss",
+        default="logit_laplace",
+        choices=RECONSTRUCTION_LOSSES,
+        help="The paper's logit-Laplace likelihood, or the mean squared error (learns flat-coloured images such as the "
+        "shapes world much faster; use KL weights around 0.01 with it).",
+    )
+    vae.add_argument(
+        "--code_usage_weight",
+        type=float,
+        default=0.0,
+        help="Subtract this times the normalised entropy of the batch's average code distribution from the loss: "
+        "rewards using many codes, against codebook collapse (default: 0, the paper's objective).",
+    )
+    vae.add_argument(
         "--num_validation_images",
         type=int,
         default=8,
@@ -127,11 +142,18 @@ def main(argv=None):
             step, args.temperature_start, args.temperature_end, args.temperature_steps, args.schedule
         )
         kl_weight = annealed_value(step, args.kl_weight_start, args.kl_weight_end, args.kl_weight_steps, args.schedule)
-        output = model(batch["pixel_values"], temperature=temperature, kl_weight=kl_weight, hard=args.straight_through)
+        output = model(
+            batch["pixel_values"],
+            temperature=temperature,
+            kl_weight=kl_weight,
+            hard=args.straight_through,
+            reconstruction_loss=args.reconstruction_loss,
+        )
         return {
-            "loss": output.loss,
+            "loss": output.loss - args.code_usage_weight * output.code_usage_entropy,
             "reconstruction_loss": output.reconstruction_loss,
             "kl_loss": output.kl_loss,
+            "code_usage_entropy": output.code_usage_entropy,
             "perplexity": output.perplexity,
             "codes_used": output.codes_used,
             "temperature": temperature,

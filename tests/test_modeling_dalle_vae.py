@@ -94,6 +94,44 @@ def test_training_forward_terms():
     assert out.codes_used.item() == int((counts > 0).sum())
 
 
+def test_mse_reconstruction_loss_and_code_usage_entropy():
+    torch.manual_seed(0)
+    vae = DalleVAE(tiny_config())
+    pixels = blocks_images(3)
+    torch.manual_seed(1)
+    out = vae(pixels, temperature=0.5, kl_weight=0.25, reconstruction_loss="mse")
+    # By hand, with the same gumbel noise (the encoder draws no random numbers).
+    torch.manual_seed(1)
+    target = map_pixels(pixels)
+    logits = vae.encoder(target)
+    mu = vae.decoder(F.gumbel_softmax(logits, tau=0.5, dim=1))[:, :3]
+    expected = ((torch.sigmoid(mu) - target) ** 2).mean() / 0.8**2
+    assert out.reconstruction_loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert out.loss.item() == pytest.approx(expected.item() + 0.25 * out.kl_loss.item(), rel=1e-5)
+    # The entropy of the batch's average code distribution, normalised by log(vocab).
+    mean_q = F.softmax(logits, dim=1).mean(dim=(0, 2, 3))
+    entropy = -(mean_q * mean_q.log()).sum() / math.log(32)
+    assert out.code_usage_entropy.item() == pytest.approx(entropy.item(), rel=1e-5)
+    out.code_usage_entropy.backward()  # differentiable: a training loop can reward it
+    assert vae.encoder.blocks.output.conv.weight.grad.abs().sum() > 0
+
+
+def test_code_usage_entropy_is_one_for_even_use_and_zero_for_one_code():
+    vae = DalleVAE(tiny_config())
+    out_conv = vae.encoder.blocks.output.conv
+    torch.nn.init.zeros_(out_conv.weight)
+    torch.nn.init.zeros_(out_conv.bias)
+    assert vae(blocks_images(2)).code_usage_entropy.item() == pytest.approx(1.0, abs=1e-6)
+    with torch.no_grad():
+        out_conv.bias[7] = 100.0
+    assert vae(blocks_images(2)).code_usage_entropy.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_unknown_reconstruction_loss_is_refused():
+    with pytest.raises(ValueError, match="reconstruction_loss.*logit_laplace.*mse.*'l1'"):
+        DalleVAE(tiny_config())(blocks_images(1), reconstruction_loss="l1")
+
+
 def test_kl_is_zero_for_uniform_codes():
     vae = DalleVAE(tiny_config())
     out_conv = vae.encoder.blocks.output.conv

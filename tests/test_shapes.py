@@ -27,7 +27,7 @@ from hf_dalle.data.shapes import (
     split_captions,
     all_captions,
 )
-from hf_dalle.data.shapes_judge import detect_objects, judge_image
+from hf_dalle.data.shapes_judge import any_of_k_accuracy, best_of_k_accuracy, detect_objects, judge_image
 
 
 def _objects_of(caption):
@@ -266,3 +266,22 @@ def test_judge_reports_what_it_sees():
         judge_image(np.zeros((64, 64)), "a red circle")
     with pytest.raises(ValueError, match="uint8 pixels or floats in \\[0, 1\\]"):
         judge_image(np.full((64, 64, 3), 200.0), "a red circle")
+
+
+def test_best_of_k_accuracy_is_the_average_over_all_subsets():
+    rng = np.random.default_rng(0)
+    for n in (1, 4, 7):
+        correct_by_score = [bool(c) for c in rng.integers(0, 2, n)]
+        for k in range(1, n + 1):
+            # Brute force: every k-subset of the candidates, reranked: is its best-scored (lowest index) correct?
+            subsets = list(itertools.combinations(range(n), k))
+            expected = sum(correct_by_score[min(subset)] for subset in subsets) / len(subsets)
+            assert best_of_k_accuracy(correct_by_score, k) == pytest.approx(expected)
+            expected_any = sum(any(correct_by_score[i] for i in subset) for subset in subsets) / len(subsets)
+            assert any_of_k_accuracy(sum(correct_by_score), n, k) == pytest.approx(expected_any)
+    assert best_of_k_accuracy([True, False, False], 1) == pytest.approx(1 / 3)
+    assert best_of_k_accuracy([False, True, True], 3) == 0.0  # the reranker's pick is wrong
+    with pytest.raises(ValueError, match="between 1 and the number of candidates"):
+        best_of_k_accuracy([True, False], 3)
+    with pytest.raises(ValueError, match="1 <= k <= n"):
+        any_of_k_accuracy(1, 2, 0)

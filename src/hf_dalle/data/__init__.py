@@ -20,4 +20,11 @@ from .shapes import (
     render_caption,
     split_captions,
 )
-from .shapes_judge import DetectedObject, JudgeResult, detect_objects, judge_image
+from .shapes_judge import (
+    DetectedObject,
+    JudgeResult,
+    any_of_k_accuracy,
+    best_of_k_accuracy,
+    detect_objects,
+    judge_image,
+)

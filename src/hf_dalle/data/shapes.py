@@ -340,20 +340,27 @@ def make_shapes_dataset(
         image_size (`int`): side of the square images (>= 32).
         one_object_fraction (`float`): share of one-object captions.
     """
-    from datasets import Dataset, Features, Value
+    from datasets import Dataset, Features, Value, concatenate_datasets
     from datasets import Image as ImageFeature
 
     if not isinstance(num_samples, int) or num_samples < 0:
         raise ValueError(f"`num_samples` must be a non-negative integer, got {num_samples!r}.")
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
-    images, captions = [], []
-    for index in range(num_samples):
-        image, caption = generate_sample(index, seed, split, image_size, one_object_fraction)
-        images.append(image)
-        captions.append(caption)
     features = Features({"image": ImageFeature(), "caption": Value("string")})
-    return Dataset.from_dict({"image": images, "caption": captions}, features=features)
+    # In chunks, so that only one chunk of PIL images is held at a time (the table keeps the encoded PNGs).
+    chunks = []
+    for start in range(0, max(num_samples, 1), _DATASET_CHUNK_SIZE):
+        samples = [
+            generate_sample(index, seed, split, image_size, one_object_fraction)
+            for index in range(start, min(start + _DATASET_CHUNK_SIZE, num_samples))
+        ]
+        images, captions = [image for image, _ in samples], [caption for _, caption in samples]
+        chunks.append(Dataset.from_dict({"image": images, "caption": captions}, features=features))
+    return chunks[0] if len(chunks) == 1 else concatenate_datasets(chunks)
+
+
+_DATASET_CHUNK_SIZE = 10_000
 
 
 __all__ = [

@@ -21,6 +21,7 @@ extra); shapes are right if every caption object was found with its shape; the r
 if both were found and their centroids agree; `correct` if all hold.
 """
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -183,4 +184,37 @@ def judge_image(image, caption: str | ShapesCaption) -> JudgeResult:
     )
 
 
-__all__ = ["DetectedObject", "JudgeResult", "classify_shape", "detect_objects", "judge_image"]
+def best_of_k_accuracy(correct_by_score: list[bool], k: int) -> float:
+    """The expected accuracy of reranking: the chance that the best-scored of `k` candidates is correct, estimated
+    from `n >= k` candidates judged and sorted by score, best first.
+
+    Drawing `k` of the `n` candidates at random (all subsets equally likely, as for `k` fresh samples), candidate `i`
+    (0-based) is the best of the subset when it is in it and the other `k - 1` come from the `n - 1 - i` below it:
+    probability `C(n - 1 - i, k - 1) / C(n, k)`. Averaging over every subset uses all `n` samples (the estimator of
+    Codex's pass@k, with the reranker's order). `k = 1` gives the share of correct candidates, `k = n` the verdict on
+    the best one.
+    """
+    n = len(correct_by_score)
+    if not 1 <= k <= n:
+        raise ValueError(f"`k` must be between 1 and the number of candidates ({n}), got {k}.")
+    subsets = math.comb(n, k)
+    return sum(math.comb(n - 1 - i, k - 1) for i, correct in enumerate(correct_by_score) if correct) / subsets
+
+
+def any_of_k_accuracy(num_correct: int, n: int, k: int) -> float:
+    """The chance that at least one of `k` candidates is correct (a perfect reranker's accuracy, pass@k), estimated
+    from `num_correct` correct among `n >= k` judged candidates."""
+    if not 1 <= k <= n or not 0 <= num_correct <= n:
+        raise ValueError(f"Need 1 <= k <= n and 0 <= num_correct <= n, got k={k}, n={n}, num_correct={num_correct}.")
+    return 1.0 - math.comb(n - num_correct, k) / math.comb(n, k)
+
+
+__all__ = [
+    "DetectedObject",
+    "JudgeResult",
+    "any_of_k_accuracy",
+    "best_of_k_accuracy",
+    "classify_shape",
+    "detect_objects",
+    "judge_image",
+]

@@ -68,9 +68,13 @@ class DalleVAEOutput(ModelOutput):
     Output of the training forward pass (gumbel-softmax relaxation of the codes).
 
     loss: `reconstruction_loss + kl_weight * kl_loss`, the negative relaxed ELB per pixel dimension.
-    reconstruction_loss: logit-Laplace negative log-likelihood per pixel dimension.
+    reconstruction_loss: logit-Laplace negative log-likelihood per pixel dimension (or the mean squared error, with
+        `reconstruction_loss="mse"`).
     kl_loss: KL(q(z|x) || uniform) summed over the code grid, divided by the number of pixel dimensions (so that
         `loss` keeps the ELB's balance between the two terms).
+    code_usage_entropy: entropy of the batch's average code distribution q(z) over all positions, divided by
+        log(vocab_size): 1 when the batch spreads over all codes evenly, 0 when it uses one. Differentiable, so a
+        training loop can reward codebook usage (`loss - weight * code_usage_entropy`).
     perplexity: exp(entropy) of the batch's argmax code histogram; 1 means every position uses one code
         (collapse), `vocab_size` means perfectly even use.
     codes_used: number of distinct argmax codes in the batch.
@@ -80,10 +84,14 @@ class DalleVAEOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     reconstruction_loss: torch.FloatTensor | None = None
     kl_loss: torch.FloatTensor | None = None
+    code_usage_entropy: torch.FloatTensor | None = None
     perplexity: torch.FloatTensor | None = None
     codes_used: torch.LongTensor | None = None
     logits: torch.FloatTensor | None = None
     sample: torch.FloatTensor | None = None
+
+
+RECONSTRUCTION_LOSSES = ("logit_laplace", "mse")
 
 
 class DalleVAEResBlock(GradientCheckpointingLayer):
@@ -175,13 +183,13 @@ class DalleVAEDecoder(nn.Module):
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         """`codes`: a (relaxed) one-hot float tensor [B, vocab, h, w], or integer indices [B, h, w]."""
+        # Channels-last, as in the encoder (oneDNN's fast path for every convolution).
         if codes.is_floating_point():
-            return self.blocks(codes)
+            return self.blocks(codes.contiguous(memory_format=torch.channels_last))
         # A 1x1 conv of a one-hot vector is a column lookup: gather instead of multiplying by 8192 zeros.
         conv = self.blocks.input
         x = F.embedding(codes, conv.weight[:, :, 0, 0].t()) + conv.bias
-        x = x.permute(0, 3, 1, 2).contiguous()
-        return self.blocks[1:](x)
+        return self.blocks[1:](x.permute(0, 3, 1, 2))  # [B, h, w, C] viewed as [B, C, h, w] is channels-last
 
 
 class DalleVAEPreTrainedModel(PreTrainedModel):
@@ -283,6 +291,7 @@ class DalleVAE(DalleVAEPreTrainedModel):
         temperature: float = 1.0,
         kl_weight: float = 0.0,
         hard: bool = False,
+        reconstruction_loss: str = "logit_laplace",
         return_dict: bool = True,
     ) -> DalleVAEOutput | tuple:
         r"""
@@ -293,7 +302,16 @@ class DalleVAE(DalleVAEPreTrainedModel):
             temperature (`float`): gumbel-softmax temperature (the paper anneals 1 -> 1/16).
             kl_weight (`float`): weight of the KL term (the paper raises it 0 -> 6.6).
             hard (`bool`): straight-through one-hot codes instead of the relaxation.
+            reconstruction_loss (`str`): `"logit_laplace"`, the paper's likelihood, or `"mse"`, the squared error of
+                `sigmoid(mu)` against the mapped pixels, rescaled to [0, 1] pixel units. The logit-Laplace
+                gradient has the same size for every pixel however small its error (an L1 loss in logit space), which
+                makes it noisy on images of large flat areas: on the shapes world a small dVAE learns shapes several
+                times faster with `"mse"` (`log_scale` is then unused).
         """
+        if reconstruction_loss not in RECONSTRUCTION_LOSSES:
+            raise ValueError(
+                f"`reconstruction_loss` must be one of {RECONSTRUCTION_LOSSES}, got {reconstruction_loss!r}."
+            )
         self._check_pixel_values(pixel_values)
         eps = self.config.logit_laplace_eps
         target = map_pixels(pixel_values.float(), eps)
@@ -303,11 +321,18 @@ class DalleVAE(DalleVAEPreTrainedModel):
         decoded = self._decode_stats(soft_codes.to(self.dtype))
 
         num_dims = target[0].numel()
-        reconstruction_loss = logit_laplace_nll(target, decoded.mu, decoded.log_scale).mean()
+        if reconstruction_loss == "mse":
+            # In mapped space, without unmap_pixels' clamp (which would stop the gradient of pixels pushed past it).
+            reconstruction = ((torch.sigmoid(decoded.mu) - target) ** 2).mean() / (1 - 2 * eps) ** 2
+        else:
+            reconstruction = logit_laplace_nll(target, decoded.mu, decoded.log_scale).mean()
         log_q = F.log_softmax(logits, dim=1)
         kl = (log_q.exp() * (log_q + math.log(self.config.vocab_size))).sum(dim=(1, 2, 3))
         kl_loss = kl.mean() / num_dims
-        loss = reconstruction_loss + kl_weight * kl_loss
+        loss = reconstruction + kl_weight * kl_loss
+
+        mean_q = log_q.exp().mean(dim=(0, 2, 3))
+        code_usage_entropy = -(mean_q * torch.log(mean_q.clamp_min(1e-10))).sum() / math.log(self.config.vocab_size)
 
         with torch.no_grad():
             histogram = torch.bincount(logits.argmax(dim=1).flatten(), minlength=self.config.vocab_size).float()
@@ -317,8 +342,9 @@ class DalleVAE(DalleVAEPreTrainedModel):
 
         output = DalleVAEOutput(
             loss=loss,
-            reconstruction_loss=reconstruction_loss,
+            reconstruction_loss=reconstruction,
             kl_loss=kl_loss,
+            code_usage_entropy=code_usage_entropy,
             perplexity=perplexity,
             codes_used=codes_used,
             logits=logits,

@@ -165,16 +165,21 @@ def evaluate_vae(args) -> tuple[dict, list[Image.Image], list[str]]:
             "correct": float(np.mean([v.correct for v in judged])),
             "colors": float(np.mean([v.colors_correct for v in judged])),
             "shapes": float(np.mean([v.shapes_correct for v in judged])),
-            "relation": float(np.mean([v.relation_correct for v in judged if v.relation_correct is not None])),
+            "relation": mean_or_none([v.relation_correct for v in judged if v.relation_correct is not None]),
         }
     return results, grid_images, shown
+
+
+def mean_or_none(values: list) -> float | None:
+    """The mean, or None when there is nothing to average (a split drawn with one object only has no relations)."""
+    return float(np.mean(values)) if values else None
 
 
 def markdown_table(results: dict) -> str:
     columns = list(next(iter(results.values())))
     lines = ["| group | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for group, row in results.items():
-        cells = [str(v) if isinstance(v, int) else f"{100 * v:.1f}%" for v in row.values()]
+        cells = [str(v) if isinstance(v, int) else "n/a" if v is None else f"{100 * v:.1f}%" for v in row.values()]
         lines.append(f"| {group} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -1,3 +1,4 @@
+import json
 import logging
 
 import numpy as np
@@ -108,6 +109,28 @@ def test_guidance_scale_one_equals_no_guidance(pipe):
         all_candidates(pipe, "a green triangle", seeded(3), guidance_scale=1.0, negative_prompt="a red circle"),
         all_candidates(pipe, "a green triangle", seeded(3)),
     )
+
+
+def test_default_guidance_scale_is_saved_and_used(pipe, tmp_path):
+    DallePipeline(**pipe.components, default_guidance_scale=2.5).save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["default_guidance_scale"] == 2.5
+    loaded = DallePipeline.from_pretrained(tmp_path)
+    assert loaded.config.default_guidance_scale == 2.5
+    # Without CLIP, so that the candidates come back in sampling order.
+    loaded = DallePipeline(
+        tokenizer=loaded.tokenizer, transformer=loaded.transformer, vae=loaded.vae,
+        default_guidance_scale=loaded.config.default_guidance_scale,
+    )  # fmt: skip
+
+    def candidates(**kwargs):
+        return loaded("a red circle", num_candidates=3, num_images_per_prompt=3, generator=seeded(3), output_type="pt", **kwargs).images
+
+    torch.testing.assert_close(candidates(), all_candidates(pipe, "a red circle", seeded(3), guidance_scale=2.5))
+    # An explicit scale wins over the default.
+    torch.testing.assert_close(candidates(guidance_scale=1.0), all_candidates(pipe, "a red circle", seeded(3)))
+    assert not torch.allclose(candidates(), candidates(guidance_scale=1.0))
+    with pytest.raises(ValueError, match="default_guidance_scale` must be a number >= 1"):
+        DallePipeline(**pipe.components, default_guidance_scale=0.5)
 
 
 def test_priming_keeps_the_top_rows(pipe, monkeypatch):

@@ -68,7 +68,7 @@ def generate_images(
     negative_prompt: str = "",
     num_candidates: int = 16,
     num_images: int = 4,
-    guidance_scale: float = 1.0,
+    guidance_scale: float | None = None,
     temperature: float = 1.0,
     top_k: int = 0,
     seed: int = 0,
@@ -99,7 +99,7 @@ def generate_images(
             num_images_per_prompt=num_images,
             temperature=float(temperature),
             top_k=top_k or None,
-            guidance_scale=float(guidance_scale),
+            guidance_scale=None if guidance_scale is None else float(guidance_scale),  # None: the pipeline's default
             generator=generators,
             candidate_batch_size=min(candidate_batch_size, num_candidates),
         )
@@ -183,7 +183,10 @@ def create_demo(
                     )  # fmt: skip
                     num_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Images shown", elem_id="num-images")
                 with gr.Accordion("Sampling", open=False):
-                    guidance_scale = gr.Slider(1.0, 10.0, value=1.0, step=0.5, label="Guidance scale (1 = off)")
+                    guidance_scale = gr.Slider(
+                        1.0, 10.0, value=pipeline.config.default_guidance_scale, step=0.5,
+                        label="Guidance scale (1 = off)",
+                    )  # fmt: skip
                     temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature")
                     top_k = gr.Slider(0, config.image_vocab_size, value=0, step=1, label="Top-k (0 = all codes)")
                     seed = gr.Number(

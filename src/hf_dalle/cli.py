@@ -155,7 +155,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser, num_candidates: in
     parser.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature (default: 1.0).")
     parser.add_argument("--top-k", type=int, default=None, help="Sample among the k most likely codes (default: all).")
     parser.add_argument("--top-p", type=float, default=None, help="Nucleus sampling threshold (default: off).")
-    parser.add_argument("--guidance-scale", type=float, default=1.0, help="Classifier-free guidance scale (default: 1, off).")
+    parser.add_argument("--guidance-scale", type=float, default=None, help="Classifier-free guidance scale (default: the pipeline's default_guidance_scale; 1 = off).")
     parser.add_argument("--seed", type=int, default=0, help="Candidate i is drawn with seed + i (default: 0).")
     parser.add_argument("--candidate-batch-size", type=int, default=16, help="Candidates sampled together (default: 16).")
     parser.add_argument("--output-dir", default="outputs", help="Where the PNGs go (default: outputs).")

@@ -57,6 +57,8 @@ class DallePipeline(DiffusionPipeline):
         vae ([`DalleVAE`]): the discrete VAE that turns codes into pixels (and images into codes, for priming).
         clip_model ([`~transformers.CLIPModel`], *optional*): scores candidates against their caption.
         clip_processor ([`~transformers.CLIPProcessor`], *optional*): tokenizer + image processor for `clip_model`.
+        default_guidance_scale (`float`, defaults to 1.0): the guidance scale of calls that do not name one, saved in
+            `model_index.json`: a trained pipeline can ship the setting it was evaluated with (the demo model: 3).
     """
 
     model_cpu_offload_seq = "transformer->vae->clip_model"
@@ -69,6 +71,7 @@ class DallePipeline(DiffusionPipeline):
         vae: DalleVAE,
         clip_model: CLIPModel | None = None,
         clip_processor: CLIPProcessor | None = None,
+        default_guidance_scale: float = 1.0,
     ):
         super().__init__()
         expected = {
@@ -90,9 +93,14 @@ class DallePipeline(DiffusionPipeline):
                 f"The dVAE has {vae.config.vocab_size} codes but the transformer draws from "
                 f"image_vocab_size={config.image_vocab_size}."
             )
+        if not isinstance(default_guidance_scale, (int, float)) or not default_guidance_scale >= 1:
+            raise ValueError(
+                f"`default_guidance_scale` must be a number >= 1 (1 = no guidance), got {default_guidance_scale!r}."
+            )
         self.register_modules(
             tokenizer=tokenizer, transformer=transformer, vae=vae, clip_model=clip_model, clip_processor=clip_processor
         )
+        self.register_to_config(default_guidance_scale=float(default_guidance_scale))
         self.image_processor = VaeImageProcessor(do_resize=False, do_normalize=False)
 
     @classmethod
@@ -353,7 +361,7 @@ class DallePipeline(DiffusionPipeline):
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
-        guidance_scale: float = 1.0,
+        guidance_scale: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         image: PIL.Image.Image | np.ndarray | torch.Tensor | list | None = None,
         num_prime_rows: int = 0,
@@ -373,8 +381,10 @@ class DallePipeline(DiffusionPipeline):
             temperature (`float`, defaults to 1.0): softmax temperature of the code distribution.
             top_k (`int`, *optional*): sample among the `top_k` most likely codes only (0 or `None` = all).
             top_p (`float`, *optional*): nucleus sampling, the smallest set of codes with probability >= `top_p`.
-            guidance_scale (`float`, defaults to 1.0): classifier-free guidance; the logits become
-                `uncond + guidance_scale * (cond - uncond)`. 1 disables it (and its extra forward rows).
+            guidance_scale (`float`, *optional*): classifier-free guidance; the logits become
+                `uncond + guidance_scale * (cond - uncond)`. 1 disables it (and its extra forward rows). Defaults to
+                the pipeline's `default_guidance_scale` (`pipe.config.default_guidance_scale`, 1 unless the pipeline
+                ships another).
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): one generator for everything, or one
                 per candidate (`len(prompt) * num_candidates`, prompt after prompt); a candidate drawn from its own
                 generator is the same whatever the batch size, candidate count or chunking.
@@ -392,6 +402,8 @@ class DallePipeline(DiffusionPipeline):
             first, and their CLIP scores (`None` without a CLIP model).
         """
         # 1. Check inputs
+        if guidance_scale is None:
+            guidance_scale = self.config.default_guidance_scale
         self.check_inputs(
             prompt, negative_prompt, num_candidates, num_images_per_prompt, temperature, top_k, top_p,
             guidance_scale, generator, image, num_prime_rows, candidate_batch_size, output_type,

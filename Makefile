@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo serve test test-slow install install-test bench-env benchmark
+.PHONY: demo train-demo serve test test-slow install install-test bench-env benchmark
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ install-test: $(VENV)/.installed-test
 
 demo: install
 	$(VENV)/bin/hf-dalle demo --output-dir outputs/demo
+
+# Rebuild the bundled demo model (src/hf_dalle/demo_model) from nothing: about 2 hours on a 2-core CPU.
+train-demo: install
+	PYTHON=$(PY) bash scripts/train_demo.sh
 
 # The web demo (Gradio, the `web` extra) on http://127.0.0.1:7860; SERVE_ARGS="--model DIR_OR_HUB_ID --port N".
 $(VENV)/.installed-web: $(VENV)/.installed

@@ -95,7 +95,9 @@ def caption_groups(captions_per_group: int, seed: int) -> dict[str, list[str]]:
         "held-out, two objects": held_out_two,
     }
     for kind in HELD_OUT_KINDS:
-        groups[f"  of which {kind.removeprefix('held_out_')}"] = [c for c in held_out_two if caption_split(c) == kind]
+        of_kind = [c for c in held_out_two if caption_split(c) == kind]
+        if of_kind:  # a small sample may hold none of a rare kind
+            groups[f"  of which {kind.removeprefix('held_out_')}"] = of_kind
     return groups
 
 

@@ -45,6 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-train-steps", type=int, default=300)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--train-batch-size", type=int, default=16)
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"], help="train_dalle.py's.")
     parser.add_argument("--eval-captions", type=int, default=24, help="Captions judged per group.")
     parser.add_argument("--num-candidates", type=int, default=4, help="Candidates per caption (CLIP picks one).")
     parser.add_argument("--seed", type=int, default=0)
@@ -90,6 +91,7 @@ def main(argv=None) -> int:
         ["--pretrained_model_name_or_path", args.model, "--pretokenized_dataset", str(output_dir / "tokens"),
          "--lora_rank", str(args.lora_rank), "--learning_rate", str(args.learning_rate), "--max_train_steps",
          str(args.max_train_steps), "--train_batch_size", str(args.train_batch_size), "--use_ema",
+         "--mixed_precision", args.mixed_precision,
          "--seed", str(args.seed), "--output_dir", str(output_dir / "adapter")],
     )  # fmt: skip
 

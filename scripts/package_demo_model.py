@@ -52,14 +52,17 @@ def card_values(run_dir: Path, pipe: DallePipeline) -> dict:
     stage_seconds = {name: int(seconds) for name, seconds in (line.split("\t") for line in stage_lines)}
     setup = (run_dir / "eval" / "evaluation.md").read_text().split("\n\n")[1]
     samples_note = (run_dir / "eval" / "evaluation.md").read_text().strip().split("\n\n")[-1]
+    grid = pipe.transformer.config.image_grid_size
     parts = [
         ("transformer", f"`DalleForImageGeneration`, {pipe.transformer.config.num_hidden_layers} layers x "
          f"{pipe.transformer.config.hidden_size}, EMA weights", pipe.transformer),
-        ("vae", f"`DalleVAE`, {pipe.vae.config.vocab_size} codes, 64x64 -> 8x8", pipe.vae),
+        ("vae", f"`DalleVAE`, {pipe.vae.config.vocab_size} codes, {pipe.image_size}x{pipe.image_size} pixels -> "
+         f"{grid}x{grid} codes", pipe.vae),
         ("clip_model", "transformers `CLIPModel` (+ `clip_processor/`), the reranker", pipe.clip_model),
     ]  # fmt: skip
     return {
-        "train_minutes": round(sum(stage_seconds.values()) / 60),
+        # Wall time: CLIP trains beside stages 4-6, and the "waiting for CLIP" stage counts what it took beyond them.
+        "train_minutes": round(sum(seconds for name, seconds in stage_seconds.items() if name != "CLIP") / 60),
         "image_size": pipe.image_size,
         "held_out_pairings": describe_objects(HELD_OUT_PAIRINGS),
         "held_out_combinations": "; ".join(f"{describe_objects(pair)}" for pair in HELD_OUT_COMBINATIONS),

@@ -71,7 +71,7 @@ stage "6/8 pre-tokenize: images -> dVAE codes, captions -> ids"
 
 if [ -n "$clip_pid" ]; then
     stage "waiting for the CLIP reranker"
-    wait "$clip_pid"
+    timed "waiting for CLIP" wait "$clip_pid"
     unset OMP_NUM_THREADS
 fi
 

@@ -1,5 +1,6 @@
-"""The web demo end to end in a real browser: `hf-dalle serve` on a tiny random pipeline in a subprocess, driven by
-Debian's headless Chromium through Selenium and the system chromedriver. Saves test-artifacts/web_demo.png.
+"""The web demo end to end in a real browser: `hf-dalle serve` on a tiny random pipeline (or HF_DALLE_WEB_DEMO_MODEL) in
+a subprocess, driven by Debian's headless Chromium through Selenium and the system chromedriver. Saves
+test-artifacts/web_demo.png.
 
 Needs `apt-get install -y chromium chromium-driver` (`.ci/run` installs them). Outside CI the test skips without them;
 in CI (CI=true) it fails instead, so a missing browser never passes silently.
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from hf_dalle import DalleConfig, DalleVAEConfig
 from hf_dalle.testing_utils import make_tiny_pipeline
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -69,12 +71,21 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server_url(tmp_path_factory):
-    """`hf-dalle serve --model <tiny pipeline>` on 127.0.0.1 and a free port, until the module's tests are done."""
-    model_dir = tmp_path_factory.mktemp("web_demo") / "tiny_pipeline"
-    make_tiny_pipeline().save_pretrained(model_dir)
+def model_dir(tmp_path_factory) -> Path:
+    """The pipeline served: a tiny random one, or the folder in HF_DALLE_WEB_DEMO_MODEL (how docs/web_demo.png is made:
+    `HF_DALLE_WEB_DEMO_MODEL=src/hf_dalle/demo_model pytest tests/test_app_browser.py`)."""
+    if os.environ.get("HF_DALLE_WEB_DEMO_MODEL"):
+        return Path(os.environ["HF_DALLE_WEB_DEMO_MODEL"])
+    path = tmp_path_factory.mktemp("web_demo") / "tiny_pipeline"
+    make_tiny_pipeline().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server_url(model_dir, tmp_path_factory):
+    """`hf-dalle serve --model MODEL_DIR` on 127.0.0.1 and a free port, until the module's tests are done."""
     port = _free_port()
-    log_path = model_dir.parent / "serve.log"
+    log_path = tmp_path_factory.mktemp("web_demo_log") / "serve.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "hf_dalle.cli", "serve", "--model", str(model_dir), "--port", str(port)]
     with open(log_path, "w") as log:
@@ -158,7 +169,7 @@ new MutationObserver(() => {
 """
 
 
-def test_generate_in_the_browser(server_url, browser):
+def test_generate_in_the_browser(server_url, model_dir, browser):
     from selenium.webdriver.common.by import By
 
     from hf_dalle.app import example_captions
@@ -191,12 +202,14 @@ def test_generate_in_the_browser(server_url, browser):
     _wait(
         browser,
         lambda d: d.find_element(By.ID, "status").text.startswith("Sampled 512 candidates"),
-        150,
+        600,
         "the gallery did not fill",
     )
     images = _wait(browser, _loaded_gallery_images, 30, "the gallery's images did not load")
     assert len(images) == 6
-    assert [image.get_attribute("naturalWidth") for image in images] == ["32"] * 6
+    grid_size = DalleConfig.from_pretrained(model_dir / "transformer").image_grid_size
+    image_size = grid_size * DalleVAEConfig.from_pretrained(model_dir / "vae").downsample_factor
+    assert [image.get_attribute("naturalWidth") for image in images] == [str(image_size)] * 6
     captions = [image.get_attribute("alt") for image in images]
     ranks_and_scores = [re.fullmatch(r"#(\d+) · CLIP score (-?\d\.\d{3})", caption).groups() for caption in captions]
     assert [int(rank) for rank, _ in ranks_and_scores] == [1, 2, 3, 4, 5, 6]

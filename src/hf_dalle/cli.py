@@ -98,22 +98,7 @@ def generate(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     """The bundled demo model on demo-world captions (seen and held out)."""
-    from hf_dalle import DEMO_MODEL_DIR
-
-    if Path(DEMO_MODEL_DIR, "model_index.json").exists():
-        pipe = _load_pipeline(DEMO_MODEL_DIR)
-    else:
-        # Until the trained demo model ships, show the whole text -> image path on an untrained tiny pipeline.
-        from hf_dalle.testing_utils import make_tiny_pipeline
-
-        print(
-            "NOTE: the trained demo model is not bundled in this version yet; running the same pipeline "
-            "(tokenize -> sample codes with the KV cache -> dVAE decode -> CLIP rerank) on an untrained tiny model, "
-            "so the images are noise.",
-            file=sys.stderr,
-        )
-        pipe = make_tiny_pipeline()
-    return _generate_and_save(pipe, list(args.prompts or DEMO_PROMPTS), args)
+    return _generate_and_save(_load_pipeline(None), list(args.prompts or DEMO_PROMPTS), args)
 
 
 def serve(args: argparse.Namespace) -> int:

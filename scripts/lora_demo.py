@@ -1,13 +1,14 @@
 #!/usr/bin/env python
-"""Teach a shapes-world pipeline a concept it has never seen with a LoRA adapter, and check with the pixel judge that
-it learned it without forgetting the rest.
+"""Teach a shapes-world pipeline a word it has never seen with a LoRA adapter, and check with the pixel judge that it
+learned it without forgetting the rest.
 
-The concept: the held-out (color, shape) pairings of the demo world (`HELD_OUT_PAIRINGS`: a red square, a green
-triangle, a blue circle), which the bundled demo model never saw drawn. The script draws `--num-images` pictures of
-captions that contain them, plus a `--replay-fraction` of ordinary training captions (so the adapter does not learn
-that every picture holds a new pairing), pre-tokenizes them with the pipeline's own dVAE and tokenizer, trains an
-adapter with `train_dalle.py --lora_rank`, and judges best-of-`--num-candidates` images for captions of the new
-pairings and for training captions, before and after loading the adapter:
+The concept: a new color word, `crimson`, meaning red. The demo model's tokenizer splits the unknown word into
+byte-level pieces it never saw in a caption, so the base model draws some arbitrary color for it. The script draws
+`--num-images` training-split pictures with red objects, captioned with `crimson` instead of `red`, plus a
+`--replay-fraction` of ordinary training pictures (so the rest is not forgotten), pre-tokenizes them with the
+pipeline's own dVAE and tokenizer, trains an adapter with `train_dalle.py --lora_rank`, and judges
+best-of-`--num-candidates` images for `crimson` captions (judged as their `red` originals) and for ordinary training
+captions, before and after loading the adapter:
 
     python scripts/lora_demo.py                                  # the bundled demo model, output in runs/lora-demo
     python scripts/lora_demo.py --model PIPELINE_DIR_OR_HUB_ID --max-train-steps 600
@@ -17,6 +18,7 @@ Results: `OUTPUT_DIR/lora_demo.md` and `.json`; the adapter: `OUTPUT_DIR/adapter
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,26 +34,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _benchmark_utils import write_atomic  # noqa: E402
 
 SCRIPTS = Path(__file__).resolve().parent
-NEW_CONCEPT_SPLIT = "held_out_pairing"
+NEW_WORD, MEANING = "crimson", "red"
+
+
+def with_new_word(caption: str) -> str:
+    return re.sub(rf"\b{MEANING}\b", NEW_WORD, caption)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEMO_MODEL_DIR, help="Shapes-world pipeline (default: the demo model).")
     parser.add_argument("--output-dir", default="runs/lora-demo")
-    parser.add_argument("--num-images", type=int, default=300, help="Pictures of the new concept to train on.")
-    parser.add_argument("--replay-fraction", type=float, default=0.25, help="Extra share of training captions.")
+    parser.add_argument("--num-images", type=int, default=300, help="Pictures captioned with the new word.")
+    parser.add_argument("--replay-fraction", type=float, default=1.0, help="Ordinary pictures added, per new one.")
     parser.add_argument("--lora-rank", type=int, default=8)
     parser.add_argument("--max-train-steps", type=int, default=300)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--train-batch-size", type=int, default=16)
     parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"], help="train_dalle.py's.")
     parser.add_argument("--eval-captions", type=int, default=24, help="Captions judged per group.")
     parser.add_argument("--num-candidates", type=int, default=4, help="Candidates per caption (CLIP picks one).")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.num_images < 1 or not 0 <= args.replay_fraction < 1:
-        raise ValueError("--num-images must be positive and --replay-fraction in [0, 1).")
+    if args.num_images < 1 or args.replay_fraction < 0:
+        raise ValueError("--num-images must be positive and --replay-fraction at least 0.")
     return args
 
 
@@ -64,9 +70,10 @@ def evenly_spaced(captions: list[str], count: int) -> list[str]:
 
 
 def judge(pipe: DallePipeline, captions: list[str], num_candidates: int, seed: int) -> float:
+    """Best-of-`num_candidates` accuracy for `captions`, each judged as what it means (`crimson` read as `red`)."""
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(captions) * num_candidates)]
     images = pipe(captions, num_candidates=num_candidates, generator=generators).images
-    return shapes_judge_accuracy(images, captions)
+    return shapes_judge_accuracy(images, [caption.replace(NEW_WORD, MEANING) for caption in captions])
 
 
 def main(argv=None) -> int:
@@ -76,10 +83,16 @@ def main(argv=None) -> int:
     pipe.set_progress_bar_config(disable=True)
     size = pipe.image_size
 
-    data = make_shapes_dataset(args.num_images, seed=args.seed, split=NEW_CONCEPT_SPLIT, image_size=size)
+    # Red pictures of the training split (about a third of them hold a red object), captioned with the new word.
+    drawings = make_shapes_dataset(4 * args.num_images, seed=args.seed, image_size=size)
+    red = drawings.filter(lambda caption: re.search(rf"\b{MEANING}\b", caption), input_columns="caption")
+    if len(red) < args.num_images:
+        raise ValueError(f"Only {len(red)} of {len(drawings)} drawings hold a {MEANING} object; lower --num-images.")
+    data = red.select(range(args.num_images)).map(lambda row: {"caption": with_new_word(row["caption"])})
     num_replay = round(args.num_images * args.replay_fraction)
     if num_replay:
-        data = concatenate_datasets([data, make_shapes_dataset(num_replay, seed=args.seed, image_size=size)])
+        replay = make_shapes_dataset(num_replay, seed=args.seed + 1, image_size=size)
+        data = concatenate_datasets([data, replay])
     data.shuffle(seed=args.seed).save_to_disk(str(output_dir / "data"))
     run_script(
         "pretokenize",
@@ -95,8 +108,9 @@ def main(argv=None) -> int:
          "--seed", str(args.seed), "--output_dir", str(output_dir / "adapter")],
     )  # fmt: skip
 
+    red_captions = [c for c in split_captions("train") if re.search(rf"\b{MEANING}\b", c)]
     groups = {
-        "new concept (held-out pairings)": evenly_spaced(split_captions(NEW_CONCEPT_SPLIT), args.eval_captions),
+        f"new word ({NEW_WORD} = {MEANING})": [with_new_word(c) for c in evenly_spaced(red_captions, args.eval_captions)],
         "training captions": evenly_spaced(split_captions("train"), args.eval_captions),
     }
     results = {}
@@ -116,7 +130,7 @@ def main(argv=None) -> int:
             f"# LoRA demo: {args.model}",
             "",
             f"Rank {args.lora_rank}, {args.max_train_steps} steps of {args.train_batch_size}, {args.num_images} "
-            f"new-concept pictures + {num_replay} replayed; best of {args.num_candidates} per caption, judged by the "
+            f"pictures captioned with '{NEW_WORD}' + {num_replay} replayed; best of {args.num_candidates} per caption, judged by the "
             "pixel judge.",
             "",
             "| captions | n | judge accuracy, base | with the adapter |",

@@ -83,8 +83,8 @@ def main(argv=None) -> int:
     pipe.set_progress_bar_config(disable=True)
     size = pipe.image_size
 
-    # Red pictures of the training split (about a third of them hold a red object), captioned with the new word.
-    drawings = make_shapes_dataset(4 * args.num_images, seed=args.seed, image_size=size)
+    # Red pictures of the training split (about a quarter of them hold a red object), captioned with the new word.
+    drawings = make_shapes_dataset(8 * args.num_images, seed=args.seed, image_size=size)
     red = drawings.filter(lambda caption: re.search(rf"\b{MEANING}\b", caption), input_columns="caption")
     if len(red) < args.num_images:
         raise ValueError(f"Only {len(red)} of {len(drawings)} drawings hold a {MEANING} object; lower --num-images.")

@@ -35,10 +35,11 @@ from _benchmark_utils import write_atomic  # noqa: E402
 
 SCRIPTS = Path(__file__).resolve().parent
 NEW_WORD, MEANING = "crimson", "red"
+MEANING_WORD = re.compile(rf"\b{MEANING}\b")
 
 
 def with_new_word(caption: str) -> str:
-    return re.sub(rf"\b{MEANING}\b", NEW_WORD, caption)
+    return MEANING_WORD.sub(NEW_WORD, caption)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
 
     # Red pictures of the training split (about a quarter of them hold a red object), captioned with the new word.
     drawings = make_shapes_dataset(8 * args.num_images, seed=args.seed, image_size=size)
-    red = drawings.filter(lambda caption: re.search(rf"\b{MEANING}\b", caption), input_columns="caption")
+    red = drawings.filter(lambda caption: MEANING_WORD.search(caption) is not None, input_columns="caption")
     if len(red) < args.num_images:
         raise ValueError(f"Only {len(red)} of {len(drawings)} drawings hold a {MEANING} object; lower --num-images.")
     data = red.select(range(args.num_images)).map(lambda row: {"caption": with_new_word(row["caption"])})
@@ -108,9 +109,11 @@ def main(argv=None) -> int:
          "--seed", str(args.seed), "--output_dir", str(output_dir / "adapter")],
     )  # fmt: skip
 
-    red_captions = [c for c in split_captions("train") if re.search(rf"\b{MEANING}\b", c)]
+    red_captions = [c for c in split_captions("train") if MEANING_WORD.search(c)]
     groups = {
-        f"new word ({NEW_WORD} = {MEANING})": [with_new_word(c) for c in evenly_spaced(red_captions, args.eval_captions)],
+        f"new word ({NEW_WORD} = {MEANING})": [
+            with_new_word(c) for c in evenly_spaced(red_captions, args.eval_captions)
+        ],
         "training captions": evenly_spaced(split_captions("train"), args.eval_captions),
     }
     results = {}
@@ -130,8 +133,8 @@ def main(argv=None) -> int:
             f"# LoRA demo: {args.model}",
             "",
             f"Rank {args.lora_rank}, {args.max_train_steps} steps of {args.train_batch_size}, {args.num_images} "
-            f"pictures captioned with '{NEW_WORD}' + {num_replay} replayed; best of {args.num_candidates} per caption, judged by the "
-            "pixel judge.",
+            f"pictures captioned with '{NEW_WORD}' + {num_replay} replayed; best of {args.num_candidates} per "
+            "caption, judged by the pixel judge.",
             "",
             "| captions | n | judge accuracy, base | with the adapter |",
             "|---|---|---|---|",

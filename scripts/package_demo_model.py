@@ -45,13 +45,12 @@ def describe_objects(objects) -> str:
     return ", ".join(f"{color} {shape}" for color, shape in objects)
 
 
-def card_values(run_dir: Path, pipe: DallePipeline) -> dict:
-    evaluation = json.loads((run_dir / "eval" / "evaluation.json").read_text())
+def card_values(run_dir: Path, pipe: DallePipeline, evaluation: dict) -> dict:
     vae_evaluation = json.loads((run_dir / "vae_eval" / "evaluation.json").read_text())
     stage_lines = (run_dir / "stage_seconds.tsv").read_text().splitlines()
     stage_seconds = {name: int(seconds) for name, seconds in (line.split("\t") for line in stage_lines)}
-    setup = (run_dir / "eval" / "evaluation.md").read_text().split("\n\n")[1]
-    samples_note = (run_dir / "eval" / "evaluation.md").read_text().strip().split("\n\n")[-1]
+    paragraphs = (run_dir / "eval" / "evaluation.md").read_text().strip().split("\n\n")
+    setup, samples_note = paragraphs[1], paragraphs[-1]
     grid = pipe.transformer.config.image_grid_size
     parts = [
         ("transformer", f"`DalleForImageGeneration`, {pipe.transformer.config.num_hidden_layers} layers x "
@@ -85,10 +84,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     run_dir, output_dir = Path(args.run_dir), Path(args.output_dir)
     pipe = DallePipeline.from_pretrained(run_dir / "pipeline")
+    evaluation = json.loads((run_dir / "eval" / "evaluation.json").read_text())
     # Calls that name no guidance scale get the one the evaluation used.
-    evaluated_with = json.loads((run_dir / "eval" / "evaluation.json").read_text())["args"]
-    pipe.register_to_config(default_guidance_scale=float(evaluated_with["guidance_scale"]))
-    values = card_values(run_dir, pipe)
+    pipe.register_to_config(default_guidance_scale=float(evaluation["args"]["guidance_scale"]))
+    values = card_values(run_dir, pipe, evaluation)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.tmp-"))
     try:
@@ -103,7 +102,9 @@ def main(argv=None) -> int:
         write_model_card(card, temporary)
         size = folder_megabytes(temporary)
         if size > args.max_megabytes:
-            raise SystemExit(f"The demo model would take {size:.1f} MB, more than --max_megabytes {args.max_megabytes}.")
+            raise SystemExit(
+                f"The demo model would take {size:.1f} MB, more than --max_megabytes {args.max_megabytes}."
+            )
         previous = output_dir.with_name(f".{output_dir.name}.old")
         shutil.rmtree(previous, ignore_errors=True)
         if output_dir.exists():

@@ -3,9 +3,10 @@
 #
 # Every stage is one of the package's scripts with fixed seeds; the run folder (RUN_DIR, default runs/demo) keeps each
 # stage's output, model card, metrics and validation images. A stage whose output is complete (for the training stages:
-# has its model card, written last) is skipped, and the training stages resume from their last checkpoint, so an interrupted run continues where it stopped
-# (`rm -rf runs/demo` to start over). The last stages judge the result (scripts/evaluate_shapes.py) and install the
-# pipeline with its model card into src/hf_dalle/demo_model (scripts/package_demo_model.py).
+# has its model card, written last) is skipped, and the training stages resume from their last checkpoint, so an
+# interrupted run continues where it stopped (`rm -rf runs/demo` to start over). The last stages judge the result
+# (scripts/evaluate_shapes.py) and install the pipeline with its model card into src/hf_dalle/demo_model
+# (scripts/package_demo_model.py).
 #
 # Budget: about 2 hours on a 2-core CPU with bfloat16 matrix units; PYTHON, RUN_DIR and DEMO_DIR can be overridden.
 set -euo pipefail

@@ -2,13 +2,19 @@
 """Teach a shapes-world pipeline a word it has never seen with a LoRA adapter, and check with the pixel judge that it
 learned it without forgetting the rest.
 
-The concept: a new color word, `crimson`, meaning red. The demo model's tokenizer splits the unknown word into
-byte-level pieces it never saw in a caption, so the base model draws some arbitrary color for it. The script draws
-`--num-images` training-split pictures with red objects, captioned with `crimson` instead of `red`, plus a
-`--replay-fraction` of ordinary training pictures (so the rest is not forgotten), pre-tokenizes them with the
-pipeline's own dVAE and tokenizer, trains an adapter with `train_dalle.py --lora_rank`, and judges
-best-of-`--num-candidates` images for `crimson` captions (judged as their `red` originals) and for ordinary training
-captions, before and after loading the adapter:
+The concept: a new color word (`--new-word`, default `leaf`) meaning a palette color (`--meaning`, default `green`).
+The demo model's tokenizer splits the unknown word into byte-level pieces it never saw in a caption, so the base
+model draws some arbitrary color for it. The script draws `--num-images` training-split pictures with objects of that
+color, captioned with the new word instead, plus a `--replay-fraction` of ordinary training pictures (so the rest is
+not forgotten), pre-tokenizes them with the pipeline's own dVAE and tokenizer, trains an adapter with
+`train_dalle.py --lora_rank`, and judges best-of-`--num-candidates` images for new-word captions (judged as their
+originals) and for ordinary training captions, before and after loading the adapter.
+
+The new word must leave every caption within the model's text length (12 tokens for the demo model): a word split
+into many pieces (`crimson` is 7 for the demo tokenizer) would cut the second object off two-object captions, in
+training and at generation. The script refuses such a word.
+
+
 
     python scripts/lora_demo.py                                  # the bundled demo model, output in runs/lora-demo
     python scripts/lora_demo.py --model PIPELINE_DIR_OR_HUB_ID --max-train-steps 600
@@ -27,25 +33,27 @@ import torch
 from datasets import concatenate_datasets
 
 from hf_dalle import DEMO_MODEL_DIR, DallePipeline
-from hf_dalle.data import make_shapes_dataset, split_captions
+from hf_dalle.data import COLORS, SHAPES, make_shapes_dataset, split_captions
 from hf_dalle.training.validation import shapes_judge_accuracy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _benchmark_utils import write_atomic  # noqa: E402
 
 SCRIPTS = Path(__file__).resolve().parent
-NEW_WORD, MEANING = "crimson", "red"
-MEANING_WORD = re.compile(rf"\b{MEANING}\b")
 
 
-def with_new_word(caption: str) -> str:
-    return MEANING_WORD.sub(NEW_WORD, caption)
+def word_pattern(word: str) -> re.Pattern:
+    return re.compile(rf"\b{re.escape(word)}\b")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEMO_MODEL_DIR, help="Shapes-world pipeline (default: the demo model).")
     parser.add_argument("--output-dir", default="runs/lora-demo")
+    parser.add_argument("--new-word", default="leaf", help="The word to teach (default: leaf).")
+    parser.add_argument(
+        "--meaning", default="green", choices=COLORS, help="The palette color it means (default: green)."
+    )
     parser.add_argument("--num-images", type=int, default=300, help="Pictures captioned with the new word.")
     parser.add_argument("--replay-fraction", type=float, default=1.0, help="Ordinary pictures added, per new one.")
     parser.add_argument("--lora-rank", type=int, default=8)
@@ -59,7 +67,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.num_images < 1 or args.replay_fraction < 0:
         raise ValueError("--num-images must be positive and --replay-fraction at least 0.")
+    if not re.fullmatch(r"[a-z]+", args.new_word) or args.new_word in COLORS + SHAPES:
+        raise ValueError(
+            f"--new-word must be one new lowercase word, not a word of the grammar; got {args.new_word!r}."
+        )
     return args
+
+
+def check_captions_fit(pipe: DallePipeline, captions: list[str], new_word: str) -> None:
+    """Refuse a new word that makes captions longer than the model reads (they would be silently cut)."""
+    max_length = pipe.transformer.config.max_text_length
+    longest = max(captions, key=lambda caption: len(pipe.tokenizer.tokenize(caption)))
+    length = len(pipe.tokenizer.tokenize(longest))
+    if length > max_length:
+        pieces = pipe.tokenizer.tokenize(f" {new_word}")
+        raise ValueError(
+            f"With {new_word!r} (split into {len(pieces)} tokens: {pieces}) the caption {longest!r} is {length} "
+            f"tokens, more than the model's {max_length}; choose a word the tokenizer splits into fewer pieces."
+        )
 
 
 def run_script(name: str, arguments: list[str]) -> None:
@@ -70,11 +95,11 @@ def evenly_spaced(captions: list[str], count: int) -> list[str]:
     return captions[:: max(1, len(captions) // count)][:count]
 
 
-def judge(pipe: DallePipeline, captions: list[str], num_candidates: int, seed: int) -> float:
-    """Best-of-`num_candidates` accuracy for `captions`, each judged as what it means (`crimson` read as `red`)."""
+def judge(pipe: DallePipeline, captions: list[str], meanings: list[str], num_candidates: int, seed: int) -> float:
+    """Best-of-`num_candidates` accuracy for `captions`, each judged as what it means (`meanings`)."""
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(captions) * num_candidates)]
     images = pipe(captions, num_candidates=num_candidates, generator=generators).images
-    return shapes_judge_accuracy(images, [caption.replace(NEW_WORD, MEANING) for caption in captions])
+    return shapes_judge_accuracy(images, meanings)
 
 
 def main(argv=None) -> int:
@@ -84,12 +109,22 @@ def main(argv=None) -> int:
     pipe.set_progress_bar_config(disable=True)
     size = pipe.image_size
 
-    # Red pictures of the training split (about a quarter of them hold a red object), captioned with the new word.
+    meaning = word_pattern(args.meaning)
+
+    def with_new_word(caption: str) -> str:
+        return meaning.sub(args.new_word, caption)
+
+    colored_captions = [c for c in split_captions("train") if meaning.search(c)]
+    check_captions_fit(pipe, [with_new_word(c) for c in colored_captions], args.new_word)
+
+    # Training-split pictures with an object of that color (about a quarter hold one), captioned with the new word.
     drawings = make_shapes_dataset(8 * args.num_images, seed=args.seed, image_size=size)
-    red = drawings.filter(lambda caption: MEANING_WORD.search(caption) is not None, input_columns="caption")
-    if len(red) < args.num_images:
-        raise ValueError(f"Only {len(red)} of {len(drawings)} drawings hold a {MEANING} object; lower --num-images.")
-    data = red.select(range(args.num_images)).map(lambda row: {"caption": with_new_word(row["caption"])})
+    colored = drawings.filter(lambda caption: meaning.search(caption) is not None, input_columns="caption")
+    if len(colored) < args.num_images:
+        raise ValueError(
+            f"Only {len(colored)} of {len(drawings)} drawings hold a {args.meaning} object; lower --num-images."
+        )
+    data = colored.select(range(args.num_images)).map(lambda row: {"caption": with_new_word(row["caption"])})
     num_replay = round(args.num_images * args.replay_fraction)
     if num_replay:
         replay = make_shapes_dataset(num_replay, seed=args.seed + 1, image_size=size)
@@ -109,18 +144,20 @@ def main(argv=None) -> int:
          "--seed", str(args.seed), "--output_dir", str(output_dir / "adapter")],
     )  # fmt: skip
 
-    red_captions = [c for c in split_captions("train") if MEANING_WORD.search(c)]
-    groups = {
-        f"new word ({NEW_WORD} = {MEANING})": [
-            with_new_word(c) for c in evenly_spaced(red_captions, args.eval_captions)
-        ],
-        "training captions": evenly_spaced(split_captions("train"), args.eval_captions),
+    new_word_originals = evenly_spaced(colored_captions, args.eval_captions)
+    training_captions = evenly_spaced(split_captions("train"), args.eval_captions)
+    groups = {  # captions -> what the judge checks
+        f"new word ({args.new_word} = {args.meaning})": (
+            [with_new_word(c) for c in new_word_originals],
+            new_word_originals,
+        ),
+        "training captions": (training_captions, training_captions),
     }
     results = {}
-    for group, captions in groups.items():
-        before = judge(pipe, captions, args.num_candidates, args.seed)
+    for group, (captions, meanings) in groups.items():
+        before = judge(pipe, captions, meanings, args.num_candidates, args.seed)
         pipe.load_lora_weights(output_dir / "adapter")
-        after = judge(pipe, captions, args.num_candidates, args.seed)
+        after = judge(pipe, captions, meanings, args.num_candidates, args.seed)
         pipe.unload_lora_weights()
         results[group] = {"captions": len(captions), "accuracy_before": before, "accuracy_after": after}
 
@@ -133,7 +170,7 @@ def main(argv=None) -> int:
             f"# LoRA demo: {args.model}",
             "",
             f"Rank {args.lora_rank}, {args.max_train_steps} steps of {args.train_batch_size}, {args.num_images} "
-            f"pictures captioned with '{NEW_WORD}' + {num_replay} replayed; best of {args.num_candidates} per "
+            f"pictures captioned with '{args.new_word}' + {num_replay} replayed; best of {args.num_candidates} per "
             "caption, judged by the pixel judge.",
             "",
             "| captions | n | judge accuracy, base | with the adapter |",

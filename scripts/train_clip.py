@@ -10,13 +10,22 @@ one trained on the captions, with an end-of-text token appended to every caption
 and the image processor is a `CLIPImageProcessor` (PIL backend) for --resolution. Every --validation_steps it logs the
 image-to-caption retrieval accuracy on held-back pairs. The output folder holds the `CLIPModel` and its
 `CLIPProcessor`, both loadable offline with `from_pretrained(OUTPUT_DIR)`, plus a model card.
+
+A reranker must tell "a red circle above a blue square" from "a blue circle above a red square", which in-batch
+negatives rarely ask of it: with --hard_negatives every image is also contrasted with another caption *of the training
+data* that differs from its own in one word or by two words trading places (NegCLIP, Yuksekgonul et al. 2023), and
+the validation also reports how often an image's own caption outscores all such neighbours.
 """
 
 import argparse
 import logging
+import random
+from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tokenizers import Tokenizer, processors
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
 
@@ -65,11 +74,54 @@ def parse_args(argv=None):
         default=64,
         help="Pairs (the first of the data) for the retrieval accuracy.",
     )
+    clip.add_argument(
+        "--hard_negatives",
+        action="store_true",
+        help="Also contrast each image with a training caption one word (or one swap) away from its own.",
+    )
     clip.add_argument("--license", default=None, help="License of the weights, for the model card.")
     parser.set_defaults(adam_beta2=0.98, adam_weight_decay=0.2, lr_scheduler="cosine")
     args = parser.parse_args(argv)
     check_common_arguments(args)
+    if args.hard_negatives and args.streaming:
+        parser.error("--hard_negatives needs every caption up front to find their neighbours; drop --streaming.")
     return args
+
+
+def caption_neighbors(captions: Iterable[str]) -> dict[str, list[str]]:
+    """Each distinct caption -> the other distinct captions that differ from it in exactly one word, or by two of its
+    words trading places: the hard negatives of --hard_negatives, taken from the data so that they are real captions
+    (no caption held out of the data can appear as a negative)."""
+    words = {caption: tuple(caption.split()) for caption in set(captions)}
+    substitutions, swaps = defaultdict(list), defaultdict(list)
+    for caption, w in words.items():
+        for i in range(len(w)):
+            substitutions[(i, w[:i] + w[i + 1 :])].append(caption)  # the caption with word i left out
+        swaps[tuple(sorted(w))].append(caption)  # same words, maybe in another order
+    neighbors = {caption: set() for caption in words}
+    for group in substitutions.values():
+        for caption in group:
+            neighbors[caption].update(other for other in group if other != caption)
+    for group in swaps.values():
+        for caption in group:
+            neighbors[caption].update(
+                other for other in group if sum(a != b for a, b in zip(words[caption], words[other])) == 2
+            )
+    return {caption: sorted(others) for caption, others in neighbors.items()}
+
+
+def contrastive_loss(logits_per_image: torch.Tensor, captions: list[str], texts: list[str]) -> torch.Tensor:
+    """CLIP's symmetric cross-entropy between the images and `texts`, the batch's captions followed by any hard
+    negatives (which only the images are scored against, as in NegCLIP). A caption equal to an image's own caption
+    is not counted as a wrong answer for it: CLIP's own loss (`return_loss=True`) counts it, and with few distinct
+    captions (the shapes world has about 900) nearly every batch repeats some."""
+    same = torch.tensor([[text == caption for text in texts] for caption in captions], device=logits_per_image.device)
+    same.fill_diagonal_(False)
+    logits = logits_per_image.float().masked_fill(same, float("-inf"))
+    labels = torch.arange(len(captions), device=logits.device)
+    image_loss = F.cross_entropy(logits, labels)
+    text_loss = F.cross_entropy(logits[:, : len(captions)].t(), labels)
+    return (image_loss + text_loss) / 2
 
 
 def build_clip_tokenizer(bpe: PreTrainedTokenizerFast, max_length: int) -> PreTrainedTokenizerFast:
@@ -175,20 +227,29 @@ def main(argv=None):
         dataset, args.train_batch_size, collate, args.dataloader_num_workers, seed=args.seed
     )
     validation = collate(list(dataset.take(args.num_validation_pairs)))
+    neighbors = caption_neighbors(dataset["caption"]) if args.hard_negatives else {}
+    if args.hard_negatives:
+        with_neighbors = sum(bool(others) for others in neighbors.values())
+        logger.info("Hard negatives: %d of %d distinct captions have neighbours.", with_neighbors, len(neighbors))
 
     def loss_fn(model, batch, step):
-        output = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            pixel_values=batch["pixel_values"],
-            return_loss=True,
-        )
-        return {"loss": output.loss, "logit_scale": accelerator.unwrap_model(model).logit_scale.detach().exp()}
+        captions = batch["captions"]
+        # Seeded by the step, so that a resumed run picks the same negatives.
+        rng = random.Random(f"{args.seed}-{step}-{accelerator.process_index}")
+        negatives = [rng.choice(neighbors[c]) for c in captions if neighbors.get(c)]
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        if negatives:
+            tokens = processor.tokenizer(negatives, padding="max_length", truncation=True, return_tensors="pt")
+            input_ids = torch.cat([input_ids, tokens.input_ids.to(input_ids.device)])
+            attention_mask = torch.cat([attention_mask, tokens.attention_mask.to(attention_mask.device)])
+        output = model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=batch["pixel_values"])
+        loss = contrastive_loss(output.logits_per_image, captions, captions + negatives)
+        return {"loss": loss, "logit_scale": accelerator.unwrap_model(model).logit_scale.detach().exp()}
 
     def validate(step: int, model: CLIPModel) -> dict[str, float] | None:
         if not accelerator.is_main_process or (step % args.validation_steps and step != args.max_train_steps):
             return None
-        return {"validation_image_to_text_accuracy": retrieval_accuracy(model, validation, accelerator, ema)}
+        return validation_accuracies(model, validation, neighbors, processor.tokenizer, accelerator, ema)
 
     model, state, metrics = train(args, accelerator, model, train_dataloader, loss_fn, ema=ema, on_step_end=validate)
 
@@ -217,26 +278,45 @@ def main(argv=None):
 
 
 @torch.no_grad()
-def retrieval_accuracy(model: CLIPModel, batch: dict, accelerator, ema=None) -> float:
-    """Share of images whose best-scoring caption among the batch's captions is their own caption (an equal caption
-    of another pair counts too)."""
+def validation_accuracies(
+    model: CLIPModel, batch: dict, neighbors: dict[str, list[str]], tokenizer, accelerator, ema=None
+) -> dict[str, float]:
+    """`validation_image_to_text_accuracy`: the share of images whose best-scoring caption among the batch's captions
+    is their own (an equal caption of another pair counts too). With `neighbors`, also
+    `validation_hard_negative_accuracy`: the share of images (of captions that have neighbours) whose own caption
+    outscores every neighbour."""
     if ema is not None:
         ema.store(model.parameters())
         ema.copy_to(model.parameters())
     model.eval()
+    device = accelerator.device
+    captions = batch["captions"]
     with accelerator.autocast():
-        logits = model(
-            input_ids=batch["input_ids"].to(accelerator.device),
-            attention_mask=batch["attention_mask"].to(accelerator.device),
-            pixel_values=batch["pixel_values"].to(accelerator.device),
-        ).logits_per_image
+        output = model(
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+            pixel_values=batch["pixel_values"].to(device),
+        )
+        best = output.logits_per_image.argmax(dim=1).tolist()
+        own_best = sum(captions[j] == caption for caption, j in zip(captions, best))
+        metrics = {"validation_image_to_text_accuracy": own_best / len(best)}
+        judged = [i for i, caption in enumerate(captions) if neighbors.get(caption)]
+        if judged:
+            texts = sorted({text for i in judged for text in [captions[i], *neighbors[captions[i]]]})
+            tokens = tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt").to(device)
+            text_embeds = F.normalize(model.get_text_features(**tokens).pooler_output.float(), dim=-1)
+            image_embeds = F.normalize(output.image_embeds.float(), dim=-1)
+            index = {text: k for k, text in enumerate(texts)}
+            wins = 0
+            for i in judged:
+                scores = text_embeds @ image_embeds[i]
+                own = scores[index[captions[i]]]
+                wins += bool(all(own > scores[index[other]] for other in neighbors[captions[i]]))
+            metrics["validation_hard_negative_accuracy"] = wins / len(judged)
     model.train()
     if ema is not None:
         ema.restore(model.parameters())
-    captions = batch["captions"]
-    best = logits.argmax(dim=1).tolist()
-    return sum(captions[j] == captions[i] for i, j in enumerate(best)) / len(captions)
-
+    return metrics
 
 if __name__ == "__main__":
     main()

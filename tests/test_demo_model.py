@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from training_utils import load_script
 
 from hf_dalle import DEMO_MODEL_DIR, DallePipeline
-from hf_dalle.data import caption_split, judge_image
+from hf_dalle.data import caption_split, judge_image, split_captions
 
 DEMO = Path(DEMO_MODEL_DIR)
 # One seen one-object caption per palette color.
@@ -54,3 +55,13 @@ def test_model_card_shows_the_evaluation_it_ships_with():
     assert f"| held-out, two objects | {held_out['captions']} | {100 * held_out['N=1']:.1f}% |" in card
     assert "![best-scored images of seen and held-out captions](samples.png)" in card
     assert "{{" not in card  # every template value was filled in
+
+
+def test_lora_demo_refuses_a_new_word_that_would_cut_captions(pipe):
+    lora_demo = load_script("lora_demo")
+    green_captions = [c for c in split_captions("train") if " green " in f" {c} "]
+    lora_demo.check_captions_fit(pipe, [c.replace("green", "leaf") for c in green_captions], "leaf")  # 3 tokens
+    with pytest.raises(ValueError, match=r"'crimson' \(split into 7 tokens.*more than the model's 12"):
+        lora_demo.check_captions_fit(pipe, [c.replace("green", "crimson") for c in green_captions], "crimson")
+    with pytest.raises(ValueError, match="not a word of the grammar"):
+        lora_demo.parse_args(["--new-word", "blue"])

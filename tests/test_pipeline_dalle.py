@@ -93,6 +93,19 @@ def test_without_clip_returns_first_candidates_with_warning(pipe, caplog):
     torch.testing.assert_close(out.images, candidates[:2])
 
 
+def test_a_prompt_longer_than_the_text_length_is_truncated_with_a_warning(pipe, caplog):
+    max_length = pipe.transformer.config.max_text_length
+    fits = "a red circle"
+    too_long = fits + " above a blue square" * max_length
+    assert len(pipe.tokenizer.tokenize(too_long)) > max_length
+    with caplog.at_level(logging.WARNING):
+        pipe(fits, num_candidates=1, generator=seeded(1))
+    assert "truncated" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        pipe(too_long, num_candidates=1, generator=seeded(1))
+    assert f"reads {max_length}; it is truncated" in caplog.text and "blue square'" in caplog.text
+
+
 def test_guidance_with_prompt_as_negative_equals_no_guidance(pipe):
     # uncond + s * (cond - uncond) == cond when the negative prompt is the prompt itself: the conditional and
     # unconditional rows must stay aligned through the batched forward and the cache.

@@ -233,6 +233,15 @@ class DallePipeline(DiffusionPipeline):
         """The text part of the streams: caption ids `[P, max_text_length]`, and for guidance the unconditional
         (negative prompt, or empty = all pads) ids of the same shape, else `None`."""
         max_length = self.transformer.config.max_text_length
+        # As diffusers' pipelines do for CLIP's 77 tokens: say what was cut, since the image will not show it.
+        for prompt in prompts:
+            tokens = self.tokenizer.tokenize(prompt)
+            if len(tokens) > max_length:
+                cut = self.tokenizer.convert_tokens_to_string(tokens[max_length:]).strip()
+                logger.warning(
+                    f"This prompt is {len(tokens)} tokens long but the model reads {max_length}; it is truncated and "
+                    f"{cut!r} is ignored: {prompt!r}"
+                )
         text_ids = self.tokenizer.encode_captions(prompts, max_length=max_length)
         if not do_guidance:
             return text_ids, None

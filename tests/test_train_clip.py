@@ -1,0 +1,138 @@
+"""scripts/train_clip.py's contrastive loss and hard negatives (NegCLIP): the neighbours it draws negatives from, the
+loss against CLIP's own, duplicate captions, and a resumed run with negatives matching a straight one."""
+
+import json
+
+import pytest
+import torch
+from test_training import assert_same_weights, interrupt_on_call, Interrupt, training_logs
+from training_utils import load_script, training_environment  # noqa: F401 (autouse fixture)
+from transformers import CLIPConfig, CLIPModel
+
+from hf_dalle.data import is_held_out, make_shapes_dataset, split_captions
+
+train_clip = load_script("train_clip")
+
+TINY_CLIP = json.dumps(
+    {
+        "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2},
+        "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2},
+        "projection_dim": 32,
+    }
+)
+
+
+def test_caption_neighbors_differ_in_one_word_or_one_swap():
+    captions = [
+        "a red circle above a blue square",
+        "a blue circle above a red square",  # colours trade places
+        "a red square above a blue circle",  # shapes trade places
+        "a red circle below a blue square",  # one word: the relation
+        "a blue square below a red circle",  # the same scene as the first, but four words differ
+        "a red circle above a blue square",  # a repeat counts once
+        "a red circle",
+        "a big red circle",  # one word more
+    ]
+    neighbors = train_clip.caption_neighbors(captions)
+    assert neighbors["a red circle above a blue square"] == [
+        "a blue circle above a red square",
+        "a red circle below a blue square",
+        "a red square above a blue circle",
+    ]
+    assert neighbors["a blue square below a red circle"] == []
+    assert neighbors["a red circle"] == [] and neighbors["a big red circle"] == []
+    assert neighbors["a red circle below a blue square"] == ["a red circle above a blue square"]
+
+
+def test_shapes_negatives_are_training_captions_only():
+    neighbors = train_clip.caption_neighbors(split_captions("train"))
+    assert sorted(neighbors) == sorted(split_captions("train"))
+    assert not any(is_held_out(other) for others in neighbors.values() for other in others)
+    assert all(len(others) >= 5 for others in neighbors.values())  # every caption gets hard negatives
+    assert all(a in neighbors[b] for a in neighbors for b in neighbors[a])  # symmetric
+    # "a red square ..." is held out, so the shape swap of this caption is not a negative; the relation flip is.
+    assert "a red square above a yellow circle" not in neighbors["a red circle above a yellow square"]
+    assert "a red circle below a yellow square" in neighbors["a red circle above a yellow square"]
+
+
+def test_contrastive_loss_is_clips_own_without_repeats_or_negatives():
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2, "num_hidden_layers": 1},
+        vision_config={
+            "hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2, "num_hidden_layers": 1,
+            "image_size": 16, "patch_size": 8,
+        },
+        projection_dim=8,
+    )  # fmt: skip
+    model = CLIPModel(config).eval()
+    inputs = {"input_ids": torch.randint(0, 99, (4, 5)), "pixel_values": torch.randn(4, 3, 16, 16)}
+    output = model(**inputs, return_loss=True)
+    loss = train_clip.contrastive_loss(output.logits_per_image, list("abcd"), list("abcd"))
+    torch.testing.assert_close(loss, output.loss)
+
+
+def test_contrastive_loss_does_not_punish_a_repeated_caption():
+    # Both images carry caption "x"; each scores the other's copy highest. CLIP's own loss calls that wrong.
+    logits = torch.tensor([[0.0, 10.0], [10.0, 0.0]])
+    assert train_clip.contrastive_loss(logits, ["x", "x"], ["x", "x"]) == 0
+    assert train_clip.contrastive_loss(logits, ["x", "y"], ["x", "y"]) > 9
+
+
+def test_hard_negatives_are_scored_against_the_images_only():
+    captions, texts = ["x", "y"], ["x", "y", "x'", "y'"]
+    logits = torch.tensor([[5.0, 0.0, 0.0, 0.0], [0.0, 5.0, 0.0, 0.0]])
+    confused = logits.clone()
+    confused[0, 2] = 8.0  # image 0 prefers its hard negative
+    base = train_clip.contrastive_loss(logits, captions, texts)
+    worse = train_clip.contrastive_loss(confused, captions, texts)
+    image_loss_increase = (torch.logsumexp(confused[0], 0) - torch.logsumexp(logits[0], 0)) / 2
+    torch.testing.assert_close(worse - base, image_loss_increase / 2)  # half of the mean over 2 images, half of CE
+    # A negative equal to another image's caption is that image's right answer, not a wrong one.
+    assert train_clip.contrastive_loss(logits, captions, ["x", "y", "y", "x"]) < base
+
+
+def clip_args(data, output_dir, *extra):
+    return [
+        "--dataset_name", str(data), "--resolution", "32", "--model_config", TINY_CLIP, "--max_text_length", "16",
+        "--train_batch_size", "4", "--learning_rate", "1e-3", "--lr_warmup_steps", "0", "--logging_steps", "2",
+        "--validation_steps", "4", "--num_validation_pairs", "8", "--seed", "3", "--output_dir", str(output_dir),
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shapes_data(tmp_path_factory):
+    """20 one-object drawings: with 15 distinct captions, most have neighbours in the data ("a red circle" and "a red
+    triangle")."""
+    path = tmp_path_factory.mktemp("clip_data") / "shapes"
+    make_shapes_dataset(20, seed=4, image_size=32, one_object_fraction=1.0).save_to_disk(str(path))
+    return path
+
+
+def test_hard_negative_training_resumes_exactly_and_reports_its_accuracy(shapes_data, tmp_path, monkeypatch):
+    common = ["--hard_negatives", "--max_train_steps", "6", "--checkpointing_steps", "3"]
+    train_clip.main(clip_args(shapes_data, tmp_path / "straight", *common))
+    logs = [json.loads(line) for line in (tmp_path / "straight" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    validations = [log for log in logs if "validation_hard_negative_accuracy" in log]
+    assert [log["step"] for log in validations] == [4, 6]
+    assert all(0 <= log["validation_hard_negative_accuracy"] <= 1 for log in validations)
+
+    resumed = tmp_path / "resumed"
+    interrupt_on_call(monkeypatch, CLIPModel, "forward", 6)  # step 5 (after 4 steps and a validation)
+    with pytest.raises(Interrupt):
+        train_clip.main(clip_args(shapes_data, resumed, *common))
+    monkeypatch.undo()
+    train_clip.main(clip_args(shapes_data, resumed, *common, "--resume_from_checkpoint", "latest"))
+    assert_same_weights(tmp_path / "straight", resumed)
+    assert training_logs(tmp_path / "straight")[-1]["loss"] == pytest.approx(training_logs(resumed)[-1]["loss"])
+
+    # The negatives change what is learned: without them the same seed gives other weights.
+    train_clip.main(clip_args(shapes_data, tmp_path / "plain", "--max_train_steps", "6"))
+    with pytest.raises(AssertionError):
+        assert_same_weights(tmp_path / "straight", tmp_path / "plain")
+
+
+def test_hard_negatives_refuse_streaming(shapes_data, tmp_path):
+    with pytest.raises(SystemExit):
+        train_clip.parse_args(clip_args(shapes_data, tmp_path, "--hard_negatives", "--streaming"))

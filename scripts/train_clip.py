@@ -14,7 +14,10 @@ image-to-caption retrieval accuracy on held-back pairs. The output folder holds 
 A reranker must tell "a red circle above a blue square" from "a blue circle above a red square", which in-batch
 negatives rarely ask of it: with --hard_negatives every image is also contrasted with another caption *of the training
 data* that differs from its own in one word or by two words trading places (NegCLIP, Yuksekgonul et al. 2023), and
-the validation also reports how often an image's own caption outscores all such neighbours.
+the validation also reports how often an image's own caption outscores all such neighbours. And it must rank a clean
+drawing above one with a few cells drawn wrong, the typical error of an image-token generator, which clean training
+drawings never show it: with --cell_swap_negatives S a share S of each batch is also shown with one or two
+patch-sized cells copied from another image, as images every caption must score below its own.
 """
 
 import argparse
@@ -79,10 +82,19 @@ def parse_args(argv=None):
         action="store_true",
         help="Also contrast each image with a training caption one word (or one swap) away from its own.",
     )
+    clip.add_argument(
+        "--cell_swap_negatives",
+        type=float,
+        default=0.0,
+        help="Share of each batch also shown with one or two patch-sized cells taken from another image, as hard "
+        "negative images for the captions (default: 0).",
+    )
     clip.add_argument("--license", default=None, help="License of the weights, for the model card.")
     parser.set_defaults(adam_beta2=0.98, adam_weight_decay=0.2, lr_scheduler="cosine")
     args = parser.parse_args(argv)
     check_common_arguments(args)
+    if not 0 <= args.cell_swap_negatives <= 1:
+        parser.error(f"--cell_swap_negatives is a share of the batch, in [0, 1]; got {args.cell_swap_negatives}.")
     if args.hard_negatives and args.streaming:
         parser.error("--hard_negatives needs every caption up front to find their neighbours; drop --streaming.")
     return args
@@ -112,16 +124,39 @@ def caption_neighbors(captions: Iterable[str]) -> dict[str, list[str]]:
 
 def contrastive_loss(logits_per_image: torch.Tensor, captions: list[str], texts: list[str]) -> torch.Tensor:
     """CLIP's symmetric cross-entropy between the images and `texts`, the batch's captions followed by any hard
-    negatives (which only the images are scored against, as in NegCLIP). A caption equal to an image's own caption
-    is not counted as a wrong answer for it: CLIP's own loss (`return_loss=True`) counts it, and with few distinct
-    captions (the shapes world has about 900) nearly every batch repeats some."""
+    negative captions (which only the images are scored against, as in NegCLIP). Rows of `logits_per_image` beyond
+    `len(captions)` are hard negative images, which only the captions are scored against. A caption equal to an
+    image's own caption is not counted as a wrong answer for it: CLIP's own loss (`return_loss=True`) counts it, and
+    with few distinct captions (the shapes world has about 900) nearly every batch repeats some."""
+    n = len(captions)
     same = torch.tensor([[text == caption for text in texts] for caption in captions], device=logits_per_image.device)
     same.fill_diagonal_(False)
-    logits = logits_per_image.float().masked_fill(same, float("-inf"))
-    labels = torch.arange(len(captions), device=logits.device)
-    image_loss = F.cross_entropy(logits, labels)
-    text_loss = F.cross_entropy(logits[:, : len(captions)].t(), labels)
+    logits = logits_per_image.float()
+    labels = torch.arange(n, device=logits.device)
+    image_loss = F.cross_entropy(logits[:n].masked_fill(same, float("-inf")), labels)
+    same_image = torch.zeros(n, len(logits), dtype=torch.bool, device=logits.device)  # [caption, image]
+    same_image[:, :n] = same[:, :n]
+    text_loss = F.cross_entropy(logits[:, :n].t().masked_fill(same_image, float("-inf")), labels)
     return (image_loss + text_loss) / 2
+
+
+def swap_cells(pixel_values: torch.Tensor, count: int, cell_size: int, generator: torch.Generator) -> torch.Tensor:
+    """Hard negative images: copies of the first `count` images with one or two `cell_size` cells replaced by the
+    same cells of the next image, picked where the two differ (weighted by the difference, so the change shows).
+    These are the errors of an image-token generator, a few cells drawn wrong; clean drawings never show CLIP any."""
+    images, partners = pixel_values[:count].clone(), pixel_values[1 : count + 1]
+    if len(partners) < count:
+        partners = torch.cat([partners, pixel_values[: count - len(partners)]])
+    grid = pixel_values.shape[-1] // cell_size
+    difference = (images - partners).abs().mean(1).unfold(1, cell_size, cell_size).unfold(2, cell_size, cell_size)
+    weights = difference.mean((-1, -2)).flatten(1).float() + 1e-6  # [count, grid * grid]
+    num_cells = torch.randint(1, 3, (count,), generator=generator)
+    for k in range(count):
+        for cell in torch.multinomial(weights[k], int(num_cells[k]), generator=generator).tolist():
+            rows = slice(cell // grid * cell_size, (cell // grid + 1) * cell_size)
+            columns = slice(cell % grid * cell_size, (cell % grid + 1) * cell_size)
+            images[k, :, rows, columns] = partners[k, :, rows, columns]
+    return images
 
 
 def build_clip_tokenizer(bpe: PreTrainedTokenizerFast, max_length: int) -> PreTrainedTokenizerFast:
@@ -242,7 +277,14 @@ def main(argv=None):
             tokens = processor.tokenizer(negatives, padding="max_length", truncation=True, return_tensors="pt")
             input_ids = torch.cat([input_ids, tokens.input_ids.to(input_ids.device)])
             attention_mask = torch.cat([attention_mask, tokens.attention_mask.to(attention_mask.device)])
-        output = model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=batch["pixel_values"])
+        pixel_values = batch["pixel_values"]
+        num_swapped = round(args.cell_swap_negatives * len(captions))
+        if num_swapped:
+            generator = torch.Generator().manual_seed(rng.getrandbits(63))
+            cell_size = accelerator.unwrap_model(model).config.vision_config.patch_size
+            swapped = swap_cells(pixel_values.cpu(), num_swapped, cell_size, generator).to(pixel_values.device)
+            pixel_values = torch.cat([pixel_values, swapped])
+        output = model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values)
         loss = contrastive_loss(output.logits_per_image, captions, captions + negatives)
         return {"loss": loss, "logit_scale": accelerator.unwrap_model(model).logit_scale.detach().exp()}
 

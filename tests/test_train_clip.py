@@ -1,5 +1,5 @@
-"""scripts/train_clip.py's contrastive loss and hard negatives (NegCLIP): the neighbours it draws negatives from, the
-loss against CLIP's own, duplicate captions, and a resumed run with negatives matching a straight one."""
+"""scripts/train_clip.py's contrastive loss and hard negatives: caption neighbours (NegCLIP) and cell-swapped images,
+the loss against CLIP's own, duplicate captions, and a resumed run with negatives matching a straight one."""
 
 import json
 
@@ -92,6 +92,40 @@ def test_hard_negatives_are_scored_against_the_images_only():
     assert train_clip.contrastive_loss(logits, captions, ["x", "y", "y", "x"]) < base
 
 
+def test_hard_negative_images_are_scored_against_the_captions_only():
+    captions = ["x", "y"]
+    logits = torch.tensor([[5.0, 0.0], [0.0, 5.0], [0.0, 0.0]])  # row 2: a hard negative image
+    confused = logits.clone()
+    confused[2, 0] = 8.0  # caption 0 prefers the negative image
+    base = train_clip.contrastive_loss(logits, captions, captions)
+    worse = train_clip.contrastive_loss(confused, captions, captions)
+    text_loss_increase = torch.logsumexp(confused[:, 0], 0) - torch.logsumexp(logits[:, 0], 0)
+    torch.testing.assert_close(worse - base, text_loss_increase / 4)
+    # Without the negative image's row the loss is the plain two-pair loss minus that row's share of the softmax.
+    assert train_clip.contrastive_loss(logits[:2], captions, captions) < base
+
+
+def test_swap_cells_replaces_one_or_two_whole_cells_where_images_differ():
+    torch.manual_seed(0)
+    pixels = torch.zeros(5, 3, 32, 32)
+    for k in range(5):  # one bright 8x8 square per image, each in another place
+        pixels[k, :, 8 * (k % 4) : 8 * (k % 4) + 8, 8 * (k // 4) : 8 * (k // 4) + 8] = 1.0
+    original = pixels.clone()
+    swapped = train_clip.swap_cells(pixels, 4, 8, torch.Generator().manual_seed(0))
+    assert swapped.shape == (4, 3, 32, 32) and torch.equal(pixels, original)  # a copy; the batch is untouched
+    again = train_clip.swap_cells(pixels, 4, 8, torch.Generator().manual_seed(0))
+    assert torch.equal(swapped, again)  # seeded
+    for k in range(4):
+        partner = pixels[k + 1]
+        changed = (swapped[k] != pixels[k]).any(0)
+        cells = changed.view(4, 8, 4, 8).any(3).any(1)  # which 8x8 cells changed
+        assert 1 <= int(cells.sum()) <= 2
+        assert torch.equal(swapped[k][:, changed], partner[:, changed])  # taken from the next image
+        for i, j in cells.nonzero().tolist():  # whole cells
+            rows, columns = slice(8 * i, 8 * i + 8), slice(8 * j, 8 * j + 8)
+            assert torch.equal(swapped[k, :, rows, columns], partner[:, rows, columns])
+
+
 def clip_args(data, output_dir, *extra):
     return [
         "--dataset_name", str(data), "--resolution", "32", "--model_config", TINY_CLIP, "--max_text_length", "16",
@@ -111,7 +145,8 @@ def shapes_data(tmp_path_factory):
 
 
 def test_hard_negative_training_resumes_exactly_and_reports_its_accuracy(shapes_data, tmp_path, monkeypatch):
-    common = ["--hard_negatives", "--max_train_steps", "6", "--checkpointing_steps", "3"]
+    common = ["--hard_negatives", "--cell_swap_negatives", "0.5", "--max_train_steps", "6"]
+    common += ["--checkpointing_steps", "3"]
     train_clip.main(clip_args(shapes_data, tmp_path / "straight", *common))
     logs = [json.loads(line) for line in (tmp_path / "straight" / "logs" / "metrics.jsonl").read_text().splitlines()]
     validations = [log for log in logs if "validation_hard_negative_accuracy" in log]
@@ -133,6 +168,8 @@ def test_hard_negative_training_resumes_exactly_and_reports_its_accuracy(shapes_
         assert_same_weights(tmp_path / "straight", tmp_path / "plain")
 
 
-def test_hard_negatives_refuse_streaming(shapes_data, tmp_path):
+def test_hard_negatives_refuse_streaming_and_bad_shares(shapes_data, tmp_path):
     with pytest.raises(SystemExit):
         train_clip.parse_args(clip_args(shapes_data, tmp_path, "--hard_negatives", "--streaming"))
+    with pytest.raises(SystemExit):
+        train_clip.parse_args(clip_args(shapes_data, tmp_path, "--cell_swap_negatives", "1.5"))

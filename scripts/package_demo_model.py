@@ -60,8 +60,10 @@ def card_values(run_dir: Path, pipe: DallePipeline, evaluation: dict) -> dict:
         ("clip_model", "transformers `CLIPModel` (+ `clip_processor/`), the reranker", pipe.clip_model),
     ]  # fmt: skip
     return {
-        # Wall time: CLIP trains beside stages 4-6, and the "waiting for CLIP" stage counts what it took beyond them.
-        "train_minutes": round(sum(seconds for name, seconds in stage_seconds.items() if name != "CLIP") / 60),
+        # Wall time: the CLIP stages run beside stages 4-6, and "waiting for CLIP" counts what they took beyond them.
+        "train_minutes": round(
+            sum(seconds for name, seconds in stage_seconds.items() if not name.startswith("CLIP")) / 60
+        ),
         "image_size": pipe.image_size,
         "held_out_pairings": describe_objects(HELD_OUT_PAIRINGS),
         "held_out_combinations": "; ".join(f"{describe_objects(pair)}" for pair in HELD_OUT_COMBINATIONS),

@@ -127,7 +127,7 @@ def contrastive_loss(logits_per_image: torch.Tensor, captions: list[str], texts:
     negative captions (which only the images are scored against, as in NegCLIP). Rows of `logits_per_image` beyond
     `len(captions)` are hard negative images, which only the captions are scored against. A caption equal to an
     image's own caption is not counted as a wrong answer for it: CLIP's own loss (`return_loss=True`) counts it, and
-    with few distinct captions (the shapes world has about 900) nearly every batch repeats some."""
+    with few distinct captions (699 in the demo model's data) nearly every batch of 128 repeats some."""
     n = len(captions)
     same = torch.tensor([[text == caption for text in texts] for caption in captions], device=logits_per_image.device)
     same.fill_diagonal_(False)
@@ -282,6 +282,7 @@ def main(argv=None):
         if num_swapped:
             generator = torch.Generator().manual_seed(rng.getrandbits(63))
             cell_size = accelerator.unwrap_model(model).config.vision_config.patch_size
+            # On the CPU, where the seeded generator lives (a few cells per image: cheap).
             swapped = swap_cells(pixel_values.cpu(), num_swapped, cell_size, generator).to(pixel_values.device)
             pixel_values = torch.cat([pixel_values, swapped])
         output = model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values)
@@ -359,6 +360,7 @@ def validation_accuracies(
     if ema is not None:
         ema.restore(model.parameters())
     return metrics
+
 
 if __name__ == "__main__":
     main()

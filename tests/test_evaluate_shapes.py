@@ -24,7 +24,8 @@ def run_dir(tmp_path_factory):
          "--best_of", "2", "4", "--captions_per_group", "2", "--guidance_scale", "1.5", "--device", "cpu"]
     )  # fmt: skip
     evaluate.main(["--vae", str(run / "pipeline"), "--output_dir", str(run / "vae_eval"), "--num_images", "8"])
-    (run / "stage_seconds.tsv").write_text("dVAE\t120\ntransformer\t300\n")
+    stages = {"dVAE": 120, "CLIP": 600, "CLIP, cell-swap negatives": 60, "waiting for CLIP": 60, "transformer": 300}
+    (run / "stage_seconds.tsv").write_text("".join(f"{name}\t{seconds}\n" for name, seconds in stages.items()))
     return run
 
 
@@ -77,6 +78,7 @@ def test_package_installs_the_pipeline_with_its_card_and_settings(run_dir, tmp_p
     assert "| held-out, two objects | 2 |" in card  # the evaluation table
     assert "| held-out-pairing | 8 |" in card  # the dVAE table
     assert "| transformer | 5.0 |" in card  # the stage timings
+    assert "(`make train-demo`, 8 minutes)" in card  # wall time: the CLIP stages ran beside the others
     assert "red square, green triangle, blue circle" in card
     assert (output / "samples.png").is_file() and (output / "evaluation.json").is_file()
     assert not list(output.rglob("*non_ema*"))

@@ -14,8 +14,6 @@ The new word must leave every caption within the model's text length (12 tokens 
 into many pieces (`crimson` is 7 for the demo tokenizer) would cut the second object off two-object captions, in
 training and at generation. The script refuses such a word.
 
-
-
     python scripts/lora_demo.py                                  # the bundled demo model, output in runs/lora-demo
     python scripts/lora_demo.py --model PIPELINE_DIR_OR_HUB_ID --max-train-steps 600
 
@@ -69,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise ValueError("--num-images must be positive and --replay-fraction at least 0.")
     if not re.fullmatch(r"[a-z]+", args.new_word) or args.new_word in COLORS + SHAPES:
         raise ValueError(
-            f"--new-word must be one new lowercase word, not a word of the grammar; got {args.new_word!r}."
+            f"--new-word must be one new lowercase word, not a color or shape of the grammar; got {args.new_word!r}."
         )
     return args
 

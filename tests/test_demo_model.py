@@ -63,5 +63,5 @@ def test_lora_demo_refuses_a_new_word_that_would_cut_captions(pipe):
     lora_demo.check_captions_fit(pipe, [c.replace("green", "leaf") for c in green_captions], "leaf")  # 3 tokens
     with pytest.raises(ValueError, match=r"'crimson' \(split into 7 tokens.*more than the model's 12"):
         lora_demo.check_captions_fit(pipe, [c.replace("green", "crimson") for c in green_captions], "crimson")
-    with pytest.raises(ValueError, match="not a word of the grammar"):
+    with pytest.raises(ValueError, match="not a color or shape of the grammar"):
         lora_demo.parse_args(["--new-word", "blue"])

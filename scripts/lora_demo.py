@@ -75,8 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def check_captions_fit(pipe: DallePipeline, captions: list[str], new_word: str) -> None:
     """Refuse a new word that makes captions longer than the model reads (they would be silently cut)."""
     max_length = pipe.transformer.config.max_text_length
-    longest = max(captions, key=lambda caption: len(pipe.tokenizer.tokenize(caption)))
-    length = len(pipe.tokenizer.tokenize(longest))
+    length, longest = max((len(pipe.tokenizer.tokenize(caption)), caption) for caption in captions)
     if length > max_length:
         pieces = pipe.tokenizer.tokenize(f" {new_word}")
         raise ValueError(

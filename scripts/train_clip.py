@@ -262,8 +262,9 @@ def main(argv=None):
         dataset, args.train_batch_size, collate, args.dataloader_num_workers, seed=args.seed
     )
     validation = collate(list(dataset.take(args.num_validation_pairs)))
-    neighbors = caption_neighbors(dataset["caption"]) if args.hard_negatives else {}
+    neighbors = {}
     if args.hard_negatives:
+        neighbors = caption_neighbors(dataset["caption"])
         with_neighbors = sum(bool(others) for others in neighbors.values())
         logger.info("Hard negatives: %d of %d distinct captions have neighbours.", with_neighbors, len(neighbors))
 

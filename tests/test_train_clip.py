@@ -5,8 +5,14 @@ import json
 
 import pytest
 import torch
-from test_training import assert_same_weights, interrupt_on_call, Interrupt, training_logs
-from training_utils import load_script, training_environment  # noqa: F401 (autouse fixture)
+from training_utils import (  # noqa: F401 (training_environment: autouse fixture)
+    Interrupt,
+    assert_same_weights,
+    interrupt_on_call,
+    load_script,
+    training_environment,
+    training_logs,
+)
 from transformers import CLIPConfig, CLIPModel
 
 from hf_dalle.data import is_held_out, make_shapes_dataset, split_captions

@@ -1,14 +1,20 @@
 """The training library and the training scripts: schedules, exact resume, atomic checkpoints, the non-finite guard,
 EMA outputs, mixed precision, errors. Tiny models, a few steps each."""
 
-import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from training_utils import load_script, training_environment  # noqa: F401 (autouse fixture)
+from training_utils import (  # noqa: F401 (training_environment: autouse fixture)
+    Interrupt,
+    assert_same_weights,
+    interrupt_on_call,
+    load_script,
+    training_environment,
+    training_logs,
+)
 
 from hf_dalle import DalleVAE
 from hf_dalle.data import make_shapes_dataset, render_caption
@@ -52,36 +58,6 @@ def vae_args(data: Path, output_dir: Path, *extra: str) -> list[str]:
         "2",
         *extra,
     ]
-
-
-class Interrupt(Exception):
-    """Stands in for the process being killed."""
-
-
-def interrupt_on_call(monkeypatch, cls, method: str, call: int):
-    """Make the `call`-th call (1-based) of `cls.method` raise `Interrupt`."""
-    original, calls = getattr(cls, method), []
-
-    def wrapper(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == call:
-            raise Interrupt(f"interrupted at call {call} of {cls.__name__}.{method}")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(cls, method, wrapper)
-
-
-def assert_same_weights(dir_a: Path, dir_b: Path, filename: str = "model.safetensors", atol: float = 1e-6):
-    a, b = load_file(dir_a / filename), load_file(dir_b / filename)
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=atol, msg=name)
-
-
-def training_logs(output_dir: Path) -> list[dict]:
-    """The training averages in OUTPUT_DIR/logs/metrics.jsonl (not the validation lines)."""
-    logs = [json.loads(line) for line in (output_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
-    return [log for log in logs if "loss" in log]
 
 
 def test_annealed_value_end_points_and_shapes():

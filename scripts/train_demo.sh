@@ -44,8 +44,8 @@ stage "2/8 caption tokenizer"
 stage "3/8 CLIP reranker, in the background (log: $RUN/clip.log)"
 # CLIP needs only the drawings and the tokenizer, so it trains beside stages 4-6. Two one-thread jobs keep two cores
 # busier than one two-thread job does: these models are too small for their matmuls to split well. It trains on the
-# pairs, then briefly with cell-swapped drawings as hard negatives (another seed: another data order), so that it
-# ranks the transformer's typical error, a few cells drawn wrong, below a clean drawing.
+# pairs, then briefly with every drawing also shown cell-swapped, as a hard negative (another seed: another data
+# order), so that it ranks the transformer's typical error, a few cells drawn wrong, below a clean drawing.
 clip_pid=
 if [ ! -f "$RUN/clip/README.md" ]; then
     (
@@ -56,8 +56,8 @@ if [ ! -f "$RUN/clip/README.md" ]; then
             --train_batch_size 128 --max_train_steps 2500 --learning_rate 5e-4 --lr_warmup_steps 100 \
             --validation_steps 500 --num_validation_pairs 256 "${COMMON[@]}" --output_dir "$RUN/clip_pairs"
         timed "CLIP, cell-swap negatives" $PYTHON scripts/train_clip.py --dataset_name "$RUN/data" --resolution 64 \
-            --pretrained_model_name_or_path "$RUN/clip_pairs" --max_text_length 16 --cell_swap_negatives 0.5 \
-            --train_batch_size 128 --max_train_steps 400 --learning_rate 1e-4 --lr_warmup_steps 50 \
+            --pretrained_model_name_or_path "$RUN/clip_pairs" --max_text_length 16 --cell_swap_negatives 1.0 \
+            --train_batch_size 128 --max_train_steps 400 --learning_rate 2e-4 --lr_warmup_steps 50 \
             --validation_steps 200 --num_validation_pairs 256 "${COMMON[@]}" --seed 1 --output_dir "$RUN/clip"
     ) > "$RUN/clip.log" 2>&1 &
     clip_pid=$!

@@ -144,9 +144,7 @@ def swap_cells(pixel_values: torch.Tensor, count: int, cell_size: int, generator
     """Hard negative images: copies of the first `count` images with one or two `cell_size` cells replaced by the
     same cells of the next image, picked where the two differ (weighted by the difference, so the change shows).
     These are the errors of an image-token generator, a few cells drawn wrong; clean drawings never show CLIP any."""
-    images, partners = pixel_values[:count].clone(), pixel_values[1 : count + 1]
-    if len(partners) < count:
-        partners = torch.cat([partners, pixel_values[: count - len(partners)]])
+    images, partners = pixel_values[:count].clone(), pixel_values.roll(-1, 0)[:count]  # the last one's: the first
     grid = pixel_values.shape[-1] // cell_size
     difference = (images - partners).abs().mean(1).unfold(1, cell_size, cell_size).unfold(2, cell_size, cell_size)
     weights = difference.mean((-1, -2)).flatten(1).float() + 1e-6  # [count, grid * grid]

@@ -90,7 +90,7 @@ stage "7/8 transformer prior"
 [ -f "$RUN/pipeline/README.md" ] || timed transformer $PYTHON scripts/train_dalle.py --pretokenized_dataset "$RUN/tokens" \
     --clip_model_name_or_path "$RUN/clip" \
     --model_config '{"hidden_size": 256, "num_hidden_layers": 8, "num_attention_heads": 8}' \
-    --max_train_steps 4000 --train_batch_size 32 --learning_rate 1e-3 --lr_scheduler cosine --lr_warmup_steps 100 \
+    --max_train_steps 6000 --train_batch_size 32 --learning_rate 1e-3 --lr_scheduler cosine --lr_warmup_steps 100 \
     --use_ema --ema_decay 0.999 --validation_steps 1000 --validation_guidance_scale 3 --shapes_judge --num_validation_images 8 \
     --validation_prompts "${PROMPTS[@]}" "${COMMON[@]}" --output_dir "$RUN/pipeline"
 

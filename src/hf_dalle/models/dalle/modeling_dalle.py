@@ -122,6 +122,16 @@ class DalleEmbeddings(nn.Module):
         return torch.where(is_pad[..., None], self.text_pad_embedding(text_index), embeddings)
 
 
+def matmul_softmax_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor, dropout: float = 0.0
+) -> torch.Tensor:
+    """`F.scaled_dot_product_attention` with a boolean mask (`True` = may attend, at least one per query) written out,
+    the softmax in float32."""
+    scores = (query @ key.transpose(-1, -2)) * (1 / math.sqrt(query.shape[-1]))
+    weights = scores.masked_fill(~attention_mask, float("-inf")).softmax(-1, dtype=torch.float32).to(value.dtype)
+    return F.dropout(weights, dropout) @ value
+
+
 class DalleAttention(nn.Module):
     def __init__(self, config: DalleConfig, layer_idx: int):
         super().__init__()
@@ -141,9 +151,15 @@ class DalleAttention(nn.Module):
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx)
-        output = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        if self.training and query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16):
+            # PyTorch's CPU flash-attention kernel, the one SDPA picks here, is 3-4x slower *backward* in half
+            # precision than matmul + softmax (forward alone it is the faster): training the demo model in bf16 on a
+            # CPU takes 0.40 s a step this way instead of 1.0 s.
+            output = matmul_softmax_attention(query, key, value, attention_mask, self.dropout)
+        else:
+            output = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0
+            )
         return self.out_proj(output.transpose(1, 2).reshape(batch_size, length, width))
 
 

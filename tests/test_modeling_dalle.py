@@ -6,6 +6,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, CompileCon
 
 from hf_dalle import DalleConfig, DalleForImageGeneration, DalleModel, DalleStreamLogitsProcessor
 from hf_dalle.models.dalle import DalleResblockGradientScaler, build_attention_masks
+from hf_dalle.models.dalle.modeling_dalle import matmul_softmax_attention
 
 TEXT_VOCAB, IMAGE_VOCAB, TEXT_LENGTH, GRID = 48, 24, 8, 4
 STREAM_LENGTH = TEXT_LENGTH + GRID * GRID
@@ -323,6 +324,47 @@ def test_bf16_autocast_is_close_to_float32():
             out = model(stream, labels=stream)
     assert out.logits.dtype == torch.bfloat16
     assert torch.isfinite(out.loss) and abs(out.loss.item() - loss.item()) < 0.05
+
+
+@pytest.mark.parametrize("kind", ["full", "row", "column", "conv"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matmul_softmax_attention_matches_sdpa_with_gradients(kind, dtype):
+    mask = build_attention_masks(tiny_config(attention_types=[kind] * 3))[kind]
+    g = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(2, 2, STREAM_LENGTH, 8, generator=g).to(dtype).requires_grad_() for _ in range(3)]
+    outputs, grads = [], []
+    for attend in (F.scaled_dot_product_attention, matmul_softmax_attention):
+        output = attend(*inputs, mask)
+        (output.float() * torch.linspace(-1, 1, 8)).sum().backward()
+        outputs.append(output.float())
+        grads.append([x.grad.float() for x in inputs])
+        for x in inputs:
+            x.grad = None
+    tolerance = {} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(outputs[1], outputs[0], **tolerance)
+    for got, expected in zip(*grads[::-1]):
+        torch.testing.assert_close(got, expected, **tolerance)
+
+
+@pytest.mark.parametrize("dtype,uses_sdpa", [(torch.float32, True), (torch.bfloat16, False)])
+def test_cpu_training_in_half_precision_bypasses_sdpa(monkeypatch, dtype, uses_sdpa):
+    # The CPU flash kernel SDPA picks is several times slower backward in bf16; inference keeps SDPA.
+    calls = {"train": 0, "eval": 0}
+    sdpa = F.scaled_dot_product_attention
+
+    def counting_sdpa(*args, **kwargs):
+        calls[mode] += 1
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counting_sdpa)
+    model, stream = tiny_model(), random_stream()
+    losses = {}
+    for mode in ("train", "eval"):
+        model.train(mode == "train")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            losses[mode] = model(stream, labels=stream).loss.item()
+    assert calls == {"train": 3 if uses_sdpa else 0, "eval": 3}
+    assert abs(losses["train"] - losses["eval"]) < (1e-5 if uses_sdpa else 0.02)
 
 
 def test_decode_step_traces_as_one_graph_with_a_static_cache():

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from training_utils import (  # noqa: F401 (training_environment: autouse fixture)
     Interrupt,
     assert_same_weights,
@@ -179,3 +180,24 @@ def test_hard_negatives_refuse_streaming_and_bad_shares(shapes_data, tmp_path):
         train_clip.parse_args(clip_args(shapes_data, tmp_path, "--hard_negatives", "--streaming"))
     with pytest.raises(SystemExit):
         train_clip.parse_args(clip_args(shapes_data, tmp_path, "--cell_swap_negatives", "1.5"))
+
+
+@pytest.mark.parametrize("precision,implementation", [("no", "sdpa"), ("bf16", "eager")])
+def test_cpu_half_precision_trains_with_eager_attention_and_saves_sdpa(
+    shapes_data, tmp_path, monkeypatch, precision, implementation
+):
+    # The CPU flash kernel SDPA picks is several times slower backward in bf16; reranking keeps SDPA.
+    seen, forward = set(), CLIPModel.forward
+
+    def recording_forward(self, *args, **kwargs):
+        seen.add(self.config._attn_implementation)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(CLIPModel, "forward", recording_forward)
+    AcceleratorState._reset_state(reset_partial_state=True)  # its precision is process-wide
+    try:
+        train_clip.main(clip_args(shapes_data, tmp_path, "--max_train_steps", "2", "--mixed_precision", precision))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert seen == {implementation}
+    assert CLIPModel.from_pretrained(tmp_path).config._attn_implementation == "sdpa"

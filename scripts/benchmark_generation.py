@@ -3,8 +3,9 @@
 For each image grid and batch size, with models of equal width and depth (defaults: hidden 256, 4 layers, 8 heads,
 a 32-token caption):
 
-- ours: `DalleForImageGeneration.generate` with a `DynamicCache`, and with a static cache + `torch.compile`
-  (transformers' `CompileConfig`);
+- ours: `DalleForImageGeneration.generate` with its default cache (`DallePrefixCache`: preallocated, attention reads
+  the filled prefix), with a `DynamicCache` passed in (transformers' default for other models), and with a static
+  cache + `torch.compile` (transformers' `CompileConfig`);
 - GPT-2 of the same dimensions through `generate` (a stock dense transformers causal LM);
 - DALLE-pytorch 1.6.6 `generate_images(use_cache=True)` as shipped (its default `cond_scale=1` path drops the cache,
   so every step recomputes the whole prefix), and the same sampling loop calling its `forward(cache=...)` so the
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import CompileConfig, GPT2Config, GPT2LMHeadModel, StaticCache
+from transformers import CompileConfig, DynamicCache, GPT2Config, GPT2LMHeadModel, StaticCache
 
 from hf_dalle import DalleConfig, DalleForImageGeneration, DalleModel
 from hf_dalle.models.dalle import build_attention_masks
@@ -54,7 +55,9 @@ from _benchmark_utils import (  # noqa: E402
 )
 
 
-OURS, OURS_COMPILED = "ours: generate, DynamicCache", "ours: generate, static cache + compile"
+OURS, OURS_DYNAMIC = "ours: generate (default: DallePrefixCache)", "ours: generate, DynamicCache"
+OURS_COMPILED = "ours: generate, static cache + compile"
+OUR_VARIANTS = (OURS, OURS_DYNAMIC, OURS_COMPILED)
 GPT2 = "GPT-2: generate"
 DALLE_PYTORCH, DALLE_PYTORCH_CACHE = "DALLE-pytorch: generate_images (as shipped)", "DALLE-pytorch: cache loop"
 FLOOR = "matmul floor"
@@ -121,16 +124,18 @@ def matmul_floor(
     return run
 
 
-def ours_generate(model: DalleForImageGeneration, text: torch.Tensor, top_k: int, compiled: bool) -> Callable[[], int]:
+def ours_generate(model: DalleForImageGeneration, text: torch.Tensor, top_k: int, variant: str) -> Callable[[], int]:
     num_tokens = model.config.image_seq_length
     extra = {}
-    if compiled:
+    if variant == OURS_COMPILED:
         # On CPU, generate() compiles the decode step only when asked explicitly (see NOTES_HF.md).
         compile_config = CompileConfig(fullgraph=True, mode="reduce-overhead" if text.is_cuda else "default")
         compile_config._compile_all_devices = True
         extra = dict(cache_implementation="static", compile_config=compile_config)
 
     def run() -> int:
+        if variant == OURS_DYNAMIC:
+            extra["past_key_values"] = DynamicCache()
         stream = model.generate(
             text, do_sample=True, top_k=top_k, max_new_tokens=num_tokens, min_new_tokens=num_tokens, **extra
         )
@@ -233,11 +238,10 @@ def generation_workloads(args, grid: int, batch_size: int, device: torch.device,
     text = text.to(device)
     torch.manual_seed(0)
     model = DalleForImageGeneration(config).to(device, dtype).eval()
-    workloads = {OURS: ours_generate(model, text, args.top_k, compiled=False)}
-    if args.compile:
-        workloads[OURS_COMPILED] = ours_generate(model, text, args.top_k, compiled=True)
+    variants = OUR_VARIANTS if args.compile else (OURS, OURS_DYNAMIC)
+    workloads = {variant: ours_generate(model, text, args.top_k, variant) for variant in variants}
     gpt2, workloads[GPT2] = gpt2_generate(args, config, text, args.top_k, dtype)
-    parameters = {OURS: model.num_parameters(), OURS_COMPILED: model.num_parameters(), GPT2: gpt2.num_parameters()}
+    parameters = {variant: model.num_parameters() for variant in variants} | {GPT2: gpt2.num_parameters()}
     if args.reference:
         dalle = dalle_pytorch_models(args, config, device, dtype)
         if args.shipped_batch_sizes is None or batch_size in args.shipped_batch_sizes:
@@ -260,7 +264,7 @@ def ratios_against(results: dict, ours: str, basis: str) -> dict:
     and for the floor, ours' time over the floor's."""
     ratios = {}
     for name, result in results.items():
-        if name in (OURS, OURS_COMPILED):
+        if name in OUR_VARIANTS:
             continue
         if name == FLOOR:
             ratios[name] = results[ours][basis] / result[basis]
@@ -291,16 +295,14 @@ def benchmark_generation(
             results = {name: summarize(samples[name]) for name in workloads}
             for name in results:
                 results[name]["parameters"] = parameters[name]
-            best = OURS
-            if OURS_COMPILED in results and results[OURS_COMPILED][basis] < results[OURS][basis]:
-                best = OURS_COMPILED
+            best = min((name for name in OUR_VARIANTS if name in results), key=lambda name: results[name][basis])
             run = {
                 "grid": grid,
                 "batch_size": batch_size,
                 "results": results,
                 "ratio_basis": basis,
                 "ours_best": best,
-                "ratios_dynamic_cache": ratios_against(results, OURS, basis),
+                "ratios_default": ratios_against(results, OURS, basis),
                 "ratios_best": ratios_against(results, best, basis),
             }
             runs.append(run)
@@ -323,13 +325,13 @@ def profile_ours(args, device: torch.device, dtype: torch.dtype, output: Path) -
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     report = []
-    for compiled in ([False, True] if args.compile else [False]):
-        workload = ours_generate(model, text, args.top_k, compiled=compiled)
+    for variant in OUR_VARIANTS if args.compile else (OURS, OURS_DYNAMIC):
+        workload = ours_generate(model, text, args.top_k, variant)
         with torch.no_grad():
             workload()
             with profile(activities=activities) as profiler:
                 workload()
-        report += [f"{OURS_COMPILED if compiled else OURS}, grid {grid}x{grid}, batch {batch_size}:",
+        report += [f"{variant}, grid {grid}x{grid}, batch {batch_size}:",
                    profiler.key_averages().table(sort_by=sort_by, row_limit=25), ""]
     write_atomic(output, "\n".join(report))
     print(f"wrote {output}")
@@ -412,7 +414,8 @@ def generation_markdown(runs: list[dict], decode_runs: list[dict], info: dict, a
         f"layers, {args.num_heads} heads, {args.text_length}-token caption, vocab {args.text_vocab_size} text + "
         f"{args.image_vocab_size} image, top-k {args.top_k}. Medians of {args.repeats} interleaved repeats "
         f"({args.slow_repeats} for DALLE-pytorch as shipped, not warmed up). Ratio, on {basis_name}: the row's time "
-        "over ours (DynamicCache), i.e. how many times faster ours is; for the floor, ours' time over the floor's. "
+        "over ours (generate's default cache), i.e. how many times faster ours is; for the floor, ours' time over the "
+        "floor's. "
         "In brackets, the same for ours' fastest variant. Peak memory: largest increase of resident memory during a "
         "run (CUDA: allocated memory).",
         "",
@@ -421,7 +424,7 @@ def generation_markdown(runs: list[dict], decode_runs: list[dict], info: dict, a
     rows = []
     for run in runs:
         for name, result in run["results"].items():
-            ratio = run["ratios_dynamic_cache"].get(name)
+            ratio = run["ratios_default"].get(name)
             best_ratio = run["ratios_best"].get(name)
             cell = format_ratio(ratio)
             if run["ours_best"] != OURS and ratio is not None:

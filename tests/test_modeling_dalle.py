@@ -5,7 +5,7 @@ from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, CompileConfig, DynamicCache, StaticCache
 
 from hf_dalle import DalleConfig, DalleForImageGeneration, DalleModel, DalleStreamLogitsProcessor
-from hf_dalle.models.dalle import DalleResblockGradientScaler, build_attention_masks
+from hf_dalle.models.dalle import DallePrefixCache, DalleResblockGradientScaler, PrefixLayer, build_attention_masks
 from hf_dalle.models.dalle.modeling_dalle import matmul_softmax_attention
 
 TEXT_VOCAB, IMAGE_VOCAB, TEXT_LENGTH, GRID = 48, 24, 8, 4
@@ -204,12 +204,15 @@ def test_greedy_generation_is_the_same_with_and_without_cache(prompt_length):
     prompt = random_stream(batch=3)[:, :prompt_length]
     new = STREAM_LENGTH - prompt_length
     without_cache = model.generate(prompt, do_sample=False, max_new_tokens=new, use_cache=False)
-    dynamic = model.generate(prompt, do_sample=False, max_new_tokens=new)
+    prefix = model.generate(prompt, do_sample=False, max_new_tokens=new)  # the default: a DallePrefixCache
+    dynamic = model.generate(prompt, do_sample=False, max_new_tokens=new, past_key_values=DynamicCache())
     static = model.generate(prompt, do_sample=False, max_new_tokens=new, cache_implementation="static")
     assert without_cache.shape == (3, STREAM_LENGTH)
+    assert torch.equal(prefix, without_cache)
     assert torch.equal(dynamic, without_cache)
     assert torch.equal(static, without_cache)
     assert torch.equal(manual_greedy(model, prompt, new, DynamicCache(config=model.config)), without_cache)
+    assert torch.equal(manual_greedy(model, prompt, new, DallePrefixCache(model.config)), without_cache)
     # A StaticCache longer than the stream: the extra slots stay hidden.
     long_cache = StaticCache(config=model.config, max_cache_len=STREAM_LENGTH + 7)
     assert torch.equal(manual_greedy(model, prompt, new, long_cache), without_cache)
@@ -219,6 +222,44 @@ def test_greedy_generation_is_the_same_with_and_without_cache(prompt_length):
         while stream.shape[1] < STREAM_LENGTH:
             stream = torch.cat([stream, model(stream, use_cache=False).logits[:, -1:].argmax(-1)], dim=1)
     assert torch.equal(stream, without_cache)
+
+
+def test_generate_defaults_to_a_prefix_cache_and_keeps_the_callers():
+    model, prompt = tiny_model(), random_stream(batch=2)[:, :TEXT_LENGTH]
+    new = STREAM_LENGTH - TEXT_LENGTH
+    runs = {}
+    for name, kwargs in [("default", {}), ("dynamic", {"past_key_values": DynamicCache()})]:
+        torch.manual_seed(3)
+        runs[name] = model.generate(
+            prompt, do_sample=True, top_k=5, max_new_tokens=new, return_dict_in_generate=True, **kwargs
+        )
+    assert type(runs["default"].past_key_values) is DallePrefixCache
+    assert type(runs["dynamic"].past_key_values) is DynamicCache
+    assert torch.equal(runs["default"].sequences, runs["dynamic"].sequences)
+    # It holds the stream but its last token (never fed back), as the dynamic cache does.
+    assert runs["default"].past_key_values.get_seq_length() == STREAM_LENGTH - 1
+    for layer, dynamic_layer in zip(runs["default"].past_key_values.layers, runs["dynamic"].past_key_values.layers):
+        torch.testing.assert_close(layer.keys[:, :, : layer.length], dynamic_layer.keys)
+    # Modes that reorder the cache keep generate's own.
+    beams = model.generate(prompt, num_beams=2, max_new_tokens=3, return_dict_in_generate=True)
+    assert type(beams.past_key_values) is DynamicCache
+
+
+def test_prefix_layer_returns_the_filled_prefix_and_crops():
+    layer = PrefixLayer(max_cache_len=6)
+    keys, values = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
+    k, v = layer.update(keys[:, :, :3], values[:, :, :3])
+    assert k.shape == (2, 3, 3, 5) and layer.get_mask_sizes(1) == (4, 0)
+    k, v = layer.update(keys[:, :, 3:], values[:, :, 3:])
+    assert torch.equal(k, keys) and torch.equal(v, values) and layer.get_seq_length() == 4
+    assert k.data_ptr() == layer.keys.data_ptr()  # a view of the buffer, not a copy
+    layer.crop(-2)
+    k, _ = layer.update(values[:, :, :1], values[:, :, :1])
+    assert torch.equal(k, torch.cat([keys[:, :, :2], values[:, :, :1]], dim=2))
+    with pytest.raises(ValueError, match="holds 6 positions; this update would fill 7"):
+        layer.update(keys, values)
+    layer.reset()
+    assert layer.get_seq_length() == 0 and not layer.keys.any()
 
 
 def test_cached_chunks_give_the_logits_of_one_pass():

@@ -19,9 +19,8 @@ from transformers import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
-from transformers.cache_utils import DynamicCache
 
-from ..models.dalle import DalleForImageGeneration
+from ..models.dalle import DalleForImageGeneration, DallePrefixCache
 from ..models.dalle_vae import DalleVAE
 from ..tokenization_dalle import DalleTokenizer
 
@@ -308,7 +307,7 @@ class DallePipeline(DiffusionPipeline):
         config = self.transformer.config
         batch = torch.cat([streams, uncond_streams]) if uncond_streams is not None else streams
         num_new = config.max_sequence_length - streams.shape[1]
-        cache = DynamicCache(config=config)
+        cache = DallePrefixCache(config)
         logits = self.transformer(batch, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         generated = streams
         for step in range(num_new):

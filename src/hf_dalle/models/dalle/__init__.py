@@ -5,9 +5,11 @@ from .modeling_dalle import (
     DalleCausalLMOutputWithPast,
     DalleForImageGeneration,
     DalleModel,
+    DallePrefixCache,
     DallePreTrainedModel,
     DalleResblockGradientScaler,
     DalleStreamLogitsProcessor,
+    PrefixLayer,
     build_attention_masks,
     mask_logits_by_position,
 )

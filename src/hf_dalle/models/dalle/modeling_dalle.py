@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, LogitsProcessor, PreTrainedModel
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache
+from transformers.generation import GenerationMode
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
@@ -77,6 +78,68 @@ class DalleStreamLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         last_position = torch.tensor([input_ids.shape[1] - 1], device=scores.device)
         return mask_logits_by_position(scores, last_position, self.config)
+
+
+class PrefixLayer(CacheLayerMixin):
+    """One layer's keys and values, written in place into buffers of `max_cache_len` positions allocated at the first
+    update; `update` returns views of the filled prefix only. Attention thus reads exactly the positions written so
+    far, with no per-step copy of the whole cache (a `DynamicLayer` concatenates) and no attention over empty slots
+    (a `StaticLayer` returns all of them). The prefix grows every step, so it is not for `torch.compile`: use a
+    `StaticCache` there."""
+
+    is_croppable = True
+
+    def __init__(self, max_cache_len: int):
+        super().__init__()
+        self.max_cache_len = max_cache_len
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        batch_size, num_heads = key_states.shape[:2]
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.keys = key_states.new_zeros(batch_size, num_heads, self.max_cache_len, key_states.shape[-1])
+        self.values = value_states.new_zeros(batch_size, num_heads, self.max_cache_len, value_states.shape[-1])
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        start, end = self.length, self.length + key_states.shape[-2]
+        if end > self.max_cache_len:
+            raise ValueError(f"The cache holds {self.max_cache_len} positions; this update would fill {end}.")
+        self.keys[:, :, start:end] = key_states
+        self.values[:, :, start:end] = value_states
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return self.max_cache_len
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Forget the last `-tokens_to_remove` positions (a negative count, as `DynamicLayer.crop` takes)."""
+        if tokens_to_remove > 0:
+            raise ValueError(f"`crop` takes minus the number of positions to remove, got {tokens_to_remove}.")
+        self.length = max(self.length + tokens_to_remove, 0)
+
+    def reset(self) -> None:
+        super().reset()
+        self.length = 0
+
+
+class DallePrefixCache(Cache):
+    """The cache `DalleForImageGeneration.generate` uses by default: a [`PrefixLayer`] per layer, sized for the
+    whole stream. Same keys and values as a `DynamicCache`, without its per-step concatenation (at batch 32 on one CPU
+    thread, a quarter of the forward's time in the 8x8 benchmark)."""
+
+    def __init__(self, config: DalleConfig, max_cache_len: int | None = None):
+        max_cache_len = max_cache_len or config.max_sequence_length
+        super().__init__(layers=[PrefixLayer(max_cache_len) for _ in range(config.num_hidden_layers)])
 
 
 @dataclass
@@ -512,6 +575,25 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
         # `generate` builds a 4D causal mask for compilable caches; the model uses its own stream masks instead.
         return None
 
+    def _prepare_cache_for_generation(
+        self, generation_config, model_kwargs: dict, generation_mode, batch_size: int, max_cache_length: int
+    ) -> None:
+        """`generate`'s default cache is a `DynamicCache`; for greedy and sampled streams (the modes that never
+        reorder or roll back) a [`DallePrefixCache`] of the generation's length replaces it: same results, no copy
+        of the cache at every step. A cache the caller passes, or `cache_implementation`, is used as given."""
+        super()._prepare_cache_for_generation(
+            generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
+        )
+        cache = model_kwargs.get("past_key_values")
+        if (
+            type(cache) is DynamicCache
+            and not getattr(cache, "_is_user_defined", False)
+            and generation_config.cache_implementation in (None, "dynamic")
+            and generation_mode in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE)
+            and not generation_config.is_assistant
+        ):
+            model_kwargs["past_key_values"] = DallePrefixCache(self.config, max_cache_len=max_cache_length)
+
     def prepare_input_ids(
         self, text_input_ids: torch.LongTensor, image_codes: torch.LongTensor | None = None
     ) -> torch.LongTensor:
@@ -652,11 +734,13 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
 
 __all__ = [
     "DalleCausalLMOutputWithPast",
+    "DallePrefixCache",
     "DalleForImageGeneration",
     "DalleModel",
     "DallePreTrainedModel",
     "DalleResblockGradientScaler",
     "DalleStreamLogitsProcessor",
     "build_attention_masks",
+    "PrefixLayer",
     "mask_logits_by_position",
 ]

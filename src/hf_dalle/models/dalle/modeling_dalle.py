@@ -513,9 +513,9 @@ class DalleModel(DallePreTrainedModel):
 class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
     r"""
     The DALL-E transformer prior: [`DalleModel`] plus a linear head over the stream vocabulary (text tokens, then
-    image codes). A [`PreTrainedModel`] + [`GenerationMixin`], so `generate()` with a `DynamicCache` or `StaticCache`,
-    sampling controls from a `GenerationConfig`, `torch.compile`, gradient checkpointing and `from_pretrained` work
-    as for any transformers causal LM.
+    image codes). A [`PreTrainedModel`] + [`GenerationMixin`], so `generate()` with any transformers cache (by
+    default a [`DallePrefixCache`] for greedy and sampled streams), sampling controls from a `GenerationConfig`,
+    `torch.compile`, gradient checkpointing and `from_pretrained` work as for any transformers causal LM.
 
     **The stream** (`input_ids`): `config.max_text_length` text positions (the caption's BPE ids, then
     `config.text_pad_token_id` in every empty position) followed by up to `config.image_grid_size ** 2` image codes in
@@ -528,8 +528,8 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
     **Positions** are absolute: a call's tokens sit at stream positions `past_key_values.get_seq_length() + 0, 1,
     ...`; every row of the batch is at the same position. Calling `model(input_ids=step_ids,
     past_key_values=cache, use_cache=True)` with `step_ids` of shape `[B, 1]` (or any chunk) after a prefill
-    therefore continues the stream, with a `DynamicCache` or a preallocated `StaticCache` (whose unused slots the
-    masks hide). This is all a hand-written decode loop needs.
+    therefore continues the stream, with a `DynamicCache`, a [`DallePrefixCache`] or a preallocated `StaticCache`
+    (whose unused slots the masks hide). This is all a hand-written decode loop needs.
 
     **Logits**: `logits[:, i]` predicts the token after position `i`; every logit that this position may not
     produce (text tokens where an image code comes next, and the reverse) is set to the lowest finite value of the
@@ -538,7 +538,8 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
 
     **Attention**: text attends causally to text, image codes attend to all text and to earlier codes through the
     layer's image mask (`config.attention_types`, masks defined in [`build_attention_masks`]). Masks are built once
-    per device and sliced by position; attention runs through `torch.nn.functional.scaled_dot_product_attention`.
+    per device and sliced by position; attention runs through `torch.nn.functional.scaled_dot_product_attention`
+    (in training on a CPU at half precision, through `matmul_softmax_attention`, several times faster backward).
 
     **Loss** (`labels`, usually `input_ids`; shifted inside, -100 ignored): cross-entropy of the masked logits,
     averaged separately over text and image targets, weighted `text_loss_weight` and `1 - text_loss_weight`.
@@ -655,7 +656,8 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
             input_ids (`torch.LongTensor` of shape `(batch, length)`): the stream (or its next chunk when
                 `past_key_values` holds the earlier positions); see the class docstring for the layout.
             attention_mask: accepted for `generate()`; must be all ones (pads are inputs, not masked).
-            past_key_values (`Cache`): a `DynamicCache` or `StaticCache` of the earlier positions.
+            past_key_values (`Cache`): a `DynamicCache`, [`DallePrefixCache`] or `StaticCache` of the earlier
+                positions.
             labels (`torch.LongTensor` of shape `(batch, length)`): usually `input_ids`; shifted inside,
                 -100 is ignored.
             logits_to_keep (`int`): compute logits for the last `logits_to_keep` positions only (0 = all).

@@ -134,10 +134,9 @@ def ours_generate(model: DalleForImageGeneration, text: torch.Tensor, top_k: int
         extra = dict(cache_implementation="static", compile_config=compile_config)
 
     def run() -> int:
-        if variant == OURS_DYNAMIC:
-            extra["past_key_values"] = DynamicCache()
+        cache = {"past_key_values": DynamicCache()} if variant == OURS_DYNAMIC else {}  # a fresh one per call
         stream = model.generate(
-            text, do_sample=True, top_k=top_k, max_new_tokens=num_tokens, min_new_tokens=num_tokens, **extra
+            text, do_sample=True, top_k=top_k, max_new_tokens=num_tokens, min_new_tokens=num_tokens, **extra, **cache
         )
         return stream[:, text.shape[1] :].numel()
 

@@ -124,6 +124,11 @@ def matmul_floor(
     return run
 
 
+def our_variants(args) -> tuple[str, ...]:
+    """Ours' workloads for this run: the compiled one only with --compile."""
+    return OUR_VARIANTS if args.compile else (OURS, OURS_DYNAMIC)
+
+
 def ours_generate(model: DalleForImageGeneration, text: torch.Tensor, top_k: int, variant: str) -> Callable[[], int]:
     num_tokens = model.config.image_seq_length
     extra = {}
@@ -237,7 +242,7 @@ def generation_workloads(args, grid: int, batch_size: int, device: torch.device,
     text = text.to(device)
     torch.manual_seed(0)
     model = DalleForImageGeneration(config).to(device, dtype).eval()
-    variants = OUR_VARIANTS if args.compile else (OURS, OURS_DYNAMIC)
+    variants = our_variants(args)
     workloads = {variant: ours_generate(model, text, args.top_k, variant) for variant in variants}
     gpt2, workloads[GPT2] = gpt2_generate(args, config, text, args.top_k, dtype)
     parameters = {variant: model.num_parameters() for variant in variants} | {GPT2: gpt2.num_parameters()}
@@ -324,7 +329,7 @@ def profile_ours(args, device: torch.device, dtype: torch.dtype, output: Path) -
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     report = []
-    for variant in OUR_VARIANTS if args.compile else (OURS, OURS_DYNAMIC):
+    for variant in our_variants(args):
         workload = ours_generate(model, text, args.top_k, variant)
         with torch.no_grad():
             workload()

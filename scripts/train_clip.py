@@ -17,7 +17,10 @@ data* that differs from its own in one word or by two words trading places (NegC
 the validation also reports how often an image's own caption outscores all such neighbours. And it must rank a clean
 drawing above one with a few cells drawn wrong, the typical error of an image-token generator, which clean training
 drawings never show it: with --cell_swap_negatives S a share S of each batch is also shown with one or two
-patch-sized cells copied from another image, as images every caption must score below its own.
+patch-sized cells copied from another image, as images every caption must score below its own. On shapes-world data
+(hf_dalle.data), --shape_swap_negatives S also shows a share S of the batch with one object redrawn as another shape
+(`redraw_with_another_shape`: the new scene is always a training caption, so nothing held out is drawn), which asks
+the reranker the transformer's commonest zero-shot mistake, a held-out pairing drawn with a seen shape of its color.
 """
 
 import argparse
@@ -27,12 +30,14 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer, processors
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
 
 from hf_dalle import DalleTokenizer
+from hf_dalle.data import redraw_with_another_shape
 from hf_dalle.training import (
     add_common_arguments,
     add_data_arguments,
@@ -89,12 +94,20 @@ def parse_args(argv=None):
         help="Share of each batch also shown with one or two patch-sized cells taken from another image, as hard "
         "negative images for the captions (default: 0).",
     )
+    clip.add_argument(
+        "--shape_swap_negatives",
+        type=float,
+        default=0.0,
+        help="Shapes-world data only: share of each batch also shown with one object redrawn as another shape "
+        "(a training caption's scene, never a held-out one), as hard negative images (default: 0).",
+    )
     clip.add_argument("--license", default=None, help="License of the weights, for the model card.")
     parser.set_defaults(adam_beta2=0.98, adam_weight_decay=0.2, lr_scheduler="cosine")
     args = parser.parse_args(argv)
     check_common_arguments(args)
-    if not 0 <= args.cell_swap_negatives <= 1:
-        parser.error(f"--cell_swap_negatives is a share of the batch, in [0, 1]; got {args.cell_swap_negatives}.")
+    for name in ("cell_swap_negatives", "shape_swap_negatives"):
+        if not 0 <= getattr(args, name) <= 1:
+            parser.error(f"--{name} is a share of the batch, in [0, 1]; got {getattr(args, name)}.")
     if args.hard_negatives and args.streaming:
         parser.error("--hard_negatives needs every caption up front to find their neighbours; drop --streaming.")
     return args
@@ -122,12 +135,19 @@ def caption_neighbors(captions: Iterable[str]) -> dict[str, list[str]]:
     return {caption: sorted(others) for caption, others in neighbors.items()}
 
 
-def contrastive_loss(logits_per_image: torch.Tensor, captions: list[str], texts: list[str]) -> torch.Tensor:
+def contrastive_loss(
+    logits_per_image: torch.Tensor,
+    captions: list[str],
+    texts: list[str],
+    negative_image_captions: list[str | None] = (),
+) -> torch.Tensor:
     """CLIP's symmetric cross-entropy between the images and `texts`, the batch's captions followed by any hard
     negative captions (which only the images are scored against, as in NegCLIP). Rows of `logits_per_image` beyond
-    `len(captions)` are hard negative images, which only the captions are scored against. A caption equal to an
-    image's own caption is not counted as a wrong answer for it: CLIP's own loss (`return_loss=True`) counts it, and
-    with few distinct captions (699 in the demo model's data) nearly every batch of 128 repeats some."""
+    `len(captions)` are hard negative images, which only the captions are scored against; `negative_image_captions`
+    says what each of them shows (None: no caption), which is then not a wrong answer for that caption. Likewise a
+    caption equal to an image's own caption is not counted as a wrong answer for it: CLIP's own loss
+    (`return_loss=True`) counts it, and with few distinct captions (699 in the demo model's data) nearly every batch
+    of 128 repeats some."""
     n = len(captions)
     same = torch.tensor([[text == caption for text in texts] for caption in captions], device=logits_per_image.device)
     same.fill_diagonal_(False)
@@ -136,6 +156,8 @@ def contrastive_loss(logits_per_image: torch.Tensor, captions: list[str], texts:
     image_loss = F.cross_entropy(logits[:n].masked_fill(same, float("-inf")), labels)
     same_image = torch.zeros(n, len(logits), dtype=torch.bool, device=logits.device)  # [caption, image]
     same_image[:, :n] = same[:, :n]
+    for row, shown in enumerate(negative_image_captions, start=n):
+        same_image[:, row] = torch.tensor([caption == shown for caption in captions], device=logits.device)
     text_loss = F.cross_entropy(logits[:, :n].t().masked_fill(same_image, float("-inf")), labels)
     return (image_loss + text_loss) / 2
 
@@ -228,17 +250,20 @@ class ClipCollator:
     """`{"image", "caption"}` rows -> CLIP inputs, through the processor that will be saved (same preprocessing in
     training and at reranking time)."""
 
-    def __init__(self, processor: CLIPProcessor):
+    def __init__(self, processor: CLIPProcessor, keep_images: bool = False):
         self.processor = processor
+        self.keep_images = keep_images  # also return the RGB images themselves, under "images"
 
     def __call__(self, rows: list[dict]) -> dict:
-        return self.processor(
-            images=[row["image"].convert("RGB") for row in rows],
+        images = [row["image"].convert("RGB") for row in rows]
+        batch = self.processor(
+            images=images,
             text=[row["caption"] for row in rows],
             padding="max_length",
             truncation=True,
             return_tensors="pt",
         ).data | {"captions": [row["caption"] for row in rows]}
+        return batch | {"images": images} if self.keep_images else batch
 
 
 def main(argv=None):
@@ -260,7 +285,7 @@ def main(argv=None):
         model.activation_checkpointing_enable()
     ema = create_ema(model, args.ema_decay) if args.use_ema else None
 
-    collate = ClipCollator(processor)
+    collate = ClipCollator(processor, keep_images=args.shape_swap_negatives > 0)
     train_dataloader = make_dataloader(
         dataset, args.train_batch_size, collate, args.dataloader_num_workers, seed=args.seed
     )
@@ -289,8 +314,22 @@ def main(argv=None):
             # On the CPU, where the seeded generator lives (a few cells per image: cheap).
             swapped = swap_cells(pixel_values.cpu(), num_swapped, cell_size, generator).to(pixel_values.device)
             pixel_values = torch.cat([pixel_values, swapped])
+        negative_image_captions = [None] * num_swapped
+        num_redrawn = round(args.shape_swap_negatives * len(captions))
+        if num_redrawn:
+            shape_rng = np.random.default_rng(rng.getrandbits(63))
+            redrawn = [
+                redraw_with_another_shape(image, caption, shape_rng)
+                for image, caption in zip(batch["images"][:num_redrawn], captions)
+            ]
+            redrawn = [drawing for drawing in redrawn if drawing is not None]
+            if redrawn:
+                images, shown = zip(*redrawn)
+                pixels = processor.image_processor(images=list(images), return_tensors="pt").pixel_values
+                pixel_values = torch.cat([pixel_values, pixels.to(pixel_values)])
+                negative_image_captions += shown
         output = model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values)
-        loss = contrastive_loss(output.logits_per_image, captions, captions + negatives)
+        loss = contrastive_loss(output.logits_per_image, captions, captions + negatives, negative_image_captions)
         return {"loss": loss, "logit_scale": accelerator.unwrap_model(model).logit_scale.detach().exp()}
 
     def validate(step: int, model: CLIPModel) -> dict[str, float] | None:

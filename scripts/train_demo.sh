@@ -44,8 +44,10 @@ stage "2/8 caption tokenizer"
 stage "3/8 CLIP reranker, in the background (log: $RUN/clip.log)"
 # CLIP needs only the drawings and the tokenizer, so it trains beside stages 4-6. Two one-thread jobs keep two cores
 # busier than one two-thread job does: these models are too small for their matmuls to split well. It trains on the
-# pairs, then briefly with every drawing also shown cell-swapped, as a hard negative (another seed: another data
-# order), so that it ranks the transformer's typical error, a few cells drawn wrong, below a clean drawing.
+# pairs, then briefly with every drawing also shown as two hard negatives (another seed: another data order): with a
+# few cells swapped in from another drawing, and with one object redrawn as another shape, so that it ranks the
+# transformer's typical errors (a few cells drawn wrong; a held-out pairing such as the blue circle drawn as a seen
+# blue shape) below a clean drawing.
 clip_pid=
 if [ ! -f "$RUN/clip/README.md" ]; then
     (
@@ -55,8 +57,9 @@ if [ ! -f "$RUN/clip/README.md" ]; then
             --model_config '{"text_config": {"num_hidden_layers": 4}, "vision_config": {"num_hidden_layers": 4}}' \
             --train_batch_size 128 --max_train_steps 2500 --learning_rate 5e-4 --lr_warmup_steps 100 \
             --validation_steps 500 --num_validation_pairs 256 "${COMMON[@]}" --output_dir "$RUN/clip_pairs"
-        timed "CLIP, cell-swap negatives" $PYTHON scripts/train_clip.py --dataset_name "$RUN/data" --resolution 64 \
+        timed "CLIP, hard negatives" $PYTHON scripts/train_clip.py --dataset_name "$RUN/data" --resolution 64 \
             --pretrained_model_name_or_path "$RUN/clip_pairs" --max_text_length 16 --cell_swap_negatives 1.0 \
+            --shape_swap_negatives 1.0 \
             --train_batch_size 128 --max_train_steps 400 --learning_rate 2e-4 --lr_warmup_steps 50 \
             --validation_steps 200 --num_validation_pairs 256 "${COMMON[@]}" --seed 1 --output_dir "$RUN/clip"
     ) > "$RUN/clip.log" 2>&1 &
@@ -91,11 +94,11 @@ stage "7/8 transformer prior"
     --clip_model_name_or_path "$RUN/clip" \
     --model_config '{"hidden_size": 256, "num_hidden_layers": 8, "num_attention_heads": 8}' \
     --max_train_steps 6000 --train_batch_size 32 --learning_rate 1e-3 --lr_scheduler cosine --lr_warmup_steps 100 \
-    --use_ema --ema_decay 0.999 --validation_steps 1000 --validation_guidance_scale 3 --shapes_judge --num_validation_images 8 \
+    --use_ema --ema_decay 0.999 --validation_steps 1000 --validation_guidance_scale 2 --shapes_judge --num_validation_images 8 \
     --validation_prompts "${PROMPTS[@]}" "${COMMON[@]}" --output_dir "$RUN/pipeline"
 
 stage "8/8 evaluation and packaging"
 [ -f "$RUN/eval/evaluation.json" ] || timed evaluation $PYTHON scripts/evaluate_shapes.py --model "$RUN/pipeline" \
-    --guidance_scale 3 --output_dir "$RUN/eval"
+    --guidance_scale 2 --output_dir "$RUN/eval"
 $PYTHON scripts/package_demo_model.py --run_dir "$RUN" --output_dir "$DEMO_DIR"
 stage "done: $DEMO_DIR"

@@ -20,6 +20,7 @@ from hf_dalle.data.shapes import (
     is_held_out,
     make_shapes_dataset,
     parse_caption,
+    redraw_with_another_shape,
     render_caption,
     render_layout,
     sample_layout,
@@ -252,6 +253,44 @@ def test_judge_rejects_wrong_images():
         for image in (noise, blank):
             result = judge_image(image, caption)
             assert result.objects == () and not result.correct
+
+
+def test_redrawn_shape_negatives_show_another_training_caption_in_place():
+    rng = np.random.default_rng(0)
+    changed_objects = set()
+    for index, caption in enumerate(split_captions("train")):
+        image = render_caption(caption, seed=index)
+        redrawn = redraw_with_another_shape(image, caption, rng)
+        if redrawn is None:
+            continue
+        new_image, new_caption = redrawn
+        assert caption_split(new_caption) == "train"  # nothing held out is ever drawn
+        old, new = parse_caption(caption), parse_caption(new_caption)
+        assert old.relation == new.relation
+        changes = [(a, b) for a, b in zip(old.objects, new.objects) if a != b]
+        assert len(changes) == 1 and changes[0][0][0] == changes[0][1][0]  # one object, same color, other shape
+        changed_objects.add(changes[0])
+        assert judge_image(new_image, new_caption).correct and not judge_image(new_image, caption).correct
+        # In place: the new shape's pixels lie inside the old object's box, the other object is untouched.
+        old_pixels, new_pixels = np.asarray(image), np.asarray(new_image)
+        color = PALETTE[changes[0][0][0]]
+        ys, xs = np.nonzero((old_pixels == color).all(-1))
+        new_ys, new_xs = np.nonzero((new_pixels == color).all(-1))
+        assert ys.min() <= new_ys.min() and new_ys.max() <= ys.max()
+        assert xs.min() <= new_xs.min() and new_xs.max() <= xs.max()
+        outside_box = np.ones(old_pixels.shape[:2], dtype=bool)
+        outside_box[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = False
+        assert np.array_equal(old_pixels[outside_box], new_pixels[outside_box])
+    # Every seen (color, shape) is changed into every other seen shape of its color somewhere.
+    seen = {(color, shape) for color in COLORS for shape in SHAPES} - set(HELD_OUT_PAIRINGS)
+    assert changed_objects == {(a, b) for a in seen for b in seen if a[0] == b[0] and a != b}
+    # Deterministic per generator; a drawing that does not show its caption is refused by name.
+    image = render_caption("a red circle above a blue square", seed=1)
+    first = redraw_with_another_shape(image, "a red circle above a blue square", np.random.default_rng(5))
+    again = redraw_with_another_shape(image, "a red circle above a blue square", np.random.default_rng(5))
+    assert first[1] == again[1] and np.array_equal(np.asarray(first[0]), np.asarray(again[0]))
+    with pytest.raises(ValueError, match="no yellow pixel"):
+        redraw_with_another_shape(image, "a yellow circle above a blue square", np.random.default_rng(0))
 
 
 def test_judge_reports_what_it_sees():

@@ -112,6 +112,21 @@ def test_hard_negative_images_are_scored_against_the_captions_only():
     assert train_clip.contrastive_loss(logits[:2], captions, captions) < base
 
 
+def test_a_negative_image_is_not_wrong_for_the_caption_it_shows():
+    captions = ["x", "y"]
+    logits = torch.tensor([[5.0, 0.0], [0.0, 5.0], [0.0, 9.0]])  # row 2: a negative image that caption "y" prefers
+    loss = train_clip.contrastive_loss(logits, captions, captions, [None])
+    # Showing "y" (a redrawn object can make another training caption), it is y's right answer: only "x" counts it.
+    shown = train_clip.contrastive_loss(logits, captions, captions, ["y"])
+    assert shown < loss
+    torch.testing.assert_close(shown, train_clip.contrastive_loss(logits, captions, captions, ["y"]))
+    expected_text_loss = (
+        torch.logsumexp(logits[:, 0], 0) - logits[0, 0] + torch.logsumexp(logits[:2, 1], 0) - logits[1, 1]
+    ) / 2
+    expected_image_loss = (torch.logsumexp(logits[0], 0) - logits[0, 0] + torch.logsumexp(logits[1], 0) - 5) / 2
+    torch.testing.assert_close(shown, (expected_text_loss + expected_image_loss) / 2)
+
+
 def test_swap_cells_replaces_one_or_two_whole_cells_where_images_differ():
     torch.manual_seed(0)
     pixels = torch.zeros(5, 3, 32, 32)
@@ -152,7 +167,8 @@ def shapes_data(tmp_path_factory):
 
 
 def test_hard_negative_training_resumes_exactly_and_reports_its_accuracy(shapes_data, tmp_path, monkeypatch):
-    common = ["--hard_negatives", "--cell_swap_negatives", "0.5", "--max_train_steps", "6"]
+    common = ["--hard_negatives", "--cell_swap_negatives", "0.5", "--shape_swap_negatives", "0.5"]
+    common += ["--max_train_steps", "6"]
     common += ["--checkpointing_steps", "3"]
     train_clip.main(clip_args(shapes_data, tmp_path / "straight", *common))
     logs = [json.loads(line) for line in (tmp_path / "straight" / "logs" / "metrics.jsonl").read_text().splitlines()]
@@ -180,6 +196,8 @@ def test_hard_negatives_refuse_streaming_and_bad_shares(shapes_data, tmp_path):
         train_clip.parse_args(clip_args(shapes_data, tmp_path, "--hard_negatives", "--streaming"))
     with pytest.raises(SystemExit):
         train_clip.parse_args(clip_args(shapes_data, tmp_path, "--cell_swap_negatives", "1.5"))
+    with pytest.raises(SystemExit):
+        train_clip.parse_args(clip_args(shapes_data, tmp_path, "--shape_swap_negatives", "-0.5"))
 
 
 @pytest.mark.parametrize("precision,implementation", [("no", "sdpa"), ("bf16", "eager")])

@@ -17,6 +17,7 @@ from .shapes import (
     is_held_out,
     make_shapes_dataset,
     parse_caption,
+    redraw_with_another_shape,
     render_caption,
     split_captions,
 )

@@ -277,6 +277,41 @@ def render_caption(caption: str | ShapesCaption, seed: int = 0, image_size: int 
     return render_layout(sample_layout(caption, np.random.default_rng(seed), image_size), image_size)
 
 
+def redraw_with_another_shape(
+    image: Image.Image, caption: str | ShapesCaption, rng: np.random.Generator
+) -> tuple[Image.Image, str] | None:
+    """A hard negative for a reranker: a clean drawing of `caption` (as `render_caption` makes it) with one of its
+    objects redrawn in place (same color, box and position) as another shape, picked from the changes whose scene is
+    still a training caption, so that nothing held out is ever drawn. Returns the new drawing and the caption it
+    shows, or None when no object can change shape that way."""
+    parsed = caption if isinstance(caption, ShapesCaption) else parse_caption(caption)
+    pixels = np.array(image.convert("RGB"))
+    drawn = {color: (pixels == PALETTE[color]).all(-1) for color, _ in parsed.objects}  # colors never repeat
+    missing = [color for color, mask in drawn.items() if not mask.any()]
+    if missing:
+        raise ValueError(f"The image shows no {missing[0]} pixel, so it is not a clean drawing of {str(parsed)!r}.")
+    changes = []
+    for index, (color, shape) in enumerate(parsed.objects):
+        for other in SHAPES:
+            objects = list(parsed.objects)
+            objects[index] = (color, other)
+            changed = ShapesCaption(objects=tuple(objects), relation=parsed.relation)
+            if other != shape and caption_split(changed) == "train":
+                changes.append((index, changed))
+    if not changes:
+        return None
+    index, changed = changes[rng.integers(len(changes))]
+    color, shape = changed.objects[index]
+    ys, xs = np.nonzero(drawn[color])
+    size = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
+    center_x, center_y = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
+    box = np.zeros_like(drawn[color])
+    box[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = True  # the object's own: it never overlaps the other's
+    pixels[drawn[color]] = BACKGROUND_COLOR
+    pixels[shape_mask(shape, center_x, center_y, size, pixels.shape[0]) & box] = PALETTE[color]
+    return Image.fromarray(pixels), str(changed)
+
+
 def _check_image_size(image_size: int) -> None:
     # Below 32 px the smallest objects (a quarter of the side) are too small to tell the shapes apart.
     if not isinstance(image_size, int) or image_size < 32:

@@ -30,7 +30,7 @@ install-test: $(VENV)/.installed-test
 demo: install
 	$(VENV)/bin/hf-dalle demo --output-dir outputs/demo
 
-# Rebuild the bundled demo model (src/hf_dalle/demo_model) from nothing: about 1 hour 45 minutes on a 2-core CPU.
+# Rebuild the bundled demo model (src/hf_dalle/demo_model) from nothing: under 2 hours on a 2-core CPU.
 train-demo: install
 	PYTHON=$(PY) bash scripts/train_demo.sh
 

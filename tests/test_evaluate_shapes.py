@@ -24,7 +24,7 @@ def run_dir(tmp_path_factory):
          "--best_of", "2", "4", "--captions_per_group", "2", "--guidance_scale", "1.5", "--device", "cpu"]
     )  # fmt: skip
     evaluate.main(["--vae", str(run / "pipeline"), "--output_dir", str(run / "vae_eval"), "--num_images", "8"])
-    stages = {"dVAE": 120, "CLIP": 600, "CLIP, cell-swap negatives": 60, "waiting for CLIP": 60, "transformer": 300}
+    stages = {"dVAE": 120, "CLIP": 600, "CLIP, hard negatives": 60, "waiting for CLIP": 60, "transformer": 300}
     (run / "stage_seconds.tsv").write_text("".join(f"{name}\t{seconds}\n" for name, seconds in stages.items()))
     return run
 

@@ -119,7 +119,6 @@ def test_a_negative_image_is_not_wrong_for_the_caption_it_shows():
     # Showing "y" (a redrawn object can make another training caption), it is y's right answer: only "x" counts it.
     shown = train_clip.contrastive_loss(logits, captions, captions, ["y"])
     assert shown < loss
-    torch.testing.assert_close(shown, train_clip.contrastive_loss(logits, captions, captions, ["y"]))
     expected_text_loss = (
         torch.logsumexp(logits[:, 0], 0) - logits[0, 0] + torch.logsumexp(logits[:2, 1], 0) - logits[1, 1]
     ) / 2

@@ -156,8 +156,10 @@ def contrastive_loss(
     image_loss = F.cross_entropy(logits[:n].masked_fill(same, float("-inf")), labels)
     same_image = torch.zeros(n, len(logits), dtype=torch.bool, device=logits.device)  # [caption, image]
     same_image[:, :n] = same[:, :n]
-    for row, shown in enumerate(negative_image_captions, start=n):
-        same_image[:, row] = torch.tensor([caption == shown for caption in captions], device=logits.device)
+    if negative_image_captions:
+        same_image[:, n : n + len(negative_image_captions)] = torch.tensor(
+            [[caption == shown for shown in negative_image_captions] for caption in captions], device=logits.device
+        )
     text_loss = F.cross_entropy(logits[:, :n].t().masked_fill(same_image, float("-inf")), labels)
     return (image_loss + text_loss) / 2
 

@@ -5,7 +5,13 @@ from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, CompileConfig, DynamicCache, StaticCache
 
 from hf_dalle import DalleConfig, DalleForImageGeneration, DalleModel, DalleStreamLogitsProcessor
-from hf_dalle.models.dalle import DallePrefixCache, DalleResblockGradientScaler, PrefixLayer, build_attention_masks
+from hf_dalle.models.dalle import (
+    DallePrefixCache,
+    DalleResblockGradientScaler,
+    PrefixLayer,
+    build_attention_masks,
+    decode_step_keys,
+)
 from hf_dalle.models.dalle.modeling_dalle import matmul_softmax_attention
 
 TEXT_VOCAB, IMAGE_VOCAB, TEXT_LENGTH, GRID = 48, 24, 8, 4
@@ -260,6 +266,44 @@ def test_prefix_layer_returns_the_filled_prefix_and_crops():
         layer.update(keys, values)
     layer.reset()
     assert layer.get_seq_length() == 0 and not layer.keys.any()
+
+
+@pytest.mark.parametrize("text_length, grid, kernel", [(TEXT_LENGTH, GRID, 3), (2, 6, 3), (3, 5, 5), (1, 7, 7)])
+def test_decode_step_keys_select_exactly_the_masked_keys(text_length, grid, kernel):
+    config = tiny_config(
+        max_text_length=text_length, image_grid_size=grid, conv_kernel_size=kernel,
+        num_hidden_layers=4, attention_types=["full", "row", "column", "conv"],
+    )
+    for kind, mask in build_attention_masks(config).items():
+        for position in range(text_length, config.max_sequence_length):
+            keys = decode_step_keys(config, kind, position, mask[position])
+            image_keys = torch.arange(config.max_sequence_length)[keys.image_keys]
+            if keys.image_mask is not None:
+                image_keys = image_keys[keys.image_mask]
+            selected = torch.cat([torch.arange(keys.text_length), image_keys])
+            assert torch.equal(selected, mask[position].nonzero().squeeze(1)), (kind, position)
+
+
+def test_sparse_decode_steps_give_the_logits_of_one_pass():
+    # A 2-token caption before a 6x6 grid: late in the stream, row, column and conv attention allow under a third
+    # of the prefix, so decode steps attend through `decode_step_attention`; full attention keeps its mask.
+    types = ["row", "column", "conv", "full"]
+    model = tiny_model(max_text_length=2, image_grid_size=6, num_hidden_layers=4, attention_types=types)
+    stream_length = model.config.max_sequence_length
+    sparse = model.model.decode_step_keys_at(stream_length - 1, torch.device("cpu"))
+    assert [sparse[kind] is not None for kind in types] == [True, True, True, False]
+    g = torch.Generator().manual_seed(0)
+    stream = torch.cat([torch.randint(1, TEXT_VOCAB, (3, 2), generator=g),
+                        torch.randint(TEXT_VOCAB, TEXT_VOCAB + IMAGE_VOCAB, (3, 36), generator=g)], dim=1)
+    with torch.no_grad():
+        full = model(stream, use_cache=False).logits
+        for cache in (DallePrefixCache(model.config), DynamicCache(config=model.config)):
+            steps = [model(stream[:, :1], past_key_values=cache).logits]
+            steps += [model(stream[:, i : i + 1], past_key_values=cache).logits for i in range(1, stream_length)]
+            torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+    prompt = stream[:, :2]
+    greedy = model.generate(prompt, do_sample=False, max_new_tokens=36)
+    assert torch.equal(greedy, model.generate(prompt, do_sample=False, max_new_tokens=36, use_cache=False))
 
 
 def test_cached_chunks_give_the_logits_of_one_pass():

@@ -9,8 +9,11 @@ from .modeling_dalle import (
     DallePreTrainedModel,
     DalleResblockGradientScaler,
     DalleStreamLogitsProcessor,
+    DecodeStepKeys,
     PrefixLayer,
     build_attention_masks,
+    decode_step_attention,
+    decode_step_keys,
     mask_logits_by_position,
 )
 

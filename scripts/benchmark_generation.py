@@ -22,9 +22,10 @@ to `<output>.md` and `<output>.json`.
     .venv-bench/bin/python scripts/benchmark_generation.py --device cuda --dtype bf16 --decode-step-12b-only
 
 `--decode-step-12b` (on by default with `--device cuda`) also times one decode step of a single layer shaped like the
-paper's 12B model (d_model 3968, 62 heads) at the end of the 1280-token stream, against its memory-bandwidth floor:
-the bytes that step must read (the layer's weights and the keys/values it attends to) over the measured copy
-bandwidth of the device.
+paper's 12B model (d_model 3968, 62 heads, row attention) at the end of the 1280-token stream, with the mask over
+every position and reading only the 289 positions row attention allows (`DecodeStepKeys`), against its
+memory-bandwidth floor: the bytes that step must read (the layer's weights and the keys/values it attends over) over
+the measured copy bandwidth of the device.
 """
 
 import argparse
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 from transformers import CompileConfig, DynamicCache, GPT2Config, GPT2LMHeadModel, StaticCache
 
 from hf_dalle import DalleConfig, DalleForImageGeneration, DalleModel
-from hf_dalle.models.dalle import build_attention_masks
+from hf_dalle.models.dalle import build_attention_masks, decode_step_keys
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -343,18 +344,24 @@ def profile_ours(args, device: torch.device, dtype: torch.dtype, output: Path) -
 
 def decode_step_12b(args, device: torch.device, dtype: torch.dtype) -> list[dict]:
     """One decode step of a single layer of the paper's 12B shape (a row-attention layer) at the last stream position,
-    eager and compiled, vs the time to read what it must read (its weights, the keys and values of the stream) at the
-    device's measured copy bandwidth."""
+    vs the time to read what it must read at the device's measured copy bandwidth: its weights and the keys and values
+    it attends over. Variants: eager and compiled with the row's mask over all 1280 positions, and eager reading only
+    the 289 keys row attention allows there (`DecodeStepKeys`, what `generate` does at this position)."""
     # The 12B model's widths, one layer, a token vocabulary too small to matter.
     config = DalleConfig(text_vocab_size=16, image_vocab_size=16, num_hidden_layers=1, attention_types=["row"])
     torch.manual_seed(0)
     layer = DalleModel(config).to(device, dtype).eval().layers[0]
     position = config.max_sequence_length - 1
-    mask = build_attention_masks(config, device)[layer.attention_type][position : position + 1]
+    mask_row = build_attention_masks(config, device)[layer.attention_type][position]
+    step_keys = decode_step_keys(config, layer.attention_type, position, mask_row)
     itemsize = torch.finfo(dtype).bits // 8
     bandwidth = copy_bandwidth(device)
     layer_bytes = sum(p.numel() for p in layer.parameters()) * itemsize
-    variants = {"eager": layer} | ({"compiled": torch.compile(layer)} if args.compile else {})
+    # variant: (layer call, what it attends with, how many positions' keys and values it reads)
+    variants = {"eager, mask over the stream": (layer, mask_row[None], position + 1)}
+    if args.compile:
+        variants["compiled, mask over the stream"] = (torch.compile(layer), mask_row[None], position + 1)
+    variants["eager, decode-step keys"] = (layer, step_keys, int(mask_row.sum()))
     runs = []
     for batch_size in args.decode_batch_sizes:
         cache = StaticCache(config=config, max_cache_len=config.max_sequence_length)
@@ -363,27 +370,28 @@ def decode_step_12b(args, device: torch.device, dtype: torch.dtype) -> list[dict
             cache.update(torch.randn(shape, device=device, dtype=dtype), torch.randn(shape, device=device, dtype=dtype), 0)
         hidden_states = torch.randn(batch_size, 1, config.hidden_size, device=device, dtype=dtype)
 
-        def decode_step(step) -> Callable[[], int]:
+        def decode_step(step, attention) -> Callable[[], int]:
             def run() -> int:
                 with torch.no_grad():
-                    step(hidden_states, mask, past_key_values=cache)
+                    step(hidden_states, attention, past_key_values=cache)
                 cache.layers[0].cumulative_length.fill_(position)  # write the same slot again on the next call
                 return batch_size
 
             return run
 
-        workloads = {name: decode_step(step) for name, step in variants.items()}
+        workloads = {name: decode_step(step, attention) for name, (step, attention, _) in variants.items()}
         samples = interleaved_timings(workloads, args.repeats * 4, device, warmup=3)
-        kv_bytes = 2 * batch_size * (position + 1) * config.hidden_size * itemsize
-        floor = (layer_bytes + kv_bytes) / bandwidth
-        for name in workloads:
+        for name, (_, _, positions_read) in variants.items():
+            bytes_read = layer_bytes + 2 * batch_size * positions_read * config.hidden_size * itemsize
             step_time = summarize(samples[name])["wall_s"]
+            floor = bytes_read / bandwidth
             runs.append(
                 {
                     "variant": name,
                     "batch_size": batch_size,
                     "step_s": step_time,
-                    "bytes_read": layer_bytes + kv_bytes,
+                    "positions_read": positions_read,
+                    "bytes_read": bytes_read,
                     "bandwidth_bytes_per_s": bandwidth,
                     "floor_s": floor,
                     "ratio_to_floor": step_time / floor,
@@ -465,20 +473,23 @@ def generation_markdown(runs: list[dict], decode_runs: list[dict], info: dict, a
                 f"(target {bound} {target}): {'met' if met else 'NOT met'}"
             )
     if decode_runs:
+        lines += [""] if lines else []
         lines += [
-            "",
             "## One 12B-shaped layer (d_model 3968, 62 heads, row attention), one decode step at position 1279",
             "",
             f"{info['device']} ({info.get('gpu') or info.get('cpu')}), torch {info['torch']}, {args.dtype}. Bytes read: "
-            "the layer's weights and the keys and values of all 1280 positions; floor: bytes over the measured copy "
-            "bandwidth (a copy reads and writes each byte). Median of the step's wall time.",
+            "the layer's weights and the keys and values of the positions the variant attends over (the mask's 1280, "
+            "or the 289 that row attention allows); floor: bytes over the measured copy bandwidth (a copy reads and "
+            "writes each byte). Median of the step's wall time.",
             "",
             markdown_table(
-                ["variant", "batch", "step ms", "bytes read MB", "copy bandwidth GB/s", "floor ms", "step / floor"],
+                ["variant", "batch", "positions read", "step ms", "bytes read MB", "copy bandwidth GB/s", "floor ms",
+                 "step / floor"],
                 [
                     [
                         run["variant"],
                         run["batch_size"],
+                        run["positions_read"],
                         f"{run['step_s'] * 1e3:.3f}",
                         f"{run['bytes_read'] / 1e6:.0f}",
                         f"{run['bandwidth_bytes_per_s'] / 1e9:.0f}",

@@ -37,7 +37,7 @@ from tokenizers import Tokenizer, processors
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
 
 from hf_dalle import DalleTokenizer
-from hf_dalle.data import redraw_with_another_shape
+from hf_dalle.data import parse_caption, redraw_with_another_shape
 from hf_dalle.training import (
     add_common_arguments,
     add_data_arguments,
@@ -292,6 +292,13 @@ def main(argv=None):
         dataset, args.train_batch_size, collate, args.dataloader_num_workers, seed=args.seed
     )
     validation = collate(list(dataset.take(args.num_validation_pairs)))
+    if args.shape_swap_negatives and not args.streaming:
+        # Redrawing reads each caption's objects: refuse other captions now, not at the first step that meets one.
+        for caption in set(dataset["caption"]):
+            try:
+                parse_caption(caption)
+            except ValueError as error:
+                raise ValueError(f"--shape_swap_negatives needs shapes-world captions: {error}") from error
     neighbors = {}
     if args.hard_negatives:
         neighbors = caption_neighbors(dataset["caption"])

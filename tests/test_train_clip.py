@@ -199,6 +199,17 @@ def test_hard_negatives_refuse_streaming_and_bad_shares(shapes_data, tmp_path):
         train_clip.parse_args(clip_args(shapes_data, tmp_path, "--shape_swap_negatives", "-0.5"))
 
 
+def test_shape_swap_negatives_refuse_captions_outside_the_shapes_world_before_training(tmp_path):
+    data = tmp_path / "other_captions"
+    rows = make_shapes_dataset(4, seed=0, image_size=32, one_object_fraction=1.0)
+    rows = rows.map(lambda row, i: {"caption": "a photo of a cat" if i == 2 else row["caption"]}, with_indices=True)
+    rows.save_to_disk(str(data))
+    message = "--shape_swap_negatives needs shapes-world captions: Caption 'a photo of a cat' does not fit"
+    with pytest.raises(ValueError, match=message):
+        train_clip.main(clip_args(data, tmp_path / "out", "--shape_swap_negatives", "0.5"))
+    assert not list((tmp_path / "out").rglob("*.safetensors"))  # refused before training: no checkpoint, no model
+
+
 @pytest.mark.parametrize("precision,implementation", [("no", "sdpa"), ("bf16", "eager")])
 def test_cpu_half_precision_trains_with_eager_attention_and_saves_sdpa(
     shapes_data, tmp_path, monkeypatch, precision, implementation

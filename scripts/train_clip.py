@@ -272,6 +272,13 @@ def main(argv=None):
     args = parse_args(argv)
     accelerator = create_accelerator(args)
     dataset = load_image_caption_dataset(args)
+    if args.shape_swap_negatives and not args.streaming:
+        # Redrawing reads each caption's objects: refuse other captions now, not at the first step that meets one.
+        for caption in set(dataset["caption"]):
+            try:
+                parse_caption(caption)
+            except ValueError as error:
+                raise ValueError(f"--shape_swap_negatives needs shapes-world captions: {error}") from error
     if args.pretrained_model_name_or_path is not None:
         model = load_component(CLIPModel, args.pretrained_model_name_or_path, "clip_model")
         processor = load_component(CLIPProcessor, args.pretrained_model_name_or_path, "clip_processor")
@@ -292,13 +299,6 @@ def main(argv=None):
         dataset, args.train_batch_size, collate, args.dataloader_num_workers, seed=args.seed
     )
     validation = collate(list(dataset.take(args.num_validation_pairs)))
-    if args.shape_swap_negatives and not args.streaming:
-        # Redrawing reads each caption's objects: refuse other captions now, not at the first step that meets one.
-        for caption in set(dataset["caption"]):
-            try:
-                parse_caption(caption)
-            except ValueError as error:
-                raise ValueError(f"--shape_swap_negatives needs shapes-world captions: {error}") from error
     neighbors = {}
     if args.hard_negatives:
         neighbors = caption_neighbors(dataset["caption"])

@@ -8,8 +8,8 @@
 # (scripts/evaluate_shapes.py) and install the pipeline with its model card into src/hf_dalle/demo_model
 # (scripts/package_demo_model.py).
 #
-# Budget: under 2 hours (105-113 minutes measured) on a 2-core CPU with bfloat16 matrix units. PYTHON, RUN_DIR and DEMO_DIR can be
-# overridden.
+# Budget: under 2 hours (105-113 minutes measured) on a 2-core CPU with bfloat16 matrix units. PYTHON, RUN_DIR and
+# DEMO_DIR can be overridden.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -465,9 +465,9 @@ class DalleModel(DallePreTrainedModel):
 
     def decode_step_keys_at(self, position: int, device: torch.device) -> dict[str, DecodeStepKeys | None]:
         """Per attention type, the [`DecodeStepKeys`] of a decode step at stream `position`, or `None` where one mask
-        over the whole prefix is as cheap: at text positions, and for types that may attend to more than a third of
-        the prefix (measured on a CPU: skipping fewer keys than that does not repay the extra kernels). Built on
-        first use."""
+        over the whole prefix is as cheap: at text positions, and where the step would still read more than a third
+        of the prefix (a conv window counts whole; measured on a CPU: skipping fewer keys than that does not repay
+        the extra kernels). Built on first use."""
         if (device, position) not in self._decode_step_keys:
             step_keys = dict.fromkeys(self.config.attention_types)
             if position >= self.config.max_text_length:

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo train-demo serve test test-slow install install-test bench-env benchmark
+.PHONY: demo train-demo serve test test-slow install install-test bench-env benchmark device-kit
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,18 @@ $(BENCH_VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 bench-env: $(BENCH_VENV)/.installed
+
+# The GPU tables, on a lent GPU machine (torch there, no network): its Python 3.12 lacks these packages or holds
+# versions that break the references (pytorch-lightning 2 for DALLE-pytorch's taming import, setuptools without
+# pkg_resources), so their wheels go into .whl/ (about 24 MB), carried beside the repo to scripts/device_benchmarks.sh.
+DEVICE_WHEELS = transformers==5.23.0 diffusers==0.42.1 importlib_metadata==10.2.0 \
+	dalle-pytorch==1.6.6 axial_positional_embedding==0.3.12 rotary-embedding-torch==0.9.1 \
+	taming-transformers-rom1504==0.0.6 omegaconf==2.4.0 ftfy==6.3.1 wcwidth==0.9.4 webdataset==1.0.2 \
+	braceexpand==0.1.7 pytorch-lightning==1.9.5 torchmetrics==1.3.2 "setuptools<81" DALL-E==0.1
+device-kit:
+	rm -rf .whl.tmp && $(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl.tmp $(DEVICE_WHEELS)
+	rm -rf .whl && mv .whl.tmp .whl
 
 # Both benchmarks on this machine's CPU; results in benchmarks/*.md and *.json (see README "Performance").
 benchmark: bench-env

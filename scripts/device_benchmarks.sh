@@ -13,7 +13,8 @@
 #   profile     (not run unless named) the torch.profiler table of ours at the largest grid and batch
 # PHASES="compiled profile" reruns some; BENCH_ARGS adds arguments to every benchmark (e.g. "--repeats 3"). Results
 # go to $OUT (the device tool's folder that comes back) or, run by hand, to benchmarks/. DEVICE=cpu runs the same on
-# a CPU, to check the kit without a GPU (with small BENCH_ARGS, e.g. "--grid-sizes 8 --repeats 1 --hidden-size 128").
+# a CPU, to check the kit without a GPU, with small BENCH_ARGS such as
+# "--grid-sizes 8 --repeats 1 --hidden-size 128 --num-heads 4" (DALLE-pytorch's rotary embedding fails at head size 8).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks}
@@ -46,9 +47,11 @@ phase() {  # phase NAME SECONDS COMMAND...: run COMMAND if NAME is in PHASES, ki
 common=(--device "$DEVICE" --dtype bf16)
 generation=("$PYTHON" scripts/benchmark_generation.py "${common[@]}")
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
-phase decode12b 60 "${generation[@]}" --decode-step-12b-only --no-compile $BENCH_ARGS --output "$OUT/decode_step_12b_$DEVICE"
+phase decode12b 60 "${generation[@]}" --decode-step-12b-only --no-compile $BENCH_ARGS \
+    --output "$OUT/decode_step_12b_$DEVICE"
 # shellcheck disable=SC2086
-phase generation 200 "${generation[@]}" --no-compile --no-decode-step-12b $BENCH_ARGS --output "$OUT/generation_$DEVICE"
+phase generation 200 "${generation[@]}" --no-compile --no-decode-step-12b $BENCH_ARGS \
+    --output "$OUT/generation_$DEVICE"
 # shellcheck disable=SC2086
 phase training 60 "$PYTHON" scripts/benchmark_training.py "${common[@]}" $BENCH_ARGS --output "$OUT/training_$DEVICE"
 # shellcheck disable=SC2086

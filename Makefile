@@ -71,9 +71,10 @@ $(BENCH_VENV)/.installed: setup.cfg pyproject.toml
 
 bench-env: $(BENCH_VENV)/.installed
 
-# The GPU tables, on a lent GPU machine (torch there, no network): its Python 3.12 lacks these packages or holds
+# The GPU tables, on a lent GPU machine (torch there, no network): its Python 3.12 lacks these packages, holds
 # versions that break the references (pytorch-lightning 2 for DALLE-pytorch's taming import, setuptools without
-# pkg_resources), so their wheels go into .whl/ (about 24 MB), carried beside the repo to scripts/device_benchmarks.sh.
+# pkg_resources) or an older transformers (5.17) than the one the tests run on, so their wheels go into .whl/
+# (about 24 MB), carried beside the repo to scripts/device_benchmarks.sh.
 DEVICE_WHEELS = transformers==5.23.0 diffusers==0.42.1 importlib_metadata==10.2.0 \
 	dalle-pytorch==1.6.6 axial_positional_embedding==0.3.12 rotary-embedding-torch==0.9.1 \
 	taming-transformers-rom1504==0.0.6 omegaconf==2.4.0 ftfy==6.3.1 wcwidth==0.9.4 webdataset==1.0.2 \

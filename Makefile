@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo train-demo serve test test-slow install install-test bench-env benchmark device-kit
+.PHONY: demo train-demo serve test test-slow install install-test bench-env benchmark device-kit quality style
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,20 @@ $(VENV)/.installed-web: $(VENV)/.installed
 
 serve: $(VENV)/.installed-web
 	$(VENV)/bin/hf-dalle serve $(SERVE_ARGS)
+
+# House style (pyproject.toml [tool.ruff], diffusers' rules): `quality` checks, `style` rewrites.
+RUFF_VERSION = 0.17.6
+$(VENV)/.installed-ruff: $(VENV)/bin/python
+	$(PIP) install -q ruff==$(RUFF_VERSION)
+	touch $@
+
+quality: $(VENV)/.installed-ruff
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+style: $(VENV)/.installed-ruff
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 test: install-test
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -5,5 +5,6 @@ Serves the bundled demo model, or the pipeline directory / Hub id in the `HF_DAL
 
 from hf_dalle.app import demo
 
+
 if __name__ == "__main__":
     demo.launch()

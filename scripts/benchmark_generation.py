@@ -100,9 +100,7 @@ def matmul_floor_weights(config: DalleConfig, device: torch.device, dtype: torch
     return layers + [[weight(config.image_vocab_size, width)]]
 
 
-def matmul_floor(
-    config: DalleConfig, batch_size: int, device: torch.device, dtype: torch.dtype
-) -> Callable[[], int]:
+def matmul_floor(config: DalleConfig, batch_size: int, device: torch.device, dtype: torch.dtype) -> Callable[[], int]:
     """Generates `image_seq_length` "tokens" per row: the prompt through the chain once, then one row per step."""
     weights = matmul_floor_weights(config, device, dtype)
     prompt = torch.randn(batch_size, config.max_text_length, config.hidden_size, device=device, dtype=dtype)
@@ -137,7 +135,7 @@ def ours_generate(model: DalleForImageGeneration, text: torch.Tensor, top_k: int
         # On CPU, generate() compiles the decode step only when asked explicitly (see NOTES_HF.md).
         compile_config = CompileConfig(fullgraph=True, mode="reduce-overhead" if text.is_cuda else "default")
         compile_config._compile_all_devices = True
-        extra = dict(cache_implementation="static", compile_config=compile_config)
+        extra = {"cache_implementation": "static", "compile_config": compile_config}
 
     def run() -> int:
         cache = {"past_key_values": DynamicCache()} if variant == OURS_DYNAMIC else {}  # a fresh one per call
@@ -184,18 +182,25 @@ def dalle_pytorch_models(args, config: DalleConfig, device: torch.device, dtype:
     from dalle_pytorch import DALLE, DiscreteVAE
 
     vae = DiscreteVAE(
-        image_size=config.image_grid_size * 8, num_layers=3, num_tokens=config.image_vocab_size, codebook_dim=64,
+        image_size=config.image_grid_size * 8,
+        num_layers=3,
+        num_tokens=config.image_vocab_size,
+        codebook_dim=64,
         hidden_dim=16,
     )
-    dalle = DALLE(
-        dim=args.hidden_size,
-        vae=vae,
-        num_text_tokens=config.text_vocab_size,
-        text_seq_len=config.max_text_length,
-        depth=args.num_layers,
-        heads=args.num_heads,
-        dim_head=args.hidden_size // args.num_heads,
-    ).to(device, dtype).eval()
+    dalle = (
+        DALLE(
+            dim=args.hidden_size,
+            vae=vae,
+            num_text_tokens=config.text_vocab_size,
+            text_seq_len=config.max_text_length,
+            depth=args.num_layers,
+            heads=args.num_heads,
+            dim_head=args.hidden_size // args.num_heads,
+        )
+        .to(device, dtype)
+        .eval()
+    )
     # Token generation only: leave out the dVAE decode at the end of generate_images (ours and GPT-2 stop at codes).
     dalle.vae.decode = lambda image_codes: image_codes
     return dalle
@@ -336,8 +341,11 @@ def profile_ours(args, device: torch.device, dtype: torch.dtype, output: Path) -
             workload()
             with profile(activities=activities) as profiler:
                 workload()
-        report += [f"{variant}, grid {grid}x{grid}, batch {batch_size}:",
-                   profiler.key_averages().table(sort_by=sort_by, row_limit=25), ""]
+        report += [
+            f"{variant}, grid {grid}x{grid}, batch {batch_size}:",
+            profiler.key_averages().table(sort_by=sort_by, row_limit=25),
+            "",
+        ]
     write_atomic(output, "\n".join(report))
     print(f"wrote {output}")
 
@@ -367,10 +375,12 @@ def decode_step_12b(args, device: torch.device, dtype: torch.dtype) -> list[dict
         cache = StaticCache(config=config, max_cache_len=config.max_sequence_length)
         shape = (batch_size, config.num_attention_heads, position, config.hidden_size // config.num_attention_heads)
         with torch.no_grad():
-            cache.update(torch.randn(shape, device=device, dtype=dtype), torch.randn(shape, device=device, dtype=dtype), 0)
+            cache.update(
+                torch.randn(shape, device=device, dtype=dtype), torch.randn(shape, device=device, dtype=dtype), 0
+            )
         hidden_states = torch.randn(batch_size, 1, config.hidden_size, device=device, dtype=dtype)
 
-        def decode_step(step, attention) -> Callable[[], int]:
+        def decode_step(step, attention, cache=cache) -> Callable[[], int]:
             def run() -> int:
                 with torch.no_grad():
                     step(hidden_states, attention, past_key_values=cache)
@@ -397,8 +407,11 @@ def decode_step_12b(args, device: torch.device, dtype: torch.dtype) -> list[dict
                     "ratio_to_floor": step_time / floor,
                 }
             )
-            print(f"12B-shaped layer decode step, {name}, batch {batch_size}: {step_time * 1e3:.3f} ms, "
-                  f"floor {floor * 1e3:.3f} ms", flush=True)
+            print(
+                f"12B-shaped layer decode step, {name}, batch {batch_size}: {step_time * 1e3:.3f} ms, "
+                f"floor {floor * 1e3:.3f} ms",
+                flush=True,
+            )
         del cache
     return runs
 
@@ -415,24 +428,40 @@ def copy_bandwidth(device: torch.device, size_bytes: int = 2**30) -> float:
 
 def generation_markdown(runs: list[dict], decode_runs: list[dict], info: dict, args) -> str:
     basis = runs[0]["ratio_basis"] if runs else "wall_s"
-    basis_name = "CPU time (one thread; wall time on a shared machine includes waiting for a core)" if (
-        basis == "cpu_s"
-    ) else "wall time"
-    lines = [] if not runs else [
-        "## Image-token generation",
-        "",
-        f"{info['device']} ({info.get('gpu') or info.get('cpu')}), torch {info['torch']}, {args.dtype}, "
-        f"{info['torch_threads']} thread(s), {info['date_utc']} UTC. Hidden {args.hidden_size}, {args.num_layers} "
-        f"layers, {args.num_heads} heads, {args.text_length}-token caption, vocab {args.text_vocab_size} text + "
-        f"{args.image_vocab_size} image, top-k {args.top_k}. Medians of {args.repeats} interleaved repeats "
-        f"({args.slow_repeats} for DALLE-pytorch as shipped, not warmed up). Ratio, on {basis_name}: the row's time "
-        "over ours (generate's default cache), i.e. how many times faster ours is; for the floor, ours' time over the "
-        "floor's. "
-        "In brackets, the same for ours' fastest variant. Peak memory: largest increase of resident memory during a "
-        "run (CUDA: allocated memory).",
-        "",
+    basis_name = (
+        "CPU time (one thread; wall time on a shared machine includes waiting for a core)"
+        if (basis == "cpu_s")
+        else "wall time"
+    )
+    lines = (
+        []
+        if not runs
+        else [
+            "## Image-token generation",
+            "",
+            f"{info['device']} ({info.get('gpu') or info.get('cpu')}), torch {info['torch']}, {args.dtype}, "
+            f"{info['torch_threads']} thread(s), {info['date_utc']} UTC. Hidden {args.hidden_size}, {args.num_layers} "
+            f"layers, {args.num_heads} heads, {args.text_length}-token caption, vocab {args.text_vocab_size} text + "
+            f"{args.image_vocab_size} image, top-k {args.top_k}. Medians of {args.repeats} interleaved repeats "
+            f"({args.slow_repeats} for DALLE-pytorch as shipped, not warmed up). Ratio, on {basis_name}: the row's time "
+            "over ours (generate's default cache), i.e. how many times faster ours is; for the floor, ours' time over the "
+            "floor's. "
+            "In brackets, the same for ours' fastest variant. Peak memory: largest increase of resident memory during a "
+            "run (CUDA: allocated memory).",
+            "",
+        ]
+    )
+    headers = [
+        "grid",
+        "batch",
+        "implementation",
+        "wall s",
+        "CPU s",
+        "tokens/s",
+        "tokens/CPU-s",
+        "peak mem MiB",
+        "ratio",
     ]
-    headers = ["grid", "batch", "implementation", "wall s", "CPU s", "tokens/s", "tokens/CPU-s", "peak mem MiB", "ratio"]
     rows = []
     for run in runs:
         for name, result in run["results"].items():
@@ -483,8 +512,16 @@ def generation_markdown(runs: list[dict], decode_runs: list[dict], info: dict, a
             "writes each byte). Median of the step's wall time.",
             "",
             markdown_table(
-                ["variant", "batch", "positions read", "step ms", "bytes read MB", "copy bandwidth GB/s", "floor ms",
-                 "step / floor"],
+                [
+                    "variant",
+                    "batch",
+                    "positions read",
+                    "step ms",
+                    "bytes read MB",
+                    "copy bandwidth GB/s",
+                    "floor ms",
+                    "step / floor",
+                ],
                 [
                     [
                         run["variant"],
@@ -519,25 +556,41 @@ def parse_args(argv=None):
     parser.add_argument("--top-k", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--slow-repeats", type=int, default=3, help="repeats of DALLE-pytorch as shipped")
-    parser.add_argument("--shipped-batch-sizes", type=int, nargs="+", default=None,
-                        help="batch sizes at which to run DALLE-pytorch as shipped (default: all; it takes minutes)")
+    parser.add_argument(
+        "--shipped-batch-sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="batch sizes at which to run DALLE-pytorch as shipped (default: all; it takes minutes)",
+    )
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the compiled variants")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="do not measure peak memory")
     parser.add_argument(
         "--no-reference", dest="reference", action="store_false", help="skip DALLE-pytorch (also when not installed)"
     )
-    parser.add_argument("--decode-step-12b", action=argparse.BooleanOptionalAction, default=None,
-                        help="time a 12B-shaped layer's decode step (default: on for CUDA)")
+    parser.add_argument(
+        "--decode-step-12b",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="time a 12B-shaped layer's decode step (default: on for CUDA)",
+    )
     parser.add_argument("--decode-step-12b-only", action="store_true")
-    parser.add_argument("--profile", action="store_true",
-                        help="also write a torch.profiler table of ours at the largest batch and grid")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also write a torch.profiler table of ours at the largest batch and grid",
+    )
     parser.add_argument("--decode-batch-sizes", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--output", type=Path, default=None, help="results stem (default benchmarks/generation_<device>)")
+    parser.add_argument(
+        "--output", type=Path, default=None, help="results stem (default benchmarks/generation_<device>)"
+    )
     args = parser.parse_args(argv)
     if min(args.batch_sizes + args.grid_sizes + [args.repeats, args.slow_repeats, args.top_k]) < 1:
         raise ValueError("Batch sizes, grid sizes, repeats and top-k must be positive.")
     if args.reference and any(grid & (grid - 1) for grid in args.grid_sizes):
-        raise ValueError(f"DALLE-pytorch's dVAE needs power-of-two grid sizes, got {args.grid_sizes} (or --no-reference).")
+        raise ValueError(
+            f"DALLE-pytorch's dVAE needs power-of-two grid sizes, got {args.grid_sizes} (or --no-reference)."
+        )
     if args.top_k > args.image_vocab_size:
         raise ValueError(f"--top-k ({args.top_k}) must not exceed --image-vocab-size ({args.image_vocab_size}).")
     return args
@@ -556,8 +609,12 @@ def main(argv=None):
     output = args.output or Path("benchmarks") / f"generation_{device.type}"
 
     def save(runs: list[dict], decode_runs: list[dict]) -> None:
-        data = {"environment": info, "arguments": {k: str(v) for k, v in vars(args).items()}, "generation": runs,
-                "decode_step_12b": decode_runs}
+        data = {
+            "environment": info,
+            "arguments": {k: str(v) for k, v in vars(args).items()},
+            "generation": runs,
+            "decode_step_12b": decode_runs,
+        }
         write_results(output, generation_markdown(runs, decode_runs, info, args), data)
 
     runs = [] if args.decode_step_12b_only else benchmark_generation(args, device, dtype, lambda runs: save(runs, []))

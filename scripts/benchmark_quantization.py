@@ -27,6 +27,7 @@ from hf_dalle.data.shapes import all_captions, is_held_out
 from hf_dalle.data.shapes_judge import judge_image
 from hf_dalle.memory import parameter_bytes
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _benchmark_utils import (  # noqa: E402
     environment,

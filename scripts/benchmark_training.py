@@ -75,17 +75,22 @@ def transformer_workloads(args, grid: int, device: torch.device, dtype: torch.dt
     if args.reference:
         from dalle_pytorch import DALLE, DiscreteVAE
 
-        vae = DiscreteVAE(image_size=grid * 8, num_layers=3, num_tokens=config.image_vocab_size, codebook_dim=64,
-                          hidden_dim=16)
-        dalle = DALLE(
-            dim=args.hidden_size,
-            vae=vae,
-            num_text_tokens=config.text_vocab_size,
-            text_seq_len=config.max_text_length,
-            depth=args.num_layers,
-            heads=args.num_heads,
-            dim_head=args.hidden_size // args.num_heads,
-        ).to(device, dtype).train()
+        vae = DiscreteVAE(
+            image_size=grid * 8, num_layers=3, num_tokens=config.image_vocab_size, codebook_dim=64, hidden_dim=16
+        )
+        dalle = (
+            DALLE(
+                dim=args.hidden_size,
+                vae=vae,
+                num_text_tokens=config.text_vocab_size,
+                text_seq_len=config.max_text_length,
+                depth=args.num_layers,
+                heads=args.num_heads,
+                dim_head=args.hidden_size // args.num_heads,
+            )
+            .to(device, dtype)
+            .train()
+        )
         # DALLE-pytorch's forward drops its last input position (nothing to predict), so it trains on the same count.
         workloads[DALLE_PYTORCH] = train_step(dalle, lambda: dalle(text, codes, return_loss=True), tokens)
         parameters[DALLE_PYTORCH] = sum(p.numel() for n, p in dalle.named_parameters() if not n.startswith("vae."))
@@ -93,11 +98,12 @@ def transformer_workloads(args, grid: int, device: torch.device, dtype: torch.dt
 
 
 def dvae_workloads(args, device: torch.device, dtype: torch.dtype) -> tuple[dict, dict]:
-    config = DalleVAEConfig(hidden_size=args.vae_hidden_size, vocab_size=args.vae_vocab_size, image_size=args.image_size)
+    config = DalleVAEConfig(
+        hidden_size=args.vae_hidden_size, vocab_size=args.vae_vocab_size, image_size=args.image_size
+    )
     torch.manual_seed(0)
     ours = DalleVAE(config).to(device, dtype).eval()
     pixels = torch.rand(args.vae_batch_size, 3, args.image_size, args.image_size, device=device)
-    images = args.vae_batch_size
     workloads = {OURS_VAE: lambda: ours.encode(pixels).indices.shape[0]}
     parameters = {OURS_VAE: sum(p.numel() for p in ours.encoder.parameters())}
     if args.reference:
@@ -213,7 +219,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--no-reference", dest="reference", action="store_false", help="skip the references (also when not installed)"
     )
-    parser.add_argument("--output", type=Path, default=None, help="results stem (default benchmarks/training_<device>)")
+    parser.add_argument(
+        "--output", type=Path, default=None, help="results stem (default benchmarks/training_<device>)"
+    )
     args = parser.parse_args(argv)
     if min(args.grid_sizes + [args.batch_size, args.vae_batch_size, args.repeats]) < 1:
         raise ValueError("Grid sizes, batch sizes and repeats must be positive.")
@@ -240,8 +248,12 @@ def main(argv=None):
             dvae_run = measure(workloads, parameters, args, device, "images")
     synchronize(device)
     output = args.output or Path("benchmarks") / f"training_{device.type}"
-    data = {"environment": info, "arguments": {k: str(v) for k, v in vars(args).items()},
-            "transformer": transformer_runs, "dvae_encode": dvae_run}
+    data = {
+        "environment": info,
+        "arguments": {k: str(v) for k, v in vars(args).items()},
+        "transformer": transformer_runs,
+        "dvae_encode": dvae_run,
+    }
     write_results(output, training_markdown(transformer_runs, dvae_run, info, args), data)
     print(f"wrote {output}.md and {output}.json")
 

@@ -32,7 +32,9 @@ def parse_args(argv=None):
     parser.add_argument("--push_to_hub", action="store_true", help="Upload the converted model to the Hub.")
     parser.add_argument("--hub_model_id", default=None, help="Hub repo id; defaults to the name of --output_dir.")
     parser.add_argument("--hub_private", action="store_true", help="Create the Hub repo as private.")
-    parser.add_argument("--license", default="mit", help="License of the weights for the model card (OpenAI's DALL-E repo: MIT).")
+    parser.add_argument(
+        "--license", default="mit", help="License of the weights for the model card (OpenAI's DALL-E repo: MIT)."
+    )
     return parser.parse_args(argv)
 
 
@@ -72,7 +74,9 @@ def main(argv=None):
                 {"name": os.path.basename(path), "kind": kind, "sha256": sha256_of(path)}
                 for path, kind in ((args.encoder, "encoder"), (args.decoder, "decoder"))
             ],
-            "command": shlex.join(["python", "scripts/convert_openai_dvae.py", *(sys.argv[1:] if argv is None else argv)]),
+            "command": shlex.join(
+                ["python", "scripts/convert_openai_dvae.py", *(sys.argv[1:] if argv is None else argv)]
+            ),
         },
     )
 
@@ -85,11 +89,16 @@ def main(argv=None):
         output_dir.mkdir(exist_ok=True)
         for file in sorted(Path(tmp).iterdir()):
             os.replace(file, output_dir / file.name)
-    print(f"Converted dVAE ({vae.config.vocab_size} codes, hidden size {vae.config.hidden_size}) written to {output_dir}")
+    print(
+        f"Converted dVAE ({vae.config.vocab_size} codes, hidden size {vae.config.hidden_size}) written to {output_dir}"
+    )
 
     if args.push_to_hub:
         commit = push_folder_to_hub(
-            output_dir, repo_id, private=args.hub_private or None, commit_message="Add DALL-E dVAE converted with hf_dalle"
+            output_dir,
+            repo_id,
+            private=args.hub_private or None,
+            commit_message="Add DALL-E dVAE converted with hf_dalle",
         )
         print(f"Pushed to {commit.repo_url} ({commit.commit_url})")
 

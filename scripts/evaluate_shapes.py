@@ -54,10 +54,14 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="A shapes-world DallePipeline (folder or Hub id).")
-    source.add_argument("--vae", help="A DalleVAE (folder or Hub id, or a pipeline's vae/ folder): judge its argmax reconstructions.")
+    source.add_argument(
+        "--vae", help="A DalleVAE (folder or Hub id, or a pipeline's vae/ folder): judge its argmax reconstructions."
+    )
     parser.add_argument("--output_dir", required=True, help="Where evaluation.md, evaluation.json and samples.png go.")
     parser.add_argument("--num_candidates", type=int, default=64, help="Candidates sampled per caption (default: 64).")
-    parser.add_argument("--best_of", type=int, nargs="+", default=[16, 64], help="Reranking sizes N to report (default: 16 64).")
+    parser.add_argument(
+        "--best_of", type=int, nargs="+", default=[16, 64], help="Reranking sizes N to report (default: 16 64)."
+    )
     parser.add_argument(
         "--captions_per_group",
         type=int,
@@ -67,14 +71,26 @@ def parse_args(argv=None):
     )
     parser.add_argument("--top_k", type=int, default=None, help="Top-k sampling (default: the full distribution).")
     parser.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature (default: 1).")
-    parser.add_argument("--guidance_scale", type=float, default=1.0, help="Classifier-free guidance (default: 1, off).")
-    parser.add_argument("--candidate_batch_size", type=int, default=64, help="Candidates sampled together (default: 64).")
-    parser.add_argument("--num_images", type=int, default=400, help="With --vae: drawings judged per split (default: 400).")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the caption choice and of the candidates (default: 0).")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="Device (default: cuda if available).")
+    parser.add_argument(
+        "--guidance_scale", type=float, default=1.0, help="Classifier-free guidance (default: 1, off)."
+    )
+    parser.add_argument(
+        "--candidate_batch_size", type=int, default=64, help="Candidates sampled together (default: 64)."
+    )
+    parser.add_argument(
+        "--num_images", type=int, default=400, help="With --vae: drawings judged per split (default: 400)."
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="Seed of the caption choice and of the candidates (default: 0)."
+    )
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="Device (default: cuda if available)."
+    )
     args = parser.parse_args(argv)
     if args.num_candidates < 1 or any(not 1 <= n <= args.num_candidates for n in args.best_of):
-        parser.error(f"--best_of sizes must be between 1 and --num_candidates ({args.num_candidates}), got {args.best_of}.")
+        parser.error(
+            f"--best_of sizes must be between 1 and --num_candidates ({args.num_candidates}), got {args.best_of}."
+        )
     if args.captions_per_group < 1 or args.num_images < 1:
         parser.error("--captions_per_group and --num_images must be positive.")
     return args
@@ -137,7 +153,9 @@ def evaluate_pipeline(args) -> tuple[dict, list[Image.Image], list[str]]:
         row[f"any of {k_any}"] = float(np.mean([any_of_k_accuracy(sum(verdicts[c]), n, k_any) for c in captions]))
         results[group] = row
 
-    shown = groups["seen, two objects"][:3] + groups["held-out, two objects"][:3] + ["a red square", "a green triangle"]
+    shown = (
+        groups["seen, two objects"][:3] + groups["held-out, two objects"][:3] + ["a red square", "a green triangle"]
+    )
     grid_images = [image for caption in shown for image in samples[caption]]
     return results, grid_images, shown
 
@@ -209,8 +227,10 @@ def main(argv=None) -> int:
         setup = f"{args.num_images} fresh drawings per split (seed {args.seed + 1}), judged after encode -> argmax -> decode."
         grid = make_image_grid(grid_images, rows=len(grid_images) // 8, cols=8)
     table = markdown_table(results)
-    samples_note = "Rows of samples.png (best-scored first): " + "; ".join(shown) if args.model else (
-        "samples.png: per split, 4 drawings then their reconstructions."
+    samples_note = (
+        "Rows of samples.png (best-scored first): " + "; ".join(shown)
+        if args.model
+        else ("samples.png: per split, 4 drawings then their reconstructions.")
     )
     markdown = f"# {title}\n\n{setup}\n\n{table}\n\n{samples_note}\n"
     output_dir = Path(args.output_dir)

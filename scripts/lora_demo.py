@@ -34,8 +34,10 @@ from hf_dalle import DEMO_MODEL_DIR, DallePipeline
 from hf_dalle.data import COLORS, SHAPES, make_shapes_dataset, split_captions
 from hf_dalle.training.validation import shapes_judge_accuracy
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _benchmark_utils import write_atomic  # noqa: E402
+
 
 SCRIPTS = Path(__file__).resolve().parent
 

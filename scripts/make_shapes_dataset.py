@@ -36,9 +36,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    dataset = make_shapes_dataset(
-        args.num_samples, args.seed, args.split, args.image_size, args.one_object_fraction
-    )
+    dataset = make_shapes_dataset(args.num_samples, args.seed, args.split, args.image_size, args.one_object_fraction)
     output_dir = Path(args.output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.tmp-"))

@@ -25,6 +25,7 @@ from hf_dalle import DallePipeline
 from hf_dalle.data import HELD_OUT_ARRANGEMENTS, HELD_OUT_COMBINATIONS, HELD_OUT_PAIRINGS
 from hf_dalle.hub_utils import render_model_card, write_model_card
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evaluate_shapes import markdown_table  # noqa: E402
 

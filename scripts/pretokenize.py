@@ -27,6 +27,7 @@ from hf_dalle import DalleTokenizer, DalleVAE
 from hf_dalle.training import add_data_arguments, image_to_tensor, load_component, load_image_caption_dataset
 from hf_dalle.training.data import PRETOKENIZED_INFO_FILE
 
+
 logger = logging.getLogger(__name__)
 
 

@@ -55,6 +55,7 @@ from hf_dalle.training import (
     write_folder_atomically,
 )
 
+
 logger = logging.getLogger(__name__)
 
 EOS_TOKEN = "<|endoftext|>"

@@ -48,6 +48,7 @@ from hf_dalle.training.data import read_pretokenized_info
 from hf_dalle.training.lora import LORA_TARGET_MODULES, add_lora_adapter
 from hf_dalle.training.validation import shapes_judge_accuracy
 
+
 logger = logging.getLogger(__name__)
 
 

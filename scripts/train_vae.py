@@ -42,6 +42,7 @@ from hf_dalle.training import (
 from hf_dalle.training.schedules import SCHEDULE_KINDS
 from hf_dalle.training.validation import shapes_judge_accuracy
 
+
 logger = logging.getLogger(__name__)
 
 

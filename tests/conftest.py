@@ -3,7 +3,6 @@ import sys
 import huggingface_hub.constants
 import huggingface_hub.hf_api
 import pytest
-
 from hub_server import LocalHub
 
 
@@ -20,7 +19,9 @@ def hub_server(tmp_path, monkeypatch):
         # huggingface_hub reads these when it is imported, so the environment alone comes too late.
         monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.endpoint)
         monkeypatch.setattr(
-            huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+            huggingface_hub.constants,
+            "HUGGINGFACE_CO_URL_TEMPLATE",
+            hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}",
         )
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # tests run with HF_HUB_OFFLINE=1
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub_cache"))

@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+
 USER = "hf-dalle-tester"
 REPO_TYPES = ("model", "dataset", "space")
 
@@ -82,7 +83,9 @@ class LocalHub:
 
     def _check_revision(self, repo_type: str, repo_id: str, revision: str) -> None:
         if unquote(revision) not in ("main", self._heads[(repo_type, repo_id)]):
-            raise HubError(404, f"Revision {revision} not found (the local hub keeps only `main`).", "RevisionNotFound")
+            raise HubError(
+                404, f"Revision {revision} not found (the local hub keeps only `main`).", "RevisionNotFound"
+            )
 
     def _file_path(self, repo_dir: Path, path_in_repo: str) -> Path:
         path = (repo_dir / path_in_repo).resolve()
@@ -121,7 +124,9 @@ class LocalHub:
         operations = lines[1:]
         for operation in operations:  # validate everything before touching the files: a commit is atomic
             if operation["key"] not in ("file", "deletedFile", "deletedFolder"):
-                raise HubError(400, f"Unsupported commit operation {operation['key']!r} (the local hub asks for regular uploads).")
+                raise HubError(
+                    400, f"Unsupported commit operation {operation['key']!r} (the local hub asks for regular uploads)."
+                )
             self._file_path(repo_dir, operation["value"]["path"])
         added, deleted = [], []
         for operation in operations:
@@ -141,10 +146,21 @@ class LocalHub:
         self._heads[(repo_type, repo_id)] = head
         summary = lines[0]["value"]["summary"]
         self.commits.append(
-            dict(repo_id=repo_id, repo_type=repo_type, revision=unquote(revision), summary=summary, added=added, deleted=deleted)
+            {
+                "repo_id": repo_id,
+                "repo_type": repo_type,
+                "revision": unquote(revision),
+                "summary": summary,
+                "added": added,
+                "deleted": deleted,
+            }
         )
         prefix = "" if repo_type == "model" else f"{repo_type}s/"
-        return {"commitUrl": f"{self.endpoint}/{prefix}{repo_id}/commit/{head}", "commitOid": head, "pullRequestUrl": None}
+        return {
+            "commitUrl": f"{self.endpoint}/{prefix}{repo_id}/commit/{head}",
+            "commitOid": head,
+            "pullRequestUrl": None,
+        }
 
     def repo_info(self, repo_type: str, repo_id: str, revision: str) -> dict:
         self._existing_repo(repo_type, repo_id)
@@ -208,7 +224,12 @@ class _Handler(BaseHTTPRequestHandler):
                 return self.hub.create_repo(json.loads(body))
             if self.command == "GET" and path == "/api/whoami-v2":
                 self._require_token()
-                return {"type": "user", "name": USER, "orgs": [], "auth": {"type": "access_token", "accessToken": {"role": "write"}}}
+                return {
+                    "type": "user",
+                    "name": USER,
+                    "orgs": [],
+                    "auth": {"type": "access_token", "accessToken": {"role": "write"}},
+                }
             if self.command == "POST" and path == "/api/validate-yaml":  # model cards are checked before upload
                 return {"errors": [], "warnings": []}
             if match := _API_REPO.match(path):

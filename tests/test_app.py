@@ -61,7 +61,7 @@ def test_generate_images_returns_the_pipelines_best_images_with_their_scores(pip
 
 def test_generate_images_settings_reach_the_pipeline(pipe):
     """Seed, temperature, top-k, guidance and the negative caption change the images exactly as in the pipeline."""
-    settings = dict(negative_prompt="a blue square", guidance_scale=3.0, temperature=0.7, top_k=5, seed=11)
+    settings = {"negative_prompt": "a blue square", "guidance_scale": 3.0, "temperature": 0.7, "top_k": 5, "seed": 11}
     gallery, _ = app.generate_images(pipe, "a green triangle", num_candidates=4, num_images=2, **settings)
     expected = pipe(
         "a green triangle",
@@ -102,22 +102,22 @@ def test_candidates_are_sampled_in_bounded_batches(pipe):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(prompt="   "), "Please enter a caption"),
-        (dict(num_candidates=513), "Number of candidates must be a whole number between 1 and 512, got 513"),
-        (dict(num_candidates=0), "Number of candidates must be a whole number between 1 and 512, got 0"),
-        (dict(num_candidates=2.5), "Number of candidates must be a whole number between 1 and 512, got 2.5"),
-        (dict(num_candidates="many"), "Number of candidates must be a whole number between 1 and 512, got 'many'"),
-        (dict(num_candidates=None), "Number of candidates must be a whole number"),
-        (dict(num_candidates=4, num_images=5), "Number of images must be a whole number between 1 and 4, got 5"),
-        (dict(num_images=17, num_candidates=64), "Number of images must be a whole number between 1 and 16, got 17"),
-        (dict(top_k=33), "Top-k must be a whole number between 0 and 32, got 33"),
-        (dict(seed=-1), "Seed must be a whole number between 0 and 4294967295, got -1"),
-        (dict(temperature=0.0), "`temperature` must be > 0, got 0.0"),  # the pipeline's own check
-        (dict(guidance_scale=0.5), "`guidance_scale` must be >= 1"),
+        ({"prompt": "   "}, "Please enter a caption"),
+        ({"num_candidates": 513}, "Number of candidates must be a whole number between 1 and 512, got 513"),
+        ({"num_candidates": 0}, "Number of candidates must be a whole number between 1 and 512, got 0"),
+        ({"num_candidates": 2.5}, "Number of candidates must be a whole number between 1 and 512, got 2.5"),
+        ({"num_candidates": "many"}, "Number of candidates must be a whole number between 1 and 512, got 'many'"),
+        ({"num_candidates": None}, "Number of candidates must be a whole number"),
+        ({"num_candidates": 4, "num_images": 5}, "Number of images must be a whole number between 1 and 4, got 5"),
+        ({"num_images": 17, "num_candidates": 64}, "Number of images must be a whole number between 1 and 16, got 17"),
+        ({"top_k": 33}, "Top-k must be a whole number between 0 and 32, got 33"),
+        ({"seed": -1}, "Seed must be a whole number between 0 and 4294967295, got -1"),
+        ({"temperature": 0.0}, "`temperature` must be > 0, got 0.0"),  # the pipeline's own check
+        ({"guidance_scale": 0.5}, "`guidance_scale` must be >= 1"),
     ],
 )
 def test_bad_input_raises_a_message_for_the_page(pipe, overrides, message):
-    kwargs = {**dict(prompt="a red circle", negative_prompt="", num_candidates=4, num_images=2), **overrides}
+    kwargs = {**{"prompt": "a red circle", "negative_prompt": "", "num_candidates": 4, "num_images": 2}, **overrides}
     with pytest.raises(gr.Error, match=message.replace("(", r"\(").replace(")", r"\)")):
         app.generate_images(pipe, **kwargs)
 

@@ -23,6 +23,7 @@ from PIL import Image
 from hf_dalle import DalleConfig, DalleVAEConfig
 from hf_dalle.testing_utils import make_tiny_pipeline
 
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ARTIFACTS_DIR = Path(__file__).resolve().parent.parent / "test-artifacts"

@@ -35,8 +35,14 @@ generation = load_script("benchmark_generation")
 
 def tiny_config() -> DalleConfig:
     return DalleConfig(
-        text_vocab_size=40, image_vocab_size=24, max_text_length=6, image_grid_size=3, hidden_size=32,
-        num_hidden_layers=3, num_attention_heads=4, conv_kernel_size=3,
+        text_vocab_size=40,
+        image_vocab_size=24,
+        max_text_length=6,
+        image_grid_size=3,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        conv_kernel_size=3,
     )
 
 
@@ -119,10 +125,34 @@ def test_generation_script_writes_consistent_tables(tmp_path):
     threads = torch.get_num_threads()
     try:
         generation.main(
-            ["--batch-sizes", "2", "--grid-sizes", "3", "--text-length", "4", "--text-vocab-size", "32",
-             "--image-vocab-size", "16", "--hidden-size", "32", "--num-layers", "2", "--num-heads", "4",
-             "--top-k", "4", "--repeats", "2", "--threads", "1", "--no-compile", "--no-reference",
-             "--output", str(output)]
+            [
+                "--batch-sizes",
+                "2",
+                "--grid-sizes",
+                "3",
+                "--text-length",
+                "4",
+                "--text-vocab-size",
+                "32",
+                "--image-vocab-size",
+                "16",
+                "--hidden-size",
+                "32",
+                "--num-layers",
+                "2",
+                "--num-heads",
+                "4",
+                "--top-k",
+                "4",
+                "--repeats",
+                "2",
+                "--threads",
+                "1",
+                "--no-compile",
+                "--no-reference",
+                "--output",
+                str(output),
+            ]
         )
     finally:
         torch.set_num_threads(threads)

@@ -52,7 +52,12 @@ def test_reconstruct_round_trips_through_the_dvae(tmp_path, capsys):
     vae.save_pretrained(tmp_path / "vae")
     pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "in.png")
-    assert main(["reconstruct", str(tmp_path / "in.png"), "--model", str(tmp_path / "vae"), "--output-dir", str(tmp_path)]) == 0
+    assert (
+        main(
+            ["reconstruct", str(tmp_path / "in.png"), "--model", str(tmp_path / "vae"), "--output-dir", str(tmp_path)]
+        )
+        == 0
+    )
     with torch.no_grad():
         expected = vae.decode(vae.encode(torch.from_numpy(pixels / 255).float().permute(2, 0, 1)[None]).indices).sample
     got = np.asarray(Image.open(tmp_path / "in_reconstruction.png"))

@@ -13,6 +13,7 @@ from huggingface_hub import ModelCard
 from hf_dalle import DalleVAE, DalleVAEConfig, convert_openai_dvae
 from hf_dalle.convert_openai_dvae import load_openai_dvae_state_dict
 
+
 dall_e = pytest.importorskip("dall_e")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +23,9 @@ def make_openai_dvae(n_hid, n_blk_per_group, vocab_size, n_init, channels=3, see
     """A `dall_e` Encoder/Decoder pair with seeded random weights and non-zero biases (dall_e zero-inits biases,
     so a converter that dropped them would otherwise pass)."""
     torch.manual_seed(seed)
-    encoder = dall_e.Encoder(n_hid=n_hid, n_blk_per_group=n_blk_per_group, input_channels=channels, vocab_size=vocab_size)
+    encoder = dall_e.Encoder(
+        n_hid=n_hid, n_blk_per_group=n_blk_per_group, input_channels=channels, vocab_size=vocab_size
+    )
     decoder = dall_e.Decoder(
         n_init=n_init, n_hid=n_hid, n_blk_per_group=n_blk_per_group, output_channels=channels, vocab_size=vocab_size
     )
@@ -168,7 +171,9 @@ def test_errors_name_the_problem(tmp_path):
 
     legacy_module = tmp_path / "legacy.pkl"
     torch.save(encoder, legacy_module, _use_new_zipfile_serialization=False)
-    with pytest.raises(ValueError, match="not an OpenAI dVAE checkpoint.*legacy pre-1.6 format embeds its source code"):
+    with pytest.raises(
+        ValueError, match="not an OpenAI dVAE checkpoint.*legacy pre-1.6 format embeds its source code"
+    ):
         convert_openai_dvae(legacy_module, decoder_path)
 
     malformed = tmp_path / "malformed.pkl"
@@ -199,9 +204,12 @@ def test_errors_name_the_problem(tmp_path):
 @pytest.mark.parametrize(
     "decoder_sizes, message",
     [
-        (dict(n_hid=16, n_blk=1, vocab_size=128), "`vocab_size` is 64 in the encoder but 128 in the decoder"),
-        (dict(n_hid=32, n_blk=1, vocab_size=64), "`hidden_size` is 16 in the encoder but 32 in the decoder"),
-        (dict(n_hid=16, n_blk=2, vocab_size=64), "`num_blocks_per_group` is 1 in the encoder but 2 in the decoder"),
+        ({"n_hid": 16, "n_blk": 1, "vocab_size": 128}, "`vocab_size` is 64 in the encoder but 128 in the decoder"),
+        ({"n_hid": 32, "n_blk": 1, "vocab_size": 64}, "`hidden_size` is 16 in the encoder but 32 in the decoder"),
+        (
+            {"n_hid": 16, "n_blk": 2, "vocab_size": 64},
+            "`num_blocks_per_group` is 1 in the encoder but 2 in the decoder",
+        ),
     ],
 )
 def test_mismatched_encoder_and_decoder(decoder_sizes, message, tmp_path):
@@ -213,7 +221,9 @@ def test_mismatched_encoder_and_decoder(decoder_sizes, message, tmp_path):
 
 
 def load_convert_script():
-    spec = importlib.util.spec_from_file_location("convert_openai_dvae_script", REPO_ROOT / "scripts" / "convert_openai_dvae.py")
+    spec = importlib.util.spec_from_file_location(
+        "convert_openai_dvae_script", REPO_ROOT / "scripts" / "convert_openai_dvae.py"
+    )
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     return script
@@ -223,7 +233,9 @@ def test_script_writes_safetensors_config_and_model_card(tmp_path):
     encoder, decoder = make_openai_dvae(32, 2, 128, 40)
     encoder_path, decoder_path = save_openai_dvae(encoder, decoder, tmp_path, "module")
     output_dir = tmp_path / "out" / "dalle-vae"
-    load_convert_script().main(["--encoder", str(encoder_path), "--decoder", str(decoder_path), "--output_dir", str(output_dir)])
+    load_convert_script().main(
+        ["--encoder", str(encoder_path), "--decoder", str(decoder_path), "--output_dir", str(output_dir)]
+    )
 
     assert sorted(p.name for p in output_dir.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["dalle-vae"]  # no temporary folder left behind
@@ -249,7 +261,9 @@ def test_script_reports_bad_input(tmp_path):
     encoder_path, decoder_path = save_openai_dvae(encoder, decoder, tmp_path, "module")
     output_dir = tmp_path / "out"
     with pytest.raises(SystemExit, match="error: .*swapped"):
-        load_convert_script().main(["--encoder", str(decoder_path), "--decoder", str(encoder_path), "--output_dir", str(output_dir)])
+        load_convert_script().main(
+            ["--encoder", str(decoder_path), "--decoder", str(encoder_path), "--output_dir", str(output_dir)]
+        )
     assert not output_dir.exists()
 
 

@@ -11,6 +11,7 @@ from training_utils import load_script
 from hf_dalle import DEMO_MODEL_DIR, DallePipeline
 from hf_dalle.data import caption_split, judge_image, split_captions
 
+
 DEMO = Path(DEMO_MODEL_DIR)
 # One seen one-object caption per palette color.
 ONE_OBJECT_CAPTIONS = [

@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from hf_dalle.testing_utils import make_tiny_pipeline
 from training_utils import load_script
 
 from hf_dalle import DallePipeline
 from hf_dalle.data import best_of_k_accuracy, judge_image, split_captions
+from hf_dalle.testing_utils import make_tiny_pipeline
 
 
 @pytest.fixture(scope="module")

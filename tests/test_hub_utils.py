@@ -72,7 +72,9 @@ def test_push_folder_to_hub_uploads_the_exact_bytes(tmp_path, hub_server):
     assert commit.repo_url.repo_id == "hf-dalle-tester/my-model"  # no namespace given: the token's user
     assert hub_server.files("hf-dalle-tester/my-model") == files
     assert hub_server.commits[-1]["added"] == sorted(files) and commit.oid in commit.commit_url
-    snapshot = Path(huggingface_hub.snapshot_download("hf-dalle-tester/my-model"))  # lists the tree, downloads each file
+    snapshot = Path(
+        huggingface_hub.snapshot_download("hf-dalle-tester/my-model")
+    )  # lists the tree, downloads each file
     assert {p.relative_to(snapshot).as_posix(): p.read_bytes() for p in snapshot.rglob("*") if p.is_file()} == files
 
     # A second push sends only what changed (the Hub reports the oids of the files it has).

@@ -14,6 +14,7 @@ from hf_dalle.data import make_shapes_dataset
 from hf_dalle.testing_utils import make_tiny_pipeline
 from hf_dalle.training.lora import LORA_TARGET_MODULES, add_lora_adapter
 
+
 pytest.importorskip("peft")
 
 

@@ -14,21 +14,22 @@ from hf_dalle.models.dalle import (
 )
 from hf_dalle.models.dalle.modeling_dalle import matmul_softmax_attention
 
+
 TEXT_VOCAB, IMAGE_VOCAB, TEXT_LENGTH, GRID = 48, 24, 8, 4
 STREAM_LENGTH = TEXT_LENGTH + GRID * GRID
 
 
 def tiny_config(**kwargs) -> DalleConfig:
-    defaults = dict(
-        text_vocab_size=TEXT_VOCAB,
-        image_vocab_size=IMAGE_VOCAB,
-        max_text_length=TEXT_LENGTH,
-        image_grid_size=GRID,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        conv_kernel_size=3,
-    )
+    defaults = {
+        "text_vocab_size": TEXT_VOCAB,
+        "image_vocab_size": IMAGE_VOCAB,
+        "max_text_length": TEXT_LENGTH,
+        "image_grid_size": GRID,
+        "hidden_size": 32,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 2,
+        "conv_kernel_size": 3,
+    }
     return DalleConfig(**{**defaults, **kwargs})
 
 
@@ -56,7 +57,7 @@ def reference_visibility(kind: str, kernel_size: int = 3) -> torch.Tensor:
                 visible[q, k] = k <= q
                 continue
             i, j = q - TEXT_LENGTH, k - TEXT_LENGTH
-            (qr, qc), (kr, kc) = divmod(i, GRID), divmod(j, GRID)
+            (qr, qc), (_kr, kc) = divmod(i, GRID), divmod(j, GRID)
             if j > i:
                 continue
             if kind == "full":
@@ -90,13 +91,13 @@ def test_default_config_is_the_paper_12b_model():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(attention_types=["row", "conv"]), "one attention type per layer \\(3\\), got 2"),
-        (dict(attention_types=["row", "diagonal", "conv"]), "Unknown `attention_types` \\['diagonal'\\]"),
-        (dict(hidden_size=30, num_attention_heads=4), "multiple of `num_attention_heads`"),
-        (dict(conv_kernel_size=4), "`conv_kernel_size` must be odd"),
-        (dict(text_loss_weight=1.5), "`text_loss_weight` must be in \\[0, 1\\]"),
-        (dict(text_pad_token_id=TEXT_VOCAB), "`text_pad_token_id` must be a text token id"),
-        (dict(image_grid_size=0), "`image_grid_size` must be a positive integer"),
+        ({"attention_types": ["row", "conv"]}, "one attention type per layer \\(3\\), got 2"),
+        ({"attention_types": ["row", "diagonal", "conv"]}, "Unknown `attention_types` \\['diagonal'\\]"),
+        ({"hidden_size": 30, "num_attention_heads": 4}, "multiple of `num_attention_heads`"),
+        ({"conv_kernel_size": 4}, "`conv_kernel_size` must be odd"),
+        ({"text_loss_weight": 1.5}, "`text_loss_weight` must be in \\[0, 1\\]"),
+        ({"text_pad_token_id": TEXT_VOCAB}, "`text_pad_token_id` must be a text token id"),
+        ({"image_grid_size": 0}, "`image_grid_size` must be a positive integer"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):
@@ -187,8 +188,9 @@ def test_sampled_images_hold_only_image_codes():
     assert len(codes.unique()) > 5  # hot sampling really draws from the image vocabulary
     # Classifier-free guidance in `generate` subtracts unconditional logits: masked entries must stay finite.
     unconditional = torch.zeros_like(text)
-    guided = model.generate(text, do_sample=True, guidance_scale=3.0, negative_prompt_ids=unconditional,
-                            max_new_tokens=GRID * GRID)
+    guided = model.generate(
+        text, do_sample=True, guidance_scale=3.0, negative_prompt_ids=unconditional, max_new_tokens=GRID * GRID
+    )
     assert model.image_codes_from_ids(guided).shape == (4, GRID, GRID)
 
 
@@ -271,8 +273,11 @@ def test_prefix_layer_returns_the_filled_prefix_and_crops():
 @pytest.mark.parametrize("text_length, grid, kernel", [(TEXT_LENGTH, GRID, 3), (2, 6, 3), (3, 5, 5), (1, 7, 7)])
 def test_decode_step_keys_select_exactly_the_masked_keys(text_length, grid, kernel):
     config = tiny_config(
-        max_text_length=text_length, image_grid_size=grid, conv_kernel_size=kernel,
-        num_hidden_layers=4, attention_types=["full", "row", "column", "conv"],
+        max_text_length=text_length,
+        image_grid_size=grid,
+        conv_kernel_size=kernel,
+        num_hidden_layers=4,
+        attention_types=["full", "row", "column", "conv"],
     )
     for kind, mask in build_attention_masks(config).items():
         for position in range(text_length, config.max_sequence_length):
@@ -293,8 +298,13 @@ def test_sparse_decode_steps_give_the_logits_of_one_pass():
     sparse = model.model.decode_step_keys_at(stream_length - 1, torch.device("cpu"))
     assert [sparse[kind] is not None for kind in types] == [True, True, True, False]
     g = torch.Generator().manual_seed(0)
-    stream = torch.cat([torch.randint(1, TEXT_VOCAB, (3, 2), generator=g),
-                        torch.randint(TEXT_VOCAB, TEXT_VOCAB + IMAGE_VOCAB, (3, 36), generator=g)], dim=1)
+    stream = torch.cat(
+        [
+            torch.randint(1, TEXT_VOCAB, (3, 2), generator=g),
+            torch.randint(TEXT_VOCAB, TEXT_VOCAB + IMAGE_VOCAB, (3, 36), generator=g),
+        ],
+        dim=1,
+    )
     with torch.no_grad():
         full = model(stream, use_cache=False).logits
         for cache in (DallePrefixCache(model.config), DynamicCache(config=model.config)):
@@ -563,8 +573,9 @@ def test_resblock_gradient_scaling_rescues_fp16_gradients_from_underflow():
     reference.model(stream).last_hidden_state.backward(upstream)
     errors = {}
     for scaling in (False, True):
-        model = tiny_model(seed=3, num_hidden_layers=6, resblock_gradient_scaling=scaling,
-                           resblock_gradient_scale_init=2.0**24).train()
+        model = tiny_model(
+            seed=3, num_hidden_layers=6, resblock_gradient_scaling=scaling, resblock_gradient_scale_init=2.0**24
+        ).train()
         with torch.autocast("cpu", dtype=torch.float16):
             hidden = model.model(stream).last_hidden_state
         hidden.backward(upstream)
@@ -588,8 +599,9 @@ def test_resblock_gradient_scaling_is_exact_in_float32():
 
 
 def test_overflowing_branches_are_filtered_and_their_scales_adjusted(tmp_path):
-    model = tiny_model(resblock_gradient_scaling=True, resblock_gradient_scale_init=2.0**40,
-                       resblock_gradient_scale_growth_interval=2).train()
+    model = tiny_model(
+        resblock_gradient_scaling=True, resblock_gradient_scale_init=2.0**40, resblock_gradient_scale_growth_interval=2
+    ).train()
     stream = random_stream()
     with torch.autocast("cpu", dtype=torch.float16):
         loss = model(stream, labels=stream).loss

@@ -12,7 +12,13 @@ from hf_dalle.models.dalle_vae import logit_laplace_nll
 
 
 def tiny_config(**kwargs):
-    defaults = dict(hidden_size=16, vocab_size=32, num_blocks_per_group=1, decoder_init_size=8, image_size=32)
+    defaults = {
+        "hidden_size": 16,
+        "vocab_size": 32,
+        "num_blocks_per_group": 1,
+        "decoder_init_size": 8,
+        "image_size": 32,
+    }
     return DalleVAEConfig(**{**defaults, **kwargs})
 
 
@@ -71,7 +77,9 @@ def test_logit_laplace_is_a_density():
     # Integrate exp(-nll) over (0, 1): a normalised density integrates to 1.
     x = torch.linspace(1e-6, 1 - 1e-6, 400_001, dtype=torch.float64)
     for mu, log_scale in [(0.0, 0.0), (1.5, -1.0), (-2.0, 0.5)]:
-        density = torch.exp(-logit_laplace_nll(x, torch.tensor(mu, dtype=torch.float64), torch.tensor(log_scale, dtype=torch.float64)))
+        density = torch.exp(
+            -logit_laplace_nll(x, torch.tensor(mu, dtype=torch.float64), torch.tensor(log_scale, dtype=torch.float64))
+        )
         assert torch.trapezoid(density, x).item() == pytest.approx(1.0, abs=2e-3)
 
 

@@ -5,10 +5,10 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from hf_dalle.testing_utils import make_tiny_pipeline
 
 from hf_dalle import DallePipeline
 from hf_dalle.cli import main as cli_main
+from hf_dalle.testing_utils import make_tiny_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +27,13 @@ def without_clip(pipe: DallePipeline) -> DallePipeline:
 def all_candidates(pipe, prompt, generators, **kwargs):
     """Every candidate in sampling order (no CLIP: no rerank), as tensors."""
     n = len(generators)
-    return without_clip(pipe)(prompt, num_candidates=n, num_images_per_prompt=n, generator=generators, output_type="pt", **kwargs).images
+    return without_clip(pipe)(
+        prompt, num_candidates=n, num_images_per_prompt=n, generator=generators, output_type="pt", **kwargs
+    ).images
 
 
 def test_output_types(pipe):
-    kwargs = dict(num_candidates=3, num_images_per_prompt=2, generator=seeded(6))
+    kwargs = {"num_candidates": 3, "num_images_per_prompt": 2, "generator": seeded(6)}
     pil = pipe(["a red circle", "a blue square"], **kwargs)
     assert len(pil.images) == 4 and all(isinstance(i, PIL.Image.Image) and i.size == (32, 32) for i in pil.images)
     assert len(pil.scores) == 4
@@ -49,7 +51,9 @@ def test_output_types(pipe):
 def test_seed_independent_of_batch_size_candidate_count_and_chunking(pipe):
     reference = all_candidates(pipe, "a red circle", seeded(6), candidate_batch_size=6)
     for batch_size in (1, 4):
-        torch.testing.assert_close(all_candidates(pipe, "a red circle", seeded(6), candidate_batch_size=batch_size), reference)
+        torch.testing.assert_close(
+            all_candidates(pipe, "a red circle", seeded(6), candidate_batch_size=batch_size), reference
+        )
     # Fewer candidates: the same first images.
     torch.testing.assert_close(all_candidates(pipe, "a red circle", seeded(3)), reference[:3])
     # A candidate is its generator's: candidate 4 alone, from generator 4.
@@ -76,7 +80,14 @@ def test_rerank_order_is_clip_score_order(pipe):
     expected = torch.nn.functional.cosine_similarity(image_embeds, text_embeds)
     order = expected.argsort(descending=True)
 
-    out = pipe("a blue square", num_candidates=8, num_images_per_prompt=3, generator=seeded(8), candidate_batch_size=3, output_type="pt")
+    out = pipe(
+        "a blue square",
+        num_candidates=8,
+        num_images_per_prompt=3,
+        generator=seeded(8),
+        candidate_batch_size=3,
+        output_type="pt",
+    )
     torch.testing.assert_close(out.images, candidates[order[:3]])
     # CLIP's image processor (PIL backend without torchvision) rounds pixels to 8 bits: scores agree to ~1e-4.
     torch.testing.assert_close(torch.tensor(out.scores), expected[order[:3]], atol=5e-4, rtol=0)
@@ -136,7 +147,9 @@ def test_default_guidance_scale_is_saved_and_used(pipe, tmp_path):
     )  # fmt: skip
 
     def candidates(**kwargs):
-        return loaded("a red circle", num_candidates=3, num_images_per_prompt=3, generator=seeded(3), output_type="pt", **kwargs).images
+        return loaded(
+            "a red circle", num_candidates=3, num_images_per_prompt=3, generator=seeded(3), output_type="pt", **kwargs
+        ).images
 
     torch.testing.assert_close(candidates(), all_candidates(pipe, "a red circle", seeded(3), guidance_scale=2.5))
     # An explicit scale wins over the default.
@@ -170,7 +183,7 @@ def test_save_load_round_trip(pipe, tmp_path):
     assert (tmp_path / "transformer" / "model.safetensors").exists()
     assert (tmp_path / "vae" / "model.safetensors").exists()
     loaded = DallePipeline.from_pretrained(tmp_path)
-    kwargs = dict(num_candidates=4, num_images_per_prompt=2, generator=seeded(4), output_type="pt")
+    kwargs = {"num_candidates": 4, "num_images_per_prompt": 2, "generator": seeded(4), "output_type": "pt"}
     expected = pipe("a red circle", **kwargs)
     got = loaded("a red circle", **{**kwargs, "generator": seeded(4)})
     assert torch.equal(expected.images, got.images)
@@ -184,26 +197,31 @@ def test_push_to_hub_and_load_by_id(pipe, hub_server, tmp_path):
     pipe.save_pretrained(tmp_path)
     assert files["transformer/model.safetensors"] == (tmp_path / "transformer" / "model.safetensors").read_bytes()
     loaded = DallePipeline.from_pretrained("hf-dalle-tester/tiny-dalle")
-    kwargs = dict(num_candidates=2, generator=seeded(2), output_type="pt")
-    assert torch.equal(loaded("a red circle", **kwargs).images, pipe("a red circle", **{**kwargs, "generator": seeded(2)}).images)
+    kwargs = {"num_candidates": 2, "generator": seeded(2), "output_type": "pt"}
+    assert torch.equal(
+        loaded("a red circle", **kwargs).images, pipe("a red circle", **{**kwargs, "generator": seeded(2)}).images
+    )
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(prompt=""), "non-empty"),
-        (dict(prompt=[]), "non-empty"),
-        (dict(prompt="a red circle", num_candidates=2, num_images_per_prompt=3), "between 1 and num_candidates=2"),
-        (dict(prompt="a red circle", num_candidates=0), "num_candidates"),
-        (dict(prompt="a red circle", temperature=0), "temperature"),
-        (dict(prompt="a red circle", top_p=1.5), "top_p"),
-        (dict(prompt="a red circle", guidance_scale=0.5), "guidance_scale"),
-        (dict(prompt="a red circle", num_candidates=2, generator=[torch.Generator()]), "one per candidate"),
-        (dict(prompt="a red circle", image=torch.rand(3, 64, 64), num_prime_rows=1), "must be 32x32"),
-        (dict(prompt="a red circle", image=torch.rand(3, 32, 32), num_prime_rows=4), "num_prime_rows"),
-        (dict(prompt="a red circle", num_prime_rows=1), "needs an `image`"),
-        (dict(prompt="a red circle", output_type="latent"), "output_type"),
-        (dict(prompt=["a", "b"], negative_prompt=["x"]), "one per prompt"),
+        ({"prompt": ""}, "non-empty"),
+        ({"prompt": []}, "non-empty"),
+        (
+            {"prompt": "a red circle", "num_candidates": 2, "num_images_per_prompt": 3},
+            "between 1 and num_candidates=2",
+        ),
+        ({"prompt": "a red circle", "num_candidates": 0}, "num_candidates"),
+        ({"prompt": "a red circle", "temperature": 0}, "temperature"),
+        ({"prompt": "a red circle", "top_p": 1.5}, "top_p"),
+        ({"prompt": "a red circle", "guidance_scale": 0.5}, "guidance_scale"),
+        ({"prompt": "a red circle", "num_candidates": 2, "generator": [torch.Generator()]}, "one per candidate"),
+        ({"prompt": "a red circle", "image": torch.rand(3, 64, 64), "num_prime_rows": 1}, "must be 32x32"),
+        ({"prompt": "a red circle", "image": torch.rand(3, 32, 32), "num_prime_rows": 4}, "num_prime_rows"),
+        ({"prompt": "a red circle", "num_prime_rows": 1}, "needs an `image`"),
+        ({"prompt": "a red circle", "output_type": "latent"}, "output_type"),
+        ({"prompt": ["a", "b"], "negative_prompt": ["x"]}, "one per prompt"),
     ],
 )
 def test_bad_input_raises(pipe, kwargs, message):
@@ -228,10 +246,18 @@ def test_cli_generate_writes_files(pipe, tmp_path, capsys):
     )  # fmt: skip
     assert code == 0
     pngs = sorted(p.name for p in out_dir.glob("*.png"))
-    assert pngs == ["a_blue_square_0.png", "a_blue_square_1.png", "a_red_circle_0.png", "a_red_circle_1.png", "grid.png"]
+    assert pngs == [
+        "a_blue_square_0.png",
+        "a_blue_square_1.png",
+        "a_red_circle_0.png",
+        "a_red_circle_1.png",
+        "grid.png",
+    ]
     assert PIL.Image.open(out_dir / "grid.png").size == (64, 64)
     printed = capsys.readouterr().out
     assert printed.count("score=") == 4
     # The files are the pipeline's images for the per-candidate seeds 7, 8, ...
-    expected = pipe(["a red circle", "a blue square"], num_candidates=3, num_images_per_prompt=2, generator=seeded(6, offset=7))
+    expected = pipe(
+        ["a red circle", "a blue square"], num_candidates=3, num_images_per_prompt=2, generator=seeded(6, offset=7)
+    )
     assert np.array_equal(np.asarray(PIL.Image.open(out_dir / "a_blue_square_1.png")), np.asarray(expected.images[3]))

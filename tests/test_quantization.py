@@ -10,6 +10,7 @@ from hf_dalle import DallePipeline
 from hf_dalle.memory import stored_bytes
 from hf_dalle.testing_utils import make_tiny_pipeline
 
+
 torchao = pytest.importorskip("torchao")
 from torchao.quantization import Int8WeightOnlyConfig  # noqa: E402
 from transformers import TorchAoConfig  # noqa: E402

@@ -15,6 +15,7 @@ from hf_dalle.data.shapes import (
     RELATION_GAP,
     RELATIONS,
     SHAPES,
+    all_captions,
     caption_split,
     generate_sample,
     is_held_out,
@@ -26,7 +27,6 @@ from hf_dalle.data.shapes import (
     sample_layout,
     shape_mask,
     split_captions,
-    all_captions,
 )
 from hf_dalle.data.shapes_judge import any_of_k_accuracy, best_of_k_accuracy, detect_objects, judge_image
 
@@ -35,7 +35,12 @@ def _objects_of(caption):
     return parse_caption(caption).objects
 
 
-OPPOSITE = {"to the left of": "to the right of", "to the right of": "to the left of", "above": "below", "below": "above"}
+OPPOSITE = {
+    "to the left of": "to the right of",
+    "to the right of": "to the left of",
+    "above": "below",
+    "below": "above",
+}
 
 
 def _mirror(caption):
@@ -92,7 +97,9 @@ def test_held_out_split_is_documented_and_leaves_every_part_seen():
         assert len({shape for c, shape in train_objects if c == color}) >= 2
     for shape in SHAPES:
         assert len({color for color, s in train_objects if s == shape}) >= 4
-    assert split_captions("held_out_pairing", 1) == [f"a {c} {s}" for c, s in itertools.product(COLORS, SHAPES) if (c, s) in HELD_OUT_PAIRINGS]
+    assert split_captions("held_out_pairing", 1) == [
+        f"a {c} {s}" for c, s in itertools.product(COLORS, SHAPES) if (c, s) in HELD_OUT_PAIRINGS
+    ]
 
     train_pairs = {frozenset(_objects_of(caption)) for caption in train if " a " in caption[2:]}
     for combination in HELD_OUT_COMBINATIONS:
@@ -124,11 +131,14 @@ def test_samples_are_deterministic_per_seed_and_index():
             assert dataset[i]["caption"] == caption
             np.testing.assert_array_equal(np.asarray(dataset[i]["image"]), np.asarray(image))
     assert [row["caption"] for row in other] != [row["caption"] for row in first]
-    np.testing.assert_array_equal(np.asarray(render_caption("a red circle", seed=7)), np.asarray(render_caption("a red circle", seed=7)))
+    np.testing.assert_array_equal(
+        np.asarray(render_caption("a red circle", seed=7)), np.asarray(render_caption("a red circle", seed=7))
+    )
 
 
 def test_dataset_features_and_splits():
-    from datasets import Features, Image as ImageFeature, Value
+    from datasets import Features, Value
+    from datasets import Image as ImageFeature
 
     dataset = make_shapes_dataset(40, seed=0, split="held_out", image_size=48, one_object_fraction=0.5)
     assert dataset.features == Features({"image": ImageFeature(), "caption": Value("string")})
@@ -230,7 +240,12 @@ def test_judge_rejects_wrong_images():
         assert judge_image(image, caption).correct
 
         swapped = judge_image(image, f"a {c1} {s1} {OPPOSITE[parsed.relation]} a {c2} {s2}")
-        assert swapped.colors_correct and swapped.shapes_correct and swapped.relation_correct is False and not swapped.correct
+        assert (
+            swapped.colors_correct
+            and swapped.shapes_correct
+            and swapped.relation_correct is False
+            and not swapped.correct
+        )
 
         other_color = next(c for c in COLORS if c not in (c1, c2))
         wrong_color = judge_image(image, f"a {other_color} {s1} {parsed.relation} a {c2} {s2}")

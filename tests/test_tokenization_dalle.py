@@ -8,6 +8,7 @@ from transformers import AutoTokenizer
 
 from hf_dalle import DalleConfig, DalleForImageGeneration, DalleTokenizer
 
+
 SENTENCES = [
     "a red circle",
     "a blue square above a red circle",
@@ -76,8 +77,13 @@ def test_save_load_round_trip(tokenizer, tmp_path):
 
 def test_encoded_captions_are_the_text_part_of_the_model_stream(tokenizer):
     config = DalleConfig(
-        text_vocab_size=len(tokenizer), image_vocab_size=16, max_text_length=8, image_grid_size=2,
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        text_vocab_size=len(tokenizer),
+        image_vocab_size=16,
+        max_text_length=8,
+        image_grid_size=2,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
     )
     model = DalleForImageGeneration(config).eval()
     text = tokenizer.encode_captions(["a red circle", "a blue square above a red circle"])
@@ -90,15 +96,37 @@ def test_train_tokenizer_script_from_text_file_and_dataset(tmp_path):
     script = load_script()
     text_file = tmp_path / "captions.txt"
     text_file.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
-    script.main(["--text_file", str(text_file), "--output_dir", str(tmp_path / "from_text"), "--vocab_size", "300",
-                 "--max_text_length", "16"])
+    script.main(
+        [
+            "--text_file",
+            str(text_file),
+            "--output_dir",
+            str(tmp_path / "from_text"),
+            "--vocab_size",
+            "300",
+            "--max_text_length",
+            "16",
+        ]
+    )
     from_text = DalleTokenizer.from_pretrained(tmp_path / "from_text")
     assert from_text.model_max_length == 16 and 257 < len(from_text) <= 300
     assert not list(tmp_path.glob(".from_text.tmp*"))  # the temporary folder is gone
 
     Dataset.from_dict({"text": [s.upper() for s in SENTENCES]}).save_to_disk(tmp_path / "dataset")
-    script.main(["--dataset_name", str(tmp_path / "dataset"), "--caption_column", "text", "--output_dir",
-                 str(tmp_path / "from_dataset"), "--vocab_size", "300", "--max_text_length", "16"])
+    script.main(
+        [
+            "--dataset_name",
+            str(tmp_path / "dataset"),
+            "--caption_column",
+            "text",
+            "--output_dir",
+            str(tmp_path / "from_dataset"),
+            "--vocab_size",
+            "300",
+            "--max_text_length",
+            "16",
+        ]
+    )
     from_dataset = DalleTokenizer.from_pretrained(tmp_path / "from_dataset")
     assert from_dataset.get_vocab() == from_text.get_vocab()  # same captions, lowercased: same merges
 

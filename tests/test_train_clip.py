@@ -18,6 +18,7 @@ from transformers import CLIPConfig, CLIPModel
 
 from hf_dalle.data import is_held_out, make_shapes_dataset, split_captions
 
+
 train_clip = load_script("train_clip")
 
 TINY_CLIP = json.dumps(

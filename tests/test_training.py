@@ -21,6 +21,7 @@ from hf_dalle.data import make_shapes_dataset, render_caption
 from hf_dalle.training import NonFiniteLossError, annealed_value, list_checkpoints, resolve_checkpoint
 from hf_dalle.training.validation import shapes_judge_accuracy
 
+
 TINY_VAE = '{"hidden_size": 8, "vocab_size": 16, "num_blocks_per_group": 1, "decoder_init_size": 8}'
 
 

@@ -17,6 +17,7 @@ from training_utils import REPO_ROOT, load_script, training_environment  # noqa:
 from hf_dalle import DalleTokenizer
 from hf_dalle.data import all_captions, make_shapes_dataset
 
+
 TINY_VAE = '{"hidden_size": 8, "vocab_size": 16, "num_blocks_per_group": 1, "decoder_init_size": 8}'
 TINY_DALLE = '{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}'
 

@@ -16,6 +16,7 @@ from hf_dalle import DalleForImageGeneration, DallePipeline, DalleTokenizer, Dal
 from hf_dalle.data import all_captions, make_shapes_dataset
 from hf_dalle.training import load_pretokenized_dataset
 
+
 TINY_VAE = '{"hidden_size": 8, "vocab_size": 16, "num_blocks_per_group": 1, "decoder_init_size": 8}'
 TINY_DALLE = '{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}'
 TINY_CLIP = json.dumps(

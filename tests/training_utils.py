@@ -10,6 +10,7 @@ import torch
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

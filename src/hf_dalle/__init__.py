@@ -11,6 +11,7 @@ from .models.dalle_vae import DalleVAE, DalleVAEConfig, map_pixels, unmap_pixels
 from .pipelines import DallePipeline, DallePipelineOutput
 from .tokenization_dalle import DalleTokenizer
 
+
 __version__ = "0.1.0"
 
 # The small pipeline trained on the procedural shapes world that ships inside the package.

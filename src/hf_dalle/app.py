@@ -17,6 +17,7 @@ import torch
 from .data import RELATIONS, caption_split, parse_caption, split_captions
 from .pipelines import DallePipeline
 
+
 MAX_CANDIDATES = 512  # the paper's N
 MAX_IMAGES = 16
 MAX_CANDIDATE_BATCH_SIZE = 16

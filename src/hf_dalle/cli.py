@@ -118,7 +118,8 @@ def estimate_memory(args: argparse.Namespace) -> int:
     import os
 
     from hf_dalle import DalleConfig
-    from hf_dalle.memory import estimate_memory as estimate, format_estimates
+    from hf_dalle.memory import estimate_memory as estimate
+    from hf_dalle.memory import format_estimates
 
     if args.config == "12b":
         config = DalleConfig()
@@ -134,15 +135,31 @@ def estimate_memory(args: argparse.Namespace) -> int:
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser, num_candidates: int, num_images: int) -> None:
-    parser.add_argument("--negative-prompt", default=None, help="Caption to steer away from (with --guidance-scale > 1).")
-    parser.add_argument("--num-candidates", type=int, default=num_candidates, help=f"Candidates sampled per prompt (default: {num_candidates}).")
-    parser.add_argument("--num-images", type=int, default=num_images, help=f"Best candidates kept per prompt (default: {num_images}).")
+    parser.add_argument(
+        "--negative-prompt", default=None, help="Caption to steer away from (with --guidance-scale > 1)."
+    )
+    parser.add_argument(
+        "--num-candidates",
+        type=int,
+        default=num_candidates,
+        help=f"Candidates sampled per prompt (default: {num_candidates}).",
+    )
+    parser.add_argument(
+        "--num-images", type=int, default=num_images, help=f"Best candidates kept per prompt (default: {num_images})."
+    )
     parser.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature (default: 1.0).")
     parser.add_argument("--top-k", type=int, default=None, help="Sample among the k most likely codes (default: all).")
     parser.add_argument("--top-p", type=float, default=None, help="Nucleus sampling threshold (default: off).")
-    parser.add_argument("--guidance-scale", type=float, default=None, help="Classifier-free guidance scale (default: the pipeline's default_guidance_scale; 1 = off).")
+    parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="Classifier-free guidance scale (default: the pipeline's default_guidance_scale; 1 = off).",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Candidate i is drawn with seed + i (default: 0).")
-    parser.add_argument("--candidate-batch-size", type=int, default=16, help="Candidates sampled together (default: 16).")
+    parser.add_argument(
+        "--candidate-batch-size", type=int, default=16, help="Candidates sampled together (default: 16)."
+    )
     parser.add_argument("--output-dir", default="outputs", help="Where the PNGs go (default: outputs).")
 
 
@@ -175,9 +192,19 @@ def build_parser() -> argparse.ArgumentParser:
     web.set_defaults(func=serve)
 
     mem = commands.add_parser("estimate-memory", help="Parameter and KV-cache memory of a transformer, per dtype.")
-    mem.add_argument("--config", default="12b", help="'12b' (the paper's model, default), or a transformer/pipeline directory or Hub id.")
+    mem.add_argument(
+        "--config",
+        default="12b",
+        help="'12b' (the paper's model, default), or a transformer/pipeline directory or Hub id.",
+    )
     mem.add_argument("--batch-size", type=int, default=1, help="Images generated together (default: 1).")
-    mem.add_argument("--dtype", nargs="+", default=["fp32", "bf16", "int8"], choices=["fp32", "bf16", "int8"], help="Storage dtypes to report (default: all).")
+    mem.add_argument(
+        "--dtype",
+        nargs="+",
+        default=["fp32", "bf16", "int8"],
+        choices=["fp32", "bf16", "int8"],
+        help="Storage dtypes to report (default: all).",
+    )
     mem.set_defaults(func=estimate_memory)
     return parser
 

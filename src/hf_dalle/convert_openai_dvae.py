@@ -15,6 +15,7 @@ import torch
 
 from .models.dalle_vae import DalleVAE, DalleVAEConfig
 
+
 # Every class a `torch.save` of `dall_e.Encoder` / `dall_e.Decoder` refers to, besides the tensor machinery that
 # `weights_only=True` allows by default (listed with `torch.serialization.get_unsafe_globals_in_checkpoint`).
 OPENAI_DVAE_GLOBALS = (

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from huggingface_hub import CommitInfo, HfApi, ModelCard, ModelCardData
 
+
 # `model_cards/` at the root of the hf_dalle repository (next to `src/`).
 MODEL_CARDS_DIR = Path(__file__).resolve().parents[2] / "model_cards"
 

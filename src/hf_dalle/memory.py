@@ -3,11 +3,12 @@
 
 from dataclasses import dataclass
 
-from accelerate import init_empty_weights
 import torch
+from accelerate import init_empty_weights
 from torch import nn
 
 from .models.dalle import DalleConfig, DalleForImageGeneration
+
 
 # Bytes per stored weight, and per KV-cache entry (the compute dtype: int8 weight-only quantization keeps
 # activations, and so the cache, in bf16).

@@ -9,6 +9,7 @@ from .models.dalle_vae import DalleVAE, DalleVAEConfig
 from .pipelines import DallePipeline
 from .tokenization_dalle import DalleTokenizer
 
+
 CAPTIONS = [
     "a red circle",
     "a blue square",
@@ -43,14 +44,25 @@ def make_tiny_pipeline(with_clip: bool = True, seed: int = 0) -> DallePipeline:
     if with_clip:
         clip_model = CLIPModel(
             CLIPConfig(
-                text_config=dict(
-                    vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                    num_attention_heads=2, max_position_embeddings=16, pad_token_id=0, bos_token_id=0, eos_token_id=0,
-                ),
-                vision_config=dict(
-                    image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                    num_attention_heads=2,
-                ),
+                text_config={
+                    "vocab_size": len(tokenizer),
+                    "hidden_size": 32,
+                    "intermediate_size": 64,
+                    "num_hidden_layers": 1,
+                    "num_attention_heads": 2,
+                    "max_position_embeddings": 16,
+                    "pad_token_id": 0,
+                    "bos_token_id": 0,
+                    "eos_token_id": 0,
+                },
+                vision_config={
+                    "image_size": 32,
+                    "patch_size": 8,
+                    "hidden_size": 32,
+                    "intermediate_size": 64,
+                    "num_hidden_layers": 1,
+                    "num_attention_heads": 2,
+                },
                 projection_dim=16,
             )
         ).eval()

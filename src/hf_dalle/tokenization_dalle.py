@@ -9,6 +9,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from .models.dalle import DalleConfig
 
+
 PAD_TOKEN = "<pad>"
 
 

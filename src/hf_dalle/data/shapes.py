@@ -92,7 +92,12 @@ SPLITS = ("train", "held_out", "held_out_pairing", "held_out_combination", "held
 
 # Relation -> (axis of the relation: 0 = x, 1 = y; +1 if the first object has the smaller coordinate, else -1).
 _RELATION_GEOMETRY = {"to the left of": (0, 1), "to the right of": (0, -1), "above": (1, 1), "below": (1, -1)}
-_MIRRORED_RELATION = {"to the left of": "to the right of", "to the right of": "to the left of", "above": "below", "below": "above"}
+_MIRRORED_RELATION = {
+    "to the left of": "to the right of",
+    "to the right of": "to the left of",
+    "above": "below",
+    "below": "above",
+}
 
 
 @dataclass(frozen=True)

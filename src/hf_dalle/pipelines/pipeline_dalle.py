@@ -24,6 +24,7 @@ from ..models.dalle import DalleForImageGeneration, DallePrefixCache
 from ..models.dalle_vae import DalleVAE
 from ..tokenization_dalle import DalleTokenizer
 
+
 logger = logging.get_logger(__name__)
 
 
@@ -193,7 +194,11 @@ class DallePipeline(DiffusionPipeline):
             raise ValueError(f"`prompt` must be a non-empty string or a non-empty list of them, got {prompt!r}.")
         if negative_prompt is not None:
             negatives = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
-            if not isinstance(negatives, list) or len(negatives) != len(prompts) or not all(isinstance(n, str) for n in negatives):
+            if (
+                not isinstance(negatives, list)
+                or len(negatives) != len(prompts)
+                or not all(isinstance(n, str) for n in negatives)
+            ):
                 raise ValueError(
                     f"`negative_prompt` must be a string or a list of {len(prompts)} strings (one per prompt), "
                     f"got {negative_prompt!r}."
@@ -222,7 +227,9 @@ class DallePipeline(DiffusionPipeline):
         if num_prime_rows and image is None:
             raise ValueError("`num_prime_rows` needs an `image` to take the rows from.")
         if image is not None and not 0 < num_prime_rows < grid:
-            raise ValueError(f"`num_prime_rows` must be between 1 and {grid - 1} when priming with an image, got {num_prime_rows}.")
+            raise ValueError(
+                f"`num_prime_rows` must be between 1 and {grid - 1} when priming with an image, got {num_prime_rows}."
+            )
         if not isinstance(candidate_batch_size, int) or candidate_batch_size < 1:
             raise ValueError(f"`candidate_batch_size` must be a positive integer, got {candidate_batch_size!r}.")
         if output_type not in ("pil", "np", "pt"):
@@ -332,7 +339,11 @@ class DallePipeline(DiffusionPipeline):
 
     @staticmethod
     def rerank(
-        kept: tuple[torch.Tensor, torch.Tensor] | None, images: torch.Tensor, scores: torch.Tensor, keep: int, by_score: bool
+        kept: tuple[torch.Tensor, torch.Tensor] | None,
+        images: torch.Tensor,
+        scores: torch.Tensor,
+        keep: int,
+        by_score: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Merge new candidates `(images, scores)` into a prompt's `kept` ones and keep the best `keep`: by CLIP score
         (ties in sampling order), or the first ones when `by_score` is False."""
@@ -428,7 +439,9 @@ class DallePipeline(DiffusionPipeline):
         text_ids, uncond_ids = self.encode_prompt(prompts, negatives, do_guidance)
         prime_codes = self.prepare_prime_codes(image, num_prime_rows, len(prompts))
         streams = self.transformer.prepare_input_ids(text_ids, prime_codes).to(device)
-        uncond_streams = self.transformer.prepare_input_ids(uncond_ids, prime_codes).to(device) if do_guidance else None
+        uncond_streams = (
+            self.transformer.prepare_input_ids(uncond_ids, prime_codes).to(device) if do_guidance else None
+        )
 
         processors = LogitsProcessorList()
         if do_guidance:
@@ -459,9 +472,7 @@ class DallePipeline(DiffusionPipeline):
                 )
                 images = self.decode(codes).float().cpu()
                 scores = (
-                    self.clip_scores(images, text_embeds[prompt_index]).cpu()
-                    if rerank
-                    else torch.zeros(len(rows))
+                    self.clip_scores(images, text_embeds[prompt_index]).cpu() if rerank else torch.zeros(len(rows))
                 )
                 # 4. Rerank: keep each prompt's best candidates so far, so memory stays bounded for large N
                 for p in prompt_index.unique().tolist():

@@ -16,6 +16,7 @@ from .loop import NonFiniteLossError, create_accelerator, train
 from .outputs import save_image_grid, tensors_to_pil, training_summary, write_card_and_push, write_folder_atomically
 from .schedules import annealed_value
 
+
 __all__ = [
     "NON_EMA_VARIANT",
     "ImageCaptionCollator",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"

@@ -8,6 +8,7 @@ import os
 from diffusers.training_utils import EMAModel
 from transformers import PreTrainedModel
 
+
 NON_EMA_VARIANT = "non_ema"
 
 

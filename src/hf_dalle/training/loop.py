@@ -21,6 +21,7 @@ from transformers import get_scheduler
 
 from .checkpointing import TrainingState, resolve_checkpoint, save_checkpoint
 
+
 logger = logging.getLogger(__name__)
 
 

@@ -6,6 +6,7 @@ from torch import nn
 
 from ..models.dalle import DalleForImageGeneration
 
+
 # The attention and MLP projections of every block.
 LORA_TARGET_MODULES = ("qkv_proj", "out_proj", "fc_in", "fc_out")
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 from ..hub_utils import MODEL_CARDS_DIR, push_folder_to_hub, render_model_card, write_model_card
 
+
 # Training flags shown in the model card (the rest are paths or bookkeeping).
 _CARD_FLAGS = (
     "max_train_steps",

@@ -3,6 +3,7 @@
 
 import math
 
+
 SCHEDULE_KINDS = ("cosine", "linear", "exponential")
 
 

@@ -17,6 +17,7 @@ from .modeling_dalle import (
     mask_logits_by_position,
 )
 
+
 AutoConfig.register(DalleConfig.model_type, DalleConfig)
 AutoModel.register(DalleConfig, DalleModel)
 AutoModelForCausalLM.register(DalleConfig, DalleForImageGeneration)

@@ -12,5 +12,6 @@ from .modeling_dalle_vae import (
     unmap_pixels,
 )
 
+
 AutoConfig.register(DalleVAEConfig.model_type, DalleVAEConfig)
 AutoModel.register(DalleVAEConfig, DalleVAE)

@@ -61,9 +61,7 @@ class DalleVAEConfig(PreTrainedConfig):
                 f"`hidden_size` must be a multiple of 4 (resblocks use a bottleneck of width / 4), got {self.hidden_size}."
             )
         if self.image_size % self.downsample_factor != 0:
-            raise ValueError(
-                f"`image_size` must be a multiple of {self.downsample_factor}, got {self.image_size}."
-            )
+            raise ValueError(f"`image_size` must be a multiple of {self.downsample_factor}, got {self.image_size}.")
         if not 0.0 <= self.logit_laplace_eps < 0.5:
             raise ValueError(f"`logit_laplace_eps` must be in [0, 0.5), got {self.logit_laplace_eps}.")
 

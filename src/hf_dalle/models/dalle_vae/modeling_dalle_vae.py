@@ -35,7 +35,13 @@ def logit_laplace_nll(x: torch.Tensor, mu: torch.Tensor, log_scale: torch.Tensor
     `x` must lie strictly inside (0, 1) (use `map_pixels`); `mu` and `log_scale` are the location and log scale
     in logit space: p(x) = exp(-|logit(x) - mu| / b) / (2 b x (1 - x)).
     """
-    return log_scale + math.log(2.0) + torch.log(x) + torch.log1p(-x) + (torch.logit(x) - mu).abs() * torch.exp(-log_scale)
+    return (
+        log_scale
+        + math.log(2.0)
+        + torch.log(x)
+        + torch.log1p(-x)
+        + (torch.logit(x) - mu).abs() * torch.exp(-log_scale)
+    )
 
 
 @dataclass
@@ -106,7 +112,10 @@ class DalleVAEResBlock(GradientCheckpointingLayer):
         widths = [in_channels, hidden, hidden, hidden, out_channels]
         layers = []
         for i, kernel in enumerate(kernel_sizes):
-            layers += [(f"relu_{i + 1}", nn.ReLU()), (f"conv_{i + 1}", nn.Conv2d(widths[i], widths[i + 1], kernel, padding=kernel // 2))]
+            layers += [
+                (f"relu_{i + 1}", nn.ReLU()),
+                (f"conv_{i + 1}", nn.Conv2d(widths[i], widths[i + 1], kernel, padding=kernel // 2)),
+            ]
         self.res_path = nn.Sequential(OrderedDict(layers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,7 +153,12 @@ class DalleVAEEncoder(nn.Module):
             OrderedDict(
                 [("input", nn.Conv2d(config.num_channels, n_hid, 7, padding=3))]
                 + groups
-                + [("output", nn.Sequential(OrderedDict(relu=nn.ReLU(), conv=nn.Conv2d(8 * n_hid, config.vocab_size, 1))))]
+                + [
+                    (
+                        "output",
+                        nn.Sequential(OrderedDict(relu=nn.ReLU(), conv=nn.Conv2d(8 * n_hid, config.vocab_size, 1))),
+                    )
+                ]
             )
         )
 
@@ -177,7 +191,12 @@ class DalleVAEDecoder(nn.Module):
             OrderedDict(
                 [("input", nn.Conv2d(config.vocab_size, config.decoder_init_size, 1))]
                 + groups
-                + [("output", nn.Sequential(OrderedDict(relu=nn.ReLU(), conv=nn.Conv2d(n_hid, 2 * config.num_channels, 1))))]
+                + [
+                    (
+                        "output",
+                        nn.Sequential(OrderedDict(relu=nn.ReLU(), conv=nn.Conv2d(n_hid, 2 * config.num_channels, 1))),
+                    )
+                ]
             )
         )
 
@@ -257,7 +276,11 @@ class DalleVAE(DalleVAEPreTrainedModel):
         if not isinstance(indices, torch.Tensor) or indices.is_floating_point() or indices.ndim != 3:
             raise ValueError(
                 "`indices` must be an integer tensor of shape (batch, height, width), got "
-                + (f"{indices.dtype} {tuple(indices.shape)}." if isinstance(indices, torch.Tensor) else f"{type(indices).__name__}.")
+                + (
+                    f"{indices.dtype} {tuple(indices.shape)}."
+                    if isinstance(indices, torch.Tensor)
+                    else f"{type(indices).__name__}."
+                )
             )
         if indices.numel() and (indices.min() < 0 or indices.max() >= self.config.vocab_size):
             raise ValueError(

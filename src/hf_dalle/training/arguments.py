@@ -94,7 +94,14 @@ def add_common_arguments(
     checkpoints.add_argument(
         "--resume_from_checkpoint",
         default=None,
-        help="Resume from a checkpoint folder, or 'latest' for the newest complete one in --output_dir/checkpoints.",
+        help="Resume from a checkpoint folder, or 'latest' for the newest complete one in --output_dir/checkpoints "
+        "(damaged ones are passed over).",
+    )
+    checkpoints.add_argument(
+        "--allow_inexact_resume",
+        action="store_true",
+        help="Resume even if the checkpoint lacks a process's RNG state (random_states_N.pkl); the run then draws "
+        "other noise than an uninterrupted one would. Without it such a resume is refused.",
     )
 
     ema = parser.add_argument_group("EMA")

@@ -17,6 +17,11 @@ from huggingface_hub import ModelCardData
 from PIL import Image
 
 from ..hub_utils import MODEL_CARDS_DIR, push_folder_to_hub, render_model_card, write_model_card
+from .checkpointing import remove_stale_temporary_folders
+
+
+# Temporary folders of `write_folder_atomically`; one a killed run left is removed by the next save or run.
+TEMPORARY_SAVE_PREFIX = ".tmp-save-"
 
 
 # Training flags shown in the model card (the rest are paths or bookkeeping).
@@ -63,7 +68,8 @@ def write_folder_atomically(output_dir: str | os.PathLike, write: Callable[[Path
     the same name), so an interrupted save leaves no half-written file there."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".tmp-save-") as temporary:
+    remove_stale_temporary_folders(output_dir, TEMPORARY_SAVE_PREFIX)
+    with tempfile.TemporaryDirectory(dir=output_dir, prefix=TEMPORARY_SAVE_PREFIX) as temporary:
         write(Path(temporary))
         for entry in sorted(Path(temporary).iterdir()):
             target = output_dir / entry.name

@@ -348,6 +348,51 @@ load_script("train_vae").main({args!r})
     assert (output_dir / "model.safetensors").is_file()
 
 
+@pytest.fixture
+def imagefolder_with_a_corrupt_image(tmp_path) -> Path:
+    """12 shapes images as an imagefolder; image 5 is a truncated PNG (a download cut short)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    with open(folder / "metadata.jsonl", "w") as metadata:
+        for index, row in enumerate(make_shapes_dataset(12, seed=3, image_size=32)):
+            row["image"].save(folder / f"{index}.png")
+            metadata.write(json.dumps({"file_name": f"{index}.png", "caption": row["caption"]}) + "\n")
+    corrupt = folder / "5.png"
+    corrupt.write_bytes(corrupt.read_bytes()[:60])
+    return folder
+
+
+def imagefolder_args(folder: Path, output_dir: Path, *extra: str) -> list[str]:
+    args = vae_args(folder, output_dir, "--max_train_steps", "4", *extra)
+    args[args.index("--dataset_name")] = "--train_data_dir"
+    return args
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_corrupt_image_stops_the_run_before_training_by_default(
+    imagefolder_with_a_corrupt_image, tmp_path, streaming
+):
+    output_dir = tmp_path / "run"
+    extra = ["--streaming"] if streaming else []
+    with pytest.raises(ValueError, match=r"Row 5 \(.*5.png\): the image does not decode .*--bad_images skip"):
+        load_script("train_vae").main(imagefolder_args(imagefolder_with_a_corrupt_image, output_dir, *extra))
+    if not streaming:  # checked up front: not a single step was taken
+        assert not (output_dir / "checkpoints").exists() and not (output_dir / "logs").exists()
+    assert not (output_dir / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_bad_images_skip_trains_on_the_others(imagefolder_with_a_corrupt_image, tmp_path, caplog, streaming):
+    output_dir = tmp_path / "run"
+    extra = ["--bad_images", "skip"] + (["--streaming"] if streaming else [])
+    with caplog.at_level(logging.WARNING, logger="hf_dalle.training.data"):
+        state = load_script("train_vae").main(imagefolder_args(imagefolder_with_a_corrupt_image, output_dir, *extra))
+    assert state.global_step == 4 and (output_dir / "model.safetensors").is_file()
+    assert "Skipping Row 5 (" in caplog.text and "5.png): the image does not decode" in caplog.text
+    # 11 good images in batches of 4 are 2 batches an epoch: step 4 is epoch 1's second (with 12 images, its first)
+    assert (state.epoch, state.batches_in_epoch) == (1, 2)
+
+
 def test_shapes_judge_accuracy():
     images = [
         render_caption(caption, seed=i)

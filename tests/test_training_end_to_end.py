@@ -235,6 +235,35 @@ def test_model_cards_record_no_absolute_paths(trained):
     assert "Pre-tokenized pairs from `tokens` (24 pairs, 32x32 images encoded by `vae`" in cards["pipeline"]
 
 
+def test_pretokenize_names_the_row_without_a_caption(trained, tmp_path):
+    folder = tmp_path / "my_images"
+    folder.mkdir()
+    with open(folder / "metadata.jsonl", "w") as metadata:
+        for index, row in enumerate(make_shapes_dataset(4, seed=5, image_size=32)):
+            row["image"].save(folder / f"{index}.png")
+            metadata.write(
+                json.dumps({"file_name": f"{index}.png", **({"text": row["caption"]} if index != 2 else {})})
+            )
+            metadata.write("\n")
+    tokens = tmp_path / "tokens"
+    with pytest.raises(
+        ValueError, match=r"Row 2 \(.*2.png\) has no caption: its 'text' is None.*on every line of .*metadata.jsonl"
+    ):
+        load_script("pretokenize").main(
+            [
+                "--train_data_dir",
+                str(folder),
+                "--caption_column",
+                "text",
+                "--pretrained_model_name_or_path",
+                str(trained["pipeline"]),
+                "--output_dir",
+                str(tokens),
+            ]
+        )
+    assert not tokens.exists() and not list(tmp_path.glob(".tmp-*"))
+
+
 def test_fine_tune_the_pipeline_on_an_imagefolder(trained, tmp_path):
     """The README's fine-tuning recipe: pre-tokenize an imagefolder with the pipeline's own dVAE and tokenizer, then
     continue training its transformer."""

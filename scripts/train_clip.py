@@ -38,6 +38,7 @@ from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProce
 
 from hf_dalle import DalleTokenizer
 from hf_dalle.data import parse_caption, redraw_with_another_shape
+from hf_dalle.image_utils import to_rgb
 from hf_dalle.training import (
     add_common_arguments,
     add_data_arguments,
@@ -258,7 +259,7 @@ class ClipCollator:
         self.keep_images = keep_images  # also return the RGB images themselves, under "images"
 
     def __call__(self, rows: list[dict]) -> dict:
-        images = [row["image"].convert("RGB") for row in rows]
+        images = [to_rgb(row["image"]) for row in rows]
         batch = self.processor(
             images=images,
             text=[row["caption"] for row in rows],

@@ -1,9 +1,10 @@
 """Model cards and uploads to the Hugging Face Hub, shared by the converter, the training scripts and the pipeline.
 
-Model cards are Jinja templates in the repository's `model_cards/` folder, rendered with `huggingface_hub.ModelCard`
-(the YAML metadata comes from a `ModelCardData`). Uploads are `create_repo` + `upload_folder` of an allowlist: the
-files a model folder is meant to hold (weights, configs, tokenizer files, the card, sample images), so that a stray
-`.env`, a pickle or a notes file in the folder stays local.
+Model cards are Jinja templates in the package's `model_cards/` folder (read through `importlib.resources`, so they
+work from a wheel as from a checkout), rendered with `huggingface_hub.ModelCard` (the YAML metadata comes from a
+`ModelCardData`). Uploads are `create_repo` + `upload_folder` of an allowlist: the files a model folder is meant to
+hold (weights, configs, tokenizer files, the card, sample images), so that a stray `.env`, a pickle or a notes file
+in the folder stays local.
 """
 
 import logging
@@ -11,6 +12,7 @@ import os
 import shlex
 import sys
 import uuid
+from importlib.resources import as_file, files
 from pathlib import Path
 
 from huggingface_hub import CommitInfo, HfApi, ModelCard, ModelCardData
@@ -37,8 +39,8 @@ UPLOAD_ALLOW_PATTERNS = [
 UPLOAD_IGNORE_PATTERNS = [".*", "*/.*", "checkpoints/*", "logs/*"]
 
 
-# `model_cards/` at the root of the hf_dalle repository (next to `src/`).
-MODEL_CARDS_DIR = Path(__file__).resolve().parents[2] / "model_cards"
+# The templates ship inside the package (`setup.cfg` package data): a `Traversable` (`/`, `read_text`, `is_file`).
+MODEL_CARDS_DIR = files("hf_dalle") / "model_cards"
 
 
 def render_model_card(template: str | os.PathLike, card_data: ModelCardData, **template_kwargs) -> ModelCard:
@@ -55,13 +57,15 @@ def render_model_card(template: str | os.PathLike, card_data: ModelCardData, **t
     if not path.is_file():
         path = MODEL_CARDS_DIR / f"{template}.md"
     if not path.is_file():
+        names = sorted(p.name.removesuffix(".md") for p in MODEL_CARDS_DIR.iterdir() if p.name.endswith(".md"))
         raise FileNotFoundError(
             f"Model card template {str(template)!r} not found: expected a file, or a name of a template in "
-            f"{MODEL_CARDS_DIR} ({sorted(p.stem for p in MODEL_CARDS_DIR.glob('*.md'))})."
+            f"hf_dalle's model_cards/ ({names})."
         )
     if card_data.library_name is None:
         card_data.library_name = "hf_dalle"
-    return ModelCard.from_template(card_data, template_path=str(path), **template_kwargs)
+    with as_file(path) as template_path:
+        return ModelCard.from_template(card_data, template_path=str(template_path), **template_kwargs)
 
 
 def path_for_card(value: str | os.PathLike | None) -> str | None:

@@ -1,15 +1,22 @@
 """DallePipeline: caption in, CLIP-reranked images out (DALL-E, Ramesh et al. 2021, section 2.5)."""
 
+import json
+import numbers
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline, PipelineQuantizationConfig
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.utils import BaseOutput, logging
-from huggingface_hub import snapshot_download
+from diffusers.utils import BaseOutput, logging, replace_example_docstring
+from diffusers.utils.torch_utils import is_compiled_module
+from huggingface_hub import hf_hub_download, snapshot_download
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from safetensors.torch import load_file
 from transformers import (
     ClassifierFreeGuidanceLogitsProcessor,
     CLIPModel,
@@ -20,12 +27,74 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from ..image_utils import to_rgb
 from ..models.dalle import DalleForImageGeneration, DallePrefixCache
 from ..models.dalle_vae import DalleVAE
 from ..tokenization_dalle import DalleTokenizer
 
 
 logger = logging.get_logger(__name__)
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> import hf_dalle
+        >>> from hf_dalle import DallePipeline
+
+        >>> pipe = DallePipeline.from_pretrained(hf_dalle.DEMO_MODEL_DIR)  # the small shapes-world model it ships
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> output = pipe("a red circle above a blue square", num_candidates=4, generator=generator)
+        >>> output.images[0].save("red_circle_above_blue_square.png")
+        ```
+"""
+
+
+# What `snapshot_download` takes from `from_pretrained` / `load_lora_weights` keyword arguments.
+DOWNLOAD_KWARGS = ("revision", "cache_dir", "token", "force_download", "local_files_only")
+ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"]
+
+
+def _hub_repo_id(name_or_path: str | os.PathLike, what: str) -> str:
+    """`name_or_path`, which is not a local folder, as a Hub repo id; a `FileNotFoundError` if it cannot be one (a
+    local path that does not exist), rather than huggingface_hub's complaint about repo id syntax."""
+    try:
+        validate_repo_id(str(name_or_path))
+    except HFValidationError:
+        raise FileNotFoundError(
+            f"No such {what} folder: {str(name_or_path)!r} (and it is not a Hub repo id)."
+        ) from None
+    return str(name_or_path)
+
+
+def _pipeline_components(model_index: dict) -> list[str]:
+    """The components a `model_index.json` names (`"vae": ["hf_dalle", "DalleVAE"]`), without the absent optional
+    ones (`[null, null]`) and the settings (`"default_guidance_scale": 3.0`)."""
+    return [
+        name
+        for name, value in model_index.items()
+        if not name.startswith("_") and isinstance(value, list) and len(value) == 2 and value[0] is not None
+    ]
+
+
+def _is_real(value) -> bool:
+    """A real number (int, float, NumPy scalar), not a bool, a string or None."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _read_model_index(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as file:
+            model_index = json.load(file)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not a valid model_index.json: {error}.") from None
+    if not isinstance(model_index, dict):
+        raise ValueError(f"{path} is not a valid model_index.json: expected a JSON object.")
+    return model_index
 
 
 @dataclass
@@ -63,6 +132,9 @@ class DallePipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "transformer->vae->clip_model"
     _optional_components = ["clip_model", "clip_processor"]
+    # What `callback_on_step_end` can read: the image codes so far (primed and sampled, `[B, n]`), which it can also
+    # replace, and the logits the step's codes were drawn from (`[B, image_vocab_size]`, after the processors).
+    _callback_tensor_inputs = ["codes", "logits"]
 
     def __init__(
         self,
@@ -82,7 +154,8 @@ class DallePipeline(DiffusionPipeline):
             "clip_processor": (clip_processor, (CLIPProcessor, type(None))),
         }
         for name, (component, cls) in expected.items():
-            if not isinstance(component, cls):
+            # A `torch.compile`d model is checked (and saved, by diffusers) as the module it wraps.
+            if not isinstance(component._orig_mod if is_compiled_module(component) else component, cls):
                 names = " or ".join(c.__name__ for c in (cls if isinstance(cls, tuple) else (cls,)))
                 raise ValueError(f"`{name}` must be a {names}, got {type(component).__name__}.")
         if (clip_model is None) != (clip_processor is None):
@@ -93,9 +166,10 @@ class DallePipeline(DiffusionPipeline):
                 f"The dVAE has {vae.config.vocab_size} codes but the transformer draws from "
                 f"image_vocab_size={config.image_vocab_size}."
             )
-        if not isinstance(default_guidance_scale, (int, float)) or not default_guidance_scale >= 1:
+        if not _is_real(default_guidance_scale) or not 1 <= default_guidance_scale < float("inf"):
             raise ValueError(
-                f"`default_guidance_scale` must be a number >= 1 (1 = no guidance), got {default_guidance_scale!r}."
+                "`default_guidance_scale` (saved in model_index.json) must be a finite number >= 1 (1 = no guidance), "
+                f"got {default_guidance_scale!r}."
             )
         self.register_modules(
             tokenizer=tokenizer, transformer=transformer, vae=vae, clip_model=clip_model, clip_processor=clip_processor
@@ -122,10 +196,16 @@ class DallePipeline(DiffusionPipeline):
         """
         if not os.path.isdir(pretrained_model_name_or_path):
             # diffusers refuses, before downloading, repos whose `model_index.json` names components from libraries
-            # other than diffusers/transformers (ours are `hf_dalle` classes), but loads such a folder from disk.
-            download_keys = ("revision", "cache_dir", "token", "force_download", "local_files_only")
-            download_kwargs = {key: kwargs.pop(key) for key in download_keys if key in kwargs}
-            pretrained_model_name_or_path = snapshot_download(str(pretrained_model_name_or_path), **download_kwargs)
+            # other than diffusers/transformers (ours are `hf_dalle` classes), but loads such a folder from disk. Only
+            # the pipeline's own files are downloaded: model_index.json and the folders of the components it names.
+            repo_id = _hub_repo_id(pretrained_model_name_or_path, "pipeline")
+            download_kwargs = {key: kwargs.pop(key) for key in DOWNLOAD_KWARGS if key in kwargs}
+            model_index = _read_model_index(hf_hub_download(repo_id, "model_index.json", **download_kwargs))
+            folders = [f"{name}/*" for name in _pipeline_components(model_index) if name not in kwargs]
+            pretrained_model_name_or_path = snapshot_download(
+                repo_id, allow_patterns=["model_index.json", *folders], **download_kwargs
+            )
+        cls._check_pipeline_folder(pretrained_model_name_or_path, passed=kwargs)
         device_map = kwargs.get("device_map")
         quantization_config = kwargs.get("quantization_config")
         per_module_map = device_map == "auto" or isinstance(device_map, dict)
@@ -145,6 +225,23 @@ class DallePipeline(DiffusionPipeline):
             )
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
+    @staticmethod
+    def _check_pipeline_folder(folder: str | os.PathLike, passed: dict) -> None:
+        """Name what is missing from a pipeline folder before diffusers trips over it: model_index.json, or the
+        subfolder of a component it lists (unless that component is passed in `passed`)."""
+        index_path = os.path.join(folder, "model_index.json")
+        if not os.path.isfile(index_path):
+            raise FileNotFoundError(
+                f"{os.fspath(folder)!r} is not a pipeline folder: it has no model_index.json (save one with "
+                "`DallePipeline.save_pretrained`)."
+            )
+        for name in _pipeline_components(_read_model_index(index_path)):
+            if name not in passed and not os.path.isdir(os.path.join(folder, name)):
+                raise FileNotFoundError(
+                    f"The pipeline folder {os.fspath(folder)!r} has no {name}/ subfolder, though its model_index.json "
+                    f"lists the component {name!r}."
+                )
+
     def load_lora_weights(
         self, pretrained_model_name_or_path: str | os.PathLike, adapter_name: str = "default", **kwargs
     ) -> None:
@@ -154,14 +251,46 @@ class DallePipeline(DiffusionPipeline):
         or a Hub repo id, and activate it. This is transformers' PEFT integration (`transformer.load_adapter`, which
         needs `peft`); `kwargs` (`revision`, `token`, ...) go to it. [`unload_lora_weights`] restores the base model.
         """
-        if os.path.isdir(pretrained_model_name_or_path) and not os.path.isfile(
-            os.path.join(pretrained_model_name_or_path, "adapter_config.json")
-        ):
+        if os.path.isdir(pretrained_model_name_or_path):
+            folder = os.fspath(pretrained_model_name_or_path)
+        else:
+            repo_id = _hub_repo_id(pretrained_model_name_or_path, "LoRA adapter")
+            download_kwargs = {key: kwargs.pop(key) for key in DOWNLOAD_KWARGS if key in kwargs}
+            folder = snapshot_download(repo_id, allow_patterns=ADAPTER_FILES, **download_kwargs)
+        config_path, weights_path = (os.path.join(folder, name) for name in ADAPTER_FILES)
+        if not os.path.isfile(config_path):
             raise ValueError(
                 f"{pretrained_model_name_or_path} has no adapter_config.json: not a LoRA adapter folder (train one "
                 "with scripts/train_dalle.py --lora_rank R)."
             )
-        self.transformer.load_adapter(str(pretrained_model_name_or_path), adapter_name=adapter_name, **kwargs)
+        if not os.path.isfile(weights_path):
+            raise ValueError(f"The LoRA adapter {pretrained_model_name_or_path} has no adapter_model.safetensors.")
+        adapter_weights = load_file(weights_path)
+        non_finite = [name for name, tensor in adapter_weights.items() if not torch.isfinite(tensor).all()]
+        if non_finite:
+            raise ValueError(
+                f"The LoRA adapter {weights_path} has non-finite (NaN or infinite) weights in {non_finite[:3]}; "
+                "it is not loaded."
+            )
+        self.transformer.load_adapter(folder, adapter_name=adapter_name, **kwargs)
+        # peft skips weights that match no module with a warning, and leaves modules without weights at their
+        # initialisation: refuse an adapter whose weights are not exactly the adapter's parameters.
+        loaded = {name: param for name, param in self.transformer.named_parameters() if f".{adapter_name}." in name}
+        expected = {}
+        for name, tensor in adapter_weights.items():  # peft's file names: base_model.model.<module>.lora_A.weight
+            module, _, leaf = name.removeprefix("base_model.model.").rpartition(".")
+            expected[f"{module}.{adapter_name}.{leaf}"] = tensor
+        unmatched = sorted(expected.keys() ^ loaded.keys()) or [
+            name
+            for name, tensor in expected.items()
+            if not torch.equal(loaded[name].detach().cpu(), tensor.to(loaded[name].dtype))
+        ]
+        if unmatched:
+            self.transformer.delete_adapter(adapter_name)
+            raise ValueError(
+                f"The LoRA adapter {pretrained_model_name_or_path} does not match this transformer: the weights "
+                f"{unmatched[:3]} have no counterpart or did not load as saved; it is not loaded."
+            )
 
     def unload_lora_weights(self) -> None:
         """Remove every LoRA adapter from the transformer: it computes exactly its base weights' outputs again."""
@@ -172,6 +301,11 @@ class DallePipeline(DiffusionPipeline):
     def image_size(self) -> int:
         """Side of the generated images: the code grid times the dVAE's downsampling factor."""
         return self.transformer.config.image_grid_size * self.vae.config.downsample_factor
+
+    @property
+    def interrupt(self) -> bool:
+        """Set `pipe._interrupt = True` (from a `callback_on_step_end`) to stop sampling after the current code."""
+        return self._interrupt
 
     def check_inputs(
         self,
@@ -188,6 +322,7 @@ class DallePipeline(DiffusionPipeline):
         num_prime_rows,
         candidate_batch_size,
         output_type,
+        callback_on_step_end_tensor_inputs,
     ):
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
@@ -203,37 +338,58 @@ class DallePipeline(DiffusionPipeline):
                     f"`negative_prompt` must be a string or a list of {len(prompts)} strings (one per prompt), "
                     f"got {negative_prompt!r}."
                 )
-        if not isinstance(num_candidates, int) or num_candidates < 1:
+        if not _is_integer(num_candidates) or num_candidates < 1:
             raise ValueError(f"`num_candidates` must be a positive integer, got {num_candidates!r}.")
-        if not isinstance(num_images_per_prompt, int) or not 1 <= num_images_per_prompt <= num_candidates:
+        if not _is_integer(num_images_per_prompt) or not 1 <= num_images_per_prompt <= num_candidates:
             raise ValueError(
-                f"`num_images_per_prompt` must be between 1 and num_candidates={num_candidates}, "
+                f"`num_images_per_prompt` must be an integer between 1 and num_candidates={num_candidates}, "
                 f"got {num_images_per_prompt!r}."
             )
-        if not temperature > 0:
-            raise ValueError(f"`temperature` must be > 0, got {temperature}.")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
+        # Non-finite settings would give NaN probabilities: refused here rather than sampled into a flat image.
+        if not _is_real(temperature) or not 0 < temperature < float("inf"):
+            raise ValueError(f"`temperature` must be a finite number > 0, got {temperature!r}.")
+        if top_k is not None and (not _is_integer(top_k) or top_k < 0):
             raise ValueError(f"`top_k` must be a non-negative integer (0 = off), got {top_k!r}.")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"`top_p` must be in (0, 1], got {top_p}.")
-        if not guidance_scale >= 1:
-            raise ValueError(f"`guidance_scale` must be >= 1 (1 = no guidance), got {guidance_scale}.")
-        if isinstance(generator, list) and len(generator) != len(prompts) * num_candidates:
+        if top_p is not None and (not _is_real(top_p) or not 0 < top_p <= 1):
+            raise ValueError(f"`top_p` must be a number in (0, 1], got {top_p!r}.")
+        if not _is_real(guidance_scale) or not 1 <= guidance_scale < float("inf"):
             raise ValueError(
-                f"A list of generators needs one per candidate: {len(prompts)} prompts x {num_candidates} candidates "
-                f"= {len(prompts) * num_candidates}, got {len(generator)}."
+                f"`guidance_scale` must be a finite number >= 1 (1 = no guidance), got {guidance_scale!r}."
+            )
+        if isinstance(generator, list):
+            if len(generator) != len(prompts) * num_candidates:
+                raise ValueError(
+                    f"A list of generators needs one per candidate: {len(prompts)} prompts x {num_candidates} "
+                    f"candidates = {len(prompts) * num_candidates}, got {len(generator)}."
+                )
+            if not all(isinstance(g, torch.Generator) for g in generator):
+                kinds = sorted({type(g).__name__ for g in generator if not isinstance(g, torch.Generator)})
+                raise ValueError(f"`generator` must be a list of torch.Generator, got a list with {kinds}.")
+        elif generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(
+                f"`generator` must be a torch.Generator or a list of them, got {type(generator).__name__} "
+                "(for a seed, pass torch.Generator().manual_seed(seed))."
             )
         grid = self.transformer.config.image_grid_size
+        if not _is_integer(num_prime_rows):
+            raise ValueError(f"`num_prime_rows` must be an integer, got {num_prime_rows!r}.")
         if num_prime_rows and image is None:
             raise ValueError("`num_prime_rows` needs an `image` to take the rows from.")
         if image is not None and not 0 < num_prime_rows < grid:
             raise ValueError(
                 f"`num_prime_rows` must be between 1 and {grid - 1} when priming with an image, got {num_prime_rows}."
             )
-        if not isinstance(candidate_batch_size, int) or candidate_batch_size < 1:
+        if not _is_integer(candidate_batch_size) or candidate_batch_size < 1:
             raise ValueError(f"`candidate_batch_size` must be a positive integer, got {candidate_batch_size!r}.")
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}.")
+        if callback_on_step_end_tensor_inputs is not None and not all(
+            name in self._callback_tensor_inputs for name in callback_on_step_end_tensor_inputs
+        ):
+            unknown = [name for name in callback_on_step_end_tensor_inputs if name not in self._callback_tensor_inputs]
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` has to be in {self._callback_tensor_inputs}, but found {unknown}."
+            )
 
     def encode_prompt(self, prompts: list[str], negative_prompts: list[str] | None, do_guidance: bool):
         """The text part of the streams: caption ids `[P, max_text_length]`, and for guidance the unconditional
@@ -274,10 +430,10 @@ class DallePipeline(DiffusionPipeline):
 
     @staticmethod
     def _image_to_pixels(image) -> torch.Tensor:
-        """A PIL image, an `(H, W, 3)` array (uint8, or floats in [0, 1]) or a `(3, H, W)` tensor in [0, 1] as a
-        `(3, H, W)` float tensor."""
+        """A PIL image (any mode: 16-bit and float images are scaled from their range), an `(H, W, 3)` array (uint8,
+        or floats in [0, 1]) or a `(3, H, W)` tensor in [0, 1] as a `(3, H, W)` float tensor."""
         if isinstance(image, PIL.Image.Image):
-            return VaeImageProcessor.numpy_to_pt(VaeImageProcessor.pil_to_numpy(image.convert("RGB")))[0]
+            return VaeImageProcessor.numpy_to_pt(VaeImageProcessor.pil_to_numpy(to_rgb(image)))[0]
         if isinstance(image, np.ndarray):
             array = image.astype(np.float32) / 255 if image.dtype == np.uint8 else image.astype(np.float32)
             return torch.from_numpy(array).permute(2, 0, 1) if array.ndim == 3 else torch.from_numpy(array)
@@ -286,14 +442,23 @@ class DallePipeline(DiffusionPipeline):
         raise ValueError(f"`image` must be a PIL image, a numpy array or a torch tensor, got {type(image).__name__}.")
 
     @staticmethod
-    def draw_uniforms(generator, num_rows: int, num_steps: int) -> torch.Tensor:
-        """One uniform number per sampling step for each candidate, `[num_rows, num_steps]`, drawn from the
-        candidate's own generator (or one shared generator, row after row), so a candidate's draws never depend on
-        how the candidates are batched."""
-        generators = generator if isinstance(generator, list) else [generator] * num_rows
+    def draw_uniforms(generators: list[torch.Generator | None], num_steps: int) -> torch.Tensor:
+        """One uniform number per sampling step for each candidate of a chunk, `[len(generators), num_steps]`, each
+        row drawn from that candidate's generator (or from one shared generator, row after row), so a candidate's
+        draws never depend on how the candidates are batched."""
         return torch.stack(
             [torch.rand(num_steps, generator=g, device=g.device if g is not None else "cpu").cpu() for g in generators]
         )
+
+    def _encode_streams(
+        self, streams: torch.LongTensor, uncond_streams: torch.LongTensor | None
+    ) -> tuple[DallePrefixCache, torch.Tensor]:
+        """Run the streams (and the unconditional ones under them, for guidance) through the transformer into a fresh
+        cache: the cache and the logits of the next position."""
+        batch = torch.cat([streams, uncond_streams]) if uncond_streams is not None else streams
+        cache = DallePrefixCache(self.transformer.config)
+        logits = self.transformer(batch, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        return cache, logits
 
     @torch.no_grad()
     def sample_codes(
@@ -303,33 +468,94 @@ class DallePipeline(DiffusionPipeline):
         uniforms: torch.Tensor,
         logits_processor: LogitsProcessorList,
         progress_bar,
-    ) -> torch.LongTensor:
+        first_step: int = 0,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = (),
+    ) -> torch.LongTensor | None:
         """
-        Continue `streams` (`[B, T + primed codes]`) to full code grids, `[B, G * G]` image codes.
+        Continue `streams` (`[B, T + primed codes]`) to full code grids, `[B, G * G]` image codes; `None` when
+        interrupted (`pipe._interrupt`) before the grids are complete.
 
         Hand-written decode loop rather than `generate()`: each row samples with its own random numbers (`uniforms`),
         which `generate` cannot do. Sampling is by inverse CDF: the code whose cumulative probability first exceeds
-        the row's uniform number, so one number per step and row decides the draw.
+        the row's uniform number, so one number per step and row decides the draw. After each step,
+        `callback_on_step_end(self, first_step + step, position, tensors)` sees the codes so far (whose grid position
+        `position` was just drawn) and may return replacements.
         """
         config = self.transformer.config
-        batch = torch.cat([streams, uncond_streams]) if uncond_streams is not None else streams
         num_new = config.max_sequence_length - streams.shape[1]
-        cache = DallePrefixCache(config)
-        logits = self.transformer(batch, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        cache, logits = self._encode_streams(streams, uncond_streams)
         generated = streams
+        # Flags of steps whose probabilities were not finite, checked once at the end (no device sync per step).
+        non_finite = torch.zeros(num_new, dtype=torch.bool, device=logits.device)
         for step in range(num_new):
+            if self.interrupt:
+                return None
             # Only image codes can come next: sample over the image vocabulary.
             scores = logits_processor(generated, logits[:, config.text_vocab_size :].float())
             cdf = scores.softmax(dim=-1).cumsum(dim=-1)
+            non_finite[step] = ~cdf[:, -1].isfinite().all()
             threshold = uniforms[:, step : step + 1].to(cdf) * cdf[:, -1:]
             codes = torch.searchsorted(cdf, threshold).clamp_(max=config.image_vocab_size - 1)
-            next_ids = codes + config.text_vocab_size
-            generated = torch.cat([generated, next_ids], dim=1)
+            generated = torch.cat([generated, codes + config.text_vocab_size], dim=1)
             progress_bar.update()
+            if callback_on_step_end is not None:
+                generated, rewritten = self._run_callback(
+                    callback_on_step_end, callback_on_step_end_tensor_inputs, first_step + step, generated, scores
+                )
+                if rewritten and step + 1 < num_new:  # earlier codes changed: re-encode them, the cache has the old
+                    uncond = uncond_streams
+                    if uncond is not None:
+                        uncond = torch.cat(
+                            [uncond[:, : config.max_text_length], generated[:, config.max_text_length :]], 1
+                        )
+                    cache, _ = self._encode_streams(generated[:, :-1], None if uncond is None else uncond[:, :-1])
             if step + 1 < num_new:
-                step_ids = torch.cat([next_ids, next_ids]) if uncond_streams is not None else next_ids
+                step_ids = generated[:, -1:]
+                step_ids = torch.cat([step_ids, step_ids]) if uncond_streams is not None else step_ids
                 logits = self.transformer(step_ids, past_key_values=cache, use_cache=True).logits[:, -1]
+        if non_finite.any():
+            raise ValueError(
+                f"Sampling met non-finite probabilities (NaN or infinite logits) at code {int(non_finite.nonzero()[0])} "
+                "of the grid: the model's weights or a loaded adapter hold NaN/inf values, or the temperature is too "
+                "small for float32 logits. No image is returned from NaN probabilities."
+            )
         return generated[:, config.max_text_length :] - config.text_vocab_size
+
+    def _run_callback(
+        self, callback, tensor_inputs: list[str], step: int, generated: torch.LongTensor, logits: torch.Tensor
+    ) -> tuple[torch.LongTensor, bool]:
+        """Call `callback_on_step_end` after a step; the streams with its `codes`, if it returned any, and whether
+        it changed codes before this step's."""
+        config = self.transformer.config
+        text, codes = (
+            generated[:, : config.max_text_length],
+            generated[:, config.max_text_length :] - config.text_vocab_size,
+        )
+        tensors = {"codes": codes, "logits": logits}
+        outputs = callback(self, step, codes.shape[1] - 1, {name: tensors[name] for name in tensor_inputs})
+        if not isinstance(outputs, dict):
+            raise ValueError(
+                f"`callback_on_step_end` must return a dict (the `callback_kwargs` it got, or replacements), got "
+                f"{type(outputs).__name__}."
+            )
+        new_codes = outputs.pop("codes", codes)
+        if new_codes is codes:
+            return generated, False
+        if (
+            not isinstance(new_codes, torch.Tensor)
+            or new_codes.shape != codes.shape
+            or new_codes.is_floating_point()
+            or not ((new_codes >= 0) & (new_codes < config.image_vocab_size)).all()
+        ):
+            raise ValueError(
+                f"`codes` returned by `callback_on_step_end` must be an integer tensor of shape {tuple(codes.shape)} "
+                f"with values in [0, {config.image_vocab_size}), got "
+                f"{tuple(new_codes.shape) if isinstance(new_codes, torch.Tensor) else type(new_codes).__name__}."
+            )
+        new_codes = new_codes.to(codes)
+        rewritten = not torch.equal(new_codes[:, :-1], codes[:, :-1])
+        return torch.cat([text, new_codes + config.text_vocab_size], dim=1), rewritten
 
     @torch.no_grad()
     def decode(self, codes: torch.LongTensor) -> torch.Tensor:
@@ -371,6 +597,7 @@ class DallePipeline(DiffusionPipeline):
         return text_embeds / text_embeds.norm(dim=-1, keepdim=True)
 
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         prompt: str | list[str],
@@ -387,6 +614,11 @@ class DallePipeline(DiffusionPipeline):
         candidate_batch_size: int = 16,
         output_type: str = "pil",
         return_dict: bool = True,
+        callback_on_step_end: Callable[["DallePipeline", int, int, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["codes"],
     ) -> DallePipelineOutput | tuple:
         r"""
         Generate images for `prompt`.
@@ -411,22 +643,40 @@ class DallePipeline(DiffusionPipeline):
                 rows of this image's codes (zero-shot image-to-image); one image for all prompts or one per prompt,
                 of the generated size.
             num_prime_rows (`int`, defaults to 0): rows of codes to keep from `image`.
-            candidate_batch_size (`int`, defaults to 16): candidates sampled together; bounds memory for large
-                `num_candidates`.
+            candidate_batch_size (`int`, defaults to 16): candidates sampled together (their random numbers are drawn
+                chunk by chunk too); bounds memory for large `num_candidates`.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
             return_dict (`bool`, defaults to `True`): return a [`DallePipelineOutput`] instead of a tuple.
+            callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*): called
+                after every sampled code as `callback_on_step_end(pipe, step, timestep, callback_kwargs)`: `step`
+                counts the decode steps of the whole call (chunk after chunk, as the progress bar does), `timestep` is
+                the position in the code grid (raster order) of the code just drawn, and `callback_kwargs` holds the
+                tensors named in `callback_on_step_end_tensor_inputs` for the current chunk of candidates. It returns
+                a dict: `codes` in it replace the codes so far (the model reads the new ones; changed earlier codes
+                are encoded again). Setting `pipe._interrupt = True` stops sampling: the candidates finished by then
+                are reranked and returned (fewer images, possibly none).
+            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["codes"]`): what `callback_kwargs` holds,
+                from `pipe._callback_tensor_inputs`: `"codes"` (the chunk's image codes so far, `[B, n]`, primed rows
+                included) and `"logits"` (the scores this step's codes were drawn from, `[B, image_vocab_size]`).
+
+        Examples:
 
         Returns:
             [`DallePipelineOutput`] (or `(images, scores)`): each prompt's `num_images_per_prompt` best images, best
             first, and their CLIP scores (`None` without a CLIP model).
         """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+
         # 1. Check inputs
         if guidance_scale is None:
             guidance_scale = self.config.default_guidance_scale
         self.check_inputs(
             prompt, negative_prompt, num_candidates, num_images_per_prompt, temperature, top_k, top_p,
             guidance_scale, generator, image, num_prime_rows, candidate_batch_size, output_type,
+            callback_on_step_end_tensor_inputs,
         )  # fmt: skip
+        self._interrupt = False
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else negative_prompt
         do_guidance = guidance_scale > 1
@@ -445,31 +695,36 @@ class DallePipeline(DiffusionPipeline):
 
         processors = LogitsProcessorList()
         if do_guidance:
-            processors.append(ClassifierFreeGuidanceLogitsProcessor(guidance_scale))
-        if temperature != 1.0:
-            processors.append(TemperatureLogitsWarper(temperature))
+            processors.append(ClassifierFreeGuidanceLogitsProcessor(float(guidance_scale)))
+        if temperature != 1:
+            processors.append(TemperatureLogitsWarper(float(temperature)))
         if top_k:
-            processors.append(TopKLogitsWarper(top_k))
-        if top_p is not None and top_p < 1.0:
-            processors.append(TopPLogitsWarper(top_p))
+            processors.append(TopKLogitsWarper(int(top_k)))
+        if top_p is not None and top_p < 1:
+            processors.append(TopPLogitsWarper(float(top_p)))
 
         # 3. Sample candidates in chunks, decode, score, keep each prompt's best
         num_rows = len(prompts) * num_candidates
         num_new = self.transformer.config.max_sequence_length - streams.shape[1]
-        uniforms = self.draw_uniforms(generator, num_rows, num_new)
+        generators = generator if isinstance(generator, list) else [generator] * num_rows
         text_embeds = self.clip_text_embeds(prompts) if rerank else None
         kept = [None] * len(prompts)  # each prompt's best (images, scores) so far
         chunks = [range(s, min(s + candidate_batch_size, num_rows)) for s in range(0, num_rows, candidate_batch_size)]
         with self.progress_bar(total=len(chunks) * num_new) as progress_bar:
-            for rows in chunks:
+            for chunk_index, rows in enumerate(chunks):
                 prompt_index = torch.tensor([r // num_candidates for r in rows])
                 codes = self.sample_codes(
                     streams[prompt_index],
                     uncond_streams[prompt_index] if do_guidance else None,
-                    uniforms[rows.start : rows.stop],
+                    self.draw_uniforms(generators[rows.start : rows.stop], num_new),
                     processors,
                     progress_bar,
+                    first_step=chunk_index * num_new,
+                    callback_on_step_end=callback_on_step_end,
+                    callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
                 )
+                if codes is None:  # interrupted
+                    break
                 images = self.decode(codes).float().cpu()
                 scores = (
                     self.clip_scores(images, text_embeds[prompt_index]).cpu() if rerank else torch.zeros(len(rows))
@@ -480,8 +735,13 @@ class DallePipeline(DiffusionPipeline):
                     kept[p] = self.rerank(kept[p], images[mine], scores[mine], num_images_per_prompt, by_score=rerank)
 
         # 5. Post-process
-        images = torch.cat([images for images, _ in kept])
-        scores = torch.cat([scores for _, scores in kept]).tolist() if rerank else None
+        kept = [k for k in kept if k is not None]  # an interrupted call may have finished no candidate of a prompt
+        if kept:
+            images = torch.cat([images for images, _ in kept])
+            scores = torch.cat([scores for _, scores in kept]).tolist() if rerank else None
+        else:
+            images = torch.zeros(0, 3, self.image_size, self.image_size)
+            scores = [] if rerank else None
         if output_type == "pt":
             output_images = images
         else:

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..image_utils import to_rgb
+
 
 logger = logging.getLogger(__name__)
 
@@ -193,8 +195,9 @@ def _pick_split(dataset: datasets.DatasetDict, split: str) -> datasets.Dataset:
 
 def image_to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
     """An RGB float tensor `[3, resolution, resolution]` in [0, 1]: the shorter side resized to `resolution`
-    (bicubic), then a centre crop. No flips: captions talk about left and right."""
-    image = image.convert("RGB")
+    (bicubic), then a centre crop. No flips: captions talk about left and right. 16-bit and float images are scaled
+    from their mode's range (`to_rgb`)."""
+    image = to_rgb(image)
     width, height = image.size
     scale = resolution / min(width, height)
     if (width, height) != (resolution, resolution):

@@ -269,7 +269,7 @@ class DalleVAE(DalleVAEPreTrainedModel):
                 "(divide uint8 images by 255)."
             )
         low, high = pixel_values.min().item(), pixel_values.max().item()
-        if low < 0 or high > 1:
+        if not (low >= 0 and high <= 1):  # NaN fails both comparisons
             raise ValueError(f"`pixel_values` must lie in [0, 1], got values in [{low:.3g}, {high:.3g}].")
 
     def _check_indices(self, indices: torch.Tensor) -> None:

@@ -140,6 +140,8 @@ def test_create_demo_rejects_unbounded_settings(pipe):
         app.create_demo(pipe, candidate_batch_size=64)
     with pytest.raises(ValueError, match="`max_requests_per_client` must be a positive integer, got 0"):
         app.create_demo(pipe, max_requests_per_client=0)
+    with pytest.raises(ValueError, match="`max_request_seconds` must be > 0, got 0"):
+        app.create_demo(pipe, max_request_seconds=0)
 
 
 def test_served_app_queues_reports_progress_and_survives_bad_requests(pipe, monkeypatch):

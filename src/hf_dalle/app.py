@@ -8,8 +8,8 @@ One pipeline stays in memory and requests queue for it one at a time; each reque
 `candidate_batch_size` at a time and keeps only the best images, so even `num_candidates=512` runs in bounded memory.
 
 Limits, so that no client can monopolise the one pipeline: captions of at most `MAX_PROMPT_CHARS` characters; at most
-`max_candidates` candidates and `MAX_REQUEST_SECONDS` of sampling per request (then the best so far are shown);
-`MAX_REQUESTS_PER_CLIENT` requests queued or running per client address (more are refused when posted); a request
+`max_candidates` candidates and `max_request_seconds` of sampling per request (then the best so far are shown);
+`max_requests_per_client` requests queued or running per client address (more are refused when posted); a request
 whose client went away stops at its next batch of candidates; `MAX_QUEUE_SIZE` requests waiting in all; uploads of at
 most `MAX_UPLOAD_SIZE` (the app takes none; Gradio's upload route is open); the images Gradio caches for the
 galleries deleted after `CACHE_SECONDS`.
@@ -34,7 +34,7 @@ MAX_CANDIDATE_BATCH_SIZE = 16
 MAX_QUEUE_SIZE = 16
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 1000  # far more than the transformer reads (captions are truncated to its text positions)
-MAX_REQUEST_SECONDS = 120.0
+MAX_REQUEST_SECONDS = 600.0  # create_demo(max_request_seconds=...) for a tighter bound
 MAX_REQUESTS_PER_CLIENT = 1
 # A request refused or dropped before it ran (its client went away while it waited) frees its client's slot at the
 # latest after this long.
@@ -232,14 +232,18 @@ def create_demo(
     max_candidates: int = MAX_CANDIDATES,
     candidate_batch_size: int = MAX_CANDIDATE_BATCH_SIZE,
     max_requests_per_client: int = MAX_REQUESTS_PER_CLIENT,
+    max_request_seconds: float = MAX_REQUEST_SECONDS,
 ) -> gr.Blocks:
     """
     The Gradio app for a `DallePipeline`, or a pipeline directory / Hub id to load (default: the bundled demo model).
 
     Requests queue (`MAX_QUEUE_SIZE` waiting at most) and run one at a time on the one pipeline; each samples at most
     `candidate_batch_size` candidates at once and at most `max_candidates` in all; a client (address) has at most
-    `max_requests_per_client` requests waiting or running. See the module docstring for the other limits.
+    `max_requests_per_client` requests waiting or running; a request samples no more batches after
+    `max_request_seconds`. See the module docstring for the other limits.
     """
+    if not max_request_seconds > 0:
+        raise ValueError(f"`max_request_seconds` must be > 0, got {max_request_seconds!r}.")
     if not isinstance(max_requests_per_client, int) or max_requests_per_client < 1:
         raise ValueError(f"`max_requests_per_client` must be a positive integer, got {max_requests_per_client!r}.")
     if not 1 <= max_candidates <= MAX_CANDIDATES:
@@ -283,6 +287,7 @@ def create_demo(
             yield from generate_images_progressively(
                 pipeline, prompt, negative_prompt, num_candidates, num_images, guidance_scale, temperature, top_k,
                 seed, candidate_batch_size=candidate_batch_size, max_candidates=max_candidates,
+                max_seconds=max_request_seconds,
             )  # fmt: skip
         finally:  # also when Gradio closes the generator: the client cancelled or went away
             if client is not None:

@@ -130,6 +130,8 @@ class ClientLimiter:
 
 
 def _client(request: gr.Request | None) -> str | None:
+    # The address uvicorn reports: behind a reverse proxy, that is the proxy's unless uvicorn is told to trust its
+    # X-Forwarded-For (the FORWARDED_ALLOW_IPS environment variable), and all users would share one client's limit.
     return getattr(getattr(request, "client", None), "host", None)
 
 

@@ -3,8 +3,8 @@
 Serves the bundled demo model, or the pipeline directory / Hub id in the `HF_DALLE_MODEL` environment variable.
 """
 
-from hf_dalle.app import demo
+from hf_dalle.app import LAUNCH_LIMITS, demo
 
 
 if __name__ == "__main__":
-    demo.launch()
+    demo.launch(**LAUNCH_LIMITS)

@@ -3,11 +3,11 @@ app served on 127.0.0.1 (queue, progress, bad requests) through gradio_client; b
 
 import runpy
 import socket
-import threading
 import time
 from pathlib import Path
 
 import gradio as gr
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -138,23 +138,31 @@ def test_create_demo_rejects_unbounded_settings(pipe):
         app.create_demo(pipe, max_candidates=1000)
     with pytest.raises(ValueError, match="`candidate_batch_size` must be between 1 and 16, got 64"):
         app.create_demo(pipe, candidate_batch_size=64)
+    with pytest.raises(ValueError, match="`max_requests_per_client` must be a positive integer, got 0"):
+        app.create_demo(pipe, max_requests_per_client=0)
+    with pytest.raises(ValueError, match="`max_request_seconds` must be > 0, got 0"):
+        app.create_demo(pipe, max_request_seconds=0)
 
 
-def test_served_app_queues_reports_progress_and_survives_bad_requests(pipe):
-    demo = app.create_demo(pipe, candidate_batch_size=8)
+def test_served_app_queues_reports_progress_and_survives_bad_requests(pipe, monkeypatch):
+    demo = app.create_demo(pipe, candidate_batch_size=8, max_requests_per_client=2)  # two requests of one client
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    forward_threads = []
-    hook = pipe.transformer.register_forward_pre_hook(lambda *_: forward_threads.append(threading.get_ident()))
+    batches = []  # the caption of each batch of candidates, in the order they are sampled
+    sample = type(pipe).__call__
+    monkeypatch.setattr(
+        type(pipe), "__call__", lambda self, prompt, **kwargs: batches.append(prompt) or sample(self, prompt, **kwargs)
+    )
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         # Bad requests are answered with the message, and the server goes on serving.
         with pytest.raises(AppError, match="Please enter a caption"):
             client.predict("", "", 8, 2, 1.0, 1.0, 0, 0, api_name="/generate")
-        with pytest.raises(AppError, match="greater than maximum value 512"):  # Gradio's own slider check
-            client.predict("a red circle", "", 100_000, 2, 1.0, 1.0, 0, 0, api_name="/generate")
+        # Gradio's own slider check, made when the request is posted (by the validator's preprocessing): refused there.
+        out_of_range = _post(f"http://127.0.0.1:{port}/gradio_api", "a red circle", num_candidates=100_000)
+        assert out_of_range.status_code == 400 and "greater than maximum value 512" in out_of_range.text
 
-        # Live progress: the pipeline's tqdm bar, one step per sampled code (4 chunks of 8 x 16 codes).
+        # Live progress: the pipeline's tqdm bar, one step per sampled code (4 batches of 8 candidates x 16 codes).
         job = client.submit("a red circle", "", 32, 3, 1.0, 1.0, 0, 0, api_name="/generate")
         second = client.submit("a blue square", "", 32, 2, 1.0, 1.0, 0, 0, api_name="/generate")
         progress = set()
@@ -166,15 +174,168 @@ def test_served_app_queues_reports_progress_and_survives_bad_requests(pipe):
         assert len(gallery) == 3 and gallery[0]["caption"].startswith("#1 · CLIP score ")
         assert status.startswith("Sampled 32 candidates in ")
         assert len(second.result()[0]) == 2
-        assert progress and {length for _, length, _ in progress} == {4 * 16}
+        assert progress and {length for _, length, _ in progress} == {16}  # each batch of 8 candidates: 16 codes
         assert {unit for _, _, unit in progress} == {"steps"}
 
-        # One request at a time on the one pipeline: the two requests' forwards never interleave.
-        switches = sum(a != b for a, b in zip(forward_threads, forward_threads[1:]))
-        assert len(forward_threads) == 2 * 4 * 16 and switches <= 1
+        # One request at a time on the one pipeline: the two requests' batches never interleave.
+        assert batches == ["a red circle"] * 4 + ["a blue square"] * 4
+    finally:
+        demo.close()
+
+
+def test_candidates_sampled_in_batches_are_those_of_one_call(pipe):
+    """The app samples batch by batch (so that it can stop): the candidates and their ranking are those of one
+    pipeline call, each candidate drawn by its own generator."""
+    gallery, status = app.generate_images(pipe, "a red circle", num_candidates=40, num_images=5, seed=3)
+    expected = pipe(
+        "a red circle",
+        num_candidates=40,
+        num_images_per_prompt=5,
+        generator=[torch.Generator().manual_seed(3 + i) for i in range(40)],
+    )
+    for (image, caption), expected_image, score in zip(gallery, expected.images, expected.scores):
+        np.testing.assert_array_equal(np.asarray(image), np.asarray(expected_image))
+        assert caption.endswith(f"CLIP score {score:.3f}")
+    assert status.startswith("Sampled 40 candidates in ")
+
+
+def test_limits_of_one_request(pipe):
+    huge = "a red circle " * 80_000  # about 1 MB
+    with pytest.raises(
+        gr.Error, match=f"The caption is {len(huge)} characters long; at most 1000 are accepted"
+    ) as error:
+        app.generate_images(pipe, huge, num_candidates=4, num_images=2)
+    assert len(str(error.value)) < 200  # the message (and so the log) does not repeat the caption
+    with pytest.raises(gr.Error, match="The negative caption is 1001 characters long"):
+        app.generate_images(pipe, "a red circle", "x" * 1001, num_candidates=4, num_images=2)
+    with pytest.raises(gr.Error, match="Seed must be a whole number") as error:
+        app.generate_images(pipe, "a red circle", seed="9" * 1_000_000 + "x")
+    assert len(str(error.value)) < 200
+    # The time limit: after the first batch of 16 the request stops and shows the best so far.
+    steps = list(
+        app.generate_images_progressively(pipe, "a red circle", num_candidates=40, num_images=2, max_seconds=0)
+    )
+    gallery, status = steps[-1]
+    assert len(steps) == 1 and len(gallery) == 2
+    assert status.startswith("Sampled 16 candidates in ") and "Stopped at the time limit of 0 s per request" in status
+    # Without a limit: an update after each batch but the last, then the gallery.
+    steps = list(app.generate_images_progressively(pipe, "a red circle", num_candidates=40, num_images=2))
+    assert [gallery is None for gallery, _ in steps] == [True, True, False]
+    assert steps[0][1].startswith("Sampled 16 of 40 candidates in ")
+
+
+def test_client_limiter(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(app.time, "monotonic", lambda: now[0])
+    limiter = app.ClientLimiter(max_requests=2, slot_seconds=60)
+    limiter.admit("10.0.0.1")
+    limiter.admit("10.0.0.1")
+    limiter.admit("10.0.0.2")  # another client has its own slots
+    with pytest.raises(gr.Error, match="You already have 2 request\\(s\\) waiting or running; at most 2 per client"):
+        limiter.admit("10.0.0.1")
+    limiter.release("10.0.0.1")
+    limiter.admit("10.0.0.1")
+    assert limiter.in_use("10.0.0.1") == 2
+    now[0] += 61  # slots of requests that never ran (dropped from the queue) expire
+    limiter.admit("10.0.0.1")
+    assert limiter.in_use("10.0.0.1") == 1
+
+
+def test_demo_settings_bound_the_cache_and_uploads(pipe):
+    demo = app.create_demo(pipe)
+    assert demo.delete_cache == (app.CACHE_SECONDS, app.CACHE_SECONDS)
+    assert app.LAUNCH_LIMITS == {"max_file_size": app.MAX_UPLOAD_SIZE}
+    textboxes = [block for block in demo.blocks.values() if isinstance(block, gr.Textbox)]
+    assert [box.max_length for box in textboxes] == [app.MAX_PROMPT_CHARS] * 2
+    assert (Path(__file__).resolve().parent.parent / "app.py").read_text().count("demo.launch(**LAUNCH_LIMITS)") == 1
+
+
+def _serve(demo) -> str:
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.LAUNCH_LIMITS)
+    return f"http://127.0.0.1:{port}/gradio_api"
+
+
+def _post(base: str, prompt: str, num_candidates: int = 4) -> httpx.Response:
+    return httpx.post(f"{base}/call/generate", json={"data": [prompt, "", num_candidates, 2, 1.0, 1.0, 0, 0]})
+
+
+def _read_until(base: str, event_id: str, events: tuple[str, ...]) -> str:
+    with httpx.stream("GET", f"{base}/call/generate/{event_id}", timeout=120) as response:
+        for line in response.iter_lines():
+            if line.startswith("event: ") and line[len("event: ") :] in events:
+                return line[len("event: ") :]
+    raise AssertionError("the stream ended without " + " or ".join(events))
+
+
+def test_served_app_refuses_at_the_door_and_stops_when_the_client_goes_away(pipe):
+    demo = app.create_demo(pipe, candidate_batch_size=8)
+    forwards = []
+    hook = pipe.transformer.register_forward_pre_hook(lambda *_: forwards.append(1))
+    base = _serve(demo)
+    try:
+        refused = _post(base, "x" * 1001)
+        assert refused.status_code == 422 and "at most 1000 are accepted" in refused.text
+        # A second request of the same client while the first waits or runs is refused when posted.
+        first = _post(base, "a red circle", num_candidates=256)  # 32 batches of 8
+        second = _post(base, "a blue square")
+        assert first.status_code == 200 and second.status_code == 422
+        assert "at most 1 per client" in second.text and demo.client_limiter.in_use("127.0.0.1") == 1
+        # The client reads the first update and goes away: sampling stops at the next batch, the slot is freed.
+        assert _read_until(base, first.json()["event_id"], ("generating",)) == "generating"
+        deadline = time.monotonic() + 30
+        while demo.client_limiter.in_use("127.0.0.1") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert demo.client_limiter.in_use("127.0.0.1") == 0
+        time.sleep(1.0)
+        assert len(forwards) <= 3 * 16  # at most 3 of the 32 batches (16 codes each) were sampled
+        done = _post(base, "a blue square")
+        assert _read_until(base, done.json()["event_id"], ("complete", "error")) == "complete"
+        upload = httpx.post(f"{base}/upload", files={"files": ("big.bin", b"0" * 2_000_000)})
+        assert upload.status_code == 413
     finally:
         hook.remove()
         demo.close()
+
+
+@pytest.mark.slow
+def test_served_app_under_bounded_loopback_load(pipe, monkeypatch, capfd):
+    """A few dozen hostile requests over loopback: 1 MB captions, floods of fire-and-forget posts, clients that leave
+    mid-request. Each is refused at once or stopped; the server then answers a normal request promptly, no slot is
+    left taken, the log stays small, and the gallery images leave Gradio's cache."""
+    monkeypatch.setattr(app, "CACHE_SECONDS", 2)
+    demo = app.create_demo(pipe, candidate_batch_size=8)
+    base = _serve(demo)
+    start = time.monotonic()
+    try:
+        huge = "a red circle " * 80_000
+        statuses = [_post(base, huge).status_code for _ in range(10)]
+        assert statuses == [422] * 10
+        accepted, refused = [], 0
+        for _ in range(3):  # three rounds: a flood of 8 posts, the one admitted is then abandoned mid-request
+            responses = [_post(base, "a red circle", num_candidates=512) for _ in range(8)]
+            accepted += [r.json()["event_id"] for r in responses if r.status_code == 200]
+            refused += sum(r.status_code == 422 for r in responses)
+            _read_until(base, accepted[-1], ("generating",))
+            deadline = time.monotonic() + 30
+            while demo.client_limiter.in_use("127.0.0.1") and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert len(accepted) == 3 and refused == 21
+        assert demo.client_limiter.in_use("127.0.0.1") == 0
+        asked = time.monotonic()
+        done = _post(base, "a blue square", num_candidates=8)
+        assert _read_until(base, done.json()["event_id"], ("complete",)) == "complete"
+        assert time.monotonic() - asked < 30  # not stuck behind the abandoned 512-candidate requests
+        cache = Path(demo.GRADIO_CACHE)
+        written = [p for p in cache.rglob("*.png") if p.stat().st_mtime >= time.time() - (time.monotonic() - start)]
+        assert written  # the galleries were cached ...
+        time.sleep(5)
+        assert not [p for p in written if p.exists()]  # ... and deleted CACHE_SECONDS later
+        assert time.monotonic() - start < 180
+    finally:
+        demo.close()
+    out, err = capfd.readouterr()
+    assert len(out) + len(err) < 100_000  # 1 MB captions are not logged
 
 
 def test_space_app_file_builds_the_demo_on_hf_dalle_model(pipe, tmp_path, monkeypatch):

@@ -96,6 +96,8 @@ def test_vae_resume_is_exact(shapes_dir, tmp_path, monkeypatch):
         train_vae.main(vae_args(shapes_dir, resumed, *common))
     monkeypatch.undo()
     assert [p.name for p in list_checkpoints(resumed)] == ["checkpoint-3"]
+    with open(resumed / "logs" / "metrics.jsonl", "a") as log:
+        log.write('{"step": 5, "lo')  # killed while writing a line
     state = train_vae.main(vae_args(shapes_dir, resumed, *common, "--resume_from_checkpoint", "latest"))
     assert state.global_step == 8 and state.epoch == 1 and state.batches_in_epoch == 3
 

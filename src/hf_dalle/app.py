@@ -6,10 +6,20 @@ first access, for a Hugging Face Space's `app.py`.
 
 One pipeline stays in memory and requests queue for it one at a time; each request samples its candidates
 `candidate_batch_size` at a time and keeps only the best images, so even `num_candidates=512` runs in bounded memory.
+
+Limits, so that no client can monopolise the one pipeline: captions of at most `MAX_PROMPT_CHARS` characters; at most
+`max_candidates` candidates and `max_request_seconds` of sampling per request (then the best so far are shown);
+`max_requests_per_client` requests queued or running per client address (more are refused when posted); a request
+whose client went away stops at its next batch of candidates; `MAX_QUEUE_SIZE` requests waiting in all; uploads of at
+most `MAX_UPLOAD_SIZE` (the app takes none; Gradio's upload route is open); the images Gradio caches for the
+galleries deleted after `CACHE_SECONDS`.
 """
 
 import os
+import reprlib
+import threading
 import time
+from collections.abc import Iterator
 
 import gradio as gr
 import torch
@@ -23,6 +33,19 @@ MAX_IMAGES = 16
 MAX_CANDIDATE_BATCH_SIZE = 16
 MAX_QUEUE_SIZE = 16
 MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 1000  # far more than the transformer reads (captions are truncated to its text positions)
+MAX_REQUEST_SECONDS = 600.0  # create_demo(max_request_seconds=...) for a tighter bound
+MAX_REQUESTS_PER_CLIENT = 1
+# A request refused or dropped before it ran (its client went away while it waited) frees its client's slot at the
+# latest after this long.
+CLIENT_SLOT_SECONDS = 900.0
+MAX_UPLOAD_SIZE = "1mb"
+CACHE_SECONDS = 1800  # gallery images in Gradio's cache are deleted this long after they were written
+# For `demo.launch(**LAUNCH_LIMITS)` (`hf-dalle serve`, the Space's app.py): launch() is where Gradio takes them.
+LAUNCH_LIMITS = {"max_file_size": MAX_UPLOAD_SIZE}
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 40  # bad values are quoted in messages, never 1 MB of them
+_short_repr = _SHORT.repr
 
 _SPLIT_NOTES = {
     "train": "a training caption of the demo world",
@@ -59,11 +82,60 @@ def _check_integer(name: str, value, minimum: int, maximum: int) -> int:
     except (TypeError, ValueError):
         number = None
     if isinstance(value, bool) or number is None or not number.is_integer() or not minimum <= number <= maximum:
-        raise gr.Error(f"{name} must be a whole number between {minimum} and {maximum}, got {value!r}.")
+        raise gr.Error(f"{name} must be a whole number between {minimum} and {maximum}, got {_short_repr(value)}.")
     return int(number)
 
 
-def generate_images(
+def _check_caption(name: str, value) -> str:
+    text = "" if value is None else value
+    if not isinstance(text, str):
+        raise gr.Error(f"{name} must be text, got {_short_repr(value)}.")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise gr.Error(f"{name} is {len(text)} characters long; at most {MAX_PROMPT_CHARS} are accepted.")
+    return text.strip()
+
+
+class ClientLimiter:
+    """At most `max_requests` requests per client (address) admitted and not yet finished. A slot is taken when a
+    request is posted (`admit`, Gradio's validator, before the request queues) and freed when it finishes
+    (`release`), or after `slot_seconds` if it never ran."""
+
+    def __init__(self, max_requests: int = MAX_REQUESTS_PER_CLIENT, slot_seconds: float = CLIENT_SLOT_SECONDS):
+        self.max_requests, self.slot_seconds = max_requests, slot_seconds
+        self._slots: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, client: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            slots = [taken for taken in self._slots.get(client, []) if now - taken < self.slot_seconds]
+            if len(slots) >= self.max_requests:
+                raise gr.Error(
+                    f"You already have {len(slots)} request(s) waiting or running; at most {self.max_requests} per "
+                    "client. Try again when it has finished."
+                )
+            self._slots[client] = [*slots, now]
+
+    def release(self, client: str) -> None:
+        with self._lock:
+            slots = self._slots.get(client, [])
+            if slots:
+                slots.pop(0)
+            if not slots:
+                self._slots.pop(client, None)
+
+    def in_use(self, client: str) -> int:
+        with self._lock:
+            return len(self._slots.get(client, []))
+
+
+def _client(request: gr.Request | None) -> str | None:
+    # The address uvicorn reports: behind a reverse proxy, that is the proxy's unless uvicorn is told to trust its
+    # X-Forwarded-For (the FORWARDED_ALLOW_IPS environment variable), and all users would share one client's limit.
+    return getattr(getattr(request, "client", None), "host", None)
+
+
+def generate_images_progressively(
     pipeline: DallePipeline,
     prompt: str,
     negative_prompt: str = "",
@@ -75,50 +147,74 @@ def generate_images(
     seed: int = 0,
     candidate_batch_size: int = MAX_CANDIDATE_BATCH_SIZE,
     max_candidates: int = MAX_CANDIDATES,
-) -> tuple[list[tuple], str]:
+    max_seconds: float = MAX_REQUEST_SECONDS,
+) -> Iterator[tuple[list[tuple] | None, str]]:
     """
-    Run `pipeline` for one caption with the page's settings.
+    Run `pipeline` for one caption with the page's settings, `candidate_batch_size` candidates at a time, yielding
+    `(None, status)` after each batch but the last and finally `(gallery, status)`: the gallery is `(image, caption)`
+    pairs, best first, captioned with rank and CLIP score. Gradio stops iterating when the client goes away, so the
+    remaining batches are not sampled; after `max_seconds` the best candidates so far are shown.
 
-    Returns the gallery (`(image, caption)` pairs, best first, captioned with rank and CLIP score) and a status line.
     Bad input raises `gr.Error`, which Gradio shows in the page while the server keeps serving.
     """
-    prompt = (prompt or "").strip()
+    prompt = _check_caption("The caption", prompt)
+    negative_prompt = _check_caption("The negative caption", negative_prompt)
     if not prompt:
         raise gr.Error("Please enter a caption, e.g. 'a red circle above a blue square'.")
     num_candidates = _check_integer("Number of candidates", num_candidates, 1, max_candidates)
     num_images = _check_integer("Number of images", num_images, 1, min(MAX_IMAGES, num_candidates))
     top_k = _check_integer("Top-k", top_k, 0, pipeline.transformer.config.image_vocab_size)
     seed = _check_integer("Seed", seed, 0, MAX_SEED)
-    # One generator per candidate, seeded seed + index (as `hf-dalle generate`): the same seed redraws the same images.
+    # One generator per candidate, seeded seed + index (as `hf-dalle generate`): the same seed redraws the same images,
+    # whichever batch a candidate is sampled in.
     generators = [torch.Generator().manual_seed(seed + i) for i in range(num_candidates)]
     start = time.perf_counter()
-    try:
-        output = pipeline(
-            prompt,
-            negative_prompt=(negative_prompt or "").strip() or None,
-            num_candidates=num_candidates,
-            num_images_per_prompt=num_images,
-            temperature=float(temperature),
-            top_k=top_k or None,
-            guidance_scale=None if guidance_scale is None else float(guidance_scale),  # None: the pipeline's default
-            generator=generators,
-            candidate_batch_size=min(candidate_batch_size, num_candidates),
-        )
-    except ValueError as error:  # the pipeline's own input checks (temperature, guidance scale, ...)
-        raise gr.Error(str(error)) from error
-    seconds = time.perf_counter() - start
+    best: list[tuple[float | None, object]] = []  # (CLIP score, image), best first
+    sampled = 0
+    while sampled < num_candidates:
+        batch = min(candidate_batch_size, num_candidates - sampled)
+        try:
+            output = pipeline(
+                prompt,
+                negative_prompt=negative_prompt or None,
+                num_candidates=batch,
+                num_images_per_prompt=min(num_images, batch),
+                temperature=float(temperature),
+                top_k=top_k or None,
+                guidance_scale=None if guidance_scale is None else float(guidance_scale),  # None: pipeline's default
+                generator=generators[sampled : sampled + batch],
+                candidate_batch_size=batch,
+            )
+        except ValueError as error:  # the pipeline's own input checks (temperature, guidance scale, ...)
+            raise gr.Error(str(error)) from error
+        sampled += batch
+        scores = output.scores if output.scores is not None else [None] * len(output.images)
+        best.extend(zip(scores, output.images))
+        if output.scores is not None:
+            best.sort(key=lambda pair: -pair[0])  # stable: equal scores keep the candidates' order
+        best = best[:num_images]
+        seconds = time.perf_counter() - start
+        if sampled < num_candidates:
+            if seconds > max_seconds:
+                break
+            yield None, f"Sampled {sampled} of {num_candidates} candidates in {seconds:.1f} s..."
 
     if output.scores is None:
-        gallery = [(image, f"#{rank} (no CLIP model: not reranked)") for rank, image in enumerate(output.images, 1)]
+        gallery = [(image, f"#{rank} (no CLIP model: not reranked)") for rank, (_, image) in enumerate(best, 1)]
     else:
-        gallery = [
-            (image, f"#{rank} · CLIP score {score:.3f}")
-            for rank, (image, score) in enumerate(zip(output.images, output.scores), 1)
-        ]
+        gallery = [(image, f"#{rank} · CLIP score {score:.3f}") for rank, (score, image) in enumerate(best, 1)]
     kept = "best by CLIP score" if output.scores is not None else "first (no CLIP model to rerank)"
-    status = f"Sampled {num_candidates} candidates in {seconds:.1f} s; showing the {num_images} {kept}."
+    status = f"Sampled {sampled} candidates in {seconds:.1f} s; showing the {len(best)} {kept}."
+    if sampled < num_candidates:
+        status += f" Stopped at the time limit of {max_seconds:g} s per request, before {num_candidates}."
     note = _caption_note(prompt)
-    return gallery, f"{status}\n\n*{prompt}*: {note}." if note else status
+    yield gallery, f"{status}\n\n*{prompt}*: {note}." if note else status
+
+
+def generate_images(pipeline: DallePipeline, prompt: str, *args, **kwargs) -> tuple[list[tuple], str]:
+    """`generate_images_progressively` run to the end: the gallery and the status line."""
+    *_, result = generate_images_progressively(pipeline, prompt, *args, **kwargs)
+    return result
 
 
 def _load(pipeline_or_path) -> tuple[DallePipeline, str]:
@@ -137,13 +233,21 @@ def create_demo(
     *,
     max_candidates: int = MAX_CANDIDATES,
     candidate_batch_size: int = MAX_CANDIDATE_BATCH_SIZE,
+    max_requests_per_client: int = MAX_REQUESTS_PER_CLIENT,
+    max_request_seconds: float = MAX_REQUEST_SECONDS,
 ) -> gr.Blocks:
     """
     The Gradio app for a `DallePipeline`, or a pipeline directory / Hub id to load (default: the bundled demo model).
 
     Requests queue (`MAX_QUEUE_SIZE` waiting at most) and run one at a time on the one pipeline; each samples at most
-    `candidate_batch_size` candidates at once and at most `max_candidates` in all.
+    `candidate_batch_size` candidates at once and at most `max_candidates` in all; a client (address) has at most
+    `max_requests_per_client` requests waiting or running; a request samples no more batches after
+    `max_request_seconds`. See the module docstring for the other limits.
     """
+    if not max_request_seconds > 0:
+        raise ValueError(f"`max_request_seconds` must be > 0, got {max_request_seconds!r}.")
+    if not isinstance(max_requests_per_client, int) or max_requests_per_client < 1:
+        raise ValueError(f"`max_requests_per_client` must be a positive integer, got {max_requests_per_client!r}.")
     if not 1 <= max_candidates <= MAX_CANDIDATES:
         raise ValueError(f"`max_candidates` must be between 1 and {MAX_CANDIDATES}, got {max_candidates}.")
     if not 1 <= candidate_batch_size <= MAX_CANDIDATE_BATCH_SIZE:
@@ -154,16 +258,46 @@ def create_demo(
     config = pipeline.transformer.config
     reranking = "reranked by CLIP" if pipeline.clip_model is not None else "not reranked (the pipeline has no CLIP)"
 
+    limiter = ClientLimiter(max_requests_per_client)
+
+    def admit(
+        prompt, negative_prompt, num_candidates, num_images, guidance_scale, temperature, top_k, seed,
+        request: gr.Request,
+    ):  # fmt: skip
+        # Gradio's validator: runs when a request is posted, before it queues; an invalid input refuses it there.
+        problems = [None] * len(inputs)
+        for index, (name, value) in enumerate((("The caption", prompt), ("The negative caption", negative_prompt))):
+            try:
+                _check_caption(name, value)
+            except gr.Error as error:
+                problems[index] = error.message
+        client = _client(request)
+        if not any(problems) and client is not None:
+            try:
+                limiter.admit(client)
+            except gr.Error as error:
+                problems[0] = error.message
+        return [gr.validate(problem is None, problem or "") for problem in problems]
+
     def generate(
         prompt, negative_prompt, num_candidates, num_images, guidance_scale, temperature, top_k, seed,
+        request: gr.Request,
         progress=gr.Progress(track_tqdm=True),  # follows the pipeline's tqdm bar: one step per sampled code
     ):  # fmt: skip
-        return generate_images(
-            pipeline, prompt, negative_prompt, num_candidates, num_images, guidance_scale, temperature, top_k, seed,
-            candidate_batch_size=candidate_batch_size, max_candidates=max_candidates,
-        )  # fmt: skip
+        client = _client(request)
+        try:
+            yield from generate_images_progressively(
+                pipeline, prompt, negative_prompt, num_candidates, num_images, guidance_scale, temperature, top_k,
+                seed, candidate_batch_size=candidate_batch_size, max_candidates=max_candidates,
+                max_seconds=max_request_seconds,
+            )  # fmt: skip
+        finally:  # also when Gradio closes the generator: the client cancelled or went away
+            if client is not None:
+                limiter.release(client)
 
-    with gr.Blocks(title="hf_dalle: DALL-E web demo", analytics_enabled=False) as demo:
+    with gr.Blocks(
+        title="hf_dalle: DALL-E web demo", analytics_enabled=False, delete_cache=(CACHE_SECONDS, CACHE_SECONDS)
+    ) as demo:
         gr.Markdown(
             "# hf_dalle: DALL-E web demo\n"
             f"Model: `{model_name}` ({pipeline.image_size}x{pipeline.image_size} images, {config.num_hidden_layers} "
@@ -172,10 +306,13 @@ def create_demo(
         )
         with gr.Row():
             with gr.Column(scale=2):
-                prompt = gr.Textbox(label="Caption", placeholder="a red circle above a blue square", elem_id="prompt")
+                prompt = gr.Textbox(
+                    label="Caption", placeholder="a red circle above a blue square", elem_id="prompt",
+                    max_length=MAX_PROMPT_CHARS,
+                )  # fmt: skip
                 negative_prompt = gr.Textbox(
                     label="Negative caption", info="Steered away from when guidance scale > 1.",
-                    elem_id="negative-prompt",
+                    elem_id="negative-prompt", max_length=MAX_PROMPT_CHARS,
                 )  # fmt: skip
                 with gr.Row():
                     num_candidates = gr.Slider(
@@ -205,9 +342,13 @@ def create_demo(
             example_labels=[c if caption_split(c) == "train" else f"{c} (unseen)" for c in examples],
         )
         inputs = [prompt, negative_prompt, num_candidates, num_images, guidance_scale, temperature, top_k, seed]
-        gr.on([button.click, prompt.submit], generate, inputs=inputs, outputs=[gallery, status], api_name="generate")
+        gr.on(
+            [button.click, prompt.submit], generate, inputs=inputs, outputs=[gallery, status], api_name="generate",
+            validator=admit,
+        )  # fmt: skip
     # One pipeline in memory: requests run one at a time, the rest wait in a bounded queue.
     demo.queue(max_size=MAX_QUEUE_SIZE, default_concurrency_limit=1)
+    demo.client_limiter = limiter  # the per-client slots, for tests and monitoring
     return demo
 
 
@@ -220,10 +361,16 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "LAUNCH_LIMITS",
     "MAX_CANDIDATES",
     "MAX_CANDIDATE_BATCH_SIZE",
     "MAX_IMAGES",
+    "MAX_PROMPT_CHARS",
+    "MAX_REQUESTS_PER_CLIENT",
+    "MAX_REQUEST_SECONDS",
+    "ClientLimiter",
     "create_demo",
     "example_captions",
     "generate_images",
+    "generate_images_progressively",
 ]

@@ -104,12 +104,12 @@ def demo(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     """Serve the Gradio web demo (`hf_dalle.app`) on one pipeline until interrupted."""
     try:
-        from hf_dalle.app import create_demo
+        from hf_dalle.app import LAUNCH_LIMITS, create_demo
     except ModuleNotFoundError as error:
         if error.name != "gradio":
             raise
         raise SystemExit("`hf-dalle serve` needs Gradio: pip install 'hf_dalle[web]'.") from error
-    create_demo(args.model).launch(server_name=args.host, server_port=args.port)
+    create_demo(args.model).launch(server_name=args.host, server_port=args.port, **LAUNCH_LIMITS)
     return 0
 
 

@@ -2,7 +2,7 @@
 atomic resumable checkpoints, and the outputs (image grids, model cards, Hub uploads)."""
 
 from .arguments import add_common_arguments, add_data_arguments, check_common_arguments, parse_model_config
-from .checkpointing import TrainingState, list_checkpoints, resolve_checkpoint, save_checkpoint
+from .checkpointing import TrainingState, list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .data import (
     ImageCaptionCollator,
     image_to_tensor,
@@ -30,6 +30,7 @@ __all__ = [
     "create_ema",
     "image_to_tensor",
     "list_checkpoints",
+    "load_checkpoint",
     "load_component",
     "load_image_caption_dataset",
     "load_pretokenized_dataset",

@@ -156,11 +156,19 @@ class MetricsLogger:
 
     def forget_after(self, step: int) -> None:
         """Drop the lines past `step` from `metrics.jsonl` (main process): a run resumed from the checkpoint of `step`
-        logs the later steps again, and an interrupted run may have logged some of them."""
+        logs the later steps again, and an interrupted run may have logged some of them (and half a line when
+        killed while writing one)."""
         if not self.accelerator.is_main_process or not self.path.is_file():
             return
+
+        def logged_step(line: str) -> float:
+            try:
+                return json.loads(line)["step"]
+            except (ValueError, KeyError, TypeError):
+                return math.inf
+
         lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        kept = [line for line in lines if line.endswith("\n") and logged_step(line) <= step]
         if len(kept) != len(lines):
             write_folder_atomically(
                 self.path.parent, lambda folder: (folder / self.path.name).write_text("".join(kept))
@@ -243,16 +251,17 @@ def train(
     allow_inexact = getattr(args, "allow_inexact_resume", False)
     checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint, allow_inexact)
     metrics = MetricsLogger(accelerator, args.output_dir)
-    if checkpoint is not None:
-        load_checkpoint(accelerator, checkpoint, state, ema, allow_inexact)
+    if args.resume_from_checkpoint is not None:  # 'latest' with no checkpoint yet starts again from step 0
+        if checkpoint is not None:
+            load_checkpoint(accelerator, checkpoint, state, ema, allow_inexact)
+            logger.info(
+                "Resumed from %s at step %d (epoch %d, batch %d).",
+                checkpoint,
+                state.global_step,
+                state.epoch,
+                state.batches_in_epoch,
+            )
         metrics.forget_after(state.global_step)
-        logger.info(
-            "Resumed from %s at step %d (epoch %d, batch %d).",
-            checkpoint,
-            state.global_step,
-            state.epoch,
-            state.batches_in_epoch,
-        )
 
     max_grad_norm = args.max_grad_norm if args.max_grad_norm is not None else math.inf
     unwrapped = accelerator.unwrap_model(model)

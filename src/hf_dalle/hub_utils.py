@@ -11,6 +11,7 @@ from importlib.resources import as_file, files
 from pathlib import Path
 
 from huggingface_hub import CommitInfo, HfApi, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 
 # The templates ship inside the package (`setup.cfg` package data): a `Traversable` (`/`, `read_text`, `is_file`).
@@ -83,4 +84,16 @@ def push_folder_to_hub(
     )
 
 
-__all__ = ["MODEL_CARDS_DIR", "push_folder_to_hub", "render_model_card", "write_model_card"]
+def hub_repo_id(name_or_path: str | os.PathLike, what: str) -> str:
+    """`name_or_path`, which is not a local folder, as a Hub repo id; a `FileNotFoundError` if it cannot be one (a
+    local path that does not exist), rather than huggingface_hub's complaint about repo id syntax."""
+    try:
+        validate_repo_id(str(name_or_path))
+    except HFValidationError:
+        raise FileNotFoundError(
+            f"No such {what} folder: {str(name_or_path)!r} (and it is not a Hub repo id)."
+        ) from None
+    return str(name_or_path)
+
+
+__all__ = ["MODEL_CARDS_DIR", "hub_repo_id", "push_folder_to_hub", "render_model_card", "write_model_card"]

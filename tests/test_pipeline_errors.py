@@ -61,7 +61,7 @@ def test_non_finite_settings_are_refused_up_front(pipe):
 
 def test_probabilities_that_turn_nan_fail_instead_of_giving_a_flat_image(pipe):
     # 1e-45 is a positive float, but the logits divided by it overflow: softmax gives NaN.
-    with pytest.raises(ValueError, match="non-finite probabilities .* at code 0"):
+    with pytest.raises(ValueError, match="non-finite probabilities .* at step 0:"):
         pipe("a red circle", num_candidates=2, generator=seeded(2), temperature=1e-45)
     broken = make_tiny_pipeline()
     with torch.no_grad():

@@ -474,6 +474,7 @@ class DallePipeline(DiffusionPipeline):
         num_new = config.max_sequence_length - streams.shape[1]
         cache, logits = self._encode_streams(streams, uncond_streams)
         generated = streams
+        uncond_text = uncond_streams[:, : config.max_text_length] if uncond_streams is not None else None
         # Flags of steps whose probabilities were not finite, checked once at the end (no device sync per step).
         non_finite = torch.zeros(num_new, dtype=torch.bool, device=logits.device)
         for step in range(num_new):
@@ -491,21 +492,20 @@ class DallePipeline(DiffusionPipeline):
                 generated, rewritten = self._run_callback(
                     callback_on_step_end, callback_on_step_end_tensor_inputs, first_step + step, generated, scores
                 )
-                if rewritten and step + 1 < num_new:  # earlier codes changed: re-encode them, the cache has the old
-                    uncond = uncond_streams
-                    if uncond is not None:
-                        uncond = torch.cat(
-                            [uncond[:, : config.max_text_length], generated[:, config.max_text_length :]], 1
-                        )
-                    cache, _ = self._encode_streams(generated[:, :-1], None if uncond is None else uncond[:, :-1])
+                if rewritten and step + 1 < num_new:  # earlier codes changed: the cache holds the old ones
+                    prefix = generated[:, :-1]
+                    uncond_prefix = None
+                    if uncond_streams is not None:  # the unconditional rows read the same codes
+                        uncond_prefix = torch.cat([uncond_text, prefix[:, config.max_text_length :]], dim=1)
+                    cache, _ = self._encode_streams(prefix, uncond_prefix)
             if step + 1 < num_new:
                 step_ids = generated[:, -1:]
                 step_ids = torch.cat([step_ids, step_ids]) if uncond_streams is not None else step_ids
                 logits = self.transformer(step_ids, past_key_values=cache, use_cache=True).logits[:, -1]
         if non_finite.any():
             raise ValueError(
-                f"Sampling met non-finite probabilities (NaN or infinite logits) at code {int(non_finite.nonzero()[0])} "
-                "of the grid: the model's weights or a loaded adapter hold NaN/inf values, or the temperature is too "
+                f"Sampling met non-finite probabilities (NaN or infinite logits) at step {int(non_finite.nonzero()[0])}: "
+                "the model's weights or a loaded adapter hold NaN/inf values, or the temperature is too "
                 "small for float32 logits. No image is returned from NaN probabilities."
             )
         return generated[:, config.max_text_length :] - config.text_vocab_size

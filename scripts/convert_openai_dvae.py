@@ -11,8 +11,6 @@ The pickles are read without running code from them and without the `dall_e` pac
 import argparse
 import hashlib
 import os
-import shlex
-import sys
 import tempfile
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from huggingface_hub import ModelCardData
 
 import hf_dalle
 from hf_dalle import convert_openai_dvae
-from hf_dalle.hub_utils import push_folder_to_hub, render_model_card, write_model_card
+from hf_dalle.hub_utils import command_for_card, path_for_card, push_folder_to_hub, render_model_card, write_model_card
 
 
 def parse_args(argv=None):
@@ -63,7 +61,7 @@ def main(argv=None):
             "The weights are OpenAI's released DALL-E dVAE (`encoder.pkl`, `decoder.pkl` of the "
             "[`dall_e` package](https://github.com/openai/DALL-E)), converted to safetensors."
         ),
-        repo_id=repo_id if args.push_to_hub else str(output_dir),
+        repo_id=repo_id if args.push_to_hub else path_for_card(output_dir),
         config=vae.config,
         encoder_parameters=sum(p.numel() for p in vae.encoder.parameters()),
         decoder_parameters=sum(p.numel() for p in vae.decoder.parameters()),
@@ -74,9 +72,7 @@ def main(argv=None):
                 {"name": os.path.basename(path), "kind": kind, "sha256": sha256_of(path)}
                 for path, kind in ((args.encoder, "encoder"), (args.decoder, "decoder"))
             ],
-            "command": shlex.join(
-                ["python", "scripts/convert_openai_dvae.py", *(sys.argv[1:] if argv is None else argv)]
-            ),
+            "command": command_for_card("convert_openai_dvae.py", argv),
         },
     )
 

@@ -28,6 +28,7 @@ import torch
 from transformers import CLIPModel, CLIPProcessor
 
 from hf_dalle import DalleConfig, DalleForImageGeneration, DallePipeline, DalleTokenizer, DalleVAE
+from hf_dalle.hub_utils import path_for_card
 from hf_dalle.training import (
     NON_EMA_VARIANT,
     add_common_arguments,
@@ -320,9 +321,9 @@ def main(argv=None):
                 "config": config,
                 "num_parameters": model.num_parameters(),
                 "prompts": prompts,
-                "pretokenized_dataset": args.pretokenized_dataset,
-                "pretokenized_info": info,
-                "base_model": args.pretrained_model_name_or_path,
+                "pretokenized_dataset": path_for_card(args.pretokenized_dataset),
+                "pretokenized_info": {**info, **{k: path_for_card(info.get(k)) for k in ("vae", "tokenizer")}},
+                "base_model": path_for_card(args.pretrained_model_name_or_path),
                 "use_ema": args.use_ema,
                 "has_clip": clip_model is not None,
             },

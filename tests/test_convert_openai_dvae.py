@@ -271,13 +271,17 @@ def test_script_pushes_to_the_hub(tmp_path, hub_server):
     encoder, decoder = make_openai_dvae(16, 1, 64, 8)
     encoder_path, decoder_path = save_openai_dvae(encoder, decoder, tmp_path, "module")
     output_dir = tmp_path / "dalle-vae"
+    output_dir.mkdir()
+    stray = {".env": b"HF_TOKEN=hf_secret\n", "encoder.pkl": encoder_path.read_bytes(), "notes.txt": b"private"}
+    for name, data in stray.items():  # files a user left in the folder: none of them is pushed
+        (output_dir / name).write_bytes(data)
     load_convert_script().main(
         ["--encoder", str(encoder_path), "--decoder", str(decoder_path), "--output_dir", str(output_dir),
          "--push_to_hub", "--hub_model_id", "someone/dalle-vae-openai"]
     )  # fmt: skip
 
     uploaded = hub_server.files("someone/dalle-vae-openai")
-    assert uploaded == {p.name: p.read_bytes() for p in output_dir.iterdir()}
+    assert uploaded == {p.name: p.read_bytes() for p in output_dir.iterdir() if p.name not in stray}
     assert sorted(uploaded) == ["README.md", "config.json", "model.safetensors"]
     assert [commit["summary"] for commit in hub_server.commits] == ["Add DALL-E dVAE converted with hf_dalle"]
 

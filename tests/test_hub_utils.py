@@ -1,5 +1,6 @@
 """Model cards and Hub uploads (against the loopback Hub of tests/hub_server.py)."""
 
+import logging
 from pathlib import Path
 
 import huggingface_hub
@@ -62,8 +63,8 @@ def test_push_folder_to_hub_uploads_the_exact_bytes(tmp_path, hub_server):
     (folder / "unet" / "nested").mkdir(parents=True)
     files = {
         "config.json": b'{"a": 1}\n',
-        "unet/weights.bin": torch.randn(1000).numpy().tobytes(),
-        "unet/nested/notes.txt": "caf\u00e9\n".encode(),
+        "unet/model.safetensors": torch.randn(1000).numpy().tobytes(),
+        "unet/nested/merges.txt": "caf\u00e9\n".encode(),
     }
     for name, data in files.items():
         (folder / name).write_bytes(data)
@@ -79,15 +80,44 @@ def test_push_folder_to_hub_uploads_the_exact_bytes(tmp_path, hub_server):
 
     # A second push sends only what changed (the Hub reports the oids of the files it has).
     files["config.json"] = b'{"a": 2}\n'
-    files["extra.txt"] = b"new"
-    for name in ("config.json", "extra.txt"):
+    files["extra/config.json"] = b"new"
+    (folder / "extra").mkdir()
+    for name in ("config.json", "extra/config.json"):
         (folder / name).write_bytes(files[name])
     push_folder_to_hub(folder, "hf-dalle-tester/my-model", commit_message="second")
     assert hub_server.files("hf-dalle-tester/my-model") == files
     assert [(c["summary"], sorted(c["added"])) for c in hub_server.commits] == [
-        ("first", sorted(["config.json", "unet/weights.bin", "unet/nested/notes.txt"])),
-        ("second", ["config.json", "extra.txt"]),
+        ("first", sorted(["config.json", "unet/model.safetensors", "unet/nested/merges.txt"])),
+        ("second", ["config.json", "extra/config.json"]),
     ]
+
+
+def test_push_folder_to_hub_uploads_only_what_a_model_folder_holds(tmp_path, hub_server, caplog):
+    """An allowlist: weights, configs, tokenizer files, the card and the validation grids go up; a stray `.env` with
+    a token, pickles, notes, checkpoints and logs stay local (and are named in a warning)."""
+    folder = tmp_path / "model"
+    allowed = [
+        "README.md", "model_index.json", "transformer/config.json", "transformer/model.safetensors",
+        "transformer/model.non_ema.safetensors", "transformer/generation_config.json", "tokenizer/tokenizer.json",
+        "tokenizer/tokenizer_config.json", "clip_processor/processor_config.json", "clip_processor/vocab.json",
+        "clip_processor/merges.txt", "clip_processor/special_tokens_map.json", "validation/step-000004.png",
+        "adapter_model.safetensors", "adapter_config.json",
+    ]  # fmt: skip
+    stray = [
+        ".env", "transformer/.env", ".cache/token", ".secrets/config.json", "notes.txt", "optimizer.bin",
+        "transformer/pytorch_model.bin", "data.pkl", "checkpoints/checkpoint-2/model.safetensors",
+        "checkpoints/checkpoint-2/config.json", "logs/metrics.jsonl", "id_rsa", "run.sh",
+        ".tmp-save-x/model.safetensors",
+    ]  # fmt: skip
+    for name in allowed + stray:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(f"contents of {name}".encode())
+    with caplog.at_level(logging.WARNING, logger="hf_dalle.hub_utils"):
+        push_folder_to_hub(folder, "someone/model")
+    assert sorted(hub_server.files("someone/model")) == sorted(allowed)
+    assert "Not uploaded from" in caplog.text and "notes.txt" in caplog.text and ".env" in caplog.text
+    with pytest.raises(ValueError, match="Nothing to push from"):
+        push_folder_to_hub(folder / "logs", "someone/logs")
 
 
 def test_push_folder_to_hub_needs_a_folder(tmp_path):

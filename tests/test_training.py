@@ -1,7 +1,13 @@
 """The training library and the training scripts: schedules, exact resume, atomic checkpoints, the non-finite guard,
 EMA outputs, mixed precision, errors. Tiny models, a few steps each."""
 
+import json
+import logging
 import math
+import pickle
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,6 +106,7 @@ def test_vae_resume_is_exact(shapes_dir, tmp_path, monkeypatch):
     assert any(not torch.equal(ema[name], raw[name]) for name in ema)  # the average is not the raw weights
     straight_logs, resumed_logs = training_logs(straight), training_logs(resumed)
     assert [log["step"] for log in straight_logs] == [2, 4, 6, 8]
+    assert [log["step"] for log in resumed_logs] == [2, 4, 6, 8]  # step 4 (logged before the kill) not twice
     for a, b in zip(straight_logs[2:], resumed_logs[-2:]):  # steps 6 and 8, both after the resume point
         assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
 
@@ -170,7 +177,7 @@ def test_checkpoints_total_limit_prunes_the_oldest(shapes_dir, tmp_path):
     final = load_file(output_dir / "model.safetensors")
     checkpoint = load_file(output_dir / "checkpoints" / "checkpoint-5" / "model.safetensors")
     assert all(torch.equal(final[name], checkpoint[name]) for name in final)
-    with pytest.raises(ValueError, match="is not a checkpoint folder"):
+    with pytest.raises(ValueError, match="checkpoint-3. is not a complete checkpoint: there is no such folder"):
         resolve_checkpoint(output_dir, str(output_dir / "checkpoints" / "checkpoint-3"))
 
 
@@ -221,6 +228,169 @@ def test_streaming_resume_is_exact(shapes_dir, tmp_path, monkeypatch):
     monkeypatch.undo()
     train_vae.main(vae_args(shapes_dir, tmp_path / "resumed", *common, "--resume_from_checkpoint", "latest"))
     assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
+
+
+def _checkpointed_run(shapes_dir, output_dir, steps: int = 4, *extra: str) -> list[str]:
+    """Train the tiny dVAE for `steps` steps with a checkpoint every 2; returns its arguments."""
+    args = vae_args(shapes_dir, output_dir, "--max_train_steps", str(steps), "--checkpointing_steps", "2", *extra)
+    load_script("train_vae").main(args)
+    return args
+
+
+def test_resume_without_random_states_is_refused_unless_allowed(shapes_dir, tmp_path):
+    output_dir = tmp_path / "run"
+    args = _checkpointed_run(shapes_dir, output_dir, 2)
+    (output_dir / "checkpoints" / "checkpoint-2" / "random_states_0.pkl").unlink()
+    more = [arg if arg != "2" or i != args.index("--max_train_steps") + 1 else "3" for i, arg in enumerate(args)]
+    checkpoint = output_dir / "checkpoints" / "checkpoint-2"
+    with pytest.raises(ValueError, match=r"checkpoint-2' is not a complete checkpoint: files are missing: "):
+        load_script("train_vae").main([*more, "--resume_from_checkpoint", str(checkpoint)])
+    with pytest.raises(ValueError, match="random_states_0.pkl.*--allow_inexact_resume"):
+        load_script("train_vae").main([*more, "--resume_from_checkpoint", str(checkpoint)])
+    state = load_script("train_vae").main(
+        [*more, "--resume_from_checkpoint", str(checkpoint), "--allow_inexact_resume"]
+    )
+    assert state.global_step == 3  # resumed at 2, one more step
+
+
+@pytest.mark.parametrize("victim", ["custom_checkpoint_0.pkl", "training_state.json", "optimizer.bin"])
+def test_a_crafted_checkpoint_runs_no_code(shapes_dir, tmp_path, victim):
+    """A checkpoint is data: a pickle payload in a state file (or Accelerate's pickled custom states, which older
+    versions wrote) is refused, never executed."""
+    output_dir = tmp_path / "run"
+    args = _checkpointed_run(shapes_dir, output_dir, 2, "--use_ema")
+    checkpoint = output_dir / "checkpoints" / "checkpoint-2"
+    pwned = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return exec, (f"open({str(pwned)!r}, 'w').write('ran')",)
+
+    torch.save(Payload(), checkpoint / victim)
+    if victim != "custom_checkpoint_0.pkl":  # a payload sized to match the marker: the loader itself must refuse
+        marker = json.loads((checkpoint / "checkpoint_complete.json").read_text())
+        marker["files"][victim] = (checkpoint / victim).stat().st_size
+        (checkpoint / "checkpoint_complete.json").write_text(json.dumps(marker))
+    with pytest.raises(
+        (ValueError, pickle.UnpicklingError), match="pickled states|Weights only load failed|is not JSON"
+    ):
+        load_script("train_vae").main([*args, "--resume_from_checkpoint", str(checkpoint)])
+    assert not pwned.exists()
+
+
+def test_resume_from_a_folder_that_is_no_checkpoint_names_it(shapes_dir, tmp_path):
+    output_dir = tmp_path / "run"
+    args = vae_args(shapes_dir, output_dir, "--max_train_steps", "1")
+    empty = output_dir / "checkpoints" / "checkpoint-7"
+    empty.mkdir(parents=True)
+    for folder in (tmp_path, empty):
+        with pytest.raises(
+            ValueError,
+            match=rf"--resume_from_checkpoint '{folder}' is not a complete checkpoint: it has no checkpoint_complete.json",
+        ):
+            load_script("train_vae").main([*args, "--resume_from_checkpoint", str(folder)])
+    assert not (output_dir / "model.safetensors").exists()
+
+
+def test_latest_passes_over_a_damaged_checkpoint(shapes_dir, tmp_path, caplog):
+    """checkpoint-4's optimizer state is truncated (a disk error, a partial copy): 'latest' resumes from
+    checkpoint-2 and the run ends as an uninterrupted one."""
+    caplog.set_level(logging.INFO, logger="hf_dalle.training.loop")
+    output_dir = tmp_path / "run"
+    _checkpointed_run(shapes_dir, output_dir, 4)
+    damaged = output_dir / "checkpoints" / "checkpoint-4" / "optimizer.bin"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    state = load_script("train_vae").main(
+        vae_args(
+            shapes_dir,
+            output_dir,
+            "--max_train_steps",
+            "6",
+            "--checkpointing_steps",
+            "2",
+            "--resume_from_checkpoint",
+            "latest",
+        )
+    )
+    assert state.global_step == 6
+    assert (
+        "Passing over the damaged checkpoint" in caplog.text and "of the wrong size: ['optimizer.bin']" in caplog.text
+    )
+    assert "Resumed from " + str(output_dir / "checkpoints" / "checkpoint-2") in caplog.text
+    _checkpointed_run(shapes_dir, tmp_path / "straight", 6)
+    assert_same_weights(tmp_path / "straight", output_dir)
+    assert [log["step"] for log in training_logs(output_dir)] == [2, 4, 6]
+
+
+def test_a_kill_during_the_final_save_leaves_no_temporary_folder(shapes_dir, tmp_path):
+    """SIGKILL while the final model is written: the next run removes the torn `.tmp-save-*` folder and writes the
+    model."""
+    output_dir = tmp_path / "run"
+    args = vae_args(shapes_dir, output_dir, "--max_train_steps", "2", "--checkpointing_steps", "2")
+    killer = f"""
+import os, signal, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from training_utils import load_script
+from hf_dalle import DalleVAE
+original = DalleVAE.save_pretrained
+def save_and_die(self, folder, *args, **kwargs):
+    original(self, folder, *args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+DalleVAE.save_pretrained = save_and_die
+load_script("train_vae").main({args!r})
+"""
+    result = subprocess.run([sys.executable, "-c", killer], capture_output=True, timeout=600)
+    assert result.returncode == -signal.SIGKILL, result.stderr.decode()[-2000:]
+    assert [p.name.startswith(".tmp-save-") for p in output_dir.iterdir()].count(True) == 1
+    assert not (output_dir / "model.safetensors").exists()
+    load_script("train_vae").main([*args, "--resume_from_checkpoint", "latest"])
+    assert not list(output_dir.glob(".tmp-save-*"))
+    assert (output_dir / "model.safetensors").is_file()
+
+
+@pytest.fixture
+def imagefolder_with_a_corrupt_image(tmp_path) -> Path:
+    """12 shapes images as an imagefolder; image 5 is a truncated PNG (a download cut short)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    with open(folder / "metadata.jsonl", "w") as metadata:
+        for index, row in enumerate(make_shapes_dataset(12, seed=3, image_size=32)):
+            row["image"].save(folder / f"{index}.png")
+            metadata.write(json.dumps({"file_name": f"{index}.png", "caption": row["caption"]}) + "\n")
+    corrupt = folder / "5.png"
+    corrupt.write_bytes(corrupt.read_bytes()[:60])
+    return folder
+
+
+def imagefolder_args(folder: Path, output_dir: Path, *extra: str) -> list[str]:
+    args = vae_args(folder, output_dir, "--max_train_steps", "4", *extra)
+    args[args.index("--dataset_name")] = "--train_data_dir"
+    return args
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_corrupt_image_stops_the_run_before_training_by_default(
+    imagefolder_with_a_corrupt_image, tmp_path, streaming
+):
+    output_dir = tmp_path / "run"
+    extra = ["--streaming"] if streaming else []
+    with pytest.raises(ValueError, match=r"Row 5 \(.*5.png\): the image does not decode .*--bad_images skip"):
+        load_script("train_vae").main(imagefolder_args(imagefolder_with_a_corrupt_image, output_dir, *extra))
+    if not streaming:  # checked up front: not a single step was taken
+        assert not (output_dir / "checkpoints").exists() and not (output_dir / "logs").exists()
+    assert not (output_dir / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_bad_images_skip_trains_on_the_others(imagefolder_with_a_corrupt_image, tmp_path, caplog, streaming):
+    output_dir = tmp_path / "run"
+    extra = ["--bad_images", "skip"] + (["--streaming"] if streaming else [])
+    with caplog.at_level(logging.WARNING, logger="hf_dalle.training.data"):
+        state = load_script("train_vae").main(imagefolder_args(imagefolder_with_a_corrupt_image, output_dir, *extra))
+    assert state.global_step == 4 and (output_dir / "model.safetensors").is_file()
+    assert "Skipping Row 5 (" in caplog.text and "5.png): the image does not decode" in caplog.text
+    # 11 good images in batches of 4 are 2 batches an epoch: step 4 is epoch 1's second (with 12 images, its first)
+    assert (state.epoch, state.batches_in_epoch) == (1, 2)
 
 
 def test_shapes_judge_accuracy():

@@ -223,6 +223,47 @@ def test_train_dalle_output_is_a_pipeline_with_ema(trained):
     assert "validation/step-000004.png" in card.text and '"a blue square above a green triangle"' in card.text
 
 
+def test_model_cards_record_no_absolute_paths(trained):
+    """The outputs, data and sources lie outside the working directory: the cards name them by their last part."""
+    root = str(trained["data"].parent)
+    cards = {name: (trained[name] / "README.md").read_text() for name in ("vae", "clip", "pipeline")}
+    for name, card in cards.items():
+        assert root not in card, name
+        assert "--output_dir " + name in card, name
+    assert "on `data`:" in cards["vae"] and "on `data`:" in cards["clip"]
+    assert 'DallePipeline.from_pretrained("pipeline")' in cards["pipeline"]
+    assert "Pre-tokenized pairs from `tokens` (24 pairs, 32x32 images encoded by `vae`" in cards["pipeline"]
+
+
+def test_pretokenize_names_the_row_without_a_caption(trained, tmp_path):
+    folder = tmp_path / "my_images"
+    folder.mkdir()
+    with open(folder / "metadata.jsonl", "w") as metadata:
+        for index, row in enumerate(make_shapes_dataset(4, seed=5, image_size=32)):
+            row["image"].save(folder / f"{index}.png")
+            metadata.write(
+                json.dumps({"file_name": f"{index}.png", **({"text": row["caption"]} if index != 2 else {})})
+            )
+            metadata.write("\n")
+    tokens = tmp_path / "tokens"
+    with pytest.raises(
+        ValueError, match=r"Row 2 \(.*2.png\) has no caption: its 'text' is None.*on every line of .*metadata.jsonl"
+    ):
+        load_script("pretokenize").main(
+            [
+                "--train_data_dir",
+                str(folder),
+                "--caption_column",
+                "text",
+                "--pretrained_model_name_or_path",
+                str(trained["pipeline"]),
+                "--output_dir",
+                str(tokens),
+            ]
+        )
+    assert not tokens.exists() and not list(tmp_path.glob(".tmp-*"))
+
+
 def test_fine_tune_the_pipeline_on_an_imagefolder(trained, tmp_path):
     """The README's fine-tuning recipe: pre-tokenize an imagefolder with the pipeline's own dVAE and tokenizer, then
     continue training its transformer."""
@@ -333,6 +374,11 @@ def test_errors_name_the_problem(trained, tmp_path):
 
 def test_push_to_hub(trained, tmp_path, hub_server):
     output_dir = tmp_path / "pushed"
+    output_dir.mkdir()
+    stray = {".env": b"HF_TOKEN=hf_secret\n", "notes.txt": b"private", "transformer/.env": b"HF_TOKEN=hf_secret\n"}
+    (output_dir / "transformer").mkdir()
+    for name, data in stray.items():  # left in --output_dir before training: never pushed
+        (output_dir / name).write_bytes(data)
     load_script("train_dalle").main(
         [
             *COMMON,
@@ -358,8 +404,12 @@ def test_push_to_hub(trained, tmp_path, hub_server):
     )
     uploaded = hub_server.files("someone/tiny-dalle")
     local = {str(p.relative_to(output_dir)): p.read_bytes() for p in output_dir.rglob("*") if p.is_file()}
-    expected = {name: data for name, data in local.items() if not name.startswith(("checkpoints/", "logs/"))}
-    assert uploaded == expected  # every file intact, checkpoints and logs kept local
+    expected = {
+        name: data
+        for name, data in local.items()
+        if not name.startswith(("checkpoints/", "logs/")) and name not in stray
+    }
+    assert uploaded == expected  # every file intact; checkpoints, logs and stray files kept local
     assert {
         "model_index.json",
         "transformer/model.safetensors",

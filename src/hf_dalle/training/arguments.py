@@ -6,6 +6,8 @@ import os
 
 from transformers import SchedulerType
 
+from .data import BAD_IMAGE_CHOICES
+
 
 def add_common_arguments(
     parser: argparse.ArgumentParser, *, learning_rate: float, train_batch_size: int, max_train_steps: int
@@ -94,7 +96,14 @@ def add_common_arguments(
     checkpoints.add_argument(
         "--resume_from_checkpoint",
         default=None,
-        help="Resume from a checkpoint folder, or 'latest' for the newest complete one in --output_dir/checkpoints.",
+        help="Resume from a checkpoint folder, or 'latest' for the newest complete one in --output_dir/checkpoints "
+        "(damaged ones are passed over).",
+    )
+    checkpoints.add_argument(
+        "--allow_inexact_resume",
+        action="store_true",
+        help="Resume even if the checkpoint lacks a process's RNG state (random_states_N.pkl); the run then draws "
+        "other noise than an uninterrupted one would. Without it such a resume is refused.",
     )
 
     ema = parser.add_argument_group("EMA")
@@ -149,6 +158,13 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, resolution: int | Non
     data.add_argument("--caption_column", default="caption", help="Column holding the captions (default: caption).")
     data.add_argument("--streaming", action="store_true", help="Stream the dataset instead of downloading it whole.")
     data.add_argument("--max_train_samples", type=int, default=None, help="Use only the first this many examples.")
+    data.add_argument(
+        "--bad_images",
+        default="check",
+        choices=BAD_IMAGE_CHOICES,
+        help="Images that do not decode: 'check' (default) decodes every image up front and stops with the list of "
+        "bad rows (a streamed dataset stops at the first); 'skip' leaves such rows out, each named in a warning.",
+    )
     if resolution is not None:
         data.add_argument(
             "--resolution", type=int, default=resolution, help="Images are resized and centre-cropped to this side."

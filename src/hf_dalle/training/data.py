@@ -3,6 +3,7 @@ streamed), image preprocessing, and data loaders."""
 
 import argparse
 import json
+import logging
 import os
 
 import datasets
@@ -11,6 +12,9 @@ import torch
 from PIL import Image
 
 from ..image_utils import to_rgb
+
+
+logger = logging.getLogger(__name__)
 
 
 def is_saved_dataset(path: str) -> bool:
@@ -61,6 +65,79 @@ def load_image_caption_dataset(args: argparse.Namespace) -> datasets.Dataset | d
         dataset = dataset.rename_columns(renames)
     if args.max_train_samples is not None:
         dataset = dataset.take(args.max_train_samples)
+    metadata = os.path.join(args.train_data_dir, "metadata.jsonl") if args.train_data_dir else None
+    return check_rows(dataset, getattr(args, "bad_images", "check"), args.caption_column, metadata)
+
+
+BAD_IMAGE_CHOICES = ("check", "skip")
+
+
+def _decode_row(index: int, row: dict, image_feature, caption_column: str, metadata: str | None):
+    """The decoded image of a row whose image `datasets` has not decoded yet, or a message saying why it does not
+    decode. A row without a caption string raises: the data is malformed, not one file."""
+    image = row["image"]
+    source = image.get("path") if isinstance(image, dict) else None
+    where = f"Row {index}" + (f" ({source})" if source else "")
+    if not isinstance(row["caption"], str):
+        raise ValueError(
+            f"{where} has no caption: its {caption_column!r} is {row['caption']!r}, a string is expected"
+            + (f" (a {caption_column!r} field on every line of {metadata})." if metadata else ".")
+        )
+    try:
+        decoded = image_feature.decode_example(image)
+        decoded.load()
+        return decoded
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:  # what PIL raises on bad files
+        return f"{where}: the image does not decode ({type(error).__name__}: {error})"
+
+
+def check_rows(
+    dataset: datasets.Dataset | datasets.IterableDataset,
+    bad_images: str = "check",
+    caption_column: str = "caption",
+    metadata: str | None = None,
+) -> datasets.Dataset | datasets.IterableDataset:
+    """
+    Check every row's caption and image before a long run depends on them (`--bad_images`). A row without a caption
+    string is an error naming the row and file. An image that does not decode (a truncated or corrupt file) is, with
+    `"check"`, an error listing the bad rows, raised before training (for a streamed dataset, when the row is reached);
+    with `"skip"`, the row is left out and named in a warning. Map-style datasets are checked up front: one decoding
+    pass over the images. Streamed rows are decoded here, so their `features` are no longer known.
+    """
+    if bad_images not in BAD_IMAGE_CHOICES:
+        raise ValueError(f"--bad_images must be one of {BAD_IMAGE_CHOICES}, got {bad_images!r}.")
+    image_feature = (dataset.features or {}).get("image")
+    if not isinstance(image_feature, datasets.Image):  # not decoded by datasets: left to the collator
+        return dataset
+    raw = dataset.cast_column("image", datasets.Image(decode=False))
+    if isinstance(dataset, datasets.IterableDataset):
+
+        def decode(row: dict, index: int) -> dict:
+            image = _decode_row(index, row, image_feature, caption_column, metadata)
+            if isinstance(image, str):
+                if bad_images == "check":
+                    raise ValueError(f"{image}. Pass --bad_images skip to train without such rows.")
+                logger.warning("Skipping %s.", image)
+                image = None
+            return {"image": image}
+
+        return raw.map(decode, with_indices=True).filter(lambda row: row["image"] is not None)
+    problems = {}
+    for index, row in enumerate(raw):
+        image = _decode_row(index, row, image_feature, caption_column, metadata)
+        if isinstance(image, str):
+            problems[index] = image
+    if problems and bad_images == "check":
+        listed = "; ".join(list(problems.values())[:10]) + ("; ..." if len(problems) > 10 else "")
+        raise ValueError(
+            f"{len(problems)} of {len(dataset)} images do not decode: {listed}. Fix or remove them, or pass "
+            "--bad_images skip to train without them."
+        )
+    for problem in problems.values():
+        logger.warning("Skipping %s.", problem)
+    if problems:
+        logger.warning("Skipped %d of %d rows whose image does not decode.", len(problems), len(dataset))
+        dataset = dataset.select([index for index in range(len(dataset)) if index not in problems])
     return dataset
 
 
@@ -173,9 +250,11 @@ def make_dataloader(
 
 
 __all__ = [
+    "BAD_IMAGE_CHOICES",
     "PRETOKENIZED_COLUMNS",
     "PRETOKENIZED_INFO_FILE",
     "ImageCaptionCollator",
+    "check_rows",
     "image_to_tensor",
     "is_saved_dataset",
     "load_image_caption_dataset",

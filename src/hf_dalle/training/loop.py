@@ -19,7 +19,14 @@ from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from diffusers.training_utils import EMAModel
 from transformers import get_scheduler
 
-from .checkpointing import TrainingState, resolve_checkpoint, save_checkpoint
+from .checkpointing import (
+    TrainingState,
+    load_checkpoint,
+    remove_stale_temporary_folders,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from .outputs import TEMPORARY_SAVE_PREFIX, write_folder_atomically
 
 
 logger = logging.getLogger(__name__)
@@ -147,6 +154,18 @@ class MetricsLogger:
         """The latest training averages and validation metrics (for the model card)."""
         return {**self.last_training, **self.last_validation}
 
+    def forget_after(self, step: int) -> None:
+        """Drop the lines past `step` from `metrics.jsonl` (main process): a run resumed from the checkpoint of `step`
+        logs the later steps again, and an interrupted run may have logged some of them."""
+        if not self.accelerator.is_main_process or not self.path.is_file():
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        if len(kept) != len(lines):
+            write_folder_atomically(
+                self.path.parent, lambda folder: (folder / self.path.name).write_text("".join(kept))
+            )
+
     def write(self, step: int, values: dict[str, float]) -> None:
         self.accelerator.log(values, step=step)
         if self.accelerator.is_main_process:
@@ -213,18 +232,20 @@ def train(
         register_powersgd_hook(accelerator, model, args.powersgd_rank, args.powersgd_start_step)
     if ema is not None:
         ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
-    state = TrainingState()
-    accelerator.register_for_checkpointing(state)
+    state = TrainingState()  # saved with the EMA by save_checkpoint, as JSON and safetensors (not pickles)
     if accelerator.is_main_process:
         accelerator.init_trackers(
             Path(args.output_dir).name,
             config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))},
         )
+        remove_stale_temporary_folders(args.output_dir, TEMPORARY_SAVE_PREFIX)  # a final save killed in a past run
 
-    checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    allow_inexact = getattr(args, "allow_inexact_resume", False)
+    checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint, allow_inexact)
+    metrics = MetricsLogger(accelerator, args.output_dir)
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
+        load_checkpoint(accelerator, checkpoint, state, ema, allow_inexact)
+        metrics.forget_after(state.global_step)
         logger.info(
             "Resumed from %s at step %d (epoch %d, batch %d).",
             checkpoint,
@@ -234,7 +255,6 @@ def train(
         )
 
     max_grad_norm = args.max_grad_norm if args.max_grad_norm is not None else math.inf
-    metrics = MetricsLogger(accelerator, args.output_dir)
     unwrapped = accelerator.unwrap_model(model)
     step_metrics = []  # of the batches of the current optimizer step; logged only if the step is taken
     model.train()
@@ -292,7 +312,7 @@ def train(
                     state.global_step, {"lr": lr_scheduler.get_last_lr()[0], "skipped_steps": state.skipped_steps}
                 )
             if state.global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, args.output_dir, state.global_step, args.checkpoints_total_limit)
+                save_checkpoint(accelerator, args.output_dir, state, ema, args.checkpoints_total_limit)
             if on_step_end is not None:
                 validation = on_step_end(state.global_step, unwrapped)
                 if validation:

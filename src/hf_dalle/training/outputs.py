@@ -2,9 +2,7 @@
 card with the training summary, and the upload to the Hub."""
 
 import os
-import shlex
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +14,19 @@ from diffusers.utils import make_image_grid
 from huggingface_hub import ModelCardData
 from PIL import Image
 
-from ..hub_utils import MODEL_CARDS_DIR, push_folder_to_hub, render_model_card, write_model_card
+from ..hub_utils import (
+    MODEL_CARDS_DIR,
+    command_for_card,
+    path_for_card,
+    push_folder_to_hub,
+    render_model_card,
+    write_model_card,
+)
+from .checkpointing import remove_stale_temporary_folders
+
+
+# Temporary folders of `write_folder_atomically`; one a killed run left is removed by the next save or run.
+TEMPORARY_SAVE_PREFIX = ".tmp-save-"
 
 
 # Training flags shown in the model card (the rest are paths or bookkeeping).
@@ -63,7 +73,8 @@ def write_folder_atomically(output_dir: str | os.PathLike, write: Callable[[Path
     the same name), so an interrupted save leaves no half-written file there."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".tmp-save-") as temporary:
+    remove_stale_temporary_folders(output_dir, TEMPORARY_SAVE_PREFIX)
+    with tempfile.TemporaryDirectory(dir=output_dir, prefix=TEMPORARY_SAVE_PREFIX) as temporary:
         write(Path(temporary))
         for entry in sorted(Path(temporary).iterdir()):
             target = output_dir / entry.name
@@ -77,12 +88,11 @@ def training_summary(
 ) -> str:
     """The "Training" section of a model card (markdown): the command, the flags, the data, the final metrics and the
     sample grid, rendered from `model_cards/_training_section.md`."""
-    command = shlex.join(["python", f"scripts/{script}", *(sys.argv[1:] if argv is None else argv)])
     template = jinja2.Template((MODEL_CARDS_DIR / "_training_section.md").read_text(encoding="utf-8"))
     return template.render(
-        command=command,
+        command=command_for_card(script, argv),
         flags={name: getattr(args, name) for name in _CARD_FLAGS if hasattr(args, name)},
-        data=getattr(args, "dataset_name", None) or getattr(args, "train_data_dir", None),
+        data=path_for_card(getattr(args, "dataset_name", None) or getattr(args, "train_data_dir", None)),
         metrics={name: f"{value:.4g}" for name, value in sorted(metrics.items())},
         sample_grid=sample_grid,
     ).strip()
@@ -95,13 +105,14 @@ def write_card_and_push(
     template_kwargs: dict,
     commit_message: str,
 ) -> None:
-    """Render `model_cards/{template}.md` into `OUTPUT_DIR/README.md` and, with `--push_to_hub`, upload the output
-    folder (checkpoints and logs stay local)."""
+    """Render `model_cards/{template}.md` into `OUTPUT_DIR/README.md` and, with `--push_to_hub`, upload what the output
+    folder is meant to hold (`hub_utils.UPLOAD_ALLOW_PATTERNS`: weights, configs, tokenizer files, the card, the
+    validation grids; checkpoints, logs and any other file stay local)."""
     repo_id = args.hub_model_id or Path(args.output_dir).resolve().name
     card = render_model_card(
         template,
         ModelCardData(license=getattr(args, "license", None), tags=["dall-e", "hf_dalle", *tags]),
-        repo_id=repo_id if args.push_to_hub else args.output_dir,
+        repo_id=repo_id if args.push_to_hub else path_for_card(args.output_dir),
         **template_kwargs,
     )
     write_model_card(card, args.output_dir)
@@ -111,7 +122,6 @@ def write_card_and_push(
             repo_id,
             private=args.hub_private or None,
             commit_message=commit_message,
-            ignore_patterns=["checkpoints/*", "logs/*", ".tmp-*"],
         )
         print(f"Pushed to {commit.repo_url} ({commit.commit_url})")
 

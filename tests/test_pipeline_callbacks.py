@@ -4,6 +4,7 @@ wrapped by `torch.compile`, the example docstring of `__call__`, and model card 
 import doctest
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -221,13 +222,18 @@ def test_call_docstring_example_runs(tmp_path, monkeypatch):
 
 def test_model_card_templates_are_in_the_wheel(tmp_path):
     repo = Path(__file__).resolve().parents[1]
+    # Built from a copy, so that the build leaves nothing (build/, *.egg-info) in the checkout.
+    source = tmp_path / "source"
+    shutil.copytree(repo / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy2(repo / name, source / name)
     subprocess.run(
         [
             sys.executable,
             "-m",
             "pip",
             "wheel",
-            str(repo),
+            str(source),
             "--no-deps",
             "--no-build-isolation",
             "-q",

@@ -20,11 +20,12 @@ def reconstruct(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from hf_dalle import DalleVAE
+    from hf_dalle.image_utils import to_rgb
 
     vae = DalleVAE.from_pretrained(args.model).eval()
     size = args.image_size or vae.config.image_size
     for path in args.images:
-        image = Image.open(path).convert("RGB")
+        image = to_rgb(Image.open(path))
         if image.size != (size, size):
             image = image.resize((size, size), Image.BICUBIC)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
@@ -55,10 +56,38 @@ DEMO_PROMPTS = (
 )
 
 
-def _generate_and_save(pipe, prompts: list[str], args: argparse.Namespace) -> int:
-    """Run the pipeline, write one PNG per image and a grid, print each file with its CLIP score."""
+def _check_output_dir(output_dir: str) -> Path:
+    """Create `--output-dir` (before any work) or say why it cannot be written to (a `ValueError`)."""
+    import os
+
+    path = Path(output_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--output-dir {output_dir!r} cannot be created: {error.strerror}.") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"--output-dir {output_dir!r} is not writable.")
+    return path
+
+
+def _image_paths(output_dir: Path, prompts: list[str], num_images: int) -> list[Path]:
+    """`{slug}_{i}.png` for each prompt's images, the slug made of the prompt's lowercase letters and digits (any
+    script); prompts that give the same slug (`"A red circle!"`, `"a red circle"`, or none at all) get `-2`, `-3`..."""
     import re
 
+    stems = []
+    for prompt in prompts:
+        slug = re.sub(r"\W+", "_", prompt.lower()).strip("_")[:60] or "image"
+        stem, n = slug, 1
+        while stem in stems:
+            n += 1
+            stem = f"{slug}-{n}"
+        stems.append(stem)
+    return [output_dir / f"{stem}_{i}.png" for stem in stems for i in range(num_images)]
+
+
+def _generate_and_save(pipe, prompts: list[str], args: argparse.Namespace) -> int:
+    """Run the pipeline, write one PNG per image and a grid, print each file with its CLIP score."""
     import torch
     from diffusers.utils import make_image_grid
 
@@ -78,10 +107,8 @@ def _generate_and_save(pipe, prompts: list[str], args: argparse.Namespace) -> in
         candidate_batch_size=args.candidate_batch_size,
     )
     output_dir = Path(args.output_dir)
-    for index, image in enumerate(output.images):
+    for index, (image, path) in enumerate(zip(output.images, _image_paths(output_dir, prompts, args.num_images))):
         prompt = prompts[index // args.num_images]
-        slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:60] or "image"
-        path = output_dir / f"{slug}_{index % args.num_images}.png"
         _save_png(image, path)
         score = f"{output.scores[index]:.4f}" if output.scores is not None else "n/a (no CLIP model)"
         print(f"{path}  score={score}  prompt={prompt!r}")
@@ -91,14 +118,29 @@ def _generate_and_save(pipe, prompts: list[str], args: argparse.Namespace) -> in
     return 0
 
 
+def _check_generation_arguments(prompts: list[str], args: argparse.Namespace) -> None:
+    """What the pipeline cannot check for the CLI: the seeds `seed .. seed + candidates - 1` must be valid
+    `torch.Generator` seeds, and the output folder must be writable, before anything is generated."""
+    max_seed = 2**64 - len(prompts) * max(args.num_candidates, 1)  # candidate i uses seed + i <= 2**64 - 1
+    if not 0 <= args.seed <= max_seed:
+        raise ValueError(
+            f"--seed must be between 0 and {max_seed} (candidate i uses seed + i, and torch seeds end at 2**64 - 1), "
+            f"got {args.seed}."
+        )
+    _check_output_dir(args.output_dir)
+
+
 def generate(args: argparse.Namespace) -> int:
     """Caption(s) in, reranked PNGs and a grid out."""
+    _check_generation_arguments(args.prompts, args)
     return _generate_and_save(_load_pipeline(args.model), args.prompts, args)
 
 
 def demo(args: argparse.Namespace) -> int:
     """The bundled demo model on demo-world captions (seen and held out)."""
-    return _generate_and_save(_load_pipeline(None), list(args.prompts or DEMO_PROMPTS), args)
+    prompts = list(args.prompts or DEMO_PROMPTS)
+    _check_generation_arguments(prompts, args)
+    return _generate_and_save(_load_pipeline(None), prompts, args)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -113,23 +155,53 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def estimate_memory(args: argparse.Namespace) -> int:
-    """Parameter and KV-cache memory of a transformer config, in fp32 / bf16 / int8."""
+def _transformer_config(name: str):
+    """The `DalleConfig` that `estimate-memory --config` names: `12b`, a transformer folder, a pipeline folder (its
+    `transformer/`), or a Hub id of either; anything else, a `ValueError` saying what is wrong."""
     import os
 
+    from transformers import PretrainedConfig
+
     from hf_dalle import DalleConfig
+    from hf_dalle.hub_utils import hub_repo_id
+
+    if name == "12b":
+        return DalleConfig()
+    if not os.path.isdir(name):
+        hub_repo_id(name, "transformer or pipeline")
+    subfolder = "transformer" if os.path.isfile(os.path.join(name, "model_index.json")) else ""
+    if os.path.isdir(name) and not os.path.isfile(os.path.join(name, subfolder, "config.json")):
+        raise ValueError(
+            f"--config {name!r} has no {os.path.join(subfolder, 'config.json')}: expected a DALL-E "
+            "transformer folder, a pipeline folder, a Hub id of either, or '12b'."
+        )
+    try:
+        try:
+            config_dict, _ = PretrainedConfig.get_config_dict(name, subfolder=subfolder)
+        except OSError:
+            if subfolder or os.path.isdir(name):
+                raise
+            # A pipeline repo on the Hub: the transformer's config is in its subfolder.
+            config_dict, _ = PretrainedConfig.get_config_dict(name, subfolder="transformer")
+    except OSError as error:  # not JSON, or nothing found under that name
+        raise ValueError(f"--config {name!r}: {error}") from None
+    if config_dict.get("model_type") != DalleConfig.model_type:
+        raise ValueError(
+            f"--config {name!r} is the config of a {config_dict.get('model_type')!r} model, not of a "
+            f"DALL-E transformer (model_type {DalleConfig.model_type!r})."
+        )
+    try:
+        return DalleConfig.from_dict(config_dict)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--config {name!r} is not a valid DALL-E config: {error}") from None
+
+
+def estimate_memory(args: argparse.Namespace) -> int:
+    """Parameter and KV-cache memory of a transformer config, in fp32 / bf16 / int8."""
     from hf_dalle.memory import estimate_memory as estimate
     from hf_dalle.memory import format_estimates
 
-    if args.config == "12b":
-        config = DalleConfig()
-    elif os.path.isfile(os.path.join(args.config, "model_index.json")):
-        config = DalleConfig.from_pretrained(args.config, subfolder="transformer")
-    else:
-        try:
-            config = DalleConfig.from_pretrained(args.config)
-        except OSError:  # a pipeline repo on the Hub: the transformer's config is in its subfolder
-            config = DalleConfig.from_pretrained(args.config, subfolder="transformer")
+    config = _transformer_config(args.config)
     print(format_estimates(config, estimate(config, batch_size=args.batch_size, dtypes=args.dtype)))
     return 0
 
@@ -211,7 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as error:
+        # Bad values and missing files (the library's checks name them): the message, not a traceback.
+        raise SystemExit(f"hf-dalle {args.command}: error: {error}") from None
 
 
 if __name__ == "__main__":

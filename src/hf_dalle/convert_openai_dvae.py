@@ -9,6 +9,7 @@ of the same modules (`torch.save(encoder.state_dict())`) are accepted too.
 
 import os
 import pickle
+import re
 import zipfile
 
 import torch
@@ -122,11 +123,12 @@ def load_openai_dvae_state_dict(path: str | os.PathLike) -> dict[str, torch.Tens
 
 def _unpickling_reason(error: pickle.UnpicklingError) -> str:
     # torch wraps the reason in advice to retry with weights_only=False or to allowlist the global, which is exactly
-    # what must not be done with an untrusted file: keep only the reason.
-    message = str(error)
-    reason = message.partition("WeightsUnpickler error:")[2].split("Check the documentation")[0]
-    reason = reason.split("Please use `torch.serialization")[0]
-    return " ".join(reason.split()) or message
+    # what must not be done with an untrusted file: keep only the sentences that give the reason.
+    message = str(error).rpartition("WeightsUnpickler error:")[2]
+    advice = ("weights_only", "safe_globals", "documentation", "Weights only load failed", "trust", "still be loaded")
+    sentences = [" ".join(s.split()) for s in re.split(r"\n+|(?<=\.)\s+", message)]
+    reason = " ".join(s for s in sentences if s and not any(a in s for a in advice))
+    return reason or "It names classes or functions outside the allowlist."
 
 
 def _kind(state_dict: dict[str, torch.Tensor]) -> str:
@@ -209,6 +211,13 @@ def convert_openai_dvae(encoder_path: str | os.PathLike, decoder_path: str | os.
             name = f"{module}.{OPENAI_PARAMETER_NAMES.get(leaf, leaf)}"
             # Some released tensors are non-contiguous views, which safetensors refuses to save.
             state_dict[prefix + name] = tensor.detach().to(torch.float32).contiguous()
+
+    non_finite = [name for name, tensor in state_dict.items() if not torch.isfinite(tensor).all()]
+    if non_finite:
+        raise ValueError(
+            f"The dVAE files hold non-finite (NaN or infinite) weights in {non_finite[:3]}: they are damaged, not "
+            "converted."
+        )
 
     # Built on the meta device and filled with `assign=True`: no time spent initialising weights we overwrite.
     with torch.device("meta"):

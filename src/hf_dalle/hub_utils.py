@@ -16,7 +16,7 @@ from importlib.resources import as_file, files
 from pathlib import Path
 
 from huggingface_hub import CommitInfo, HfApi, ModelCard, ModelCardData
-from huggingface_hub.utils import filter_repo_objects
+from huggingface_hub.utils import HFValidationError, filter_repo_objects, validate_repo_id
 
 
 logger = logging.getLogger(__name__)
@@ -152,11 +152,24 @@ def push_folder_to_hub(
     )
 
 
+def hub_repo_id(name_or_path: str | os.PathLike, what: str) -> str:
+    """`name_or_path`, which is not a local folder, as a Hub repo id; a `FileNotFoundError` if it cannot be one (a
+    local path that does not exist), rather than huggingface_hub's complaint about repo id syntax."""
+    try:
+        validate_repo_id(str(name_or_path))
+    except HFValidationError:
+        raise FileNotFoundError(
+            f"No such {what} folder: {str(name_or_path)!r} (and it is not a Hub repo id)."
+        ) from None
+    return str(name_or_path)
+
+
 __all__ = [
     "MODEL_CARDS_DIR",
     "UPLOAD_ALLOW_PATTERNS",
     "UPLOAD_IGNORE_PATTERNS",
     "command_for_card",
+    "hub_repo_id",
     "path_for_card",
     "push_folder_to_hub",
     "render_model_card",

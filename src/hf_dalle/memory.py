@@ -4,7 +4,6 @@
 from dataclasses import dataclass
 
 import torch
-from accelerate import init_empty_weights
 from torch import nn
 
 from .models.dalle import DalleConfig, DalleForImageGeneration
@@ -29,24 +28,43 @@ class MemoryEstimate:
         return self.parameter_bytes + self.batch_size * self.kv_cache_bytes_per_image
 
 
+def _count_parameters(config: DalleConfig) -> tuple[int, int]:
+    """All parameters of `DalleForImageGeneration(config)`, and those of the blocks' `nn.Linear` weights. Built on
+    the meta device (no storage) with one block per attention type the config uses: a block's parameters depend only
+    on its type, so the counts scale to any depth without building (or holding) thousands of modules."""
+    types = list(dict.fromkeys(config.attention_types))
+    small = DalleConfig.from_dict({**config.to_dict(), "num_hidden_layers": len(types), "attention_types": types})
+    with torch.device("meta"):
+        model = DalleForImageGeneration(small)
+    outside_blocks = sum(p.numel() for p in model.parameters()) - sum(
+        p.numel() for p in model.model.layers.parameters()
+    )
+    per_type = {
+        attention_type: (
+            sum(p.numel() for p in block.parameters()),
+            sum(m.weight.numel() for m in block.modules() if isinstance(m, nn.Linear)),
+        )
+        for attention_type, block in zip(types, model.model.layers)
+    }
+    num_parameters = outside_blocks + sum(per_type[t][0] for t in config.attention_types)
+    return num_parameters, sum(per_type[t][1] for t in config.attention_types)
+
+
 def estimate_memory(config: DalleConfig, batch_size: int = 1, dtypes=("fp32", "bf16", "int8")) -> list[MemoryEstimate]:
     """
     Parameter memory and KV-cache memory of `DalleForImageGeneration(config)`, counted on the meta device (no
-    weights are allocated, so the 12B default config is fine). `"int8"` is weight-only quantization
-    (`TorchAoConfig(Int8WeightOnlyConfig())`): the `nn.Linear` weights of the blocks take one byte each, everything
-    else (embeddings, the output head, norms, biases) stays bf16; the per-row scales (< 0.1%) are not counted. The KV
-    cache of one image is `2 (keys, values) * layers * max_sequence_length * hidden_size` entries.
+    weights are allocated, so the 12B default config, or any larger one, is fine). `"int8"` is weight-only
+    quantization (`TorchAoConfig(Int8WeightOnlyConfig())`): the `nn.Linear` weights of the blocks take one byte each,
+    everything else (embeddings, the output head, norms, biases) stays bf16; the per-row scales (< 0.1%) are not
+    counted. The KV cache of one image is `2 (keys, values) * layers * max_sequence_length * hidden_size` entries.
     """
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size}.")
     unknown = [d for d in dtypes if d not in WEIGHT_BYTES]
     if unknown:
         raise ValueError(f"Unknown dtype(s) {unknown}: choose from {list(WEIGHT_BYTES)}.")
-    with init_empty_weights():
-        model = DalleForImageGeneration(config)
-    num_parameters = sum(p.numel() for p in model.parameters())
     # transformers' int8 weight-only quantizers skip the output head (`lm_head`): only the blocks' Linears shrink.
-    block_linear_weights = sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, nn.Linear))
+    num_parameters, block_linear_weights = _count_parameters(config)
     cache_entries = 2 * config.num_hidden_layers * config.max_sequence_length * config.hidden_size
     estimates = []
     for dtype in dtypes:

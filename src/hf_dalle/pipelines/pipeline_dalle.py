@@ -15,7 +15,6 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from diffusers.utils.torch_utils import is_compiled_module
 from huggingface_hub import hf_hub_download, snapshot_download
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors.torch import load_file
 from transformers import (
     ClassifierFreeGuidanceLogitsProcessor,
@@ -27,6 +26,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from ..hub_utils import hub_repo_id
 from ..image_utils import to_rgb
 from ..models.dalle import DalleForImageGeneration, DallePrefixCache
 from ..models.dalle_vae import DalleVAE
@@ -53,18 +53,6 @@ EXAMPLE_DOC_STRING = """
 # What `snapshot_download` takes from `from_pretrained` / `load_lora_weights` keyword arguments.
 DOWNLOAD_KWARGS = ("revision", "cache_dir", "token", "force_download", "local_files_only")
 ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"]
-
-
-def _hub_repo_id(name_or_path: str | os.PathLike, what: str) -> str:
-    """`name_or_path`, which is not a local folder, as a Hub repo id; a `FileNotFoundError` if it cannot be one (a
-    local path that does not exist), rather than huggingface_hub's complaint about repo id syntax."""
-    try:
-        validate_repo_id(str(name_or_path))
-    except HFValidationError:
-        raise FileNotFoundError(
-            f"No such {what} folder: {str(name_or_path)!r} (and it is not a Hub repo id)."
-        ) from None
-    return str(name_or_path)
 
 
 def _pipeline_components(model_index: dict) -> list[str]:
@@ -198,7 +186,7 @@ class DallePipeline(DiffusionPipeline):
             # diffusers refuses, before downloading, repos whose `model_index.json` names components from libraries
             # other than diffusers/transformers (ours are `hf_dalle` classes), but loads such a folder from disk. Only
             # the pipeline's own files are downloaded: model_index.json and the folders of the components it names.
-            repo_id = _hub_repo_id(pretrained_model_name_or_path, "pipeline")
+            repo_id = hub_repo_id(pretrained_model_name_or_path, "pipeline")
             download_kwargs = {key: kwargs.pop(key) for key in DOWNLOAD_KWARGS if key in kwargs}
             model_index = _read_model_index(hf_hub_download(repo_id, "model_index.json", **download_kwargs))
             folders = [f"{name}/*" for name in _pipeline_components(model_index) if name not in kwargs]
@@ -254,7 +242,7 @@ class DallePipeline(DiffusionPipeline):
         if os.path.isdir(pretrained_model_name_or_path):
             folder = os.fspath(pretrained_model_name_or_path)
         else:
-            repo_id = _hub_repo_id(pretrained_model_name_or_path, "LoRA adapter")
+            repo_id = hub_repo_id(pretrained_model_name_or_path, "LoRA adapter")
             download_kwargs = {key: kwargs.pop(key) for key in DOWNLOAD_KWARGS if key in kwargs}
             folder = snapshot_download(repo_id, allow_patterns=ADAPTER_FILES, **download_kwargs)
         config_path, weights_path = (os.path.join(folder, name) for name in ADAPTER_FILES)
@@ -486,6 +474,7 @@ class DallePipeline(DiffusionPipeline):
         num_new = config.max_sequence_length - streams.shape[1]
         cache, logits = self._encode_streams(streams, uncond_streams)
         generated = streams
+        uncond_text = uncond_streams[:, : config.max_text_length] if uncond_streams is not None else None
         # Flags of steps whose probabilities were not finite, checked once at the end (no device sync per step).
         non_finite = torch.zeros(num_new, dtype=torch.bool, device=logits.device)
         for step in range(num_new):
@@ -503,21 +492,20 @@ class DallePipeline(DiffusionPipeline):
                 generated, rewritten = self._run_callback(
                     callback_on_step_end, callback_on_step_end_tensor_inputs, first_step + step, generated, scores
                 )
-                if rewritten and step + 1 < num_new:  # earlier codes changed: re-encode them, the cache has the old
-                    uncond = uncond_streams
-                    if uncond is not None:
-                        uncond = torch.cat(
-                            [uncond[:, : config.max_text_length], generated[:, config.max_text_length :]], 1
-                        )
-                    cache, _ = self._encode_streams(generated[:, :-1], None if uncond is None else uncond[:, :-1])
+                if rewritten and step + 1 < num_new:  # earlier codes changed: the cache holds the old ones
+                    prefix = generated[:, :-1]
+                    uncond_prefix = None
+                    if uncond_streams is not None:  # the unconditional rows read the same codes
+                        uncond_prefix = torch.cat([uncond_text, prefix[:, config.max_text_length :]], dim=1)
+                    cache, _ = self._encode_streams(prefix, uncond_prefix)
             if step + 1 < num_new:
                 step_ids = generated[:, -1:]
                 step_ids = torch.cat([step_ids, step_ids]) if uncond_streams is not None else step_ids
                 logits = self.transformer(step_ids, past_key_values=cache, use_cache=True).logits[:, -1]
         if non_finite.any():
             raise ValueError(
-                f"Sampling met non-finite probabilities (NaN or infinite logits) at code {int(non_finite.nonzero()[0])} "
-                "of the grid: the model's weights or a loaded adapter hold NaN/inf values, or the temperature is too "
+                f"Sampling met non-finite probabilities (NaN or infinite logits) at step {int(non_finite.nonzero()[0])}: "
+                "the model's weights or a loaded adapter hold NaN/inf values, or the temperature is too "
                 "small for float32 logits. No image is returned from NaN probabilities."
             )
         return generated[:, config.max_text_length :] - config.text_vocab_size

@@ -12,15 +12,15 @@ from hf_dalle.models.dalle_vqgan import inverse_haar_wavelet
 
 
 def tiny_config(**overrides) -> DalleVQGANConfig:
-    kwargs = dict(
-        vocab_size=64,
-        embed_dim=32,
-        latent_channels=32,
-        block_out_channels=[32, 32],
-        layers_per_block=1,
-        attention_resolutions=[16],
-        image_size=32,
-    )
+    kwargs = {
+        "vocab_size": 64,
+        "embed_dim": 32,
+        "latent_channels": 32,
+        "block_out_channels": [32, 32],
+        "layers_per_block": 1,
+        "attention_resolutions": [16],
+        "image_size": 32,
+    }
     return DalleVQGANConfig(**{**kwargs, **overrides})
 
 

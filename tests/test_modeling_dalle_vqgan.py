@@ -31,7 +31,12 @@ def images():
 
 def test_default_config_is_the_sber_vqgan():
     config = DalleVQGANConfig()
-    assert (config.vocab_size, config.downsample_factor, config.latent_size, config.quantizer) == (8192, 8, 32, "gumbel")
+    assert (config.vocab_size, config.downsample_factor, config.latent_size, config.quantizer) == (
+        8192,
+        8,
+        32,
+        "gumbel",
+    )
     assert config.attention_levels() == [False, False, False, True]
 
 

@@ -2,6 +2,7 @@
 Sber-layout VQGANs (plain and wavelet, small) built with `rudalle.vae.model` and taming's modules, saved in the
 released file layouts, converted, and compared (parity, in the reference venv); plus the loader's safety and errors."""
 
+import hashlib
 import sys
 import types
 
@@ -15,6 +16,7 @@ from hf_dalle.convert_rudalle_vqgan import (
     convert_sber_vqgan,
     load_torch_checkpoint_state_dict,
     vqgan_config_from_taming,
+    vqgan_model_card,
 )
 
 
@@ -181,6 +183,20 @@ def test_checkpoint_that_does_not_match_the_config_raises(tmp_path, config_path)
     torch.save(state_dict, path)
     with pytest.raises(ValueError, match="checkpoint keys have no place.*parameters have no source"):
         convert_sber_vqgan(path, config_path)
+
+
+def test_model_card_names_the_architecture_and_the_sources(tmp_path):
+    model = DalleVQGAN(vqgan_config_from_taming(small_taming_config(), wavelet_decoder=True))
+    checkpoint = tmp_path / "vqgan.gumbelf8-sber-dwt.model.ckpt"
+    checkpoint.write_bytes(b"weights")
+    card = str(vqgan_model_card(model, "user/sber-vqgan-dwt", [checkpoint], command="python convert.py"))
+    assert "license: apache-2.0" in card and "library_name: hf_dalle" in card
+    assert 'DalleVQGAN.from_pretrained("user/sber-vqgan-dwt")' in card
+    assert "| encoder input | 32x32 -> 8x8 codes |" in card
+    assert "| decoder output | 64x64 (Haar wavelet coefficients" in card
+    assert "argmax of the Gumbel projection" in card
+    assert f"| `{checkpoint.name}` | `{hashlib.sha256(b'weights').hexdigest()}` |" in card
+    assert f"{model.num_parameters():,}" in card
 
 
 def test_taming_config_errors():

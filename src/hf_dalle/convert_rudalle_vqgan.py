@@ -19,8 +19,10 @@ import zipfile
 
 import torch
 import yaml
+from huggingface_hub import ModelCard, ModelCardData
 
 from .convert_openai_dvae import _stand_in, _unpickling_reason
+from .hub_utils import render_model_card, sha256_of
 from .models.dalle_vqgan import DalleVQGAN, DalleVQGANConfig
 
 
@@ -222,9 +224,41 @@ def convert_sber_vqgan(
     return model.to(torch_dtype).eval()
 
 
+def vqgan_model_card(
+    model: DalleVQGAN,
+    repo_id: str,
+    sources: list[str | os.PathLike],
+    origin: str = "ruDALL-E's Sber VQGAN (`shonenkov/rudalle-utils`)",
+    command: str | None = None,
+    license: str = "apache-2.0",
+    model_name: str | None = None,
+) -> ModelCard:
+    """The model card (`model_cards/dalle_vqgan.md`) of a converted VQGAN: architecture, usage, and the conversion's
+    provenance (the `sources` files with their SHA-256, the `command` that ran). ruDALL-E's weights are Apache 2.0."""
+    from . import __version__  # the package's, once it is imported
+
+    wavelet = model.config.wavelet_decoder
+    return render_model_card(
+        "dalle_vqgan",
+        ModelCardData(license=license, tags=["vqgan", "image-tokenizer", "rudalle", "dall-e"]),
+        model_name=model_name or f"Sber VQGAN{' (wavelet decoder)' if wavelet else ''} for hf_dalle",
+        repo_id=repo_id,
+        config=model.config,
+        num_parameters=model.num_parameters(),
+        conversion={
+            "origin": origin,
+            "hf_dalle_version": __version__,
+            "torch_version": torch.__version__,
+            "sources": [{"name": os.path.basename(path), "sha256": sha256_of(path)} for path in sources],
+            "command": command,
+        },
+    )
+
+
 __all__ = [
     "convert_sber_vqgan",
     "load_torch_checkpoint_state_dict",
     "taming_to_dalle_vqgan_state_dict",
     "vqgan_config_from_taming",
+    "vqgan_model_card",
 ]

@@ -4,6 +4,7 @@ Model cards are Jinja templates in the repository's `model_cards/` folder, rende
 (the YAML metadata comes from a `ModelCardData`). Uploads are `create_repo` + `upload_folder`.
 """
 
+import hashlib
 import os
 import uuid
 from pathlib import Path
@@ -36,6 +37,15 @@ def render_model_card(template: str | os.PathLike, card_data: ModelCardData, **t
     if card_data.library_name is None:
         card_data.library_name = "hf_dalle"
     return ModelCard.from_template(card_data, template_path=str(path), **template_kwargs)
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file (read in 1 MiB chunks), for the provenance table of a converted model's card."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_model_card(card: ModelCard, folder: str | os.PathLike) -> Path:
@@ -79,4 +89,4 @@ def push_folder_to_hub(
     )
 
 
-__all__ = ["MODEL_CARDS_DIR", "push_folder_to_hub", "render_model_card", "write_model_card"]
+__all__ = ["MODEL_CARDS_DIR", "push_folder_to_hub", "render_model_card", "sha256_of", "write_model_card"]

@@ -9,7 +9,6 @@ The pickles are read without running code from them and without the `dall_e` pac
 """
 
 import argparse
-import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -19,7 +18,14 @@ from huggingface_hub import ModelCardData
 
 import hf_dalle
 from hf_dalle import convert_openai_dvae
-from hf_dalle.hub_utils import command_for_card, path_for_card, push_folder_to_hub, render_model_card, write_model_card
+from hf_dalle.hub_utils import (
+    command_for_card,
+    path_for_card,
+    push_folder_to_hub,
+    render_model_card,
+    sha256_of,
+    write_model_card,
+)
 
 
 def parse_args(argv=None):
@@ -34,14 +40,6 @@ def parse_args(argv=None):
         "--license", default="mit", help="License of the weights for the model card (OpenAI's DALL-E repo: MIT)."
     )
     return parser.parse_args(argv)
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def main(argv=None):

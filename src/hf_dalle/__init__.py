@@ -6,8 +6,12 @@ Importing the package registers its models with the transformers Auto classes.
 from pathlib import Path
 
 from .convert_openai_dvae import convert_openai_dvae
+from .convert_ruclip import convert_ruclip
+from .convert_rudalle_vqgan import convert_sber_vqgan
+from .convert_yttm import convert_yttm_to_tokenizer
 from .models.dalle import DalleConfig, DalleForImageGeneration, DalleModel, DalleStreamLogitsProcessor
 from .models.dalle_vae import DalleVAE, DalleVAEConfig, map_pixels, unmap_pixels
+from .models.dalle_vqgan import DalleVQGAN, DalleVQGANConfig
 from .pipelines import DallePipeline, DallePipelineOutput
 from .tokenization_dalle import DalleTokenizer
 
@@ -28,7 +32,12 @@ __all__ = [
     "DalleTokenizer",
     "DalleVAE",
     "DalleVAEConfig",
+    "DalleVQGAN",
+    "DalleVQGANConfig",
     "convert_openai_dvae",
+    "convert_ruclip",
+    "convert_sber_vqgan",
+    "convert_yttm_to_tokenizer",
     "map_pixels",
     "unmap_pixels",
 ]

@@ -7,6 +7,7 @@ hold (weights, configs, tokenizer files, the card, sample images), so that a str
 in the folder stays local.
 """
 
+import hashlib
 import logging
 import os
 import shlex
@@ -99,6 +100,15 @@ def command_for_card(script: str, argv: list[str] | None) -> str:
     return shlex.join(["python", f"scripts/{script}", *map(clean, sys.argv[1:] if argv is None else argv)])
 
 
+def sha256_of(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file (read in 1 MiB chunks), for the provenance table of a converted model's card."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def write_model_card(card: ModelCard, folder: str | os.PathLike) -> Path:
     """Write `card` as `folder/README.md` (through a temporary file, so no half-written card is left)."""
     path = Path(folder) / "README.md"
@@ -173,5 +183,6 @@ __all__ = [
     "path_for_card",
     "push_folder_to_hub",
     "render_model_card",
+    "sha256_of",
     "write_model_card",
 ]

@@ -28,6 +28,7 @@ there are few candidates) and only each caption's best images are kept.
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -171,10 +172,9 @@ def generate_captions(pipe: DallePipeline, items: list[tuple[int, str]], args):
     The pipeline is called on batches of `candidate_batch_size` (caption, candidate) rows, each row a prompt with one
     candidate and its own generator: a batch may span captions, and the pipeline's per-candidate generators make each
     image independent of the batching."""
-    rows = [(index, caption, k) for index, caption in items for k in range(args.num_candidates)]
+    rows = ((index, caption, k) for index, caption in items for k in range(args.num_candidates))  # lazily: any N
     kept: dict[int, list] = {}
-    for start in range(0, len(rows), args.candidate_batch_size):
-        batch = rows[start : start + args.candidate_batch_size]
+    while batch := list(itertools.islice(rows, args.candidate_batch_size)):
         seeds = [candidate_seed(args.seed, index, k) for index, _, k in batch]
         output = pipe(
             [caption for _, caption, _ in batch],

@@ -25,6 +25,7 @@ per radius), evaluation.md and fid_vs_blur.png (FID and IS against blur radius, 
 """
 
 import argparse
+import importlib.util
 import json
 import sys
 from collections.abc import Iterable, Iterator
@@ -302,6 +303,12 @@ def main(argv=None) -> int:
     generation = json.loads(config_path.read_text()) if config_path.is_file() else {}
 
     if args.features == "inception":
+        if importlib.util.find_spec("torch_fidelity") is None:
+            raise SystemExit(
+                "--features inception needs torch-fidelity (torchmetrics' standard InceptionV3), which needs a "
+                "torchvision built for your torch: pip install torch-fidelity torchvision==<the one matching torch>. "
+                "Without it (or offline: its weights are downloaded on first use), --features clip --features_model M."
+            )
         fid_feature, is_feature, feature_space = 2048, "logits_unbiased", "InceptionV3 pool (2048)"
     else:
         fid_feature, is_feature = CLIPImageFeatures(*load_clip(args.features_model)).to(args.device), None

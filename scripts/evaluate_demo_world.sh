@@ -8,7 +8,8 @@
 #   bash scripts/evaluate_demo_world.sh [RUN_DIR]     (default runs/demo_eval; PYTHON, CAPTIONS, LAUNCH to change)
 #
 # Results: RUN_DIR/{seen,held_out}/eval_{first,best}/evaluation.md, RUN_DIR/floor_{seen,held_out}/evaluation.md and
-# RUN_DIR/summary.md (the table of the README's "Evaluate" section).
+# RUN_DIR/summary.md (the table of the README's "Evaluate" section, with the pixel judge's accuracy of the same
+# images).
 set -euo pipefail
 RUN=${1:-runs/demo_eval}
 PYTHON=${PYTHON:-python}
@@ -55,17 +56,25 @@ done
 $PYTHON - "$RUN" <<'EOF'
 import json, sys
 from pathlib import Path
+from PIL import Image
+from hf_dalle.data import judge_image
+sys.path.insert(0, "scripts")
+from evaluate import read_manifest
 run = Path(sys.argv[1])
 rows = [("seen", "drawn again (floor)", "floor_seen"), ("seen", "N=1", "seen/eval_first"),
         ("seen", "best of 16", "seen/eval_best"), ("held out", "drawn again (floor)", "floor_held_out"),
         ("held out", "N=1", "held_out/eval_first"), ("held out", "best of 16", "held_out/eval_best")]
 first = json.loads((run / rows[0][2] / "evaluation.json").read_text())["results"]
 radii = [r["blur_radius"] for r in first["per_blur_radius"]]
-lines = ["| captions | images | " + " | ".join(f"FD, blur {r:g}" for r in radii) + " | CLIP score |",
-         "|---|---|" + "---|" * len(radii) + "---|"]
+lines = ["| captions | images | " + " | ".join(f"FD, blur {r:g}" for r in radii) + " | CLIP score | judge |",
+         "|---|---|" + "---|" * len(radii) + "---|---|"]
 for group, images, folder in rows:
-    results = json.loads((run / folder / "evaluation.json").read_text())["results"]
+    report = json.loads((run / folder / "evaluation.json").read_text())
+    results, generated = report["results"], Path(report["evaluation"]["generated_dir"])
+    entries = read_manifest(generated, report["evaluation"]["select"])
+    judged = [judge_image(Image.open(generated / e["file"]), e["caption"]).correct for e in entries]
     cells = [f"{r['fid']:.4f}" for r in results["per_blur_radius"]] + [f"{results['clip_score']:.2f}"]
+    cells.append(f"{100 * sum(judged) / len(judged):.1f}%")
     lines.append(f"| {group} ({results['num_generated_images']}) | {images} | " + " | ".join(cells) + " |")
 (run / "summary.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))

@@ -178,3 +178,17 @@ def test_select_first_needs_every_candidate_0(tmp_path):
     assert evaluate.read_manifest(tmp_path, "best")[0]["candidate"] == 3
     with pytest.raises(FileNotFoundError, match="no manifest.jsonl"):
         evaluate.read_manifest(tmp_path / "missing", "best")
+
+
+def test_inception_without_torch_fidelity_says_what_to_install(tmp_path, monkeypatch):
+    (tmp_path / "manifest.jsonl").write_text(
+        json.dumps({"caption_index": 0, "caption": "a red circle", "rank": 0, "candidate": 0, "file": "x.png"}) + "\n"
+    )
+    find_spec = evaluate.importlib.util.find_spec
+    monkeypatch.setattr(
+        evaluate.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "torch_fidelity" else find_spec(name, *a),
+    )
+    with pytest.raises(SystemExit, match="needs torch-fidelity .* --features clip --features_model M"):
+        evaluate.main(["--generated_dir", str(tmp_path), "--reference_shapes", "--output_dir", str(tmp_path / "out")])

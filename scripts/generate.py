@@ -1,0 +1,337 @@
+#!/usr/bin/env python
+"""Generate CLIP-reranked images for a whole caption set, on one process or many, resumably.
+
+    python scripts/generate.py --captions captions.txt --num_candidates 16 --output_dir runs/gen
+    accelerate launch --num_processes 8 scripts/generate.py --model PIPELINE --captions captions_val2014.json \\
+        --max_captions 30000 --num_candidates 512 --output_dir runs/coco
+
+Captions come from a .txt file (one caption a line), a .jsonl file (one object a line, the caption under
+--caption_column), an MS-COCO annotations file (`captions_val2014.json`: its "annotations") or a dataset
+(--dataset_name, a Hub id or a `save_to_disk` folder, with --caption_column). --max_captions keeps a random sample of
+that many (seeded by --seed, in source order).
+
+For every caption, --num_candidates candidates are sampled, each with its own generator seeded from (--seed, caption
+index, candidate index), scored against the caption by the pipeline's CLIP, and the best --num_images_per_prompt are
+written to OUTPUT_DIR/images/{caption index:06d}_{rank}.png. So the files do not depend on the number of processes
+or on --candidate_batch_size. OUTPUT_DIR/manifest.jsonl has one line per image, by caption index then rank:
+caption_index, caption, source_index (its line / entry in the source), rank (0 = best), candidate, seed, clip_score
+(null without a CLIP model), file (relative to OUTPUT_DIR), plus the source's image_id where it has one.
+OUTPUT_DIR/generation_config.json records the settings (the reranking among them).
+
+`accelerate launch` splits the unfinished captions over the processes (`split_between_processes`). Each process
+appends a line per finished caption to OUTPUT_DIR/manifest.parts/rank-{i}.jsonl after writing its images (atomically),
+so a killed run loses only the captions in flight: a rerun with the same settings, on any number of processes, skips
+the finished ones. The last step merges the parts into manifest.jsonl. Memory stays bounded for any
+--num_candidates: candidates are sampled --candidate_batch_size at a time (rows of several captions together when
+there are few candidates) and only each caption's best images are kept.
+"""
+
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from hf_dalle import DEMO_MODEL_DIR, DallePipeline
+from hf_dalle.training import write_folder_atomically
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Settings that change what is generated: a rerun into the same folder must use the same ones.
+GENERATION_SETTINGS = (
+    "model",
+    "num_candidates",
+    "num_images_per_prompt",
+    "seed",
+    "negative_prompt",
+    "temperature",
+    "top_k",
+    "top_p",
+    "guidance_scale",
+    "dtype",
+)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=DEMO_MODEL_DIR, help="Pipeline folder or Hub id (default: the demo model).")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--captions", help="A .txt (a caption a line), .jsonl or MS-COCO annotations .json file.")
+    source.add_argument("--dataset_name", help="A datasets Hub id or a `save_to_disk` folder holding the captions.")
+    parser.add_argument("--dataset_config_name", default=None, help="The dataset's configuration, if it has several.")
+    parser.add_argument("--dataset_split", default="train", help="The dataset's split (default: train).")
+    parser.add_argument(
+        "--caption_column", default="caption", help="Caption field of .jsonl / dataset rows (default: caption)."
+    )
+    parser.add_argument(
+        "--max_captions", type=int, default=None, help="Keep a random sample (seeded by --seed) of this many captions."
+    )
+    parser.add_argument("--output_dir", required=True, help="Where images/, manifest.jsonl and the config go.")
+    parser.add_argument("--num_candidates", type=int, default=16, help="Candidates sampled per caption (default: 16).")
+    parser.add_argument(
+        "--num_images_per_prompt", type=int, default=1, help="Best candidates written per caption (default: 1)."
+    )
+    parser.add_argument("--seed", type=int, default=0, help="Global seed of the candidates (default: 0).")
+    parser.add_argument(
+        "--candidate_batch_size", type=int, default=16, help="Candidates sampled together per process (default: 16)."
+    )
+    parser.add_argument("--negative_prompt", default=None, help="Caption to steer away from (with guidance > 1).")
+    parser.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature (default: 1.0).")
+    parser.add_argument("--top_k", type=int, default=None, help="Sample among the k most likely codes (default: all).")
+    parser.add_argument("--top_p", type=float, default=None, help="Nucleus sampling threshold (default: off).")
+    parser.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=None,
+        help="Classifier-free guidance scale (default: the pipeline's default_guidance_scale; 1 = off).",
+    )
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="Model dtype (default: float32).")
+    args = parser.parse_args(argv)
+    if args.num_candidates < 1 or not 1 <= args.num_images_per_prompt <= args.num_candidates:
+        parser.error(
+            f"--num_images_per_prompt must be between 1 and --num_candidates ({args.num_candidates}), "
+            f"got {args.num_images_per_prompt}."
+        )
+    if args.candidate_batch_size < 1:
+        parser.error(f"--candidate_batch_size must be positive, got {args.candidate_batch_size}.")
+    if args.max_captions is not None and args.max_captions < 1:
+        parser.error(f"--max_captions must be positive, got {args.max_captions}.")
+    return args
+
+
+def load_captions(args) -> list[dict]:
+    """The caption set: dicts with `caption`, `source_index` (position in the source) and, where the source has it,
+    `image_id`; a `--max_captions` sample keeps source order."""
+    if args.dataset_name:
+        import datasets
+
+        if os.path.isdir(args.dataset_name):
+            dataset = datasets.load_from_disk(args.dataset_name)
+            dataset = dataset[args.dataset_split] if isinstance(dataset, datasets.DatasetDict) else dataset
+        else:
+            dataset = datasets.load_dataset(args.dataset_name, args.dataset_config_name, split=args.dataset_split)
+        if args.caption_column not in dataset.column_names:
+            raise ValueError(
+                f"--caption_column {args.caption_column!r} is not a column of {args.dataset_name} "
+                f"(columns: {', '.join(dataset.column_names)})."
+            )
+        rows, source, column = [{"caption": c} for c in dataset[args.caption_column]], args.dataset_name, "caption"
+    else:
+        path, source = Path(args.captions), args.captions
+        column = args.caption_column if path.suffix == ".jsonl" else "caption"
+        if not path.is_file():
+            raise FileNotFoundError(f"--captions {path} is not a file.")
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".txt":
+            rows = [{"caption": line} for line in text.splitlines() if line.strip()]
+        elif path.suffix == ".jsonl":
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        elif path.suffix == ".json":
+            annotations = json.loads(text)
+            if not isinstance(annotations, dict) or "annotations" not in annotations:
+                raise ValueError(f"{path} is not an MS-COCO captions file: it has no 'annotations' list.")
+            rows = annotations["annotations"]
+        else:
+            raise ValueError(f"--captions must be a .txt, .jsonl or MS-COCO .json file, got {path.name}.")
+    items = []
+    for index, row in enumerate(rows):
+        caption = row.get(column)
+        if not isinstance(caption, str) or not caption.strip():
+            raise ValueError(f"Caption {index} of {source} is empty or missing (field {column!r}): {row!r}.")
+        item = {"caption": " ".join(caption.split()), "source_index": index}
+        if "image_id" in row:
+            item["image_id"] = row["image_id"]
+        items.append(item)
+    if not items:
+        raise ValueError(f"{source} holds no captions.")
+    if args.max_captions is not None and args.max_captions < len(items):
+        keep = sorted(random.Random(args.seed).sample(range(len(items)), args.max_captions))
+        items = [items[i] for i in keep]
+    return items
+
+
+def candidate_seed(seed: int, caption_index: int, candidate_index: int) -> int:
+    """The seed of one candidate, a function of (global seed, caption index, candidate index) only (numpy's
+    `SeedSequence` hashes the three into well-spread, independent streams)."""
+    return int(np.random.SeedSequence([seed, caption_index, candidate_index]).generate_state(1, np.uint64)[0])
+
+
+def generate_captions(pipe: DallePipeline, items: list[tuple[int, str]], args):
+    """Yield `(caption_index, best)` for each `(caption_index, caption)` of `items` as soon as all its candidates are
+    scored; `best` is a list of `(candidate, seed, image, clip_score)`, best first (by CLIP score, ties in candidate
+    order as the pipeline ranks them; the first candidates without a CLIP model).
+
+    The pipeline is called on batches of `candidate_batch_size` (caption, candidate) rows, each row a prompt with one
+    candidate and its own generator: a batch may span captions, and the pipeline's per-candidate generators make each
+    image independent of the batching."""
+    rows = ((index, caption, k) for index, caption in items for k in range(args.num_candidates))  # lazily: any N
+    kept: dict[int, list] = {}
+    while batch := list(itertools.islice(rows, args.candidate_batch_size)):
+        seeds = [candidate_seed(args.seed, index, k) for index, _, k in batch]
+        output = pipe(
+            [caption for _, caption, _ in batch],
+            negative_prompt=args.negative_prompt,
+            num_candidates=1,
+            num_images_per_prompt=1,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            guidance_scale=args.guidance_scale,
+            generator=[torch.Generator().manual_seed(s) for s in seeds],
+            candidate_batch_size=len(batch),
+        )
+        scores = output.scores if output.scores is not None else [None] * len(batch)
+        for (index, _, k), seed, image, score in zip(batch, seeds, output.images, scores):
+            candidates = kept.setdefault(index, []) + [(k, seed, image, score)]
+            if score is not None:  # stable: equal scores keep candidate order
+                candidates.sort(key=lambda candidate: -candidate[3])
+            kept[index] = candidates[: args.num_images_per_prompt]
+            if k == args.num_candidates - 1:
+                yield index, kept.pop(index)
+
+
+def read_parts(parts_dir: Path) -> dict[int, dict]:
+    """The finished captions recorded in `parts_dir` by any earlier or concurrent process: caption index -> record.
+    A line cut short by a kill is not a record (its caption is generated again)."""
+    finished = {}
+    for part in sorted(parts_dir.glob("rank-*.jsonl")):
+        for line in part.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            finished[record["caption_index"]] = record
+    return finished
+
+
+class JobProgress:
+    """A progress bar over the whole job's captions on the main process: it counts the lines every process has
+    appended to its part file (reading only what is new each time)."""
+
+    def __init__(self, parts_dir: Path, total: int, finished: int, enabled: bool):
+        self.parts_dir, self.offsets = parts_dir, {p: p.stat().st_size for p in parts_dir.glob("rank-*.jsonl")}
+        self.bar = tqdm(total=total, initial=finished, unit="caption", desc="captions", disable=not enabled)
+        self.enabled = enabled
+
+    def refresh(self) -> None:
+        if not self.enabled:
+            return
+        new = 0
+        for part in self.parts_dir.glob("rank-*.jsonl"):
+            with open(part, "rb") as file:
+                file.seek(self.offsets.get(part, 0))
+                chunk = file.read()
+            self.offsets[part] = self.offsets.get(part, 0) + len(chunk)
+            new += chunk.count(b"\n")
+        self.bar.update(min(new, self.bar.total - self.bar.n))
+
+    def close(self) -> None:
+        self.refresh()
+        self.bar.close()
+
+
+def write_caption(output_dir: Path, item: dict, index: int, best: list) -> dict:
+    """Write one caption's images atomically; its record for the manifest."""
+    names = [f"{index:06d}_{rank}.png" for rank in range(len(best))]
+
+    def save(folder: Path) -> None:
+        for name, (_, _, image, _) in zip(names, best):
+            image.save(folder / name, format="PNG")
+
+    write_folder_atomically(output_dir / "images", save)
+    extra = {"image_id": item["image_id"]} if "image_id" in item else {}
+    images = [
+        {
+            "caption_index": index,
+            "caption": item["caption"],
+            "source_index": item["source_index"],
+            **extra,
+            "rank": rank,
+            "candidate": candidate,
+            "seed": seed,
+            "clip_score": score,
+            "file": f"images/{name}",
+        }
+        for rank, (name, (candidate, seed, _, score)) in enumerate(zip(names, best))
+    ]
+    return {"caption_index": index, "images": images}
+
+
+def job_settings(args, captions: list[dict]) -> dict:
+    digest = hashlib.sha256("\n".join(item["caption"] for item in captions).encode()).hexdigest()
+    settings = {key: getattr(args, key) for key in GENERATION_SETTINGS}
+    settings["model"] = str(settings["model"])
+    return {**settings, "num_captions": len(captions), "captions_sha256": digest}
+
+
+def check_or_write_settings(output_dir: Path, settings: dict) -> None:
+    """Record the job's settings; a rerun into a folder that holds another job's images is refused."""
+    path = output_dir / "generation_config.json"
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        differing = sorted(key for key in settings if recorded.get(key) != settings[key])
+        if differing:
+            raise SystemExit(
+                f"{output_dir} holds a generation run with other settings ({', '.join(differing)}: "
+                f"{[recorded.get(k) for k in differing]} there, {[settings[k] for k in differing]} now); "
+                "use another --output_dir or the same settings to resume."
+            )
+        return
+    text = json.dumps(settings, indent=2) + "\n"
+    write_folder_atomically(output_dir, lambda folder: (folder / path.name).write_text(text))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    accelerator = Accelerator()
+    captions = load_captions(args)
+    output_dir = Path(args.output_dir)
+    parts_dir = output_dir / "manifest.parts"
+    if accelerator.is_main_process:
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        check_or_write_settings(output_dir, job_settings(args, captions))
+    accelerator.wait_for_everyone()
+
+    pipe = DallePipeline.from_pretrained(args.model, dtype=DTYPES[args.dtype]).to(accelerator.device)
+    pipe.set_progress_bar_config(disable=True)
+    finished = read_parts(parts_dir)
+    pending = [(i, item["caption"]) for i, item in enumerate(captions) if i not in finished]
+    progress = JobProgress(parts_dir, len(captions), len(finished), accelerator.is_main_process)
+    accelerator.wait_for_everyone()  # everyone has read the parts before anyone appends to them
+    part = parts_dir / f"rank-{accelerator.process_index}.jsonl"
+    if part.is_file() and part.stat().st_size and not part.read_bytes().endswith(b"\n"):
+        with open(part, "a", encoding="utf-8") as file:  # end a line cut short by a kill before appending
+            file.write("\n")
+    with accelerator.split_between_processes(pending) as mine, open(part, "a", encoding="utf-8") as file:
+        for index, best in generate_captions(pipe, mine, args):
+            record = write_caption(output_dir, captions[index], index, best)
+            file.write(json.dumps(record) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+            progress.refresh()
+    accelerator.wait_for_everyone()
+    progress.close()
+
+    if accelerator.is_main_process:
+        finished = read_parts(parts_dir)
+        missing = [i for i in range(len(captions)) if i not in finished]
+        if missing:
+            raise RuntimeError(f"{len(missing)} captions have no record in {parts_dir} (first: {missing[:5]}).")
+        lines = [json.dumps(entry) for i in range(len(captions)) for entry in finished[i]["images"]]
+        text = "\n".join(lines) + "\n"
+        write_folder_atomically(output_dir, lambda folder: (folder / "manifest.jsonl").write_text(text))
+        print(f"{output_dir / 'manifest.jsonl'}: {len(lines)} images of {len(captions)} captions")
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

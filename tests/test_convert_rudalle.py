@@ -1,6 +1,7 @@
 """ruDALL-E conversion: the transformer, the caption tokenizer and the converter script, checked against ruDALL-E's
 own code (marker `parity`, in the reference venv) and, without it, for their errors and file layout."""
 
+import json
 import random
 
 import pytest
@@ -8,9 +9,13 @@ import torch
 from rudalle_reference import (
     import_rudalle,
 )
+from test_benchmarks import load_script
+from test_convert_yttm import write_model
 
+from hf_dalle import DalleForImageGeneration, DalleTokenizer
 from hf_dalle.convert_rudalle import (
     RUDALLE_MODELS,
+    convert_rudalle,
     rudalle_attention_types,
     rudalle_dalle_config,
     rudalle_tokenizer,
@@ -101,3 +106,136 @@ def test_tokenizer_gives_rudalle_ids(hf_version, tmp_path, monkeypatch):
 
     reloaded = type(tokenizer).from_pretrained(tokenizer.save_pretrained(tmp_path / "saved")[0].rsplit("/", 1)[0])
     assert torch.equal(reloaded.encode_captions(captions), ids)
+
+
+def tiny_params(hf_version="v3", num_layers=4, hidden_size=32, text_seq_length=8, grid=4, caption_vocab=16):
+    return {
+        "num_layers": num_layers,
+        "hidden_size": hidden_size,
+        "num_attention_heads": 2,
+        "text_seq_length": text_seq_length,
+        "image_tokens_per_dim": grid,
+        "vocab_size": caption_vocab + text_seq_length,
+        "image_vocab_size": 32,
+        "cogview_sandwich_layernorm": True,
+        "hf_version": hf_version,
+    }
+
+
+def fake_rudalle_state_dict(params: dict) -> dict[str, torch.Tensor]:
+    """A state dict with the names and shapes of ruDALL-E's `DalleModel` (random float16 values), for the tests that
+    need no ruDALL-E code."""
+    width, text, grid = params["hidden_size"], params["text_seq_length"], params["image_tokens_per_dim"]
+    shapes = {
+        "text_embeddings.weight": (params["vocab_size"], width),
+        "image_embeddings.weight": (params["image_vocab_size"], width),
+        "text_pos_embeddings.weight": (text + 1, width),
+        "image_row_embeddings.weight": (grid, width),
+        "image_col_embeddings.weight": (grid, width),
+        "to_logits.0.weight": (width,),
+        "to_logits.0.bias": (width,),
+        "to_logits.1.weight": (params["vocab_size"] + params["image_vocab_size"], width),
+        "to_logits.1.bias": (params["vocab_size"] + params["image_vocab_size"],),
+        "transformer.final_layernorm.weight": (width,),
+        "transformer.final_layernorm.bias": (width,),
+    }
+    layer = {
+        "input_layernorm": (width, width),
+        "before_first_addition_layernorm": (width, width),
+        "before_second_addition_layernorm": (width, width),
+        "attention.query_key_value": (3 * width, width),
+        "attention.dense": (width, width),
+        "post_attention_layernorm": (width, width),
+        "mlp.dense_h_to_4h": (4 * width, width),
+        "mlp.dense_4h_to_h": (width, 4 * width),
+    }
+    for i in range(params["num_layers"]):
+        for name, (rows, columns) in layer.items():
+            is_norm = "layernorm" in name
+            shapes[f"transformer.layers.{i}.{name}.weight"] = (rows,) if is_norm else (rows, columns)
+            shapes[f"transformer.layers.{i}.{name}.bias"] = (rows,)
+    generator = torch.Generator().manual_seed(0)
+    state_dict = {name: torch.randn(shape, generator=generator).half() for name, shape in shapes.items()}
+    state_dict["transformer.row_mask"] = torch.ones(4, 4, dtype=torch.bool)  # ignored: the config gives the masks
+    return state_dict
+
+
+def test_sharded_conversion_loads_the_same_weights(tmp_path):
+    params = tiny_params()
+    state_dict = fake_rudalle_state_dict(params)
+    torch.save(state_dict, tmp_path / "pytorch_model.bin")
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    convert_rudalle(tmp_path / "pytorch_model.bin", params, single)
+    convert_rudalle(tmp_path / "pytorch_model.bin", params, sharded, max_shard_bytes=20_000)
+    shards = sorted(p.name for p in (sharded / "transformer").glob("*.safetensors"))
+    assert len(shards) > 3 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    assert [p.name for p in (single / "transformer").glob("*.safetensors")] == ["model.safetensors"]
+    a = DalleForImageGeneration.from_pretrained(single / "transformer", dtype=torch.float32).state_dict()
+    b = DalleForImageGeneration.from_pretrained(sharded / "transformer", dtype=torch.float32).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # Weights kept in their dtype (float16), and mapped: the stream table is the text table, then the image table.
+    loaded = DalleForImageGeneration.from_pretrained(single / "transformer")
+    assert loaded.dtype == torch.float16
+    table = loaded.model.embeddings.token_embedding.weight
+    assert torch.equal(table, torch.cat([state_dict["text_embeddings.weight"], state_dict["image_embeddings.weight"]]))
+    assert torch.equal(
+        loaded.model.layers[3].mlp.fc_out.bias, state_dict["transformer.layers.3.mlp.dense_4h_to_h.bias"]
+    )
+    generation = json.loads((single / "transformer" / "generation_config.json").read_text())
+    assert (generation["top_k"], generation["top_p"], generation["do_sample"]) == (2048, 0.995, True)
+
+
+def test_conversion_errors_name_the_problem(tmp_path):
+    params = tiny_params()
+    state_dict = fake_rudalle_state_dict(params)
+    del state_dict["transformer.layers.2.mlp.dense_h_to_4h.bias"]
+    torch.save(state_dict, tmp_path / "missing.bin")
+    with pytest.raises(ValueError, match=r"missing \['transformer.layers.2.mlp.dense_h_to_4h.bias'\]"):
+        convert_rudalle(tmp_path / "missing.bin", params, tmp_path / "out")
+    assert not (tmp_path / "out" / "transformer").exists()  # nothing half written
+    torch.save(fake_rudalle_state_dict(params), tmp_path / "ok.bin")
+    with pytest.raises(ValueError, match=r"unexpected \['transformer.layers.3"):
+        convert_rudalle(tmp_path / "ok.bin", {**params, "num_layers": 3}, tmp_path / "out")
+    with pytest.raises(ValueError, match="text_embeddings.weight has shape"):
+        convert_rudalle(tmp_path / "ok.bin", {**params, "vocab_size": 30}, tmp_path / "out")
+    (tmp_path / "junk.bin").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+        convert_rudalle(tmp_path / "junk.bin", params, tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        convert_rudalle(tmp_path / "absent.bin", params, tmp_path / "out")
+
+
+def test_script_converts_from_the_hub(hub_server, tmp_path, monkeypatch, capsys):
+    """`--from_hub` downloads ruDALL-E's files under their released repo ids and names (small stand-ins here)."""
+    from huggingface_hub import HfApi
+
+    convert_script = load_script("convert_rudalle")
+    params = tiny_params()
+    release = RUDALLE_MODELS["Malevich"]
+    monkeypatch.setitem(RUDALLE_MODELS, "Malevich", type(release)("v3", params, release.repo_id, release.filename))
+    torch.save(fake_rudalle_state_dict(params), tmp_path / release.filename)
+    write_model(tmp_path / "bpe.model", {"\u2581": 4, "к": 5, "о": 6, "т": 7}, [(4, 5, 8), (6, 7, 9), (8, 9, 10)])
+    api = HfApi()
+    for repo_id, filename in ((release.repo_id, release.filename), ("shonenkov/rudalle-utils", "bpe.model")):
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_file(path_or_fileobj=tmp_path / filename, path_in_repo=filename, repo_id=repo_id)
+
+    output_dir = tmp_path / "converted"
+    convert_script.main(["--from_hub", "--model_name", "Malevich", "--output_dir", str(output_dir)])
+    assert "written to" in capsys.readouterr().out
+    model = DalleForImageGeneration.from_pretrained(output_dir / "transformer")
+    assert model.config.num_hidden_layers == 4 and model.config.conv_window == "clipped"
+    tokenizer = DalleTokenizer.from_pretrained(output_dir / "tokenizer")
+    assert tokenizer.encode_captions("  КОТ кот").tolist() == [[2, 10, 10, 3, 0, 0, 0, 0]]
+    card = (output_dir / "README.md").read_text()
+    assert "Malevich" in card and "--from_hub" in card
+
+
+def test_script_rejects_bad_arguments(tmp_path):
+    convert_script = load_script("convert_rudalle")
+    with pytest.raises(SystemExit):
+        convert_script.main(["--model_name", "Malevich", "--output_dir", str(tmp_path)])  # no --checkpoint
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="cannot read --rudalle_config"):
+        convert_script.main(["--rudalle_config", str(tmp_path / "config.json"), "--checkpoint", "x.bin",
+                             "--output_dir", str(tmp_path / "out")])  # fmt: skip

@@ -35,6 +35,7 @@ from transformers import GenerationConfig
 from .convert_yttm import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, convert_yttm_to_tokenizer, read_yttm_model
 from .models.dalle import DalleConfig
 from .tokenization_dalle import DalleTokenizer
+from .training.outputs import write_folder_atomically
 
 
 @dataclass(frozen=True)
@@ -177,14 +178,16 @@ def load_rudalle_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"ruDALL-E checkpoint {str(path)!r} not found.")
     try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as error:
-        if "mmap" not in str(error):
-            raise ValueError(f"{path} is not a readable PyTorch checkpoint: {error}") from error
-        # Checkpoints in torch's legacy (pre-zip) format cannot be memory-mapped: read them whole.
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:
+            if "mmap" not in str(error):
+                raise
+            # Checkpoints in torch's legacy (pre-zip) format cannot be memory-mapped: read them whole.
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint (a ruDALL-E state dict): {error}") from error
+        reason = str(error).splitlines()[0]
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint (a ruDALL-E state dict): {reason}") from error
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ValueError(f"{path} does not hold a state dict (a dict of tensors) of ruDALL-E's DalleModel.")
     return state_dict
@@ -236,12 +239,14 @@ def rudalle_tensors(
     expected = set(direct.values()) | set(tables)
     present = set(state_dict) - set(_MASK_BUFFERS)
     if present != expected:
-        missing, unexpected = sorted(expected - present), sorted(present - expected)
+        problems = []
+        for kind, names in (("missing", sorted(expected - present)), ("unexpected", sorted(present - expected))):
+            if names:
+                problems.append(f"{kind} {names[:8]}{' ...' if len(names) > 8 else ''}")
         raise ValueError(
             "The checkpoint does not match the ruDALL-E config "
             f"({config.num_hidden_layers} layers, sandwich LayerNorm {config.sandwich_layernorm}): "
-            f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''}, "
-            f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}."
+            f"{', '.join(problems)}."
         )
     width = config.hidden_size
     shapes = {
@@ -408,6 +413,47 @@ def convert_rudalle_transformer(
     return config
 
 
+def rudalle_model_params(model_name: str | None = None, rudalle_config: dict | None = None) -> dict:
+    """The `model_params` (plus `hf_version`) of a released model (`model_name`, a key of `RUDALLE_MODELS`) or the
+    given ruDALL-E config; exactly one of the two."""
+    if (model_name is None) == (rudalle_config is None):
+        raise ValueError("Name a released model (`model_name`) or give a ruDALL-E config, not both and not neither.")
+    if rudalle_config is not None:
+        return dict(rudalle_config)
+    if model_name not in RUDALLE_MODELS:
+        raise ValueError(f"Unknown ruDALL-E model {model_name!r}; the released ones are {list(RUDALLE_MODELS)}.")
+    release = RUDALLE_MODELS[model_name]
+    return {**release.model_params, "hf_version": release.hf_version}
+
+
+def convert_rudalle(
+    checkpoint: str | os.PathLike,
+    model_params: dict,
+    output_dir: str | os.PathLike,
+    tokenizer: str | os.PathLike | None = None,
+    max_shard_bytes: int = 500 * 2**20,
+) -> DalleConfig:
+    """
+    Convert a ruDALL-E transformer `checkpoint` (and its `bpe.model` caption `tokenizer`, if given) into `output_dir`
+    as the `transformer/` (and `tokenizer/`) subfolders of a [`DallePipeline`] folder, through a temporary folder so
+    that an interrupted run leaves no half-written file. Returns the transformer's config.
+
+    Memory: the checkpoint is memory-mapped and each shard of at most `max_shard_bytes` is built, written and freed
+    before the next, so the peak stays near one shard above the baseline whatever the model's size.
+    """
+    config = rudalle_dalle_config(model_params)
+    converted_tokenizer = rudalle_tokenizer(tokenizer, config) if tokenizer is not None else None
+
+    def write(folder: Path) -> None:
+        (folder / "transformer").mkdir()
+        convert_rudalle_transformer(checkpoint, model_params, folder / "transformer", max_shard_bytes)
+        if converted_tokenizer is not None:
+            converted_tokenizer.save_pretrained(folder / "tokenizer")
+
+    write_folder_atomically(output_dir, write)
+    return config
+
+
 __all__ = [
     "RUDALLE_MODELS",
     "RUDALLE_TOKENIZER_FILENAME",
@@ -415,11 +461,13 @@ __all__ = [
     "RUDALLE_TOP_P",
     "RUDALLE_UTILS_REPO",
     "RudalleRelease",
+    "convert_rudalle",
     "convert_rudalle_transformer",
     "load_rudalle_checkpoint",
     "rudalle_attention_types",
     "rudalle_dalle_config",
     "rudalle_generation_config",
+    "rudalle_model_params",
     "rudalle_tensors",
     "rudalle_tokenizer",
     "save_sharded_safetensors",

@@ -6,13 +6,14 @@ import random
 
 import pytest
 import torch
+from reference_models import import_reference
 from rudalle_reference import (
     import_rudalle,
 )
 from test_benchmarks import load_script
 from test_convert_yttm import write_model
 
-from hf_dalle import DalleForImageGeneration, DalleTokenizer
+from hf_dalle import DalleForImageGeneration, DallePipeline, DalleTokenizer
 from hf_dalle.convert_rudalle import (
     RUDALLE_MODELS,
     convert_rudalle,
@@ -20,6 +21,8 @@ from hf_dalle.convert_rudalle import (
     rudalle_dalle_config,
     rudalle_tokenizer,
 )
+from hf_dalle.models.dalle import build_attention_masks
+from hf_dalle.testing_utils import make_tiny_pipeline, random_rudalle_state_dict
 
 
 WORDS = "кот собака рыжий пёс красный синий дом на столе в лесу картина маслом летит над городом закат море".split()
@@ -122,47 +125,9 @@ def tiny_params(hf_version="v3", num_layers=4, hidden_size=32, text_seq_length=8
     }
 
 
-def fake_rudalle_state_dict(params: dict) -> dict[str, torch.Tensor]:
-    """A state dict with the names and shapes of ruDALL-E's `DalleModel` (random float16 values), for the tests that
-    need no ruDALL-E code."""
-    width, text, grid = params["hidden_size"], params["text_seq_length"], params["image_tokens_per_dim"]
-    shapes = {
-        "text_embeddings.weight": (params["vocab_size"], width),
-        "image_embeddings.weight": (params["image_vocab_size"], width),
-        "text_pos_embeddings.weight": (text + 1, width),
-        "image_row_embeddings.weight": (grid, width),
-        "image_col_embeddings.weight": (grid, width),
-        "to_logits.0.weight": (width,),
-        "to_logits.0.bias": (width,),
-        "to_logits.1.weight": (params["vocab_size"] + params["image_vocab_size"], width),
-        "to_logits.1.bias": (params["vocab_size"] + params["image_vocab_size"],),
-        "transformer.final_layernorm.weight": (width,),
-        "transformer.final_layernorm.bias": (width,),
-    }
-    layer = {
-        "input_layernorm": (width, width),
-        "before_first_addition_layernorm": (width, width),
-        "before_second_addition_layernorm": (width, width),
-        "attention.query_key_value": (3 * width, width),
-        "attention.dense": (width, width),
-        "post_attention_layernorm": (width, width),
-        "mlp.dense_h_to_4h": (4 * width, width),
-        "mlp.dense_4h_to_h": (width, 4 * width),
-    }
-    for i in range(params["num_layers"]):
-        for name, (rows, columns) in layer.items():
-            is_norm = "layernorm" in name
-            shapes[f"transformer.layers.{i}.{name}.weight"] = (rows,) if is_norm else (rows, columns)
-            shapes[f"transformer.layers.{i}.{name}.bias"] = (rows,)
-    generator = torch.Generator().manual_seed(0)
-    state_dict = {name: torch.randn(shape, generator=generator).half() for name, shape in shapes.items()}
-    state_dict["transformer.row_mask"] = torch.ones(4, 4, dtype=torch.bool)  # ignored: the config gives the masks
-    return state_dict
-
-
 def test_sharded_conversion_loads_the_same_weights(tmp_path):
     params = tiny_params()
-    state_dict = fake_rudalle_state_dict(params)
+    state_dict = random_rudalle_state_dict(params)
     torch.save(state_dict, tmp_path / "pytorch_model.bin")
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     convert_rudalle(tmp_path / "pytorch_model.bin", params, single)
@@ -187,13 +152,13 @@ def test_sharded_conversion_loads_the_same_weights(tmp_path):
 
 def test_conversion_errors_name_the_problem(tmp_path):
     params = tiny_params()
-    state_dict = fake_rudalle_state_dict(params)
+    state_dict = random_rudalle_state_dict(params)
     del state_dict["transformer.layers.2.mlp.dense_h_to_4h.bias"]
     torch.save(state_dict, tmp_path / "missing.bin")
     with pytest.raises(ValueError, match=r"missing \['transformer.layers.2.mlp.dense_h_to_4h.bias'\]"):
         convert_rudalle(tmp_path / "missing.bin", params, tmp_path / "out")
     assert not (tmp_path / "out" / "transformer").exists()  # nothing half written
-    torch.save(fake_rudalle_state_dict(params), tmp_path / "ok.bin")
+    torch.save(random_rudalle_state_dict(params), tmp_path / "ok.bin")
     with pytest.raises(ValueError, match=r"unexpected \['transformer.layers.3"):
         convert_rudalle(tmp_path / "ok.bin", {**params, "num_layers": 3}, tmp_path / "out")
     with pytest.raises(ValueError, match="text_embeddings.weight has shape"):
@@ -213,7 +178,7 @@ def test_script_converts_from_the_hub(hub_server, tmp_path, monkeypatch, capsys)
     params = tiny_params()
     release = RUDALLE_MODELS["Malevich"]
     monkeypatch.setitem(RUDALLE_MODELS, "Malevich", type(release)("v3", params, release.repo_id, release.filename))
-    torch.save(fake_rudalle_state_dict(params), tmp_path / release.filename)
+    torch.save(random_rudalle_state_dict(params), tmp_path / release.filename)
     write_model(tmp_path / "bpe.model", {"\u2581": 4, "к": 5, "о": 6, "т": 7}, [(4, 5, 8), (6, 7, 9), (8, 9, 10)])
     api = HfApi()
     for repo_id, filename in ((release.repo_id, release.filename), ("shonenkov/rudalle-utils", "bpe.model")):
@@ -239,3 +204,120 @@ def test_script_rejects_bad_arguments(tmp_path):
     with pytest.raises(SystemExit, match="cannot read --rudalle_config"):
         convert_script.main(["--rudalle_config", str(tmp_path / "config.json"), "--checkpoint", "x.bin",
                              "--output_dir", str(tmp_path / "out")])  # fmt: skip
+
+
+def convert_reference(model, tmp_path) -> DalleForImageGeneration:
+    """Save a ruDALL-E model as its released file, convert it, and load the result in float32."""
+    save_rudalle_checkpoint(model, tmp_path / "pytorch_model.bin")
+    convert_rudalle(tmp_path / "pytorch_model.bin", model.model_params, tmp_path / "converted")
+    return DalleForImageGeneration.from_pretrained(tmp_path / "converted" / "transformer", dtype=torch.float32).eval()
+
+
+def to_our_stream(model, rudalle_ids: torch.LongTensor) -> torch.LongTensor:
+    """ruDALL-E's input ids (`text_seq_length` caption ids, then codes) as a hf_dalle stream: codes offset by the text
+    vocabulary, and v2's extra BOS in front, which ruDALL-E's model adds itself."""
+    text, codes = rudalle_ids[:, : model.text_seq_length], rudalle_ids[:, model.text_seq_length :]
+    if model.hf_version == "v2":
+        text = torch.nn.functional.pad(text, (1, 0), value=2)
+    return torch.cat([text, codes + model.vocab_size], dim=1)
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("hf_version", ["v3", "v2"])
+def test_converted_transformer_matches_rudalle(hf_version, tmp_path):
+    """Logits of full streams (two captions, one filling every text position), and each layer's attention mask."""
+    reference = build_rudalle_model(hf_version)
+    ours = convert_reference(reference, tmp_path)
+    generator = torch.Generator().manual_seed(1)
+    captions = torch.stack(
+        [rudalle_caption_ids(reference, 5, generator), rudalle_caption_ids(reference, 14, generator)]
+    )
+    image_vocab_size = reference.total_vocab_size - reference.vocab_size
+    codes = torch.randint(0, image_vocab_size, (2, reference.image_seq_length), generator=generator)
+    rudalle_ids = torch.cat([captions, codes], dim=1)
+    total = reference.total_seq_length
+    with torch.no_grad():
+        expected, _ = reference(rudalle_ids, torch.ones(2, 1, total, total))
+        stream = to_our_stream(reference, rudalle_ids)
+        logits = ours(stream).logits[:, : expected.shape[1]]  # v2: ruDALL-E drops the last code's position
+    text_vocab, text_length = ours.config.text_vocab_size, ours.config.max_text_length
+    # Where a text token comes next, the text logits; where an image code comes next, the image logits.
+    torch.testing.assert_close(logits[:, : text_length - 1, :text_vocab], expected[:, : text_length - 1, :text_vocab],
+                               atol=1e-4, rtol=0)  # fmt: skip
+    torch.testing.assert_close(logits[:, text_length - 1 :, text_vocab:], expected[:, text_length - 1 :, text_vocab:],
+                               atol=1e-4, rtol=0)  # fmt: skip
+    assert expected[:, text_length - 1 :, text_vocab:].std() > 0.3  # logits that differ from code to code
+
+    masks = build_attention_masks(ours.config)
+    size = reference.transformer.row_mask.shape[0]  # ruDALL-E's masks span text_seq_length + grid**2 positions
+    for layer, kind in enumerate(ours.config.attention_types):
+        assert torch.equal(masks[kind][:size, :size], reference.transformer._get_layer_mask(layer).bool()), (
+            layer,
+            kind,
+        )
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("hf_version", ["v3", "v2"])
+def test_malevich_sized_masks_match_rudalle(hf_version):
+    """At the released models' 128 text positions and 32x32 grid (where v3's clipped window and the raster window
+    differ in thousands of pairs), every mask type equals ruDALL-E's."""
+    image_attention = import_reference("rudalle.dalle.image_attention")
+    config = rudalle_dalle_config(
+        {**RUDALLE_MODELS["Malevich"].model_params, "num_layers": 4, "hf_version": hf_version}
+    )
+    masks = build_attention_masks(config)
+    size = 128 + 32 * 32
+    expected = {
+        "row": image_attention.get_row_mask(128, 32, is_bool_mask=True),
+        "column": image_attention.get_col_mask(128, 32, is_bool_mask=True),
+        "conv": image_attention.get_conv_mask(128, 32, is_bool_mask=True, hf_version=hf_version),
+    }
+    for kind, mask in expected.items():
+        assert torch.equal(masks[kind][:size, :size], mask), kind
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("hf_version", ["v3", "v2"])
+def test_greedy_codes_match_rudalle_generate_images(hf_version, tmp_path, monkeypatch):
+    """ruDALL-E's own `generate_images` loop (its cache, top-1) and our cached `generate` pick the same 256 codes."""
+    pipelines = import_rudalle(monkeypatch)
+    reference = build_rudalle_model(hf_version)
+    ours = convert_reference(reference, tmp_path)
+    caption = rudalle_caption_ids(reference, 6, torch.Generator().manual_seed(2))
+    expected, _ = rudalle_generate_codes(pipelines, reference, caption, images_num=1, top_k=1, top_p=1.0)
+    stream = to_our_stream(reference, caption[None])
+    with torch.no_grad():
+        generated = ours.generate(stream, do_sample=False, max_new_tokens=ours.config.image_seq_length)
+    codes = ours.image_codes_from_ids(generated).flatten(1)
+    assert torch.equal(codes, expected)
+    assert len(codes.unique()) > 4  # not a degenerate run of one code
+
+
+def test_pipeline_runs_a_converted_model_with_its_sampling_defaults(tmp_path):
+    """A converted tiny ruDALL-E (transformer + tokenizer) in a DallePipeline, with a tiny dVAE of its code count:
+    saved, reloaded, and sampling with the transformer's generation_config unless the call says otherwise."""
+    params = tiny_params()
+    torch.save(random_rudalle_state_dict(params), tmp_path / "pytorch_model.bin")
+    write_model(tmp_path / "bpe.model", {"\u2581": 4, "к": 5, "о": 6, "т": 7}, [(4, 5, 8), (6, 7, 9), (8, 9, 10)])
+    convert_rudalle(tmp_path / "pytorch_model.bin", params, tmp_path / "converted", tokenizer=tmp_path / "bpe.model")
+    vae = make_tiny_pipeline(with_clip=False).vae
+    pipe = DallePipeline(
+        tokenizer=DalleTokenizer.from_pretrained(tmp_path / "converted" / "tokenizer"),
+        transformer=DalleForImageGeneration.from_pretrained(
+            tmp_path / "converted" / "transformer", dtype=torch.float32
+        ),
+        vae=vae,
+    )
+    pipe.save_pretrained(tmp_path / "pipeline")
+    pipe = DallePipeline.from_pretrained(tmp_path / "pipeline")
+    assert pipe.transformer.generation_config.top_k == 2048 and pipe.transformer.config.sandwich_layernorm
+
+    def draw(seed, **sampling):
+        generator = torch.Generator().manual_seed(seed)
+        return pipe("Кот", num_candidates=1, generator=generator, output_type="pt", **sampling).images
+
+    assert not torch.equal(draw(0), draw(1))
+    pipe.transformer.generation_config.top_k = 1  # the pipeline's default now: greedy, whatever the seed
+    assert torch.equal(draw(0), draw(1))
+    assert not torch.equal(draw(0, top_k=0), draw(1, top_k=0))  # unless the call names its own

@@ -398,8 +398,10 @@ class DallePipeline(DiffusionPipeline):
             num_candidates (`int`, defaults to 16): images sampled per prompt before reranking (the paper uses 512).
             num_images_per_prompt (`int`, defaults to 1): how many of the best candidates to return per prompt.
             temperature (`float`, defaults to 1.0): softmax temperature of the code distribution.
-            top_k (`int`, *optional*): sample among the `top_k` most likely codes only (0 or `None` = all).
+            top_k (`int`, *optional*): sample among the `top_k` most likely codes only (0 = all). Defaults to the
+                transformer's `generation_config.top_k` (none unless the model ships one).
             top_p (`float`, *optional*): nucleus sampling, the smallest set of codes with probability >= `top_p`.
+                Defaults to the transformer's `generation_config.top_p`.
             guidance_scale (`float`, *optional*): classifier-free guidance; the logits become
                 `uncond + guidance_scale * (cond - uncond)`. 1 disables it (and its extra forward rows). Defaults to
                 the pipeline's `default_guidance_scale` (`pipe.config.default_guidance_scale`, 1 unless the pipeline
@@ -423,6 +425,9 @@ class DallePipeline(DiffusionPipeline):
         # 1. Check inputs
         if guidance_scale is None:
             guidance_scale = self.config.default_guidance_scale
+        # Sampling defaults shipped with the transformer (a converted ruDALL-E model: top-k 2048, top-p 0.995).
+        top_k = top_k if top_k is not None else self.transformer.generation_config.top_k
+        top_p = top_p if top_p is not None else self.transformer.generation_config.top_p
         self.check_inputs(
             prompt, negative_prompt, num_candidates, num_images_per_prompt, temperature, top_k, top_p,
             guidance_scale, generator, image, num_prime_rows, candidate_batch_size, output_type,

@@ -8,7 +8,11 @@ import pytest
 import torch
 from reference_models import import_reference
 from rudalle_reference import (
+    build_rudalle_model,
     import_rudalle,
+    rudalle_caption_ids,
+    rudalle_generate_codes,
+    save_rudalle_checkpoint,
 )
 from test_benchmarks import load_script
 from test_convert_yttm import write_model

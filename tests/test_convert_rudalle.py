@@ -14,8 +14,8 @@ from rudalle_reference import (
     rudalle_generate_codes,
     save_rudalle_checkpoint,
 )
-from test_benchmarks import load_script
 from test_convert_yttm import write_model
+from training_utils import load_script, training_environment  # noqa: F401 (fixture)
 
 from hf_dalle import DalleForImageGeneration, DallePipeline, DalleTokenizer
 from hf_dalle.convert_rudalle import (

@@ -222,7 +222,7 @@ def rudalle_tensors(
     taken as it is, a new tensor where tables are joined or pads summed. Checks first that the checkpoint holds
     exactly the tensors of `config`'s shape.
     """
-    text_length = config.max_text_length - config.image_mask_offset  # ruDALL-E's text_seq_length
+    text_length = config.mask_text_length  # ruDALL-E's text_seq_length
     direct = {
         "model.embeddings.image_row_embedding.weight": "image_row_embeddings.weight",
         "model.embeddings.image_column_embedding.weight": "image_col_embeddings.weight",
@@ -344,10 +344,10 @@ def rudalle_tokenizer(bpe_model: str | os.PathLike, config: DalleConfig) -> Dall
             f"{bpe_model}: ruDALL-E's tokenizer has pad 0, bos 2, eos 3; this model has "
             f"pad {model.pad_id}, bos {model.bos_id}, eos {model.eos_id}."
         )
-    if model.vocab_size > config.text_vocab_size - (config.max_text_length - config.image_mask_offset):
+    if model.vocab_size > config.text_vocab_size - config.mask_text_length:
         raise ValueError(
             f"{bpe_model} has {model.vocab_size} tokens, but the transformer's text vocabulary "
-            f"({config.text_vocab_size}) keeps only {config.text_vocab_size - config.max_text_length} below its "
+            f"({config.text_vocab_size}) keeps only {config.text_vocab_size - config.mask_text_length} below its "
             "per-position pad tokens: is this the tokenizer of this model?"
         )
     backend = convert_yttm_to_tokenizer(bpe_model)

@@ -152,6 +152,11 @@ class DalleConfig(PreTrainedConfig):
         return self.image_grid_size**2
 
     @property
+    def mask_text_length(self) -> int:
+        """Stream positions the attention masks treat as text: `max_text_length - image_mask_offset`."""
+        return self.max_text_length - self.image_mask_offset
+
+    @property
     def max_sequence_length(self) -> int:
         """Length of a full stream: `max_text_length` text positions, then `image_grid_size ** 2` image codes."""
         return self.max_text_length + self.image_seq_length

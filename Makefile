@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo train-demo serve test test-slow install install-test bench-env benchmark device-kit quality style
+.PHONY: demo train-demo serve test test-slow test-parity install install-test bench-env ref-env benchmark device-kit quality style
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,11 +56,37 @@ style: $(VENV)/.installed-ruff
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# The parity tests (marker `parity`) need the original ruDALL-E / taming / ruCLIP / youtokentome code: they run in
+# the reference venv (`make test-parity`), not here.
 test: install-test
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow and not parity" $(PYTEST_ARGS)
 
 test-slow: install-test
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]  # 5: no slow test collected
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "slow and not parity" $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]  # 5: no slow test collected
+
+# The reference venv for the parity tests against ruDALL-E's originals (../shared/RUDALLE.md): their packages no longer
+# install with their declared pins (no cp311 wheels, transformers~=4.10), so they go in --no-deps next to the few
+# libraries their model code imports. torch first (the CPU wheel); youtokentome 1.0.6 builds from source and its
+# setup.py imports Cython (< 3) without declaring it; then our package with its test extra.
+REF_VENV ?= .venv-ref
+REF_PIP := $(REF_VENV)/bin/python -m pip
+
+$(REF_VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(REF_VENV)
+	$(REF_PIP) install -q --upgrade pip
+	$(REF_PIP) install -q torch==2.13.0
+	$(REF_PIP) install -q "Cython<3" setuptools
+	$(REF_PIP) install -q --no-build-isolation youtokentome==1.0.6
+	$(REF_PIP) install -q --no-deps rudalle==1.1.3 taming-transformers==0.0.1 ruclip==0.0.2
+	$(REF_PIP) install -q einops==0.3.2 omegaconf PyWavelets
+	$(REF_PIP) install -q -e ".[test]"
+	touch $@
+
+ref-env: $(REF_VENV)/.installed
+
+# With CI=true a parity test whose reference is missing fails instead of skipping (tests/reference_models.py).
+test-parity: ref-env
+	HF_HUB_OFFLINE=1 $(REF_VENV)/bin/python -m pytest -m parity $(PYTEST_ARGS)
 
 # Benchmarks (scripts/benchmark_*.py) compare against reference implementations that are not package dependencies:
 # they go into their own venv. torch first (the CPU wheel), then DALLE-pytorch 1.6.6 as ../shared/REFERENCES.md

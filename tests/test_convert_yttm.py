@@ -1,7 +1,10 @@
-"""YouTokenToMe BPE models as `tokenizers` tokenizers (hf_dalle.convert_yttm): the file format, merge order, spaces,
-unknowns and errors, on hand-written models."""
+"""YouTokenToMe BPE models as `tokenizers` tokenizers (hf_dalle.convert_yttm): the ids of youtokentome itself on
+models it trains (parity, in the reference venv), and the file format and its errors without it."""
+
+import random
 
 import pytest
+from reference_models import import_reference
 
 from hf_dalle.convert_yttm import convert_yttm_to_tokenizer, read_yttm_model
 
@@ -71,3 +74,53 @@ def test_rules_with_undefined_ids_raise(tmp_path):
     path = write_model(tmp_path / "bad.model", {"\u2581": 4, "a": 5}, [(5, 9, 6)])
     with pytest.raises(ValueError, match=r"rule 0 \(5 \+ 9 -> 6\) merges an id that no earlier line defines"):
         convert_yttm_to_tokenizer(path)
+
+
+# Parity with youtokentome itself (reference venv).
+
+WORDS = [
+    "кошка", "собака", "красный", "круг", "над", "слева", "cat", "dog", "a", "the", "naïve", "straße", "日本語",
+    "東京", "😀", "🐈‍⬛", "xxxxx", "abab", "ёлка", "Ёж", "1234", "e.g.", "(скобки)", "—", "«кавычки»",
+]  # fmt: skip
+# Characters for the test strings: letters of the corpus, letters it never saw (unknown: one UNK per run), and every
+# kind of space: YTTM's (ASCII whitespace, U+2581) and others it treats as letters (NBSP, ideographic space, U+0085).
+ALPHABET = list("абвгдекошсaboxyz日本😀") + list("QЖ€ŋ中") + [" ", "  ", "\t", "\n", "\r", "\x0b", "\x0c"]
+ALPHABET += ["\u2581", "\xa0", "\u3000", "\x85", "\x1c", "\u200b", "<BOS>", "<UNK>", "<EOS>"]
+
+
+def _test_strings(rng: random.Random) -> list[str]:
+    strings = ["", " ", "\u2581", "\u2581\u2581a", "a\u2581b", " leading", "trailing \t\n", "<BOS> кошка <EOS>"]
+    strings += ["".join(rng.choice(ALPHABET) for _ in range(rng.randint(1, 24))) for _ in range(300)]
+    strings += [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 10))) for _ in range(200)]
+    strings += [f"a{chr(code)}b" for code in range(256)]  # every character below 256 between two letters
+    return strings
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("vocab_size,coverage", [(80, 1.0), (200, 1.0), (400, 0.98)])
+def test_ids_match_youtokentome(tmp_path, vocab_size, coverage):
+    yttm = import_reference("youtokentome")
+    rng = random.Random(vocab_size)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(
+        "\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 12))) for _ in range(4000)) + "\n",
+        encoding="utf-8",
+    )
+    model_path = str(tmp_path / "bpe.model")
+    reference = yttm.BPE.train(data=str(corpus), model=model_path, vocab_size=vocab_size, coverage=coverage)
+    tokenizer = convert_yttm_to_tokenizer(model_path)
+    assert tokenizer.get_vocab_size() == reference.vocab_size()
+    assert tokenizer.get_vocab() == {reference.id_to_subword(i): i for i in range(reference.vocab_size())}
+
+    strings = _test_strings(rng)
+    expected = reference.encode(strings)
+    assert any(1 in ids for ids in expected), "the test strings must exercise unknown characters"
+    mismatches = [
+        (text, want, got.ids)
+        for text, want, got in zip(strings, expected, tokenizer.encode_batch(strings, add_special_tokens=False))
+        if want != got.ids
+    ]
+    assert not mismatches, f"{len(mismatches)} of {len(strings)} strings differ, e.g. {mismatches[:3]}"
+    # Decoding: YTTM turns each word mark back into a space and drops the first one.
+    known = [ids for ids in expected if 1 not in ids]
+    assert [tokenizer.decode(ids) for ids in known] == reference.decode(known)

@@ -325,3 +325,54 @@ def test_pipeline_runs_a_converted_model_with_its_sampling_defaults(tmp_path):
     pipe.transformer.generation_config.top_k = 1  # the pipeline's default now: greedy, whatever the seed
     assert torch.equal(draw(0), draw(1))
     assert not torch.equal(draw(0, top_k=0), draw(1, top_k=0))  # unless the call names its own
+
+
+def capture_codes(pipe, monkeypatch) -> list:
+    """Record the code grids `pipe.sample_codes` returns."""
+    captured, sample_codes = [], pipe.sample_codes
+
+    def recording(*args, **kwargs):
+        captured.append(sample_codes(*args, **kwargs))
+        return captured[-1]
+
+    monkeypatch.setattr(pipe, "sample_codes", recording)
+    return captured
+
+
+def test_image_prompt_fixes_codes_at_any_grid_position(monkeypatch):
+    """ruDALL-E's image prompts: a border of the image's codes (left column, bottom row) kept, the rest sampled."""
+    pipe = make_tiny_pipeline(with_clip=False)
+    captured = capture_codes(pipe, monkeypatch)
+    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    image_codes = pipe.vae.encode(image[None]).indices.flatten()
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[:, 0] = mask[-1, :] = True
+    for seed in range(3):
+        generator = torch.Generator().manual_seed(seed)
+        pipe("a red circle", num_candidates=2, image=image, image_prompt_mask=mask, generator=generator)
+    codes = torch.cat(captured)
+    assert (codes[:, mask.flatten()] == image_codes[mask.flatten()]).all()
+    assert len({tuple(row) for row in codes[:, ~mask.flatten()].tolist()}) > 1  # the rest is sampled
+    with pytest.raises(ValueError, match="`image_prompt_mask` must be 4x4 booleans"):
+        pipe("a red circle", num_candidates=1, image=image, image_prompt_mask=torch.ones(3, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="needs an `image`"):
+        pipe("a red circle", num_candidates=1, image_prompt_mask=mask)
+
+
+def test_rerank_by_the_transformers_perplexity(monkeypatch):
+    pipe = make_tiny_pipeline(with_clip=False)
+    captured = capture_codes(pipe, monkeypatch)
+    output = pipe("a red circle", num_candidates=6, num_images_per_prompt=6, rerank="perplexity", output_type="pt",
+                  generator=torch.Generator().manual_seed(0))  # fmt: skip
+    codes = captured[0]
+    # The perplexity of each candidate, from a plain forward pass over its whole stream.
+    config = pipe.transformer.config
+    text = pipe.tokenizer.encode_captions(["a red circle"] * 6)
+    with torch.no_grad():
+        logits = pipe.transformer(pipe.transformer.prepare_input_ids(text, codes)).logits
+    image_logits = logits[:, config.max_text_length - 1 : -1, config.text_vocab_size :]
+    expected = torch.nn.functional.cross_entropy(image_logits.transpose(1, 2), codes, reduction="none").mean(1).exp()
+    torch.testing.assert_close(torch.tensor(output.scores), expected.sort().values)
+    assert output.scores[0] < output.scores[-1]
+    with pytest.raises(ValueError, match="`rerank` must be 'clip'"):
+        pipe("a red circle", num_candidates=2, rerank="clip")

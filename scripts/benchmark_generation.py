@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from transformers import CompileConfig, DynamicCache, GPT2Config, GPT2LMHeadModel, StaticCache
 
 from hf_dalle import DalleConfig, DalleForImageGeneration, DalleModel
-from hf_dalle.models.dalle import build_attention_masks, decode_step_keys
+from hf_dalle.models.dalle import CACHE_NAME, build_attention_masks, decode_step_keys
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -138,7 +138,7 @@ def ours_generate(model: DalleForImageGeneration, text: torch.Tensor, top_k: int
         extra = {"cache_implementation": "static", "compile_config": compile_config}
 
     def run() -> int:
-        cache = {"past_key_values": DynamicCache()} if variant == OURS_DYNAMIC else {}  # a fresh one per call
+        cache = {CACHE_NAME: DynamicCache()} if variant == OURS_DYNAMIC else {}  # a fresh one per call
         stream = model.generate(
             text, do_sample=True, top_k=top_k, max_new_tokens=num_tokens, min_new_tokens=num_tokens, **extra, **cache
         )
@@ -361,7 +361,7 @@ def decode_step_12b(args, device: torch.device, dtype: torch.dtype) -> list[dict
     layer = DalleModel(config).to(device, dtype).eval().layers[0]
     position = config.max_sequence_length - 1
     mask_row = build_attention_masks(config, device)[layer.attention_type][position]
-    step_keys = decode_step_keys(config, layer.attention_type, position, mask_row)
+    step_keys = decode_step_keys(config, position, mask_row)
     itemsize = torch.finfo(dtype).bits // 8
     bandwidth = copy_bandwidth(device)
     layer_bytes = sum(p.numel() for p in layer.parameters()) * itemsize
@@ -383,7 +383,7 @@ def decode_step_12b(args, device: torch.device, dtype: torch.dtype) -> list[dict
         def decode_step(step, attention, cache=cache) -> Callable[[], int]:
             def run() -> int:
                 with torch.no_grad():
-                    step(hidden_states, attention, past_key_values=cache)
+                    step(hidden_states, attention, cache=cache)
                 cache.layers[0].cumulative_length.fill_(position)  # write the same slot again on the next call
                 return batch_size
 

@@ -6,13 +6,17 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, CompileCon
 
 from hf_dalle import DalleConfig, DalleForImageGeneration, DalleModel, DalleStreamLogitsProcessor
 from hf_dalle.models.dalle import (
+    CACHE_NAME,
+    IMAGE_ATTENTION_RULES,
     DallePrefixCache,
     DalleResblockGradientScaler,
     PrefixLayer,
     build_attention_masks,
+    build_flex_block_mask,
     decode_step_keys,
 )
-from hf_dalle.models.dalle.modeling_dalle import matmul_softmax_attention
+from hf_dalle.models.dalle.configuration_dalle import ATTENTION_TYPES
+from hf_dalle.models.dalle.modeling_dalle import eager_attention_forward
 
 
 TEXT_VOCAB, IMAGE_VOCAB, TEXT_LENGTH, GRID = 48, 24, 8, 4
@@ -197,12 +201,12 @@ def test_sampled_images_hold_only_image_codes():
 def manual_greedy(model, prompt, num_new_tokens, cache):
     """A hand-written decode loop: prefill, then one token per call."""
     with torch.no_grad():
-        out = model(input_ids=prompt, past_key_values=cache, use_cache=True)
+        out = model(input_ids=prompt, cache=cache, use_cache=True)
         tokens = [prompt]
         for _ in range(num_new_tokens):
             next_token = out.logits[:, -1].argmax(-1, keepdim=True)
             tokens.append(next_token)
-            out = model(input_ids=next_token, past_key_values=out.past_key_values, use_cache=True)
+            out = model(input_ids=next_token, cache=getattr(out, CACHE_NAME), use_cache=True)
     return torch.cat(tokens, dim=1)
 
 
@@ -213,7 +217,7 @@ def test_greedy_generation_is_the_same_with_and_without_cache(prompt_length):
     new = STREAM_LENGTH - prompt_length
     without_cache = model.generate(prompt, do_sample=False, max_new_tokens=new, use_cache=False)
     prefix = model.generate(prompt, do_sample=False, max_new_tokens=new)  # the default: a DallePrefixCache
-    dynamic = model.generate(prompt, do_sample=False, max_new_tokens=new, past_key_values=DynamicCache())
+    dynamic = model.generate(prompt, do_sample=False, max_new_tokens=new, **{CACHE_NAME: DynamicCache()})
     static = model.generate(prompt, do_sample=False, max_new_tokens=new, cache_implementation="static")
     assert without_cache.shape == (3, STREAM_LENGTH)
     assert torch.equal(prefix, without_cache)
@@ -236,21 +240,22 @@ def test_generate_defaults_to_a_prefix_cache_and_keeps_the_callers():
     model, prompt = tiny_model(), random_stream(batch=2)[:, :TEXT_LENGTH]
     new = STREAM_LENGTH - TEXT_LENGTH
     runs = {}
-    for name, kwargs in [("default", {}), ("dynamic", {"past_key_values": DynamicCache()})]:
+    for name, kwargs in [("default", {}), ("dynamic", {CACHE_NAME: DynamicCache()})]:
         torch.manual_seed(3)
         runs[name] = model.generate(
             prompt, do_sample=True, top_k=5, max_new_tokens=new, return_dict_in_generate=True, **kwargs
         )
-    assert type(runs["default"].past_key_values) is DallePrefixCache
-    assert type(runs["dynamic"].past_key_values) is DynamicCache
+    caches = {name: getattr(run, CACHE_NAME) for name, run in runs.items()}
+    assert type(caches["default"]) is DallePrefixCache
+    assert type(caches["dynamic"]) is DynamicCache
     assert torch.equal(runs["default"].sequences, runs["dynamic"].sequences)
     # It holds the stream but its last token (never fed back), as the dynamic cache does.
-    assert runs["default"].past_key_values.get_seq_length() == STREAM_LENGTH - 1
-    for layer, dynamic_layer in zip(runs["default"].past_key_values.layers, runs["dynamic"].past_key_values.layers):
+    assert caches["default"].get_seq_length() == STREAM_LENGTH - 1
+    for layer, dynamic_layer in zip(caches["default"].layers, caches["dynamic"].layers):
         torch.testing.assert_close(layer.keys[:, :, : layer.length], dynamic_layer.keys)
     # Modes that reorder the cache keep generate's own.
     beams = model.generate(prompt, num_beams=2, max_new_tokens=3, return_dict_in_generate=True)
-    assert type(beams.past_key_values) is DynamicCache
+    assert type(getattr(beams, CACHE_NAME)) is DynamicCache
 
 
 def test_prefix_layer_returns_the_filled_prefix_and_crops():
@@ -281,7 +286,7 @@ def test_decode_step_keys_select_exactly_the_masked_keys(text_length, grid, kern
     )
     for kind, mask in build_attention_masks(config).items():
         for position in range(text_length, config.max_sequence_length):
-            keys = decode_step_keys(config, kind, position, mask[position])
+            keys = decode_step_keys(config, position, mask[position])
             image_keys = torch.arange(config.max_sequence_length)[keys.image_keys]
             if keys.image_mask is not None:
                 image_keys = image_keys[keys.image_mask]
@@ -308,7 +313,7 @@ def test_sparse_decode_steps_give_the_logits_of_one_pass():
     with torch.no_grad():
         full = model(stream, use_cache=False).logits
         for cache in (DallePrefixCache(model.config), DynamicCache(config=model.config)):
-            steps = [model(stream[:, i : i + 1], past_key_values=cache).logits for i in range(stream_length)]
+            steps = [model(stream[:, i : i + 1], cache=cache).logits for i in range(stream_length)]
             torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
     prompt = stream[:, :2]
     greedy = model.generate(prompt, do_sample=False, max_new_tokens=36)
@@ -321,7 +326,7 @@ def test_cached_chunks_give_the_logits_of_one_pass():
     with torch.no_grad():
         full = model(stream, use_cache=False).logits
         cache = DynamicCache(config=model.config)
-        chunks = [model(chunk, past_key_values=cache).logits for chunk in stream.split([5, 6, 1, 12], dim=1)]
+        chunks = [model(chunk, cache=cache).logits for chunk in stream.split([5, 6, 1, 12], dim=1)]
     torch.testing.assert_close(torch.cat(chunks, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
@@ -422,12 +427,18 @@ def test_bf16_autocast_is_close_to_float32():
 
 @pytest.mark.parametrize("kind", ["full", "row", "column", "conv"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_matmul_softmax_attention_matches_sdpa_with_gradients(kind, dtype):
+def test_eager_attention_matches_sdpa_with_gradients(kind, dtype):
     mask = build_attention_masks(tiny_config(attention_types=[kind] * 3))[kind]
     g = torch.Generator().manual_seed(0)
     inputs = [torch.randn(2, 2, STREAM_LENGTH, 8, generator=g).to(dtype).requires_grad_() for _ in range(3)]
     outputs, grads = [], []
-    for attend in (F.scaled_dot_product_attention, matmul_softmax_attention):
+
+    def eager(query, key, value, mask):
+        output, weights = eager_attention_forward(torch.nn.Module(), query, key, value, mask, scaling=8**-0.5)
+        assert weights.shape == (2, 2, STREAM_LENGTH, STREAM_LENGTH)
+        return output.transpose(1, 2)
+
+    for attend in (F.scaled_dot_product_attention, eager):
         output = attend(*inputs, mask)
         (output.float() * torch.linspace(-1, 1, 8)).sum().backward()
         outputs.append(output.float())
@@ -459,6 +470,115 @@ def test_cpu_training_in_half_precision_bypasses_sdpa(monkeypatch, dtype, uses_s
             losses[mode] = model(stream, labels=stream).loss.item()
     assert calls == {"train": 3 if uses_sdpa else 0, "eval": 3}
     assert abs(losses["train"] - losses["eval"]) < (1e-5 if uses_sdpa else 0.02)
+
+
+def test_each_attention_type_has_one_rule():
+    assert set(IMAGE_ATTENTION_RULES) == set(ATTENTION_TYPES)
+
+
+def counting_sdpa(monkeypatch) -> dict:
+    """Count the calls of `F.scaled_dot_product_attention` (transformers' "sdpa" function calls it too)."""
+    calls = {"sdpa": 0}
+    sdpa = F.scaled_dot_product_attention
+
+    def counted(*args, **kwargs):
+        calls["sdpa"] += 1
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counted)
+    return calls
+
+
+def test_eager_attention_runs_eager_and_matches_sdpa(monkeypatch):
+    calls = counting_sdpa(monkeypatch)
+    types = ["row", "column", "full", "conv"]
+    models = {
+        impl: tiny_model(num_hidden_layers=4, attention_types=types, attn_implementation=impl)
+        for impl in ("eager", "sdpa")
+    }
+    assert models["eager"].config._attn_implementation == "eager"
+    stream, prompt = random_stream(), random_stream()[:, : TEXT_LENGTH + 2]
+    logits, streams = {}, {}
+    with torch.no_grad():
+        for impl, model in models.items():
+            calls["sdpa"] = 0
+            logits[impl] = model(stream).logits
+            assert calls["sdpa"] == (0 if impl == "eager" else 4), impl
+            streams[impl] = model.generate(prompt, do_sample=False, max_new_tokens=STREAM_LENGTH - prompt.shape[1])
+    torch.testing.assert_close(logits["eager"], logits["sdpa"], rtol=1e-5, atol=1e-5)
+    assert torch.equal(streams["eager"], streams["sdpa"])
+    # Switching an existing model goes through transformers' own check.
+    models["sdpa"].set_attn_implementation("eager")
+    calls["sdpa"] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(models["sdpa"](stream).logits, logits["eager"], rtol=1e-5, atol=1e-5)
+    assert calls["sdpa"] == 0
+
+
+def test_output_attentions_returns_the_masked_softmax_weights():
+    types = ["full", "row", "column", "conv"]
+    model = tiny_model(num_hidden_layers=4, attention_types=types, attn_implementation="eager")
+    stream = random_stream()
+    with torch.no_grad():
+        out = model(stream, output_attentions=True)
+    assert len(out.attentions) == 4
+    for kind, weights in zip(types, out.attentions):
+        visible = reference_visibility(kind)
+        assert weights.shape == (2, 2, STREAM_LENGTH, STREAM_LENGTH)
+        assert (weights[:, :, ~visible] == 0).all() and (weights[:, :, visible] > 0).all(), kind
+        torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, STREAM_LENGTH))
+    # The config's default, as transformers models read it.
+    model.config.output_attentions = True
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(model(stream).attentions, out.attentions))
+    model.config.output_attentions = False
+
+    # Through `generate`: the prompt's weights, then one row per step (the sparse decode steps are not used here).
+    prompt = stream[:, : TEXT_LENGTH + 2]
+    new = STREAM_LENGTH - prompt.shape[1]
+    generated = model.generate(
+        prompt, do_sample=False, max_new_tokens=new, return_dict_in_generate=True, output_attentions=True
+    )
+    assert len(generated.attentions) == new and len(generated.attentions[0]) == 4
+    assert generated.attentions[0][0].shape == (2, 2, prompt.shape[1], prompt.shape[1])
+    with torch.no_grad():
+        full = model(generated.sequences[:, :-1], output_attentions=True).attentions
+    for step, step_weights in enumerate(generated.attentions[1:]):
+        position = prompt.shape[1] + step
+        for layer_weights, full_weights in zip(step_weights, full):
+            assert layer_weights.shape == (2, 2, 1, position + 1)
+            torch.testing.assert_close(layer_weights[:, :, 0], full_weights[:, :, position, : position + 1])
+
+    with pytest.raises(ValueError, match="`output_attentions=True` needs the eager attention implementation"):
+        tiny_model()(stream, output_attentions=True)
+
+
+def test_flex_block_masks_are_the_dense_masks():
+    from torch.nn.attention.flex_attention import create_mask
+
+    config = tiny_config(num_hidden_layers=4, attention_types=["full", "row", "column", "conv"])
+    for kind, mask in build_attention_masks(config).items():
+        for start, length, key_length in [(0, STREAM_LENGTH, STREAM_LENGTH), (TEXT_LENGTH + 3, 5, STREAM_LENGTH + 4)]:
+            positions = torch.arange(start, start + length)
+            block_mask = build_flex_block_mask(config, kind, positions, key_length)
+            dense = create_mask(block_mask.mask_mod, None, None, length, key_length, device="cpu")[0, 0]
+            assert torch.equal(dense[:, :STREAM_LENGTH], mask[start : start + length]), (kind, start)
+            assert not dense[:, STREAM_LENGTH:].any()
+
+
+def test_flex_attention_matches_sdpa():
+    # flex attention runs compiled (transformers compiles it on first use), forward only on a CPU.
+    types = ["row", "column", "conv"]
+    models = {impl: tiny_model(attention_types=types, attn_implementation=impl) for impl in ("flex_attention", "sdpa")}
+    stream = random_stream()
+    with torch.no_grad():
+        expected = models["sdpa"](stream, use_cache=False).logits
+        torch.testing.assert_close(
+            models["flex_attention"](stream, use_cache=False).logits, expected, rtol=1e-4, atol=1e-4
+        )
+        cache = DynamicCache(config=models["flex_attention"].config)
+        chunks = [models["flex_attention"](chunk, cache=cache).logits for chunk in stream.split([10, 14], dim=1)]
+    torch.testing.assert_close(torch.cat(chunks, dim=1), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_decode_step_traces_as_one_graph_with_a_static_cache():
@@ -493,10 +613,10 @@ def test_compiled_decode_step_with_static_cache():
 def compiled_greedy(model, step, prompt, num_new_tokens):
     cache = StaticCache(config=model.config, max_cache_len=STREAM_LENGTH)
     with torch.no_grad():
-        next_token = model(prompt, past_key_values=cache).logits[:, -1:].argmax(-1)
+        next_token = model(prompt, cache=cache).logits[:, -1:].argmax(-1)
         tokens = [prompt, next_token]
         for _ in range(num_new_tokens - 1):
-            next_token = step(input_ids=next_token, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+            next_token = step(input_ids=next_token, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
             tokens.append(next_token)
     return torch.cat(tokens, dim=1)
 
@@ -550,9 +670,9 @@ def test_bad_calls_are_rejected():
         model.image_codes_from_ids(stream[:, :-1])
     # A decode step past the end of the stream.
     cache = DynamicCache(config=model.config)
-    model(stream, past_key_values=cache)
+    model(stream, cache=cache)
     with pytest.raises(ValueError, match="reaches stream position 24"):
-        model(stream[:, -1:], past_key_values=cache)
+        model(stream[:, -1:], cache=cache)
 
 
 def block_gradient_errors(model, reference) -> dict[str, float]:

@@ -1,20 +1,24 @@
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+from .cache_dalle import DallePrefixCache, PrefixLayer
 from .configuration_dalle import DalleConfig, paper_attention_types
 from .modeling_dalle import (
+    CACHE_NAME,
+    IMAGE_ATTENTION_RULES,
     DalleCausalLMOutputWithPast,
     DalleForImageGeneration,
     DalleModel,
-    DallePrefixCache,
     DallePreTrainedModel,
     DalleResblockGradientScaler,
     DalleStreamLogitsProcessor,
     DecodeStepKeys,
-    PrefixLayer,
     build_attention_masks,
-    decode_step_attention,
+    build_flex_block_mask,
+    decode_step_attention_forward,
     decode_step_keys,
+    eager_attention_forward,
     mask_logits_by_position,
+    stream_attention_rule,
 )
 
 

@@ -1,7 +1,9 @@
 """The DALL-E transformer prior (stage 2): a decoder-only transformer over captions followed by dVAE image codes,
 with the paper's sparse row / column / convolutional image attention."""
 
+import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -9,50 +11,108 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, LogitsProcessor, PreTrainedModel
 from transformers import initialization as init
-from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMode
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import logging
 
+from .cache_dalle import DallePrefixCache
 from .configuration_dalle import DalleConfig
 
 
+logger = logging.get_logger(__name__)
+
+# transformers 5.24 renamed the cache that `generate` passes to `forward` and reads back from its output from
+# `past_key_values` to `cache`. The model takes either name and returns the cache under the installed version's.
+CACHE_NAME = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def cache_argument(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """The cache a caller passed as `cache` (transformers >= 5.24) or as `past_key_values` (the earlier name)."""
+    if past_key_values is None:
+        return cache
+    if cache is not None:
+        raise ValueError("Pass the cache once, as `cache` or as `past_key_values`, not both.")
+    return past_key_values
+
+
+# The attention pattern of the stream. An image rule says whether the image code at raster index `query` may attend
+# to the one at raster index `key` (integer tensors of any broadcastable shapes, or the scalars flex attention's mask
+# functions receive); every rule is causal in raster order. With `G = image_grid_size`, `h = conv_kernel_size // 2`:
+
+
+def full_image_attention(config: DalleConfig, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """Every earlier code and itself."""
+    return key <= query
+
+
+def row_image_attention(config: DalleConfig, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """`query - key <= G`: the code itself and the `G` codes before it (the paper's "previous grid + 1 tokens": the
+    rest of its row to the left and the previous row from its own column on)."""
+    return (key <= query) & (query - key <= config.image_grid_size)
+
+
+def column_image_attention(config: DalleConfig, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """`(query - key) % G == 0`: the same column in earlier rows, and itself."""
+    return (key <= query) & ((query - key) % config.image_grid_size == 0)
+
+
+def conv_image_attention(config: DalleConfig, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """`query - key = dr * G + dc` with `0 <= dr <= h`, `-h <= dc <= h`: the causal half of the `conv_kernel_size` x
+    `conv_kernel_size` neighbourhood centred on the code, laid over the raster sequence, so near the left and right
+    edges it wraps around onto the neighbouring row."""
+    offset, half = query - key, config.conv_kernel_size // 2
+    in_kernel = offset <= half  # dr = 0: the code itself and the `h` codes before it
+    for kernel_row in range(1, half + 1):
+        in_kernel = in_kernel | ((offset - kernel_row * config.image_grid_size).abs() <= half)
+    return (key <= query) & in_kernel
+
+
+IMAGE_ATTENTION_RULES: dict[str, Callable[[DalleConfig, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "full": full_image_attention,
+    "row": row_image_attention,
+    "column": column_image_attention,
+    "conv": conv_image_attention,
+}
+
+
+def stream_attention_rule(config: DalleConfig, kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The mask function `(query, key) -> may attend` over stream positions for attention type `kind`: text queries
+    attend causally to text, image queries attend to all text and to image codes by `IMAGE_ATTENTION_RULES[kind]`."""
+    image_rule, text_length = IMAGE_ATTENTION_RULES[kind], config.max_text_length
+
+    def may_attend(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        image_pair = (query >= text_length) & (key >= text_length)
+        return torch.where(image_pair, image_rule(config, query - text_length, key - text_length), key <= query)
+
+    return may_attend
+
+
 def build_attention_masks(config: DalleConfig, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
-    """
-    The boolean attention masks (`True` = may attend) of the full stream, one `[S, S]` matrix per attention type used
-    by `config`, where `S = max_text_length + image_grid_size ** 2`.
-
-    Text queries attend causally to text; image queries attend to all text. Between image codes at raster indices
-    `i` (query) and `j` (key), every type requires `j <= i`, and with `G = image_grid_size`,
-    `h = conv_kernel_size // 2`:
-
-    - `"full"`: every earlier code;
-    - `"row"`: `i - j <= G`, the code itself and the `G` codes before it (the paper's "previous grid + 1 tokens": the
-      rest of its row to the left and the previous row from its own column on);
-    - `"column"`: `(i - j) % G == 0`, the same column in earlier rows, and itself;
-    - `"conv"`: `i - j = dr * G + dc` with `0 <= dr <= h` and `-h <= dc <= h`: the causal half of the
-      `conv_kernel_size` x `conv_kernel_size` neighbourhood centred on the code, laid over the raster sequence, so
-      near the left and right edges it wraps around onto the neighbouring row.
-    """
-    text_length, grid = config.max_text_length, config.image_grid_size
+    """The boolean attention masks (`True` = may attend) of the full stream, one `[S, S]` matrix per attention type used
+    by `config` (`S = max_sequence_length`), from [`stream_attention_rule`]."""
     positions = torch.arange(config.max_sequence_length, device=device)
-    query, key = positions[:, None], positions[None, :]
-    causal = key <= query
-    image_pair = (query >= text_length) & (key >= text_length)
-    offset = query - key  # raster distance between two image codes
-
-    half = config.conv_kernel_size // 2
-    kernel_offsets = torch.tensor(
-        [dr * grid + dc for dr in range(half + 1) for dc in range(-half, half + 1) if dr * grid + dc >= 0],
-        device=device,
-    )
-    image_rules = {
-        "full": lambda: causal,
-        "row": lambda: causal & (offset <= grid),
-        "column": lambda: causal & (offset % grid == 0),
-        "conv": lambda: torch.isin(offset, kernel_offsets),
+    return {
+        kind: stream_attention_rule(config, kind)(positions[:, None], positions[None, :])
+        for kind in set(config.attention_types)
     }
-    return {kind: torch.where(image_pair, image_rules[kind](), causal) for kind in set(config.attention_types)}
+
+
+def build_flex_block_mask(config: DalleConfig, kind: str, positions: torch.Tensor, key_length: int):
+    """The flex attention `BlockMask` of attention type `kind` for queries at stream `positions` over `key_length`
+    keys, from [`stream_attention_rule`]: on a GPU, flex attention skips the blocks it masks out."""
+    from torch.nn.attention.flex_attention import create_block_mask  # torch >= 2.5, only for flex attention
+
+    may_attend = stream_attention_rule(config, kind)
+
+    def mask_mod(batch_idx, head_idx, query_idx, key_idx):
+        return may_attend(positions[query_idx], key_idx)
+
+    return create_block_mask(
+        mask_mod, B=None, H=None, Q_LEN=len(positions), KV_LEN=key_length, device=positions.device
+    )
 
 
 @dataclass(frozen=True)
@@ -69,134 +129,18 @@ class DecodeStepKeys:
     image_mask: torch.Tensor | None = None
 
 
-def decode_step_keys(config: DalleConfig, kind: str, position: int, mask_row: torch.Tensor) -> DecodeStepKeys:
-    """The [`DecodeStepKeys`] of the query at image stream `position` for attention type `kind`; `mask_row` is that
-    query's row of `build_attention_masks(config)[kind]`, from which a window's mask is sliced where the window also
-    holds keys the type skips (convolutional attention)."""
-    text_length, grid = config.max_text_length, config.image_grid_size
-    image_index = position - text_length
-    if kind == "column":
-        return DecodeStepKeys(text_length, slice(text_length + image_index % grid, position + 1, grid))
-    reach = {"full": image_index, "row": grid, "conv": (config.conv_kernel_size // 2) * (grid + 1)}[kind]
-    window = slice(max(text_length, position - reach), position + 1)
-    return DecodeStepKeys(text_length, window, mask_row[window] if kind == "conv" else None)
-
-
-def decode_step_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, keys: DecodeStepKeys
-) -> torch.Tensor:
-    """Attention of one query position over the text keys and the `keys.image_keys` of `key` / `value` (views, no
-    copy): the scores of both parts share one softmax (in float32), so this equals `scaled_dot_product_attention`
-    with the full mask row."""
-    text, image = slice(0, keys.text_length), keys.image_keys
-    query = query * (1 / math.sqrt(query.shape[-1]))
-    text_scores = query @ key[:, :, text].transpose(-1, -2)
-    image_scores = query @ key[:, :, image].transpose(-1, -2)
-    if keys.image_mask is not None:
-        image_scores = image_scores.masked_fill(~keys.image_mask, float("-inf"))
-    weights = torch.cat([text_scores, image_scores], dim=-1).softmax(-1, dtype=torch.float32).to(value.dtype)
-    return weights[..., text] @ value[:, :, text] + weights[..., keys.text_length :] @ value[:, :, image]
-
-
-def mask_logits_by_position(logits: torch.Tensor, positions: torch.Tensor, config: DalleConfig) -> torch.Tensor:
-    """Set the logits a stream position may not produce to the dtype's lowest value: the logits at position `p`
-    predict the token at `p + 1`, which is an image code if `p + 1 >= max_text_length` and a text token otherwise.
-    `logits`: `[..., len(positions), vocab_size]`. The lowest finite value rather than -inf, so that the difference
-    of two masked logits (classifier-free guidance) stays finite instead of becoming NaN."""
-    predicts_image = positions >= config.max_text_length - 1
-    vocab_is_image = torch.arange(config.vocab_size, device=logits.device) >= config.text_vocab_size
-    return logits.masked_fill(predicts_image[:, None] != vocab_is_image, torch.finfo(logits.dtype).min)
-
-
-class DalleStreamLogitsProcessor(LogitsProcessor):
-    """
-    [`LogitsProcessor`] that keeps text tokens at text positions and image codes at image positions of a DALL-E
-    stream (`input_ids` starting at stream position 0). [`DalleForImageGeneration`] already masks its logits this
-    way; this processor is for scores that come from elsewhere (e.g. mixed for classifier-free guidance).
-    """
-
-    def __init__(self, config: DalleConfig):
-        self.config = config
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        last_position = torch.tensor([input_ids.shape[1] - 1], device=scores.device)
-        return mask_logits_by_position(scores, last_position, self.config)
-
-
-class PrefixLayer(CacheLayerMixin):
-    """One layer's keys and values, written in place into buffers of `max_cache_len` positions allocated at the first
-    update; `update` returns views of the filled prefix only. Attention thus reads exactly the positions written so
-    far, with no per-step copy of the whole cache (a `DynamicLayer` concatenates) and no attention over empty slots
-    (a `StaticLayer` returns all of them). The prefix grows every step, so it is not for `torch.compile`: use a
-    `StaticCache` there."""
-
-    is_croppable = True
-
-    def __init__(self, max_cache_len: int):
-        super().__init__()
-        self.max_cache_len = max_cache_len
-        self.length = 0
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        batch_size, num_heads = key_states.shape[:2]
-        self.dtype, self.device = key_states.dtype, key_states.device
-        self.keys = key_states.new_zeros(batch_size, num_heads, self.max_cache_len, key_states.shape[-1])
-        self.values = value_states.new_zeros(batch_size, num_heads, self.max_cache_len, value_states.shape[-1])
-        self.is_initialized = True
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        start, end = self.length, self.length + key_states.shape[-2]
-        if end > self.max_cache_len:
-            raise ValueError(f"The cache holds {self.max_cache_len} positions; this update would fill {end}.")
-        self.keys[:, :, start:end] = key_states
-        self.values[:, :, start:end] = value_states
-        self.length = end
-        return self.keys[:, :, :end], self.values[:, :, :end]
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.length + query_length, 0
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def get_max_length(self) -> int:
-        return self.max_cache_len
-
-    def crop(self, tokens_to_remove: int) -> None:
-        """Forget the last `-tokens_to_remove` positions (a negative count, as `DynamicLayer.crop` takes)."""
-        if tokens_to_remove > 0:
-            raise ValueError(f"`crop` takes minus the number of positions to remove, got {tokens_to_remove}.")
-        self.length = max(self.length + tokens_to_remove, 0)
-
-    def reset(self) -> None:
-        super().reset()
-        self.length = 0
-
-
-class DallePrefixCache(Cache):
-    """The cache `DalleForImageGeneration.generate` uses by default: a [`PrefixLayer`] per layer, sized for the
-    whole stream. Same keys and values as a `DynamicCache`, without its per-step concatenation (at batch 32 on one CPU
-    thread, a quarter of the forward's time in the 8x8 benchmark)."""
-
-    def __init__(self, config: DalleConfig, max_cache_len: int | None = None):
-        max_cache_len = max_cache_len or config.max_sequence_length
-        super().__init__(layers=[PrefixLayer(max_cache_len) for _ in range(config.num_hidden_layers)])
-
-
-@dataclass
-class DalleCausalLMOutputWithPast(CausalLMOutputWithPast):
-    """
-    [`CausalLMOutputWithPast`] plus the two terms of the loss:
-
-    text_loss (`torch.FloatTensor`): mean cross-entropy over the text targets (0 if there are none).
-    image_loss (`torch.FloatTensor`): mean cross-entropy over the image targets (0 if there are none).
-    `loss = text_loss_weight * text_loss + (1 - text_loss_weight) * image_loss`.
-    """
-
-    text_loss: torch.FloatTensor | None = None
-    image_loss: torch.FloatTensor | None = None
+def decode_step_keys(config: DalleConfig, position: int, mask_row: torch.Tensor) -> DecodeStepKeys:
+    """The [`DecodeStepKeys`] of the query at image stream `position` whose row of `build_attention_masks(config)` is
+    `mask_row`: the allowed image keys as one slice if they are evenly spaced (a row, a column, full attention),
+    else the window from the first to the last with its mask (a convolutional neighbourhood)."""
+    text_length = config.max_text_length
+    allowed = (mask_row[text_length : position + 1].nonzero().squeeze(1) + text_length).tolist()
+    first, last = allowed[0], allowed[-1]
+    steps = {b - a for a, b in zip(allowed, allowed[1:])}
+    if len(steps) <= 1:
+        return DecodeStepKeys(text_length, slice(first, last + 1, steps.pop() if steps else 1))
+    window = slice(first, last + 1)
+    return DecodeStepKeys(text_length, window, mask_row[window])
 
 
 class DalleEmbeddings(nn.Module):
@@ -228,50 +172,93 @@ class DalleEmbeddings(nn.Module):
         return torch.where(is_pad[..., None], self.text_pad_embedding(text_index), embeddings)
 
 
-def matmul_softmax_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor, dropout: float = 0.0
-) -> torch.Tensor:
-    """`F.scaled_dot_product_attention` with a boolean mask (`True` = may attend, at least one per query) written out,
-    the softmax in float32."""
-    scores = (query @ key.transpose(-1, -2)) * (1 / math.sqrt(query.shape[-1]))
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention written out with a boolean mask (`True` = may attend, at least one per query), the softmax in
+    float32; returns the output `[B, L, H, D]` and the attention weights `[B, H, L, K]`."""
+    scores = (query @ key.transpose(-1, -2)) * scaling
     weights = scores.masked_fill(~attention_mask, float("-inf")).softmax(-1, dtype=torch.float32).to(value.dtype)
-    return F.dropout(weights, dropout) @ value
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return (weights @ value).transpose(1, 2).contiguous(), weights
+
+
+def decode_step_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: DecodeStepKeys,
+    scaling: float,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Attention of one query position over the text keys and the `attention_mask.image_keys` of `key` / `value`
+    (views, no copy): the scores of both parts share one softmax (in float32), so this equals the attention with the
+    full mask row."""
+    keys = attention_mask
+    text, image = slice(0, keys.text_length), keys.image_keys
+    query = query * scaling
+    text_scores = query @ key[:, :, text].transpose(-1, -2)
+    image_scores = query @ key[:, :, image].transpose(-1, -2)
+    if keys.image_mask is not None:
+        image_scores = image_scores.masked_fill(~keys.image_mask, float("-inf"))
+    weights = torch.cat([text_scores, image_scores], dim=-1).softmax(-1, dtype=torch.float32).to(value.dtype)
+    output = weights[..., text] @ value[:, :, text] + weights[..., keys.text_length :] @ value[:, :, image]
+    return output.transpose(1, 2), None
 
 
 class DalleAttention(nn.Module):
+    """Multi-head self-attention through the implementation `config._attn_implementation` names in transformers'
+    `ALL_ATTENTION_FUNCTIONS` (`"sdpa"`, `"flex_attention"`, ...), or [`eager_attention_forward`] for `"eager"`;
+    the mask is the layer's (see `DalleModel.layer_masks`)."""
+
     def __init__(self, config: DalleConfig, layer_idx: int):
         super().__init__()
+        self.config = config
         self.layer_idx = layer_idx
         self.attention_type = config.attention_types[layer_idx]
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
         self.dropout = config.dropout
         self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | DecodeStepKeys,
-        past_key_values: Cache | None = None,
-    ) -> torch.Tensor:
+        self, hidden_states: torch.Tensor, attention_mask, cache: Cache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size, length, width = hidden_states.shape
         qkv = self.qkv_proj(hidden_states).view(batch_size, length, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
+
+        implementation = self.config._attn_implementation
+        half_precision = query.dtype in (torch.bfloat16, torch.float16)
+        if implementation == "sdpa" and self.training and query.device.type == "cpu" and half_precision:
+            # PyTorch's CPU flash-attention kernel, the one SDPA picks here, is several times slower *backward* in half
+            # precision than matmul + softmax (forward alone it is the faster).
+            implementation = "eager"
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         if isinstance(attention_mask, DecodeStepKeys):
-            output = decode_step_attention(query, key, value, attention_mask)
-        elif self.training and query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16):
-            # PyTorch's CPU flash-attention kernel, the one SDPA picks here, is 3-4x slower *backward* in half
-            # precision than matmul + softmax (forward alone it is the faster): training the demo model in bf16 on a
-            # CPU takes 0.40 s a step this way instead of 1.0 s.
-            output = matmul_softmax_attention(query, key, value, attention_mask, self.dropout)
-        else:
-            output = F.scaled_dot_product_attention(
-                query, key, value, attn_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0
-            )
-        return self.out_proj(output.transpose(1, 2).reshape(batch_size, length, width))
+            attention_interface = decode_step_attention_forward
+        output, weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            scaling=self.scaling,
+            dropout=self.dropout if self.training else 0.0,
+        )
+        return self.out_proj(output.reshape(batch_size, length, width)), weights
 
 
 class DalleMLP(nn.Module):
@@ -360,23 +347,21 @@ class DalleBlock(GradientCheckpointingLayer):
         ]
 
     def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | DecodeStepKeys,
-        past_key_values: Cache | None = None,
-    ) -> torch.Tensor:
+        self, hidden_states: torch.Tensor, attention_mask, cache: Cache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The block's output and its attention weights (`None` unless the attention implementation is eager)."""
         if self.attention_gradient_scaler is None or not torch.is_grad_enabled():
-            attention = self.attention(self.attention_norm(hidden_states), attention_mask, past_key_values)
+            attention, weights = self.attention(self.attention_norm(hidden_states), attention_mask, cache)
             hidden_states = hidden_states + self.dropout(attention)
-            return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
+            return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states))), weights
 
         scaler = self.attention_gradient_scaler
         branch = self.attention_norm(scaler.branch_input(hidden_states))
-        attention = self.attention(branch, attention_mask, past_key_values)
+        attention, weights = self.attention(branch, attention_mask, cache)
         hidden_states = hidden_states + scaler.branch_output(self.dropout(attention))
         scaler = self.mlp_gradient_scaler
         mlp = self.mlp(self.mlp_norm(scaler.branch_input(hidden_states)))
-        return hidden_states + scaler.branch_output(self.dropout(mlp))
+        return hidden_states + scaler.branch_output(self.dropout(mlp)), weights
 
 
 class DallePreTrainedModel(PreTrainedModel):
@@ -385,8 +370,9 @@ class DallePreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _no_split_modules = ["DalleBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_sdpa = True
+    _supports_flex_attn = True
     _can_compile_fullgraph = True
 
     def _init_weights(self, module):
@@ -466,17 +452,48 @@ class DalleModel(DallePreTrainedModel):
     def decode_step_keys_at(self, position: int, device: torch.device) -> dict[str, DecodeStepKeys | None]:
         """Per attention type, the [`DecodeStepKeys`] of a decode step at stream `position`, or `None` where one mask
         over the whole prefix is as cheap: at text positions, and where the step would still read more than a third
-        of the prefix (a conv window counts whole; measured on a CPU: skipping fewer keys than that does not repay
-        the extra kernels). Built on first use."""
+        of the prefix (a conv window counts whole: skipping fewer keys than that does not repay the extra kernels).
+        Built on first use."""
         if (device, position) not in self._decode_step_keys:
             step_keys = dict.fromkeys(self.config.attention_types)
             if position >= self.config.max_text_length:
                 for kind, mask in self.attention_masks(device).items():
-                    keys = decode_step_keys(self.config, kind, position, mask[position])
-                    allowed = keys.text_length + len(range(position + 1)[keys.image_keys])
-                    step_keys[kind] = keys if 3 * allowed <= position + 1 else None
+                    keys = decode_step_keys(self.config, position, mask[position])
+                    read = keys.text_length + len(range(position + 1)[keys.image_keys])
+                    step_keys[kind] = keys if 3 * read <= position + 1 else None
             self._decode_step_keys[device, position] = step_keys
         return self._decode_step_keys[device, position]
+
+    def layer_masks(
+        self, positions: torch.Tensor, key_length: int, decode_position: int | None, output_attentions: bool
+    ) -> dict[str, torch.Tensor | DecodeStepKeys]:
+        """
+        Per attention type, what its layers attend with for the queries at stream `positions` over `key_length` key
+        slots (a `StaticCache` holds its whole preallocated length; slots past the stream are never attended to):
+
+        - `flex_attention`: a `BlockMask` ([`build_flex_block_mask`]);
+        - `sdpa`, at a decode step (one position, `decode_position`, over a cache of exactly the positions so far)
+          whose type allows few of them, without `output_attentions`: the [`DecodeStepKeys`] to read instead of
+          masking the prefix;
+        - otherwise: the rows of the dense mask, `[1, 1, len(positions), key_length]`.
+        """
+        implementation = self.config._attn_implementation
+        device = positions.device
+        if implementation == "flex_attention":
+            kinds = set(self.config.attention_types)
+            return {kind: build_flex_block_mask(self.config, kind, positions, key_length) for kind in kinds}
+        step_keys = {}
+        if decode_position is not None and implementation == "sdpa" and not output_attentions:
+            step_keys = self.decode_step_keys_at(decode_position, device)
+        masks = {}
+        for kind, mask in self.attention_masks(device).items():
+            if step_keys.get(kind) is not None:
+                masks[kind] = step_keys[kind]
+                continue
+            if key_length > mask.shape[1]:
+                mask = F.pad(mask, (0, key_length - mask.shape[1]))
+            masks[kind] = mask[:, :key_length].index_select(0, positions)[None, None]
+        return masks
 
     def _check_stream_ids(
         self, ids: torch.Tensor, positions: torch.Tensor, name: str, ignore_index: int | None = None
@@ -527,63 +544,114 @@ class DalleModel(DallePreTrainedModel):
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        past_key_values: Cache | None = None,
     ) -> BaseModelOutputWithPast | tuple:
+        cache = cache_argument(cache, past_key_values)
         use_cache = use_cache if use_cache is not None else self.config.use_cache
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if output_attentions and self.config._attn_implementation != "eager":
+            raise ValueError(
+                f"`output_attentions=True` needs the eager attention implementation, but this model uses "
+                f"{self.config._attn_implementation!r}: load it with `attn_implementation='eager'` or call "
+                "`model.set_attn_implementation('eager')` first."
+            )
+        if self.layers[0].gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # The recomputation in the backward pass would write the cache a second time.
+            if cache is not None:
+                logger.warning_once("A cache is not used with gradient checkpointing in training.")
+            cache, use_cache = None, False
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
 
         length = input_ids.shape[-1]
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_length = cache.get_seq_length() if cache is not None else 0
         positions = torch.arange(length, device=input_ids.device) + past_length
         if not torch.compiler.is_compiling():
             self._check_stream_ids(input_ids, positions, "input_ids")
             # Empty text positions hold learned pad embeddings, so nothing in a DALL-E stream is ever masked out.
-            if attention_mask is not None and attention_mask.ndim == 2 and not bool(attention_mask.all()):
+            # (A 4D mask or `BlockMask` that `generate` builds for a compilable cache is causal: the stream's own
+            # masks, which only allow fewer keys, replace it.)
+            if (
+                isinstance(attention_mask, torch.Tensor)
+                and attention_mask.ndim == 2
+                and not bool(attention_mask.all())
+            ):
                 raise ValueError(
                     "`attention_mask` must be all ones: DALL-E pads are inputs (each text position has its own "
                     "learned pad embedding), not masked tokens. Leave `attention_mask` out."
                 )
 
-        # Rows of the stream masks at the query positions, over every key slot the cache will hold after this step
-        # (a StaticCache holds its whole preallocated length; slots past the stream are never attended to).
-        key_length = past_key_values.get_mask_sizes(length, 0)[0] if past_key_values is not None else length
-        masks = {}
-        # An inference step of one position over a cache of exactly the positions so far: where its type allows few
-        # of them, attend to views of those keys (`DecodeStepKeys`) instead of masking the whole prefix.
-        decode_step = (
-            length == 1 and not self.training and isinstance(past_length, int) and key_length == past_length + 1
-        )
-        step_keys = self.decode_step_keys_at(past_length, input_ids.device) if decode_step else {}
-        for kind, mask in self.attention_masks(input_ids.device).items():
-            if step_keys.get(kind) is not None:
-                masks[kind] = step_keys[kind]
-                continue
-            if key_length > mask.shape[1]:
-                mask = F.pad(mask, (0, key_length - mask.shape[1]))
-            masks[kind] = mask[:, :key_length].index_select(0, positions)
+        key_length = cache.get_mask_sizes(length, 0)[0] if cache is not None else length
+        is_decode_step = length == 1 and not self.training and isinstance(past_length, int)
+        decode_position = past_length if is_decode_step and key_length == past_length + 1 else None
+        masks = self.layer_masks(positions, key_length, decode_position, output_attentions)
 
         hidden_states = self.embeddings(input_ids, positions)
         all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
         for layer in self.layers:
-            hidden_states = layer(hidden_states, masks[layer.attention_type], past_key_values=past_key_values)
+            hidden_states, weights = layer(hidden_states, masks[layer.attention_type], cache=cache)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (weights,)
         hidden_states = self.final_norm(hidden_states)
 
         output = BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
             hidden_states=all_hidden_states,
+            attentions=all_attentions,
+            **{CACHE_NAME: cache if use_cache else None},
         )
         return output if return_dict else output.to_tuple()
+
+
+def mask_logits_by_position(logits: torch.Tensor, positions: torch.Tensor, config: DalleConfig) -> torch.Tensor:
+    """Set the logits a stream position may not produce to the dtype's lowest value: the logits at position `p`
+    predict the token at `p + 1`, which is an image code if `p + 1 >= max_text_length` and a text token otherwise.
+    `logits`: `[..., len(positions), vocab_size]`. The lowest finite value rather than -inf, so that the difference
+    of two masked logits (classifier-free guidance) stays finite instead of becoming NaN."""
+    predicts_image = positions >= config.max_text_length - 1
+    vocab_is_image = torch.arange(config.vocab_size, device=logits.device) >= config.text_vocab_size
+    return logits.masked_fill(predicts_image[:, None] != vocab_is_image, torch.finfo(logits.dtype).min)
+
+
+class DalleStreamLogitsProcessor(LogitsProcessor):
+    """
+    [`LogitsProcessor`] that keeps text tokens at text positions and image codes at image positions of a DALL-E
+    stream (`input_ids` starting at stream position 0). [`DalleForImageGeneration`] already masks its logits this
+    way; this processor is for scores that come from elsewhere (e.g. mixed for classifier-free guidance).
+    """
+
+    def __init__(self, config: DalleConfig):
+        self.config = config
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        last_position = torch.tensor([input_ids.shape[1] - 1], device=scores.device)
+        return mask_logits_by_position(scores, last_position, self.config)
+
+
+@dataclass
+class DalleCausalLMOutputWithPast(CausalLMOutputWithPast):
+    """
+    [`CausalLMOutputWithPast`] plus the two terms of the loss:
+
+    text_loss (`torch.FloatTensor`): mean cross-entropy over the text targets (0 if there are none).
+    image_loss (`torch.FloatTensor`): mean cross-entropy over the image targets (0 if there are none).
+    `loss = text_loss_weight * text_loss + (1 - text_loss_weight) * image_loss`.
+    """
+
+    text_loss: torch.FloatTensor | None = None
+    image_loss: torch.FloatTensor | None = None
 
 
 class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
@@ -601,11 +669,12 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
     [`DalleVAE.decode`]. A pad is an input with its own learned embedding per position: never pass an
     `attention_mask` that hides it.
 
-    **Positions** are absolute: a call's tokens sit at stream positions `past_key_values.get_seq_length() + 0, 1,
-    ...`; every row of the batch is at the same position. Calling `model(input_ids=step_ids,
-    past_key_values=cache, use_cache=True)` with `step_ids` of shape `[B, 1]` (or any chunk) after a prefill
-    therefore continues the stream, with a `DynamicCache`, a [`DallePrefixCache`] or a preallocated `StaticCache`
-    (whose unused slots the masks hide). This is all a hand-written decode loop needs.
+    **Positions** are absolute: a call's tokens sit at stream positions `cache.get_seq_length() + 0, 1, ...`; every
+    row of the batch is at the same position. Calling `model(input_ids=step_ids, cache=cache, use_cache=True)` with
+    `step_ids` of shape `[B, 1]` (or any chunk) after a prefill therefore continues the stream, with a
+    `DynamicCache`, a [`DallePrefixCache`] or a preallocated `StaticCache` (whose unused slots the masks hide). This
+    is all a hand-written decode loop needs. `forward` takes the cache as `cache` or `past_key_values` and returns it
+    under the name of the installed transformers (`cache` from 5.24 on).
 
     **Logits**: `logits[:, i]` predicts the token after position `i`; every logit that this position may not
     produce (text tokens where an image code comes next, and the reverse) is set to the lowest finite value of the
@@ -613,13 +682,14 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
     streams by construction. [`DalleStreamLogitsProcessor`] applies the same rule to other scores.
 
     **Attention**: text attends causally to text, image codes attend to all text and to earlier codes through the
-    layer's image mask (`config.attention_types`, masks defined in [`build_attention_masks`]). Masks are built once
-    per device and sliced by position; attention runs through `torch.nn.functional.scaled_dot_product_attention`
-    (in training on a CPU at half precision, through `matmul_softmax_attention`, several times faster backward). A
-    cached inference step of one image position whose type allows at most a third of the prefix (row, column and
-    convolutional attention on long streams) reads only those keys ([`decode_step_attention`]): on one CPU thread,
-    with a 32-token caption, `generate` runs 1.2x as fast with a 16x16 grid at batch 32 and 1.4x with a 32x32 grid at
-    batch 8 (the same at batch 1).
+    layer's image rule (`config.attention_types`; rules in `IMAGE_ATTENTION_RULES`). Attention runs through
+    transformers' attention interface, chosen by `attn_implementation`: `"sdpa"` (default) and `"eager"` (which
+    returns the attention weights for `output_attentions`) with the dense masks of [`build_attention_masks`], built
+    once per device and sliced by position, and `"flex_attention"` with block masks of the same rules. In training on
+    a CPU at half precision, `"sdpa"` runs the eager computation (PyTorch's CPU flash kernel is slow backward there).
+    Under `"sdpa"`, a cached inference step of one image position whose type allows at most a third of the prefix
+    (row, column and convolutional attention on long streams) reads only those keys
+    ([`decode_step_attention_forward`]); `benchmarks/` has the figures.
 
     **Loss** (`labels`, usually `input_ids`; shifted inside, -100 ignored): cross-entropy of the masked logits,
     averaged separately over text and image targets, weighted `text_loss_weight` and `1 - text_loss_weight`.
@@ -652,28 +722,30 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings: nn.Linear):
         self.lm_head = new_embeddings
 
-    def create_masks_for_generate(self, **kwargs) -> None:
-        # `generate` builds a 4D causal mask for compilable caches; the model uses its own stream masks instead.
-        return None
+    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
+        """[`~GenerationMixin.generate`], with a [`DallePrefixCache`] of the whole stream as the default cache of
+        greedy and sampled streams (the modes that never reorder or roll back the cache): the same tokens as with
+        `generate`'s `DynamicCache`, without copying the cache at every step. A cache the caller passes (for example
+        the one a previous call returned, to continue its streams), a `cache_implementation` or another decoding
+        mode are left to `generate`."""
+        if self._takes_prefix_cache(generation_config, kwargs):
+            kwargs[CACHE_NAME] = DallePrefixCache(self.config)
+        return super().generate(inputs, generation_config, **kwargs)
 
-    def _prepare_cache_for_generation(
-        self, generation_config, model_kwargs: dict, generation_mode, batch_size: int, max_cache_length: int
-    ) -> None:
-        """`generate`'s default cache is a `DynamicCache`; for greedy and sampled streams (the modes that never
-        reorder or roll back) a [`DallePrefixCache`] of the generation's length replaces it: same results, no copy
-        of the cache at every step. A cache the caller passes, or `cache_implementation`, is used as given."""
-        super()._prepare_cache_for_generation(
-            generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
+    def _takes_prefix_cache(self, generation_config, kwargs: dict) -> bool:
+        if kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None:
+            return False
+        if kwargs.get("custom_generate") is not None:
+            return False
+        config = copy.deepcopy(generation_config if generation_config is not None else self.generation_config)
+        config.update(**kwargs)
+        return (
+            config.use_cache is not False
+            and config.cache_implementation in (None, "dynamic")
+            and not config.is_assistant
+            and config.get_generation_mode(kwargs.get("assistant_model"))
+            in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE)
         )
-        cache = model_kwargs.get("past_key_values")
-        if (
-            type(cache) is DynamicCache
-            and not getattr(cache, "_is_user_defined", False)
-            and generation_config.cache_implementation in (None, "dynamic")
-            and generation_mode in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE)
-            and not generation_config.is_assistant
-        ):
-            model_kwargs["past_key_values"] = DallePrefixCache(self.config, max_cache_len=max_cache_length)
 
     def prepare_input_ids(
         self, text_input_ids: torch.LongTensor, image_codes: torch.LongTensor | None = None
@@ -724,33 +796,38 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int = 0,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        past_key_values: Cache | None = None,
     ) -> DalleCausalLMOutputWithPast | tuple:
         r"""
         Args:
-            input_ids (`torch.LongTensor` of shape `(batch, length)`): the stream (or its next chunk when
-                `past_key_values` holds the earlier positions); see the class docstring for the layout.
-            attention_mask: accepted for `generate()`; must be all ones (pads are inputs, not masked).
-            past_key_values (`Cache`): a `DynamicCache`, [`DallePrefixCache`] or `StaticCache` of the earlier
-                positions.
+            input_ids (`torch.LongTensor` of shape `(batch, length)`): the stream (or its next chunk when `cache`
+                holds the earlier positions); see the class docstring for the layout.
+            attention_mask: accepted for `generate()`; a 2D mask must be all ones (pads are inputs, not masked).
+            cache (`Cache`): a `DynamicCache`, [`DallePrefixCache`] or `StaticCache` of the earlier positions.
             labels (`torch.LongTensor` of shape `(batch, length)`): usually `input_ids`; shifted inside,
                 -100 is ignored.
             logits_to_keep (`int`): compute logits for the last `logits_to_keep` positions only (0 = all).
+            output_attentions (`bool`): return each layer's attention weights (eager attention only).
+            past_key_values (`Cache`): the cache under its name before transformers 5.24 (pass one of the two).
         """
+        cache = cache_argument(cache, past_key_values)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         # Positions before the model runs: a StaticCache's length is a tensor that the update increments in place.
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_length = cache.get_seq_length() if cache is not None else 0
         positions = torch.arange(input_ids.shape[-1], device=input_ids.device) + past_length
         outputs = self.model(
             input_ids,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
+            output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
@@ -787,10 +864,11 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
         output = DalleCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
             text_loss=text_loss,
             image_loss=image_loss,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
         )
         return output if return_dict else output.to_tuple()
 
@@ -815,8 +893,9 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
 
 
 __all__ = [
+    "CACHE_NAME",
+    "IMAGE_ATTENTION_RULES",
     "DalleCausalLMOutputWithPast",
-    "DallePrefixCache",
     "DalleForImageGeneration",
     "DalleModel",
     "DallePreTrainedModel",
@@ -824,8 +903,10 @@ __all__ = [
     "DalleStreamLogitsProcessor",
     "DecodeStepKeys",
     "build_attention_masks",
-    "decode_step_attention",
+    "build_flex_block_mask",
+    "decode_step_attention_forward",
     "decode_step_keys",
-    "PrefixLayer",
+    "eager_attention_forward",
     "mask_logits_by_position",
+    "stream_attention_rule",
 ]

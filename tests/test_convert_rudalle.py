@@ -3,9 +3,12 @@ own code (marker `parity`, in the reference venv) and, without it, for their err
 
 import json
 import random
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from reference_models import import_reference
 from rudalle_reference import (
     build_rudalle_model,
@@ -27,6 +30,7 @@ from hf_dalle.convert_rudalle import (
 )
 from hf_dalle.models.dalle import build_attention_masks
 from hf_dalle.testing_utils import make_tiny_pipeline, random_rudalle_state_dict
+from hf_dalle.training import load_pretokenized_dataset
 
 
 WORDS = "кот собака рыжий пёс красный синий дом на столе в лесу картина маслом летит над городом закат море".split()
@@ -376,3 +380,83 @@ def test_rerank_by_the_transformers_perplexity(monkeypatch):
     assert output.scores[0] < output.scores[-1]
     with pytest.raises(ValueError, match="`rerank` must be 'clip'"):
         pipe("a red circle", num_candidates=2, rerank="clip")
+
+
+@pytest.fixture
+def converted_pipeline(tmp_path) -> Path:
+    """A converted tiny ruDALL-E (transformer + tokenizer) with a tiny dVAE of its code count, saved as a pipeline."""
+    params = tiny_params()
+    torch.save(random_rudalle_state_dict(params), tmp_path / "pytorch_model.bin")
+    chars = {"\u2581": 4, "к": 5, "о": 6, "т": 7, "п": 8, "ё": 9, "с": 10}
+    write_model(tmp_path / "bpe.model", chars, [(4, 5, 11), (6, 7, 12), (11, 12, 13), (4, 8, 14), (9, 10, 15)])
+    convert_rudalle(tmp_path / "pytorch_model.bin", params, tmp_path / "converted", tokenizer=tmp_path / "bpe.model")
+    pipe = DallePipeline(
+        tokenizer=DalleTokenizer.from_pretrained(tmp_path / "converted" / "tokenizer"),
+        transformer=DalleForImageGeneration.from_pretrained(
+            tmp_path / "converted" / "transformer", dtype=torch.float32
+        ),
+        vae=make_tiny_pipeline(with_clip=False).vae,
+    )
+    pipe.save_pretrained(tmp_path / "pipeline")
+    return tmp_path / "pipeline"
+
+
+def test_fine_tune_a_converted_model(converted_pipeline, tmp_path):
+    """ "Fine-tune Malevich on my pictures": pre-tokenize an imagefolder with the converted pipeline's dVAE and
+    ruDALL-E tokenizer, then train all weights, and a LoRA adapter, from it."""
+    folder = tmp_path / "my_images"
+    folder.mkdir()
+    captions = ["Кот", "пёс", "кот пёс", "Пёс кот кот"]
+    with open(folder / "metadata.jsonl", "w") as metadata:
+        for index, caption in enumerate(captions * 2):
+            Image.fromarray(np.random.default_rng(index).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+                folder / f"{index}.png"
+            )
+            metadata.write(json.dumps({"file_name": f"{index}.png", "text": caption}, ensure_ascii=False) + "\n")
+    tokens = tmp_path / "tokens"
+    load_script("pretokenize").main(
+        ["--train_data_dir", str(folder), "--caption_column", "text", "--pretrained_model_name_or_path",
+         str(converted_pipeline), "--output_dir", str(tokens)]
+    )  # fmt: skip
+    text_ids = load_pretokenized_dataset(str(tokens))[:]["text_input_ids"]
+    assert text_ids[0].tolist() == [2, 13, 3, 0, 0, 0, 0, 0]  # ruDALL-E's [BOS] "▁кот" [EOS] then pads
+
+    common = ["--pretrained_model_name_or_path", str(converted_pipeline), "--pretokenized_dataset", str(tokens),
+              "--max_train_steps", "2", "--train_batch_size", "4", "--logging_steps", "1",
+              "--checkpointing_steps", "100", "--validation_steps", "100"]  # fmt: skip
+    load_script("train_dalle").main([*common, "--output_dir", str(tmp_path / "full")])
+    before = DalleForImageGeneration.from_pretrained(converted_pipeline / "transformer").state_dict()
+    after = DalleForImageGeneration.from_pretrained(tmp_path / "full" / "transformer")
+    assert after.config.sandwich_layernorm and after.config.conv_window == "clipped"
+    changed = [n for n, p in after.state_dict().items() if not torch.equal(p, before[n])]
+    assert "model.layers.0.attention_output_norm.weight" in changed and "model.head_norm.weight" in changed
+
+    load_script("train_dalle").main([*common, "--lora_rank", "4", "--output_dir", str(tmp_path / "lora")])
+    pipe = DallePipeline.from_pretrained(converted_pipeline)
+    stream = pipe.transformer.prepare_input_ids(pipe.tokenizer.encode_captions(["кот"]), torch.arange(16)[None] % 32)
+
+    def logits():
+        with torch.no_grad():
+            return pipe.transformer(stream).logits
+
+    base = logits()
+    pipe.load_lora_weights(tmp_path / "lora")
+    assert not torch.allclose(logits(), base)  # the adapter trained
+    pipe.unload_lora_weights()
+    assert torch.equal(logits(), base)
+
+
+@pytest.mark.parametrize("hf_version", ["v3", "v2"])
+def test_cached_decoding_equals_full_forward_with_rudalle_options(hf_version, tmp_path):
+    """Sparse cached decode steps (views of the few keys a row, column, clipped or torus window allows) give the
+    codes of uncached greedy decoding, with v2's mask offset too."""
+    params = tiny_params(hf_version, num_layers=8, grid=16, text_seq_length=8)
+    torch.save(random_rudalle_state_dict(params), tmp_path / "pytorch_model.bin")
+    convert_rudalle(tmp_path / "pytorch_model.bin", params, tmp_path / "converted")
+    model = DalleForImageGeneration.from_pretrained(tmp_path / "converted" / "transformer", dtype=torch.float32)
+    config = model.config
+    text = torch.tensor([[2, 5, 9, 3] + [0] * (config.max_text_length - 4)])
+    with torch.no_grad():
+        cached = model.generate(text, do_sample=False, max_new_tokens=config.image_seq_length)
+        uncached = model.generate(text, do_sample=False, max_new_tokens=config.image_seq_length, use_cache=False)
+    assert torch.equal(cached, uncached)

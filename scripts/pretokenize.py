@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Pre-tokenize image-caption pairs for the DALL-E transformer: images -> dVAE codes, captions -> token ids, once.
+"""Pre-tokenize image-caption pairs for the DALL-E transformer: images -> image codes (of the dVAE or a VQGAN),
+captions -> token ids, once.
 
     python scripts/pretokenize.py --train_data_dir my_images --pretrained_model_name_or_path path/to/pipeline \\
         --output_dir my_images_tokens
@@ -9,7 +10,7 @@ transformer reads them), `image_codes` (the argmax codes in raster order) and `c
 `save_to_disk` (default) or as parquet shards (`--output_format parquet`), into a temporary folder renamed when
 complete. Streaming datasets (`--streaming`) are encoded as they are read. `scripts/train_dalle.py
 --pretokenized_dataset OUTPUT_DIR` trains on it; `hf_dalle_pretokenized.json` beside the data records the tokenizer
-and dVAE used.
+and image tokenizer used.
 """
 
 import argparse
@@ -23,8 +24,14 @@ from pathlib import Path
 import datasets
 import torch
 
-from hf_dalle import DalleTokenizer, DalleVAE
-from hf_dalle.training import add_data_arguments, image_to_tensor, load_component, load_image_caption_dataset
+from hf_dalle import DalleTokenizer, DalleVAE, DalleVQGAN
+from hf_dalle.training import (
+    add_data_arguments,
+    image_to_tensor,
+    load_component,
+    load_image_caption_dataset,
+    load_image_tokenizer,
+)
 from hf_dalle.training.data import PRETOKENIZED_INFO_FILE
 
 
@@ -38,14 +45,18 @@ def parse_args(argv=None):
         "--resolution",
         type=int,
         default=None,
-        help="Images are resized and centre-cropped to this side (default: the dVAE's image_size).",
+        help="Images are resized and centre-cropped to this side (default: the image tokenizer's image_size).",
     )
     parser.add_argument(
         "--pretrained_model_name_or_path",
         default=None,
         help="A pipeline folder or Hub id whose vae/ and tokenizer/ to use (e.g. hf_dalle.DEMO_MODEL_DIR).",
     )
-    parser.add_argument("--vae_model_name_or_path", default=None, help="The dVAE (overrides the pipeline's).")
+    parser.add_argument(
+        "--vae_model_name_or_path",
+        default=None,
+        help="The image tokenizer, a DalleVAE or DalleVQGAN (overrides the pipeline's).",
+    )
     parser.add_argument(
         "--tokenizer_name_or_path", default=None, help="The DalleTokenizer (overrides the pipeline's)."
     )
@@ -64,7 +75,9 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="Device of the dVAE.")
     args = parser.parse_args(argv)
     if args.vae_model_name_or_path is None and args.pretrained_model_name_or_path is None:
-        raise ValueError("Name the dVAE: --vae_model_name_or_path or a pipeline with --pretrained_model_name_or_path.")
+        raise ValueError(
+            "Name the image tokenizer: --vae_model_name_or_path or a pipeline with --pretrained_model_name_or_path."
+        )
     if args.tokenizer_name_or_path is None and args.pretrained_model_name_or_path is None:
         raise ValueError(
             "Name the tokenizer: --tokenizer_name_or_path or a pipeline with --pretrained_model_name_or_path."
@@ -77,7 +90,9 @@ def parse_args(argv=None):
 class Pretokenizer:
     """The batched map function: `{"image": [...], "caption": [...]}` -> `text_input_ids`, `image_codes`, `caption`."""
 
-    def __init__(self, vae: DalleVAE, tokenizer: DalleTokenizer, resolution: int, max_text_length: int, device: str):
+    def __init__(
+        self, vae: DalleVAE | DalleVQGAN, tokenizer: DalleTokenizer, resolution: int, max_text_length: int, device: str
+    ):
         self.vae, self.tokenizer, self.resolution = vae, tokenizer, resolution
         self.max_text_length, self.device = max_text_length, device
 
@@ -95,7 +110,7 @@ def main(argv=None):
     args = parse_args(argv)
     vae_source = args.vae_model_name_or_path or args.pretrained_model_name_or_path
     tokenizer_source = args.tokenizer_name_or_path or args.pretrained_model_name_or_path
-    vae = load_component(DalleVAE, vae_source, "vae").to(args.device).eval()
+    vae = load_image_tokenizer(vae_source).to(args.device).eval()
     tokenizer = load_component(DalleTokenizer, tokenizer_source, "tokenizer")
     resolution = args.resolution or vae.config.image_size
     if resolution % vae.config.downsample_factor:

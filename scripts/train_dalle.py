@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPModel, CLIPProcessor
 
-from hf_dalle import DalleConfig, DalleForImageGeneration, DallePipeline, DalleTokenizer, DalleVAE
+from hf_dalle import DalleConfig, DalleForImageGeneration, DallePipeline, DalleTokenizer, DalleVAE, DalleVQGAN
 from hf_dalle.training import (
     NON_EMA_VARIANT,
     add_common_arguments,
@@ -35,6 +35,7 @@ from hf_dalle.training import (
     create_accelerator,
     create_ema,
     load_component,
+    load_image_tokenizer,
     load_pretokenized_dataset,
     make_dataloader,
     parse_model_config,
@@ -65,7 +66,11 @@ def parse_args(argv=None):
         "pipeline parts (default: those of --pretrained_model_name_or_path, else those recorded by pretokenize.py)"
     )
     parts.add_argument("--tokenizer_name_or_path", default=None, help="The DalleTokenizer.")
-    parts.add_argument("--vae_model_name_or_path", default=None, help="The dVAE that made the image codes.")
+    parts.add_argument(
+        "--vae_model_name_or_path",
+        default=None,
+        help="The image tokenizer (DalleVAE or DalleVQGAN) that made the image codes.",
+    )
     parts.add_argument(
         "--clip_model_name_or_path",
         default=None,
@@ -120,8 +125,8 @@ def parse_args(argv=None):
     return args
 
 
-def load_parts(args) -> tuple[DalleTokenizer, DalleVAE, dict]:
-    """The tokenizer and dVAE of the pipeline being trained, and the pre-tokenized data's info."""
+def load_parts(args) -> tuple[DalleTokenizer, DalleVAE | DalleVQGAN, dict]:
+    """The tokenizer and image tokenizer (dVAE or VQGAN) of the pipeline being trained, and the pre-tokenized data's info."""
     info = read_pretokenized_info(args.pretokenized_dataset)
     sources = {}
     for name, flag in (("tokenizer", args.tokenizer_name_or_path), ("vae", args.vae_model_name_or_path)):
@@ -132,12 +137,12 @@ def load_parts(args) -> tuple[DalleTokenizer, DalleVAE, dict]:
                 "pipeline with --pretrained_model_name_or_path, or data made by scripts/pretokenize.py."
             )
     tokenizer = load_component(DalleTokenizer, sources["tokenizer"], "tokenizer")
-    vae = load_component(DalleVAE, sources["vae"], "vae").eval().requires_grad_(False)
+    vae = load_image_tokenizer(sources["vae"]).eval().requires_grad_(False)
     return tokenizer, vae, info
 
 
 def build_transformer(
-    args, tokenizer: DalleTokenizer, vae: DalleVAE, text_length: int, grid: int
+    args, tokenizer: DalleTokenizer, vae: DalleVAE | DalleVQGAN, text_length: int, grid: int
 ) -> DalleForImageGeneration:
     if args.pretrained_model_name_or_path is not None:
         config = load_component(DalleConfig, args.pretrained_model_name_or_path, "transformer")

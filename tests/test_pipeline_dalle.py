@@ -230,7 +230,7 @@ def test_bad_input_raises(pipe, kwargs, message):
 
 
 def test_wrong_component_types_raise(pipe):
-    with pytest.raises(ValueError, match="`vae` must be a DalleVAE, got DalleForImageGeneration"):
+    with pytest.raises(ValueError, match="`vae` must be a DalleVAE or DalleVQGAN, got DalleForImageGeneration"):
         DallePipeline(tokenizer=pipe.tokenizer, transformer=pipe.transformer, vae=pipe.transformer)
     with pytest.raises(ValueError, match="pass both or neither"):
         DallePipeline(tokenizer=pipe.tokenizer, transformer=pipe.transformer, vae=pipe.vae, clip_model=pipe.clip_model)

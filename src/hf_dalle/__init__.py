@@ -8,6 +8,7 @@ from pathlib import Path
 from .convert_openai_dvae import convert_openai_dvae
 from .models.dalle import DalleConfig, DalleForImageGeneration, DalleModel, DalleStreamLogitsProcessor
 from .models.dalle_vae import DalleVAE, DalleVAEConfig, map_pixels, unmap_pixels
+from .models.dalle_vqgan import DalleVQGAN, DalleVQGANConfig
 from .pipelines import DallePipeline, DallePipelineOutput
 from .tokenization_dalle import DalleTokenizer
 
@@ -28,6 +29,8 @@ __all__ = [
     "DalleTokenizer",
     "DalleVAE",
     "DalleVAEConfig",
+    "DalleVQGAN",
+    "DalleVQGANConfig",
     "convert_openai_dvae",
     "map_pixels",
     "unmap_pixels",

@@ -119,7 +119,8 @@ def convert_yttm_to_tokenizer(path: str | os.PathLike) -> Tokenizer:
     A `tokenizers.Tokenizer` that encodes every string to the ids YouTokenToMe's `BPE(path).encode(...)` gives
     (without `bos`/`eos`: add those with a post-processor). The special tokens (`<PAD>`, `<UNK>`, `<BOS>`, `<EOS>`
     at the model's ids) are ordinary vocabulary entries, never added tokens: a caption that contains the text "<BOS>"
-    is tokenized as text, as YTTM does. No normalizer is set; callers add theirs (e.g. lowercasing).
+    is tokenized as text, as YTTM does. No normalizer is set; callers add theirs (e.g. lowercasing). Wrapped in a
+    `PreTrainedTokenizerFast` that names these specials, pass `split_special_tokens=True` to keep that behaviour.
     """
     model = read_yttm_model(path)
     vocabulary = yttm_vocabulary(model)

@@ -1,11 +1,12 @@
-"""Tiny random models for tests and smoke runs: a complete DallePipeline (tokenizer, transformer, dVAE, CLIP) that
-builds in about a second, with no download."""
+"""Tiny random models for tests and smoke runs: a complete DallePipeline (tokenizer, transformer, dVAE or VQGAN, CLIP)
+that builds in about a second, with no download."""
 
 import torch
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
 from .models.dalle import DalleConfig, DalleForImageGeneration
 from .models.dalle_vae import DalleVAE, DalleVAEConfig
+from .models.dalle_vqgan import DalleVQGAN, DalleVQGANConfig
 from .pipelines import DallePipeline
 from .tokenization_dalle import DalleTokenizer
 
@@ -19,8 +20,25 @@ CAPTIONS = [
 ]
 
 
-def make_tiny_pipeline(with_clip: bool = True, seed: int = 0) -> DallePipeline:
-    """An untrained pipeline for 32x32 images (4x4 codes from 32, captions of 8 tokens), seeded by `seed`."""
+def make_tiny_vqgan(wavelet_decoder: bool = False) -> DalleVQGAN:
+    """An untrained Sber-layout VQGAN (Gumbel codes) for the tiny pipeline: 32x32 images, 4x4 codes from 32; with
+    `wavelet_decoder`, decoding to 64x64."""
+    config = DalleVQGANConfig(
+        vocab_size=32,
+        embed_dim=32,
+        latent_channels=32,
+        block_out_channels=[32, 32, 32, 32],
+        layers_per_block=1,
+        attention_resolutions=[4],
+        image_size=32,
+        wavelet_decoder=wavelet_decoder,
+    )
+    return DalleVQGAN(config).eval()
+
+
+def make_tiny_pipeline(with_clip: bool = True, seed: int = 0, vqgan: bool = False) -> DallePipeline:
+    """An untrained pipeline for 32x32 images (4x4 codes from 32, captions of 8 tokens), seeded by `seed`; with
+    `vqgan`, its image tokenizer is [`make_tiny_vqgan`]'s (wavelet decoder: 64x64 images) instead of a dVAE."""
     torch.manual_seed(seed)
     tokenizer = DalleTokenizer.train_from_texts(CAPTIONS * 4, vocab_size=300, max_text_length=8)
     transformer = DalleForImageGeneration(
@@ -35,11 +53,15 @@ def make_tiny_pipeline(with_clip: bool = True, seed: int = 0) -> DallePipeline:
             attention_types=["row", "conv"],
         )
     ).eval()
-    vae = DalleVAE(
-        DalleVAEConfig(hidden_size=16, vocab_size=32, num_blocks_per_group=1, decoder_init_size=8, image_size=32)
-    ).eval()
-    for p in vae.parameters():  # an untrained dVAE decodes every grid to nearly the same gray: make codes visible
-        p.data.normal_(0, 0.3)
+    if vqgan:
+        vae = make_tiny_vqgan(wavelet_decoder=True)
+        vae.vqgan.quantize.embedding.weight.data.normal_(0, 1)  # distinct codes decode to distinct images
+    else:
+        vae = DalleVAE(
+            DalleVAEConfig(hidden_size=16, vocab_size=32, num_blocks_per_group=1, decoder_init_size=8, image_size=32)
+        ).eval()
+        for p in vae.parameters():  # an untrained dVAE decodes every grid to nearly the same gray: make codes visible
+            p.data.normal_(0, 0.3)
     clip_model = clip_processor = None
     if with_clip:
         clip_model = CLIPModel(

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import PIL.Image
 import torch
+import torch.nn.functional as F
 from diffusers import DiffusionPipeline, PipelineQuantizationConfig
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput, logging
@@ -23,10 +24,14 @@ from transformers import (
 
 from ..models.dalle import DalleForImageGeneration, DallePrefixCache
 from ..models.dalle_vae import DalleVAE
+from ..models.dalle_vqgan import DalleVQGAN
 from ..tokenization_dalle import DalleTokenizer
 
 
 logger = logging.get_logger(__name__)
+
+# What the pipeline's `vae` can be: anything that encodes images in [0, 1] to `.indices` and decodes codes to `.sample`.
+IMAGE_TOKENIZER_CLASSES = (DalleVAE, DalleVQGAN)
 
 
 @dataclass
@@ -73,7 +78,8 @@ class DallePipeline(DiffusionPipeline):
     Args:
         tokenizer ([`DalleTokenizer`]): lowercasing BPE tokenizer of the captions.
         transformer ([`DalleForImageGeneration`]): the autoregressive prior over caption tokens and image codes.
-        vae ([`DalleVAE`]): the discrete VAE that turns codes into pixels (and images into codes, for priming).
+        vae ([`DalleVAE`] or [`DalleVQGAN`]): the image tokenizer that turns codes into pixels (and images into codes,
+            for priming): the dVAE, or a VQGAN such as ruDALL-E's.
         clip_model ([`~transformers.CLIPModel`], *optional*): scores candidates against their caption.
         clip_processor ([`~transformers.CLIPProcessor`], *optional*): tokenizer + image processor for `clip_model`.
         default_guidance_scale (`float`, defaults to 1.0): the guidance scale of calls that do not name one, saved in
@@ -87,7 +93,7 @@ class DallePipeline(DiffusionPipeline):
         self,
         tokenizer: DalleTokenizer,
         transformer: DalleForImageGeneration,
-        vae: DalleVAE,
+        vae: DalleVAE | DalleVQGAN,
         clip_model: CLIPModel | None = None,
         clip_processor: CLIPProcessor | None = None,
         default_guidance_scale: float = 1.0,
@@ -96,7 +102,7 @@ class DallePipeline(DiffusionPipeline):
         expected = {
             "tokenizer": (tokenizer, DalleTokenizer),
             "transformer": (transformer, DalleForImageGeneration),
-            "vae": (vae, DalleVAE),
+            "vae": (vae, IMAGE_TOKENIZER_CLASSES),
             "clip_model": (clip_model, (CLIPModel, type(None))),
             "clip_processor": (clip_processor, (CLIPProcessor, type(None))),
         }
@@ -189,7 +195,12 @@ class DallePipeline(DiffusionPipeline):
 
     @property
     def image_size(self) -> int:
-        """Side of the generated images: the code grid times the dVAE's downsampling factor."""
+        """Side of the generated images: `prime_image_size`, times 2 for a wavelet decoder (`decoder_upscale`)."""
+        return self.prime_image_size * self.vae.config.decoder_upscale
+
+    @property
+    def prime_image_size(self) -> int:
+        """Side of the images the image tokenizer encodes (priming): the code grid times its downsampling factor."""
         return self.transformer.config.image_grid_size * self.vae.config.downsample_factor
 
     def check_inputs(
@@ -281,10 +292,19 @@ class DallePipeline(DiffusionPipeline):
         if len(images) not in (1, num_prompts):
             raise ValueError(f"Pass one priming `image` or one per prompt ({num_prompts}), got {len(images)}.")
         pixels = torch.stack([self._image_to_pixels(i) for i in images])
-        if tuple(pixels.shape[-2:]) != (self.image_size, self.image_size):
+        size = self.prime_image_size
+        if tuple(pixels.shape[-2:]) == (self.image_size, self.image_size) != (size, size):
+            # A decoder that outputs larger images than its encoder reads (wavelet): prime with its own output too.
+            pixels = F.interpolate(pixels, size=(size, size), mode="bicubic", antialias=True).clamp(0, 1)
+        if tuple(pixels.shape[-2:]) != (size, size):
             raise ValueError(
-                f"The priming image must be {self.image_size}x{self.image_size} (the size the pipeline generates), "
-                f"got {pixels.shape[-1]}x{pixels.shape[-2]}."
+                f"The priming image must be {size}x{size} (the size the image tokenizer encodes"
+                + (
+                    f", or {self.image_size}x{self.image_size}, the size the pipeline generates"
+                    if size != self.image_size
+                    else ""
+                )
+                + f"), got {pixels.shape[-1]}x{pixels.shape[-2]}."
             )
         codes = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).indices
         grid = self.transformer.config.image_grid_size

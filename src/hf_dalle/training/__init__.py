@@ -11,7 +11,7 @@ from .data import (
     make_dataloader,
 )
 from .ema import NON_EMA_VARIANT, create_ema, save_model
-from .loading import load_component
+from .loading import load_component, load_image_tokenizer
 from .loop import NonFiniteLossError, create_accelerator, train
 from .outputs import save_image_grid, tensors_to_pil, training_summary, write_card_and_push, write_folder_atomically
 from .schedules import annealed_value
@@ -31,6 +31,7 @@ __all__ = [
     "image_to_tensor",
     "list_checkpoints",
     "load_component",
+    "load_image_tokenizer",
     "load_image_caption_dataset",
     "load_pretokenized_dataset",
     "make_dataloader",

@@ -3,6 +3,10 @@ standalone model folder / Hub repo."""
 
 import os
 
+from transformers import AutoModel
+
+from ..pipelines.pipeline_dalle import IMAGE_TOKENIZER_CLASSES
+
 
 def load_component(cls, name_or_path: str, component: str, **kwargs):
     """`cls.from_pretrained` of `name_or_path/component` when `name_or_path` is a pipeline (a local folder or Hub repo
@@ -17,4 +21,14 @@ def load_component(cls, name_or_path: str, component: str, **kwargs):
         return cls.from_pretrained(name_or_path, **kwargs)
 
 
-__all__ = ["load_component"]
+def load_image_tokenizer(name_or_path: str, **kwargs):
+    """The image tokenizer of a pipeline (its `vae/`) or a standalone folder / Hub repo: a [`DalleVAE`] or a
+    [`DalleVQGAN`], whichever its config names (`AutoModel`)."""
+    model = load_component(AutoModel, name_or_path, "vae", **kwargs)
+    if not isinstance(model, IMAGE_TOKENIZER_CLASSES):
+        names = " or ".join(cls.__name__ for cls in IMAGE_TOKENIZER_CLASSES)
+        raise ValueError(f"{name_or_path!r} holds a {type(model).__name__}, not an image tokenizer ({names}).")
+    return model
+
+
+__all__ = ["load_component", "load_image_tokenizer"]

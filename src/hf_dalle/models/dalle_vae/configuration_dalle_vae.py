@@ -48,6 +48,12 @@ class DalleVAEConfig(PreTrainedConfig):
         return 2 ** (self.num_groups - 1)
 
     @property
+    def decoder_upscale(self) -> int:
+        """Decoded pixels per code over `downsample_factor`: 1, the decoder mirrors the encoder (a VQGAN's wavelet
+        decoder has 2)."""
+        return 1
+
+    @property
     def latent_size(self) -> int:
         """Codes per side for images of `image_size`."""
         return self.image_size // self.downsample_factor

@@ -100,6 +100,50 @@ class DalleVAEOutput(ModelOutput):
 RECONSTRUCTION_LOSSES = ("logit_laplace", "mse")
 
 
+def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, downsample_factor: int) -> None:
+    """Raise a `ValueError` naming the problem unless `pixel_values` are floats in [0, 1] of shape
+    (batch, num_channels, height, width) with sides that are multiples of `downsample_factor`."""
+    if not isinstance(pixel_values, torch.Tensor):
+        raise ValueError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}.")
+    if pixel_values.ndim != 4 or pixel_values.shape[1] != num_channels:
+        raise ValueError(
+            f"`pixel_values` must have shape (batch, {num_channels}, height, width), got {tuple(pixel_values.shape)}."
+        )
+    factor = downsample_factor
+    height, width = pixel_values.shape[-2:]
+    if height % factor or width % factor:
+        raise ValueError(
+            f"Image height and width must be multiples of {factor} (the image tokenizer downsamples by {factor}), "
+            f"got {height}x{width}."
+        )
+    if not pixel_values.is_floating_point():
+        raise ValueError(
+            f"`pixel_values` must be floats in [0, 1], got dtype {pixel_values.dtype} (divide uint8 images by 255)."
+        )
+    low, high = pixel_values.min().item(), pixel_values.max().item()
+    if low < 0 or high > 1:
+        raise ValueError(f"`pixel_values` must lie in [0, 1], got values in [{low:.3g}, {high:.3g}].")
+
+
+def check_indices(indices: torch.Tensor, vocab_size: int) -> None:
+    """Raise a `ValueError` naming the problem unless `indices` is an integer tensor (batch, height, width) of codes
+    in [0, vocab_size)."""
+    if not isinstance(indices, torch.Tensor) or indices.is_floating_point() or indices.ndim != 3:
+        raise ValueError(
+            "`indices` must be an integer tensor of shape (batch, height, width), got "
+            + (
+                f"{indices.dtype} {tuple(indices.shape)}."
+                if isinstance(indices, torch.Tensor)
+                else f"{type(indices).__name__}."
+            )
+        )
+    if indices.numel() and (indices.min() < 0 or indices.max() >= vocab_size):
+        raise ValueError(
+            f"`indices` must lie in [0, {vocab_size}) (the vocab size), "
+            f"got values in [{indices.min().item()}, {indices.max().item()}]."
+        )
+
+
 class DalleVAEResBlock(GradientCheckpointingLayer):
     """`id_path(x) + post_gain * res_path(x)`: four ReLU + conv layers through a bottleneck of a quarter of the
     output width. The encoder's kernels are 3, 3, 3, 1 and the decoder's 1, 3, 3, 3, as in OpenAI's `dall_e`."""
@@ -248,50 +292,10 @@ class DalleVAE(DalleVAEPreTrainedModel):
         self.decoder = DalleVAEDecoder(config)
         self.post_init()
 
-    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
-        if not isinstance(pixel_values, torch.Tensor):
-            raise ValueError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}.")
-        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
-            raise ValueError(
-                f"`pixel_values` must have shape (batch, {self.config.num_channels}, height, width), "
-                f"got {tuple(pixel_values.shape)}."
-            )
-        factor = self.config.downsample_factor
-        height, width = pixel_values.shape[-2:]
-        if height % factor or width % factor:
-            raise ValueError(
-                f"Image height and width must be multiples of {factor} (the dVAE downsamples by {factor}), "
-                f"got {height}x{width}."
-            )
-        if not pixel_values.is_floating_point():
-            raise ValueError(
-                f"`pixel_values` must be floats in [0, 1], got dtype {pixel_values.dtype} "
-                "(divide uint8 images by 255)."
-            )
-        low, high = pixel_values.min().item(), pixel_values.max().item()
-        if low < 0 or high > 1:
-            raise ValueError(f"`pixel_values` must lie in [0, 1], got values in [{low:.3g}, {high:.3g}].")
-
-    def _check_indices(self, indices: torch.Tensor) -> None:
-        if not isinstance(indices, torch.Tensor) or indices.is_floating_point() or indices.ndim != 3:
-            raise ValueError(
-                "`indices` must be an integer tensor of shape (batch, height, width), got "
-                + (
-                    f"{indices.dtype} {tuple(indices.shape)}."
-                    if isinstance(indices, torch.Tensor)
-                    else f"{type(indices).__name__}."
-                )
-            )
-        if indices.numel() and (indices.min() < 0 or indices.max() >= self.config.vocab_size):
-            raise ValueError(
-                f"`indices` must lie in [0, {self.config.vocab_size}) (the vocab size), "
-                f"got values in [{indices.min().item()}, {indices.max().item()}]."
-            )
-
     def encode(self, pixel_values: torch.Tensor, return_dict: bool = True) -> DalleVAEEncoderOutput | tuple:
         """Encode images (floats in [0, 1], shape [B, C, H, W]) into code logits [B, vocab, H/8, W/8] and argmax
         codes [B, H/8, W/8]."""
-        self._check_pixel_values(pixel_values)
+        check_pixel_values(pixel_values, self.config.num_channels, self.config.downsample_factor)
         logits = self.encoder(map_pixels(pixel_values.to(self.dtype), self.config.logit_laplace_eps))
         indices = logits.argmax(dim=1)
         return DalleVAEEncoderOutput(logits=logits, indices=indices) if return_dict else (logits, indices)
@@ -304,7 +308,7 @@ class DalleVAE(DalleVAEPreTrainedModel):
 
     def decode(self, indices: torch.LongTensor, return_dict: bool = True) -> DalleVAEDecoderOutput | tuple:
         """Decode integer codes [B, h, w] into images [B, C, 8h, 8w] in [0, 1]."""
-        self._check_indices(indices)
+        check_indices(indices, self.config.vocab_size)
         output = self._decode_stats(indices)
         return output if return_dict else output.to_tuple()
 
@@ -335,7 +339,7 @@ class DalleVAE(DalleVAEPreTrainedModel):
             raise ValueError(
                 f"`reconstruction_loss` must be one of {RECONSTRUCTION_LOSSES}, got {reconstruction_loss!r}."
             )
-        self._check_pixel_values(pixel_values)
+        check_pixel_values(pixel_values, self.config.num_channels, self.config.downsample_factor)
         eps = self.config.logit_laplace_eps
         target = map_pixels(pixel_values.float(), eps)
         logits = self.encoder(target.to(self.dtype)).float()

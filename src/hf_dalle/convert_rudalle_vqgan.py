@@ -1,0 +1,230 @@
+"""Convert taming-transformers VQGANs, above all ruDALL-E's Sber VQGAN, into a [`DalleVQGAN`].
+
+ruDALL-E ships `vqgan.gumbelf8-sber.config.yml` (taming's model config) with two checkpoints:
+`vqgan.gumbelf8-sber.model.ckpt`, a PyTorch Lightning checkpoint of taming's `GumbelVQ` whose `state_dict` also holds
+the LPIPS / discriminator weights of its loss (`loss.*`, not needed to encode or decode), and
+`vqgan.gumbelf8-sber-dwt.model.ckpt`, the state dict of ruDALL-E's `VQGanGumbelVAE(dwt=True)` (keys under `model.`,
+its decoder predicting Haar wavelet coefficients). Both are read with `torch.load(weights_only=True)` from a memory
+map, so only the tensors that are used are read from disk and no code in the file can run.
+
+The key map is the one of diffusers' `scripts/convert_vq_diffusion_to_diffusers.py` (taming's `down.{i}.block.{j}`
+is `VQModel`'s `down_blocks.{i}.resnets.{j}`, decoder levels in reverse order, attention 1x1 convolutions as linear
+layers), plus `quantize.proj` -> `gumbel_projection` for the Gumbel quantizer.
+"""
+
+import os
+import pickle
+import re
+import zipfile
+
+import torch
+import yaml
+
+from .convert_openai_dvae import _stand_in, _unpickling_reason
+from .models.dalle_vqgan import DalleVQGAN, DalleVQGANConfig
+
+
+# What a Lightning checkpoint of taming-transformers (pytorch-lightning 1.x) holds besides tensors, containers and
+# numbers: its `callbacks` entry is keyed by the ModelCheckpoint class itself. Only the name is read, nothing runs.
+LIGHTNING_GLOBALS = ("pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",)
+_LIGHTNING_STAND_INS = [_stand_in(name) for name in LIGHTNING_GLOBALS]
+
+# taming's model classes (the config's `model.target`) -> DalleVQGANConfig.quantizer
+TAMING_QUANTIZERS = {"taming.models.vqgan.GumbelVQ": "gumbel", "taming.models.vqgan.VQModel": "nearest"}
+
+RESNET_NAMES = {"nin_shortcut": "conv_shortcut"}
+ATTENTION_NAMES = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
+
+
+def load_torch_checkpoint_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """
+    The state dict of a `torch.save` file: a plain state dict, or the `state_dict` entry of a (Lightning) checkpoint.
+    Read with `weights_only=True` (only Lightning's ModelCheckpoint class name is allowed besides tensors and
+    containers) and memory-mapped when the file is a zip archive (torch >= 1.6), so tensors are read lazily.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Checkpoint not found: {path!r}.")
+    is_zip = zipfile.is_zipfile(path)
+    with open(path, "rb") as file:
+        if not is_zip and file.read(1) != pickle.PROTO:  # torch's legacy format: pickles, protocol >= 2
+            raise ValueError(f"{path!r} is not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle).")
+    try:
+        with torch.serialization.safe_globals(_LIGHTNING_STAND_INS):
+            # The legacy (pre-1.6) format cannot be memory-mapped; it is small enough to read whole.
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{path!r} holds objects other than tensors and a Lightning checkpoint's plain data, and is not loaded "
+            f"for safety. {_unpickling_reason(error)}"
+        ) from error
+    except Exception as error:
+        raise ValueError(f"{path!r} is not a PyTorch checkpoint (torch.load failed with {error!r}).") from error
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+        checkpoint = checkpoint["state_dict"]
+    if not isinstance(checkpoint, dict) or not all(
+        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in checkpoint.items()
+    ):
+        raise ValueError(f"{path!r} is neither a state dict nor a checkpoint with a `state_dict` entry.")
+    return dict(checkpoint)
+
+
+def vqgan_config_from_taming(taming_config: dict, wavelet_decoder: bool = False) -> DalleVQGANConfig:
+    """A [`DalleVQGANConfig`] from taming's model config (the parsed YAML, e.g. `vqgan.gumbelf8-sber.config.yml`)."""
+    try:
+        model = taming_config["model"]
+        params, ddconfig = model["params"], model["params"]["ddconfig"]
+        target = model["target"]
+    except (KeyError, TypeError):
+        raise ValueError(
+            "Not a taming-transformers model config: expected `model.target` and `model.params.ddconfig`."
+        )
+    if target not in TAMING_QUANTIZERS:
+        raise ValueError(f"Unsupported taming model {target!r}; supported: {sorted(TAMING_QUANTIZERS)}.")
+    if ddconfig.get("double_z", False) or ddconfig["in_channels"] != ddconfig["out_ch"]:
+        raise ValueError(
+            "Unsupported ddconfig: a VQGAN needs `double_z: false` and as many output as input channels, got "
+            f"double_z={ddconfig.get('double_z')}, in_channels={ddconfig['in_channels']}, out_ch={ddconfig['out_ch']}."
+        )
+    return DalleVQGANConfig(
+        vocab_size=params["n_embed"],
+        embed_dim=params["embed_dim"],
+        latent_channels=ddconfig["z_channels"],
+        block_out_channels=[ddconfig["ch"] * mult for mult in ddconfig["ch_mult"]],
+        layers_per_block=ddconfig["num_res_blocks"],
+        attention_resolutions=list(ddconfig["attn_resolutions"]),
+        num_channels=ddconfig["in_channels"],
+        image_size=ddconfig["resolution"],
+        quantizer=TAMING_QUANTIZERS[target],
+        wavelet_decoder=wavelet_decoder,
+    )
+
+
+def _rename_block(rest: str, names: dict[str, str]) -> str:
+    layer, _, parameter = rest.partition(".")
+    return f"{names.get(layer, layer)}.{parameter}"
+
+
+def _diffusers_name(key: str, num_levels: int) -> str | None:
+    """The `DalleVQGAN` parameter that taming's `key` is, or `None` for a key that has none."""
+    if key in ("quantize.embed.weight", "quantize.embedding.weight"):  # GumbelQuantize, VectorQuantizer
+        return "vqgan.quantize.embedding.weight"
+    if key.startswith("quantize.proj."):
+        return "gumbel_projection." + key.removeprefix("quantize.proj.")
+    if key.startswith(("quant_conv.", "post_quant_conv.")):
+        return "vqgan." + key
+    part, _, rest = key.partition(".")
+    if part not in ("encoder", "decoder"):
+        return None
+    prefix = f"vqgan.{part}."
+    if rest.startswith(("conv_in.", "conv_out.")):
+        return prefix + rest
+    if rest.startswith("norm_out."):
+        return prefix + "conv_norm_out." + rest.removeprefix("norm_out.")
+    if match := re.fullmatch(r"mid\.block_([12])\.(.+)", rest):
+        return f"{prefix}mid_block.resnets.{int(match[1]) - 1}.{_rename_block(match[2], RESNET_NAMES)}"
+    if match := re.fullmatch(r"mid\.attn_1\.(.+)", rest):
+        return f"{prefix}mid_block.attentions.0.{_rename_block(match[1], ATTENTION_NAMES)}"
+    if match := re.fullmatch(r"(down|up)\.(\d+)\.(block|attn|downsample|upsample)\.(.+)", rest):
+        direction, level, kind, inner = match[1], int(match[2]), match[3], match[4]
+        # taming numbers decoder levels from the lowest resolution up, VQModel in the order they run
+        blocks = (
+            f"{prefix}down_blocks.{level}" if direction == "down" else f"{prefix}up_blocks.{num_levels - 1 - level}"
+        )
+        if kind in ("downsample", "upsample"):
+            return f"{blocks}.{kind}rs.0.{inner}"
+        index, _, inner = inner.partition(".")
+        if kind == "block":
+            return f"{blocks}.resnets.{index}.{_rename_block(inner, RESNET_NAMES)}"
+        return f"{blocks}.attentions.{index}.{_rename_block(inner, ATTENTION_NAMES)}"
+    return None
+
+
+def taming_to_dalle_vqgan_state_dict(
+    state_dict: dict[str, torch.Tensor], model: DalleVQGAN
+) -> dict[str, torch.Tensor]:
+    """
+    Map a taming VQGAN state dict (`GumbelVQ` / `VQModel`, or ruDALL-E's `VQGanGumbelVAE` with keys under `model.`
+    and, for `dwt=True`, the wavelet decoder under `decoder.decoder.`) onto `model`'s parameters. The loss's weights
+    (`loss.*`) and the fixed Haar filters of the wavelet decoder are skipped; any other key without a place, and
+    every parameter of `model` without a source, raise.
+    """
+    if state_dict and all(key.startswith("model.") for key in state_dict):
+        state_dict = {key.removeprefix("model."): value for key, value in state_dict.items()}
+    has_wavelet_decoder = any(key.startswith("decoder.decoder.") for key in state_dict)
+    if has_wavelet_decoder != model.config.wavelet_decoder:
+        raise ValueError(
+            f"The checkpoint {'has' if has_wavelet_decoder else 'lacks'} ruDALL-E's wavelet decoder "
+            f"(`decoder.decoder.*`) but the model was configured with wavelet_decoder={model.config.wavelet_decoder}."
+        )
+    if has_wavelet_decoder:
+        # DecoderDWT holds the convolution that runs before the decoder; GumbelVQ's own `post_quant_conv` is unused.
+        state_dict = {key: value for key, value in state_dict.items() if not key.startswith("post_quant_conv.")}
+        state_dict = {
+            key.removeprefix("decoder.")
+            if key.startswith(("decoder.decoder.", "decoder.post_quant_conv."))
+            else key: value
+            for key, value in state_dict.items()
+            if not key.startswith("decoder.idwt.")
+        }
+    targets = model.state_dict()
+    num_levels = len(model.config.block_out_channels)
+    converted, unplaced = {}, []
+    for key, value in state_dict.items():
+        if key.startswith("loss."):
+            continue
+        name = _diffusers_name(key, num_levels)
+        if name not in targets:
+            unplaced.append(key)
+            continue
+        target_shape = targets[name].shape
+        if value.shape != target_shape:
+            if value.ndim == 4 and value.shape[2:] == (1, 1) and value.shape[:2] == target_shape:
+                value = value[:, :, 0, 0]  # attention's 1x1 convolutions are linear layers in diffusers
+            else:
+                raise ValueError(
+                    f"Shape mismatch for {key!r} -> {name!r}: checkpoint {tuple(value.shape)}, model "
+                    f"{tuple(target_shape)}; the config does not describe this checkpoint."
+                )
+        converted[name] = value
+    missing = sorted(set(targets) - set(converted))
+    if unplaced or missing:
+        raise ValueError(
+            "The checkpoint does not match the configured VQGAN: "
+            + (f"{len(unplaced)} checkpoint keys have no place (e.g. {unplaced[:4]}); " if unplaced else "")
+            + (f"{len(missing)} parameters have no source (e.g. {missing[:4]})." if missing else "")
+        )
+    return converted
+
+
+def convert_sber_vqgan(
+    checkpoint_path: str | os.PathLike, config_path: str | os.PathLike, torch_dtype: torch.dtype = torch.float32
+) -> DalleVQGAN:
+    """
+    Convert ruDALL-E's Sber VQGAN (or another taming-transformers VQGAN) into a [`DalleVQGAN`].
+
+    Args:
+        checkpoint_path: `vqgan.gumbelf8-sber.model.ckpt` (Lightning checkpoint of taming's `GumbelVQ`) or
+            `vqgan.gumbelf8-sber-dwt.model.ckpt` (ruDALL-E's wavelet variant, detected from its keys), or any taming
+            VQGAN checkpoint / state dict.
+        config_path: taming's YAML model config (`vqgan.gumbelf8-sber.config.yml`, in the `rudalle` package at
+            `rudalle/vae/`).
+        torch_dtype: dtype of the returned model.
+    """
+    state_dict = load_torch_checkpoint_state_dict(checkpoint_path)
+    with open(config_path, encoding="utf-8") as f:
+        taming_config = yaml.safe_load(f)
+    wavelet_decoder = any(key.startswith(("decoder.decoder.", "model.decoder.decoder.")) for key in state_dict)
+    config = vqgan_config_from_taming(taming_config, wavelet_decoder=wavelet_decoder)
+    with torch.device("meta"):
+        model = DalleVQGAN(config)
+    model.load_state_dict(taming_to_dalle_vqgan_state_dict(state_dict, model), assign=True)
+    return model.to(torch_dtype).eval()
+
+
+__all__ = [
+    "convert_sber_vqgan",
+    "load_torch_checkpoint_state_dict",
+    "taming_to_dalle_vqgan_state_dict",
+    "vqgan_config_from_taming",
+]

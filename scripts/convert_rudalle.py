@@ -1,10 +1,16 @@
 #!/usr/bin/env python
 """Convert a released ruDALL-E model (Malevich, Malevich v2, Emojich, Surrealist XL, Kandinsky) into an hf_dalle
-folder: the transformer, and the caption tokenizer if given, as `DallePipeline` subfolders, with a model card.
+folder: the transformer, and the caption tokenizer, Sber VQGAN and ruCLIP reranker if given, as `DallePipeline`
+subfolders (a complete pipeline with a tokenizer and a VQGAN), with a model card.
 
-    python scripts/convert_rudalle.py --checkpoint pytorch_model_v3.bin --model_name Malevich \\
-        --tokenizer bpe.model --output_dir rudalle-malevich
-    python scripts/convert_rudalle.py --from_hub --model_name Kandinsky --output_dir rudalle-kandinsky
+    python scripts/convert_rudalle.py --checkpoint pytorch_model_v3.bin --model_name Malevich --tokenizer bpe.model \\
+        --vqgan_checkpoint vqgan.gumbelf8-sber.model.ckpt --vqgan_config vqgan.gumbelf8-sber.config.yml \\
+        [--ruclip_dir ruclip-vit-base-patch32-384] --output_dir rudalle-malevich
+    python scripts/convert_rudalle.py --from_hub --model_name Kandinsky \\
+        --vqgan_config vqgan.gumbelf8-sber.config.yml [--dwt] --output_dir rudalle-kandinsky
+
+The VQGAN's YAML config ships inside the `rudalle` package (`rudalle/vae/vqgan.gumbelf8-sber.config.yml`), not on
+the Hub: `--from_hub` downloads the VQGAN checkpoint (with `--dwt`, its wavelet variant) when `--vqgan_config` is given.
 
 `--rudalle_config` takes a JSON file of ruDALL-E's own `model_params` (`num_layers`, `hidden_size`, ...,
 `"hf_version": "v3"` or `"v2"`) in place of `--model_name`. Checkpoints are memory-mapped and written shard by shard
@@ -25,6 +31,7 @@ from hf_dalle.convert_rudalle import (
     RUDALLE_TOP_K,
     RUDALLE_TOP_P,
     RUDALLE_UTILS_REPO,
+    RUDALLE_VQGAN_FILENAMES,
     convert_rudalle,
     rudalle_model_params,
 )
@@ -38,11 +45,17 @@ def parse_args(argv=None):
     which.add_argument("--rudalle_config", help="JSON file of ruDALL-E `model_params` plus `hf_version`.")
     parser.add_argument("--checkpoint", help="ruDALL-E's pytorch_model*.bin (a state dict of its DalleModel).")
     parser.add_argument("--tokenizer", help="ruDALL-E's YouTokenToMe bpe.model (the caption tokenizer).")
+    parser.add_argument("--vqgan_checkpoint", help="ruDALL-E's Sber VQGAN checkpoint (vqgan.gumbelf8-sber*.ckpt).")
+    parser.add_argument("--vqgan_config", help="taming's YAML config of the VQGAN (vqgan.gumbelf8-sber.config.yml).")
+    parser.add_argument(
+        "--dwt", action="store_true", help="With --from_hub: the wavelet VQGAN (512x512 images from a 32x32 grid)."
+    )
+    parser.add_argument("--ruclip_dir", help="A ruCLIP folder (config.json, pytorch_model.bin, bpe.model): reranker.")
     parser.add_argument(
         "--from_hub",
         action="store_true",
-        help="Download --model_name's checkpoint and ruDALL-E's bpe.model from the Hub (ruDALL-E's repo ids) where "
-        "--checkpoint / --tokenizer are not given.",
+        help="Download --model_name's checkpoint, ruDALL-E's bpe.model and (with --vqgan_config) its VQGAN from the "
+        "Hub (ruDALL-E's repo ids) where --checkpoint / --tokenizer / --vqgan_checkpoint are not given.",
     )
     parser.add_argument("--output_dir", required=True, help="Folder for the converted model (created if needed).")
     parser.add_argument(
@@ -65,11 +78,13 @@ def main(argv=None):
         rudalle_config = json.loads(Path(args.rudalle_config).read_text()) if args.rudalle_config else None
     except (OSError, json.JSONDecodeError) as error:
         raise SystemExit(f"error: cannot read --rudalle_config {args.rudalle_config}: {error}")
-    checkpoint, tokenizer = args.checkpoint, args.tokenizer
+    checkpoint, tokenizer, vqgan_checkpoint = args.checkpoint, args.tokenizer, args.vqgan_checkpoint
     if args.from_hub:
         release = RUDALLE_MODELS[args.model_name]
         checkpoint = checkpoint or hf_hub_download(release.repo_id, release.filename)
         tokenizer = tokenizer or hf_hub_download(RUDALLE_UTILS_REPO, RUDALLE_TOKENIZER_FILENAME)
+        if args.vqgan_config and not vqgan_checkpoint:
+            vqgan_checkpoint = hf_hub_download(RUDALLE_UTILS_REPO, RUDALLE_VQGAN_FILENAMES[args.dwt])
     try:
         model_params = rudalle_model_params(args.model_name, rudalle_config)
         config = convert_rudalle(
@@ -94,6 +109,8 @@ def main(argv=None):
         config=config,
         dtype=str(config.dtype).removeprefix("torch."),
         has_tokenizer=tokenizer is not None,
+        has_vqgan=vqgan_checkpoint is not None,
+        has_ruclip=args.ruclip_dir is not None,
         top_k=RUDALLE_TOP_K,
         top_p=RUDALLE_TOP_P,
         command=shlex.join(["python", "scripts/convert_rudalle.py", *(sys.argv[1:] if argv is None else argv)]),
@@ -101,7 +118,8 @@ def main(argv=None):
     write_model_card(card, output_dir)
     print(
         f"Converted ruDALL-E transformer ({config.num_hidden_layers} layers, hidden {config.hidden_size}) "
-        f"{'and tokenizer ' if tokenizer else ''}written to {output_dir}"
+        f"{'+ tokenizer ' if tokenizer else ''}{'+ VQGAN ' if vqgan_checkpoint else ''}"
+        f"{'+ ruCLIP ' if args.ruclip_dir else ''}written to {output_dir}"
     )
     if args.push_to_hub:
         commit = push_folder_to_hub(

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from reference_models import import_reference
 from rudalle_reference import (
@@ -17,6 +18,7 @@ from rudalle_reference import (
     rudalle_generate_codes,
     save_rudalle_checkpoint,
 )
+from test_convert_rudalle_vqgan import reference_vqgan, small_taming_config
 from test_convert_yttm import write_model
 from training_utils import load_script, training_environment  # noqa: F401 (fixture)
 
@@ -172,9 +174,9 @@ def test_conversion_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="text_embeddings.weight has shape"):
         convert_rudalle(tmp_path / "ok.bin", {**params, "vocab_size": 30}, tmp_path / "out")
     (tmp_path / "junk.bin").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(ValueError, match="is not a PyTorch checkpoint"):
         convert_rudalle(tmp_path / "junk.bin", params, tmp_path / "out")
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(FileNotFoundError, match="Checkpoint not found"):
         convert_rudalle(tmp_path / "absent.bin", params, tmp_path / "out")
 
 
@@ -460,3 +462,40 @@ def test_cached_decoding_equals_full_forward_with_rudalle_options(hf_version, tm
         cached = model.generate(text, do_sample=False, max_new_tokens=config.image_seq_length)
         uncached = model.generate(text, do_sample=False, max_new_tokens=config.image_seq_length, use_cache=False)
     assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parity
+def test_converted_pipeline_draws_the_reference_chains_top1_image(tmp_path, monkeypatch):
+    """The whole ruDALL-E chain against the converted pipeline at top-1: ruDALL-E's tokenizer (YouTokenToMe), its
+    `generate_images` loop and its VQGAN decode, versus `DallePipeline` from the converted folder (tokenizer,
+    transformer, VQGAN: `convert_rudalle` with all three, `model_index.json` included)."""
+    pipelines = import_rudalle(monkeypatch)
+    tokenizer_module = import_rudalle(monkeypatch, "rudalle.tokenizer")
+    import youtokentome as yttm
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(caption_corpus(2000, seed=3)), encoding="utf-8")
+    yttm.BPE.train(data=str(corpus), model=str(tmp_path / "bpe.model"), vocab_size=200, coverage=1.0)
+    reference_tokenizer = tokenizer_module.YTTMTokenizerWrapper(yttm.BPE(model=str(tmp_path / "bpe.model")))
+    # The VQGAN of issue "VQGAN image tokenizers": Sber's layout at test size (64 codes, 32x32 images -> 8x8 codes).
+    reference_vae = reference_vqgan(dwt=False)
+    torch.save({"state_dict": reference_vae.model.state_dict()}, tmp_path / "vqgan.ckpt")
+    (tmp_path / "vqgan.yml").write_text(yaml.safe_dump(small_taming_config()))
+    reference = build_rudalle_model(
+        "v3", image_tokens_per_dim=8, caption_vocab_size=reference_tokenizer.vocab_size(), image_vocab_size=64
+    )
+    save_rudalle_checkpoint(reference, tmp_path / "pytorch_model.bin")
+    convert_rudalle(tmp_path / "pytorch_model.bin", reference.model_params, tmp_path / "converted",
+                    tokenizer=tmp_path / "bpe.model", vqgan_checkpoint=tmp_path / "vqgan.ckpt",
+                    vqgan_config=tmp_path / "vqgan.yml")  # fmt: skip
+    pipe = DallePipeline.from_pretrained(tmp_path / "converted", torch_dtype=torch.float32)
+
+    caption = "  Рыжий пёс летит над городом "
+    with torch.no_grad():
+        images, _ = pipelines.generate_images(
+            caption, reference_tokenizer, reference, reference_vae, top_k=1, top_p=1.0, images_num=1, bs=1
+        )
+    expected = images[0].tensor[None]
+    output = pipe(caption, num_candidates=1, top_k=1, output_type="pt", generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(output.images, expected, atol=1e-4, rtol=0)
+    assert expected.std() > 0.05

@@ -28,12 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import init_empty_weights
 from safetensors.torch import save_file
 from tokenizers import Regex, normalizers, processors
 from transformers import GenerationConfig
 
+from .convert_ruclip import convert_ruclip
+from .convert_rudalle_vqgan import convert_sber_vqgan, load_torch_checkpoint_state_dict
 from .convert_yttm import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, convert_yttm_to_tokenizer, read_yttm_model
-from .models.dalle import DalleConfig
+from .models.dalle import DalleConfig, DalleForImageGeneration
+from .pipelines import DallePipeline
 from .tokenization_dalle import DalleTokenizer
 from .training.outputs import write_folder_atomically
 
@@ -79,6 +83,7 @@ RUDALLE_MODELS = {
 # ruDALL-E's caption tokenizer and VQGAN files (`rudalle.tokenizer.get_tokenizer`, `rudalle.vae.get_vae`).
 RUDALLE_UTILS_REPO = "shonenkov/rudalle-utils"
 RUDALLE_TOKENIZER_FILENAME = "bpe.model"
+RUDALLE_VQGAN_FILENAMES = {False: "vqgan.gumbelf8-sber.model.ckpt", True: "vqgan.gumbelf8-sber-dwt.model.ckpt"}
 
 # ruDALL-E's sampling defaults (its README and `generate_images` examples).
 RUDALLE_TOP_K = 2048
@@ -169,28 +174,6 @@ def rudalle_dalle_config(model_params: dict) -> DalleConfig:
         text_pad_token_id=0,
         layer_norm_eps=1e-5,
     )
-
-
-def load_rudalle_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """ruDALL-E's `pytorch_model*.bin` (a state dict of its `DalleModel`), memory-mapped: tensors are read from disk
-    when they are used. Raises a ValueError naming the problem for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ruDALL-E checkpoint {str(path)!r} not found.")
-    try:
-        try:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as error:
-            if "mmap" not in str(error):
-                raise
-            # Checkpoints in torch's legacy (pre-zip) format cannot be memory-mapped: read them whole.
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        reason = str(error).splitlines()[0]
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint (a ruDALL-E state dict): {reason}") from error
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise ValueError(f"{path} does not hold a state dict (a dict of tensors) of ruDALL-E's DalleModel.")
-    return state_dict
 
 
 def _layer_keys(layer: int, sandwich: bool) -> dict[str, str]:
@@ -388,7 +371,7 @@ def convert_rudalle_transformer(
     `{**RUDALLE_MODELS[name].model_params, "hf_version": RUDALLE_MODELS[name].hf_version}`. Returns the config.
     """
     config = rudalle_dalle_config(model_params)
-    state_dict = load_rudalle_checkpoint(checkpoint)
+    state_dict = load_torch_checkpoint_state_dict(checkpoint)
     tensors = list(rudalle_tensors(state_dict, config))
     dtype = state_dict["to_logits.1.weight"].dtype
     config.dtype = dtype
@@ -431,24 +414,51 @@ def convert_rudalle(
     model_params: dict,
     output_dir: str | os.PathLike,
     tokenizer: str | os.PathLike | None = None,
+    vqgan_checkpoint: str | os.PathLike | None = None,
+    vqgan_config: str | os.PathLike | None = None,
+    ruclip_dir: str | os.PathLike | None = None,
     max_shard_bytes: int = 500 * 2**20,
 ) -> DalleConfig:
     """
-    Convert a ruDALL-E transformer `checkpoint` (and its `bpe.model` caption `tokenizer`, if given) into `output_dir`
-    as the `transformer/` (and `tokenizer/`) subfolders of a [`DallePipeline`] folder, through a temporary folder so
-    that an interrupted run leaves no half-written file. Returns the transformer's config.
+    Convert a ruDALL-E transformer `checkpoint` into `output_dir` as the `transformer/` subfolder of a
+    [`DallePipeline`] folder, with the components given: its `bpe.model` caption `tokenizer` (`tokenizer/`), its Sber
+    VQGAN (`vqgan_checkpoint` + taming's `vqgan_config` YAML, `vae/`; the wavelet variant is recognised from its
+    keys) and a ruCLIP folder as the reranker (`clip_model/` + `clip_processor/`). With a tokenizer and a VQGAN the
+    folder is a complete pipeline (`model_index.json`). Written through a temporary folder, so that an interrupted
+    run leaves no half-written file. Returns the transformer's config.
 
     Memory: the checkpoint is memory-mapped and each shard of at most `max_shard_bytes` is built, written and freed
     before the next, so the peak stays near one shard above the baseline whatever the model's size.
     """
+    if (vqgan_checkpoint is None) != (vqgan_config is None):
+        raise ValueError(
+            "A VQGAN needs both its checkpoint and its taming YAML config (vqgan.gumbelf8-sber.config.yml)."
+        )
     config = rudalle_dalle_config(model_params)
     converted_tokenizer = rudalle_tokenizer(tokenizer, config) if tokenizer is not None else None
+    vqgan = convert_sber_vqgan(vqgan_checkpoint, vqgan_config) if vqgan_checkpoint is not None else None
+    if vqgan is not None and vqgan.config.vocab_size != config.image_vocab_size:
+        raise ValueError(
+            f"The VQGAN has {vqgan.config.vocab_size} codes, the transformer {config.image_vocab_size}: not a pair."
+        )
+    clip_model, clip_processor = convert_ruclip(ruclip_dir) if ruclip_dir is not None else (None, None)
 
     def write(folder: Path) -> None:
         (folder / "transformer").mkdir()
         convert_rudalle_transformer(checkpoint, model_params, folder / "transformer", max_shard_bytes)
         if converted_tokenizer is not None:
             converted_tokenizer.save_pretrained(folder / "tokenizer")
+        if vqgan is not None:
+            vqgan.save_pretrained(folder / "vae")
+        if clip_model is not None:
+            clip_model.save_pretrained(folder / "clip_model")
+            clip_processor.save_pretrained(folder / "clip_processor")
+        if converted_tokenizer is not None and vqgan is not None:
+            # model_index.json from the pipeline itself, around a transformer on the meta device (no weights loaded).
+            with init_empty_weights():
+                transformer = DalleForImageGeneration(config)
+            pipe = DallePipeline(converted_tokenizer, transformer, vqgan, clip_model, clip_processor)
+            pipe.save_config(folder)
 
     write_folder_atomically(output_dir, write)
     return config
@@ -460,10 +470,10 @@ __all__ = [
     "RUDALLE_TOP_K",
     "RUDALLE_TOP_P",
     "RUDALLE_UTILS_REPO",
+    "RUDALLE_VQGAN_FILENAMES",
     "RudalleRelease",
     "convert_rudalle",
     "convert_rudalle_transformer",
-    "load_rudalle_checkpoint",
     "rudalle_attention_types",
     "rudalle_dalle_config",
     "rudalle_generation_config",

@@ -499,3 +499,24 @@ def test_converted_pipeline_draws_the_reference_chains_top1_image(tmp_path, monk
     output = pipe(caption, num_candidates=1, top_k=1, output_type="pt", generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(output.images, expected, atol=1e-4, rtol=0)
     assert expected.std() > 0.05
+
+
+def test_clip_prompt_templates_average_the_text_embeddings(tmp_path):
+    """ruCLIP's reranking: the prompt's embedding is the mean over its templates (then normalised), kept in
+    model_index.json."""
+    pipe = make_tiny_pipeline()
+    plain = pipe.clip_text_embeds(["a red circle"])
+    templates = ["{}", "the {}", "photo {}"]  # the tiny CLIP pools its first token: change it
+    pipe = DallePipeline(**pipe.components, clip_prompt_templates=templates)
+    pipe.save_pretrained(tmp_path / "pipe")
+    pipe = DallePipeline.from_pretrained(tmp_path / "pipe")
+    assert pipe.config.clip_prompt_templates == templates
+    processor, model = pipe.clip_processor, pipe.clip_model
+    with torch.no_grad():
+        each = [model.get_text_features(**processor.tokenizer([t.format("a red circle")], return_tensors="pt"))
+                for t in templates]  # fmt: skip
+    mean = torch.stack([getattr(e, "pooler_output", e) for e in each]).mean(0)
+    torch.testing.assert_close(pipe.clip_text_embeds(["a red circle"]), mean / mean.norm(dim=-1, keepdim=True))
+    assert not torch.allclose(pipe.clip_text_embeds(["a red circle"]), plain)
+    with pytest.raises(ValueError, match="one `{}` each"):
+        DallePipeline(**pipe.components, clip_prompt_templates=["no slot"])

@@ -85,6 +85,16 @@ RUDALLE_UTILS_REPO = "shonenkov/rudalle-utils"
 RUDALLE_TOKENIZER_FILENAME = "bpe.model"
 RUDALLE_VQGAN_FILENAMES = {False: "vqgan.gumbelf8-sber.model.ckpt", True: "vqgan.gumbelf8-sber-dwt.model.ckpt"}
 
+# The prompt templates ruCLIP's `Predictor` averages its text embeddings over, which ruDALL-E reranks with.
+RUCLIP_PROMPT_TEMPLATES = [
+    "{}",
+    "фото, на котором изображено {}",
+    "изображение с {}",
+    "картинка с {}",
+    "фото с {}",
+    "на фото видно {}",
+]
+
 # ruDALL-E's sampling defaults (its README and `generate_images` examples).
 RUDALLE_TOP_K = 2048
 RUDALLE_TOP_P = 0.995
@@ -424,7 +434,8 @@ def convert_rudalle(
     [`DallePipeline`] folder, with the components given: its `bpe.model` caption `tokenizer` (`tokenizer/`), its Sber
     VQGAN (`vqgan_checkpoint` + taming's `vqgan_config` YAML, `vae/`; the wavelet variant is recognised from its
     keys) and a ruCLIP folder as the reranker (`clip_model/` + `clip_processor/`). With a tokenizer and a VQGAN the
-    folder is a complete pipeline (`model_index.json`). Written through a temporary folder, so that an interrupted
+    folder is a complete pipeline (`model_index.json`, with ruCLIP's prompt templates for reranking when it has
+    ruCLIP). Written through a temporary folder, so that an interrupted
     run leaves no half-written file. Returns the transformer's config.
 
     Memory: the checkpoint is memory-mapped and each shard of at most `max_shard_bytes` is built, written and freed
@@ -457,7 +468,10 @@ def convert_rudalle(
             # model_index.json from the pipeline itself, around a transformer on the meta device (no weights loaded).
             with init_empty_weights():
                 transformer = DalleForImageGeneration(config)
-            pipe = DallePipeline(converted_tokenizer, transformer, vqgan, clip_model, clip_processor)
+            templates = RUCLIP_PROMPT_TEMPLATES if clip_model is not None else None
+            pipe = DallePipeline(
+                converted_tokenizer, transformer, vqgan, clip_model, clip_processor, clip_prompt_templates=templates
+            )
             pipe.save_config(folder)
 
     write_folder_atomically(output_dir, write)
@@ -465,6 +479,7 @@ def convert_rudalle(
 
 
 __all__ = [
+    "RUCLIP_PROMPT_TEMPLATES",
     "RUDALLE_MODELS",
     "RUDALLE_TOKENIZER_FILENAME",
     "RUDALLE_TOP_K",

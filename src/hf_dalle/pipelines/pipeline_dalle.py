@@ -84,6 +84,9 @@ class DallePipeline(DiffusionPipeline):
         clip_processor ([`~transformers.CLIPProcessor`], *optional*): tokenizer + image processor for `clip_model`.
         default_guidance_scale (`float`, defaults to 1.0): the guidance scale of calls that do not name one, saved in
             `model_index.json`: a trained pipeline can ship the setting it was evaluated with (the demo model: 3).
+        clip_prompt_templates (`list[str]`, *optional*): CLIP scores against the mean text embedding of the prompt put
+            in each template (`"фото, на котором изображено {}"`, ...: a converted ruDALL-E with ruCLIP ships ruCLIP's
+            six), saved in `model_index.json`; by default the prompt alone.
     """
 
     model_cpu_offload_seq = "transformer->vae->clip_model"
@@ -97,6 +100,7 @@ class DallePipeline(DiffusionPipeline):
         clip_model: CLIPModel | None = None,
         clip_processor: CLIPProcessor | None = None,
         default_guidance_scale: float = 1.0,
+        clip_prompt_templates: list[str] | None = None,
     ):
         super().__init__()
         expected = {
@@ -125,7 +129,18 @@ class DallePipeline(DiffusionPipeline):
         self.register_modules(
             tokenizer=tokenizer, transformer=transformer, vae=vae, clip_model=clip_model, clip_processor=clip_processor
         )
-        self.register_to_config(default_guidance_scale=float(default_guidance_scale))
+        if clip_prompt_templates is not None and (
+            not isinstance(clip_prompt_templates, list)
+            or not clip_prompt_templates
+            or not all(isinstance(t, str) and t.count("{}") == 1 for t in clip_prompt_templates)
+        ):
+            raise ValueError(
+                "`clip_prompt_templates` must be a non-empty list of strings with one `{}` each (where the prompt "
+                f"goes), got {clip_prompt_templates!r}."
+            )
+        self.register_to_config(
+            default_guidance_scale=float(default_guidance_scale), clip_prompt_templates=clip_prompt_templates
+        )
         self.image_processor = VaeImageProcessor(do_resize=False, do_normalize=False)
 
     @classmethod
@@ -438,9 +453,16 @@ class DallePipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def clip_text_embeds(self, prompts: list[str]) -> torch.Tensor:
-        inputs = self.clip_processor.tokenizer(prompts, padding=True, truncation=True, return_tensors="pt")
-        text_embeds = self.clip_model.get_text_features(**inputs.to(self.clip_model.device))
-        text_embeds = getattr(text_embeds, "pooler_output", text_embeds)
+        """Each prompt's normalised CLIP text embedding; with `clip_prompt_templates`, the mean of the embeddings of
+        the prompt in each template, normalised (ruCLIP's `Predictor.get_text_latents`, which ruDALL-E reranks by)."""
+        templates = self.config.get("clip_prompt_templates") or ["{}"]
+        embeds = []
+        for template in templates:
+            texts = [template.format(prompt) for prompt in prompts]
+            inputs = self.clip_processor.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+            text_embeds = self.clip_model.get_text_features(**inputs.to(self.clip_model.device))
+            embeds.append(getattr(text_embeds, "pooler_output", text_embeds))
+        text_embeds = torch.stack(embeds).mean(0)
         return text_embeds / text_embeds.norm(dim=-1, keepdim=True)
 
     @torch.no_grad()

@@ -22,7 +22,7 @@ from test_convert_rudalle_vqgan import reference_vqgan, small_taming_config
 from test_convert_yttm import write_model
 from training_utils import load_script, training_environment  # noqa: F401 (fixture)
 
-from hf_dalle import DalleForImageGeneration, DallePipeline, DalleTokenizer
+from hf_dalle import DalleConfig, DalleForImageGeneration, DallePipeline, DalleTokenizer
 from hf_dalle.convert_rudalle import (
     RUDALLE_MODELS,
     convert_rudalle,
@@ -520,3 +520,17 @@ def test_clip_prompt_templates_average_the_text_embeddings(tmp_path):
     assert not torch.allclose(pipe.clip_text_embeds(["a red circle"]), plain)
     with pytest.raises(ValueError, match="one `{}` each"):
         DallePipeline(**pipe.components, clip_prompt_templates=["no slot"])
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"conv_window": "wrapped"}, "Unknown `conv_window` 'wrapped'"),
+        ({"hidden_act": "relu"}, "Unknown `hidden_act` 'relu'"),
+        ({"image_mask_offset": 8}, "`image_mask_offset` must be in \\[0, max_text_length=8\\)"),
+    ],
+)
+def test_rudalle_config_options_are_checked(options, message):
+    with pytest.raises(Exception, match=message):
+        DalleConfig(max_text_length=8, image_grid_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                    **options)  # fmt: skip

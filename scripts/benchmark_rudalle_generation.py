@@ -145,7 +145,8 @@ def run(args) -> dict:
                     for name, steps in models.items():
                         offset = 0 if name == RUDALLE else config.text_vocab_size
                         stream = torch.cat([text, codes[:, : num_codes - 1] + offset], dim=1)  # the last step
-                        memory[name] = peak_memory_mib(step_workload(steps, stream), torch.device("cpu"))
+                        fill_and_step = lambda: step_workload(steps, stream)()  # noqa: E731
+                        memory[name] = peak_memory_mib(fill_and_step, torch.device("cpu"))
                 estimate = {name: num_codes * sum(s) / len(s) for name, s in step_seconds.items()}
                 results["runs"].append(
                     {

@@ -1,6 +1,8 @@
 """
-Convert ruDALL-E's released transformers (Sber AI's `rudalle` package: Malevich, Malevich v2, Emojich, Surrealist XL,
-Kandinsky) into [`DalleForImageGeneration`] folders.
+Convert ruDALL-E's released models (Sber AI's `rudalle` package: Malevich, Malevich v2, Emojich, Surrealist XL,
+Kandinsky) into [`DallePipeline`] folders: the transformer as a [`DalleForImageGeneration`], its caption tokenizer as a
+[`DalleTokenizer`] with ruDALL-E's ids, and (through `convert_rudalle_vqgan` and `convert_ruclip`) its Sber VQGAN and
+the ruCLIP reranker.
 
 ruDALL-E's `DalleModel` is DALL-E's architecture with a few differences, each a [`DalleConfig`] option: tanh GELU
 (`hidden_act="gelu_tanh"`), CogView's sandwich LayerNorm (`sandwich_layernorm`), a second LayerNorm before the head

@@ -100,9 +100,8 @@ class Pretokenizer:
     def __call__(self, batch: dict) -> dict:
         pixels = torch.stack([image_to_tensor(image, self.resolution) for image in batch["image"]]).to(self.device)
         codes = self.vae.encode(pixels).indices.flatten(1)
-        text = self.tokenizer(
-            batch["caption"], padding="max_length", truncation=True, max_length=self.max_text_length
-        )["input_ids"]
+        # As the pipeline encodes prompts: the tokenizer's special tokens (a converted ruDALL-E's BOS and EOS) too.
+        text = self.tokenizer.encode_captions(batch["caption"], max_length=self.max_text_length).numpy()
         return {"text_input_ids": text, "image_codes": codes.cpu().numpy(), "caption": batch["caption"]}
 
 

@@ -95,3 +95,42 @@ def make_tiny_pipeline(with_clip: bool = True, seed: int = 0, vqgan: bool = Fals
     return DallePipeline(
         tokenizer=tokenizer, transformer=transformer, vae=vae, clip_model=clip_model, clip_processor=clip_processor
     )
+
+
+def random_rudalle_state_dict(params: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state dict with the names and shapes of ruDALL-E's `DalleModel` for its `model_params` (`params`), random
+    float16 values (made tensor by tensor, so a Malevich-sized one needs no float32 copy), for tests and benchmarks
+    that need no ruDALL-E code. Its sandwich LayerNorms are always there."""
+    width, text, grid = params["hidden_size"], params["text_seq_length"], params["image_tokens_per_dim"]
+    shapes = {
+        "text_embeddings.weight": (params["vocab_size"], width),
+        "image_embeddings.weight": (params["image_vocab_size"], width),
+        "text_pos_embeddings.weight": (text + 1, width),
+        "image_row_embeddings.weight": (grid, width),
+        "image_col_embeddings.weight": (grid, width),
+        "to_logits.0.weight": (width,),
+        "to_logits.0.bias": (width,),
+        "to_logits.1.weight": (params["vocab_size"] + params["image_vocab_size"], width),
+        "to_logits.1.bias": (params["vocab_size"] + params["image_vocab_size"],),
+        "transformer.final_layernorm.weight": (width,),
+        "transformer.final_layernorm.bias": (width,),
+    }
+    layer = {
+        "input_layernorm": (width, width),
+        "before_first_addition_layernorm": (width, width),
+        "before_second_addition_layernorm": (width, width),
+        "attention.query_key_value": (3 * width, width),
+        "attention.dense": (width, width),
+        "post_attention_layernorm": (width, width),
+        "mlp.dense_h_to_4h": (4 * width, width),
+        "mlp.dense_4h_to_h": (width, 4 * width),
+    }
+    for i in range(params["num_layers"]):
+        for name, (rows, columns) in layer.items():
+            is_norm = "layernorm" in name
+            shapes[f"transformer.layers.{i}.{name}.weight"] = (rows,) if is_norm else (rows, columns)
+            shapes[f"transformer.layers.{i}.{name}.bias"] = (rows,)
+    generator = torch.Generator().manual_seed(seed)
+    state_dict = {name: torch.randn(shape, generator=generator, dtype=torch.float16) for name, shape in shapes.items()}
+    state_dict["transformer.row_mask"] = torch.ones(4, 4, dtype=torch.bool)  # ignored: the config gives the masks
+    return state_dict

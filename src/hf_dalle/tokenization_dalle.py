@@ -79,21 +79,19 @@ class DalleTokenizer(PreTrainedTokenizerFast):
 
     def encode_captions(self, captions: str | list[str], max_length: int | None = None) -> torch.LongTensor:
         """
-        The text part of the model's `input_ids`: `[len(captions), max_length]` ids, each caption lowercased,
-        truncated to `max_length` tokens (default `model_max_length`, the model's `max_text_length`) and padded
-        with `<pad>`. An empty caption gives all pads (the unconditional stream).
+        The text part of the model's `input_ids`: `[len(captions), max_length]` ids, each caption normalized
+        (lowercased), encoded with the tokenizer's special tokens if it has a post-processor (a converted ruDALL-E
+        tokenizer adds BOS and EOS), cut to `max_length` (default `model_max_length`, the model's `max_text_length`)
+        and padded with the pad token. Special tokens are added before the cut, so an over-long caption loses its
+        last tokens, EOS included. An empty caption gives all pads (the unconditional stream), or its special tokens.
         """
         if isinstance(captions, str):
             captions = [captions]
         if not isinstance(captions, (list, tuple)) or not captions or not all(isinstance(c, str) for c in captions):
             raise ValueError(f"`captions` must be a string or a non-empty list of strings, got {captions!r}.")
-        return self(
-            list(captions),
-            padding="max_length",
-            truncation=True,
-            max_length=max_length or self.model_max_length,
-            return_tensors="pt",
-        )["input_ids"]
+        max_length = max_length or self.model_max_length
+        ids = self(list(captions), add_special_tokens=True)["input_ids"]
+        return torch.tensor([row[:max_length] + [self.pad_token_id] * (max_length - len(row)) for row in ids])
 
 
 AutoTokenizer.register(DalleConfig, tokenizer_class=DalleTokenizer)

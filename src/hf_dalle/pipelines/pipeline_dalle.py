@@ -21,6 +21,7 @@ from transformers import (
     ClassifierFreeGuidanceLogitsProcessor,
     CLIPModel,
     CLIPProcessor,
+    LogitsProcessor,
     LogitsProcessorList,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
@@ -85,6 +86,8 @@ def _read_model_index(path: str) -> dict:
     if not isinstance(model_index, dict):
         raise ValueError(f"{path} is not a valid model_index.json: expected a JSON object.")
     return model_index
+
+
 # What the pipeline's `vae` can be: anything that encodes images in [0, 1] to `.indices` and decodes codes to `.sample`.
 IMAGE_TOKENIZER_CLASSES = (DalleVAE, DalleVQGAN)
 
@@ -107,6 +110,24 @@ class DallePipelineOutput(BaseOutput):
     scores: list[float] | None
 
 
+class FixedImageCodesLogitsProcessor(LogitsProcessor):
+    """
+    Image prompts at any grid positions (ruDALL-E's `ImagePrompts`, e.g. its borders): where `mask` (`[B, G * G]`,
+    raster order) is set, only the prompt's code (`codes`, `[B, G * G]`) can be drawn next. Works on the image-vocabulary
+    scores of [`DallePipeline.sample_codes`] (`input_ids`: the streams so far, text then codes).
+    """
+
+    def __init__(self, codes: torch.LongTensor, mask: torch.BoolTensor, text_length: int):
+        self.codes, self.mask, self.text_length = codes, mask, text_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        index = input_ids.shape[1] - self.text_length  # raster index of the code drawn next
+        forced = self.mask[:, index].to(scores.device)
+        only_prompt_code = torch.full_like(scores, -float("inf"))
+        only_prompt_code.scatter_(1, self.codes[:, index : index + 1].to(scores.device), 0.0)
+        return torch.where(forced[:, None], only_prompt_code, scores)
+
+
 class DallePipeline(DiffusionPipeline):
     r"""
     Text-to-image generation with DALL-E: sample `num_candidates` code grids per caption from the transformer prior,
@@ -121,6 +142,9 @@ class DallePipeline(DiffusionPipeline):
         clip_processor ([`~transformers.CLIPProcessor`], *optional*): tokenizer + image processor for `clip_model`.
         default_guidance_scale (`float`, defaults to 1.0): the guidance scale of calls that do not name one, saved in
             `model_index.json`: a trained pipeline can ship the setting it was evaluated with (the demo model: 3).
+        clip_prompt_templates (`list[str]`, *optional*): CLIP scores against the mean text embedding of the prompt put
+            in each template (`"фото, на котором изображено {}"`, ...: a converted ruDALL-E with ruCLIP ships ruCLIP's
+            six), saved in `model_index.json`; by default the prompt alone.
     """
 
     model_cpu_offload_seq = "transformer->vae->clip_model"
@@ -137,6 +161,7 @@ class DallePipeline(DiffusionPipeline):
         clip_model: CLIPModel | None = None,
         clip_processor: CLIPProcessor | None = None,
         default_guidance_scale: float = 1.0,
+        clip_prompt_templates: list[str] | None = None,
     ):
         super().__init__()
         expected = {
@@ -167,7 +192,18 @@ class DallePipeline(DiffusionPipeline):
         self.register_modules(
             tokenizer=tokenizer, transformer=transformer, vae=vae, clip_model=clip_model, clip_processor=clip_processor
         )
-        self.register_to_config(default_guidance_scale=float(default_guidance_scale))
+        if clip_prompt_templates is not None and (
+            not isinstance(clip_prompt_templates, list)
+            or not clip_prompt_templates
+            or not all(isinstance(t, str) and t.count("{}") == 1 for t in clip_prompt_templates)
+        ):
+            raise ValueError(
+                "`clip_prompt_templates` must be a non-empty list of strings with one `{}` each (where the prompt "
+                f"goes), got {clip_prompt_templates!r}."
+            )
+        self.register_to_config(
+            default_guidance_scale=float(default_guidance_scale), clip_prompt_templates=clip_prompt_templates
+        )
         self.image_processor = VaeImageProcessor(do_resize=False, do_normalize=False)
 
     @classmethod
@@ -435,6 +471,19 @@ class DallePipeline(DiffusionPipeline):
         codes = codes[:, :num_prime_rows].reshape(codes.shape[0], num_prime_rows * grid)
         return codes.expand(num_prompts, -1) if codes.shape[0] == 1 else codes
 
+    def prepare_image_prompt(self, image, image_prompt_mask, num_prompts: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The codes of `image` (one, or one per prompt) and `image_prompt_mask` (`[G, G]` booleans, or one per
+        prompt) flattened in raster order: `([P, G * G] codes, [P, G * G] mask)`."""
+        grid = self.transformer.config.image_grid_size
+        mask = torch.as_tensor(image_prompt_mask, dtype=torch.bool)
+        if mask.shape[-2:] != (grid, grid) or mask.ndim not in (2, 3) or (mask.ndim == 3 and len(mask) != num_prompts):
+            raise ValueError(
+                f"`image_prompt_mask` must be {grid}x{grid} booleans (the code grid), or one such grid per prompt "
+                f"({num_prompts}), got shape {tuple(mask.shape)}."
+            )
+        codes = self.prepare_prime_codes(image, grid, num_prompts)
+        return codes, mask.reshape(-1, grid * grid).expand(num_prompts, -1)
+
     @staticmethod
     def _image_to_pixels(image) -> torch.Tensor:
         """A PIL image (any mode: 16-bit and float images are scaled from their range), an `(H, W, 3)` array (uint8,
@@ -565,6 +614,27 @@ class DallePipeline(DiffusionPipeline):
         return torch.cat([text, new_codes + config.text_vocab_size], dim=1), rewritten
 
     @torch.no_grad()
+    def code_perplexities(
+        self, streams: torch.LongTensor, codes: torch.LongTensor, sampled: torch.BoolTensor | None = None
+    ) -> torch.Tensor:
+        """The transformer's perplexity of each candidate's codes given its caption (`streams`: the text part first;
+        `codes`: `[B, G * G]`): `exp` of the mean cross-entropy over the codes that were sampled (`sampled`, `[B, G *
+        G]`; default: those after the stream's primed codes). No guidance, temperature or filtering: the model's
+        own distribution, as ruDALL-E ranks its images."""
+        config = self.transformer.config
+        text_length, num_codes = config.max_text_length, config.image_seq_length
+        if sampled is None:
+            sampled = torch.arange(num_codes)[None, :] >= streams.shape[1] - text_length
+            sampled = sampled.expand(len(codes), -1)
+        perplexities = []
+        for stream, row_codes, row_sampled in zip(streams, codes, sampled.to(codes.device)):  # one row: bounded memory
+            full = self.transformer.prepare_input_ids(stream[None, :text_length], row_codes[None])
+            logits = self.transformer(full, logits_to_keep=num_codes + 1).logits[0, :-1, config.text_vocab_size :]
+            losses = torch.nn.functional.cross_entropy(logits.float(), row_codes, reduction="none")
+            perplexities.append(losses[row_sampled].mean().exp())
+        return torch.stack(perplexities)
+
+    @torch.no_grad()
     def decode(self, codes: torch.LongTensor) -> torch.Tensor:
         """Image codes `[B, G * G]` -> images `[B, 3, H, W]` in [0, 1]."""
         grid = self.transformer.config.image_grid_size
@@ -598,9 +668,16 @@ class DallePipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def clip_text_embeds(self, prompts: list[str]) -> torch.Tensor:
-        inputs = self.clip_processor.tokenizer(prompts, padding=True, truncation=True, return_tensors="pt")
-        text_embeds = self.clip_model.get_text_features(**inputs.to(self.clip_model.device))
-        text_embeds = getattr(text_embeds, "pooler_output", text_embeds)
+        """Each prompt's normalised CLIP text embedding; with `clip_prompt_templates`, the mean of the embeddings of
+        the prompt in each template, normalised (ruCLIP's `Predictor.get_text_latents`, which ruDALL-E reranks by)."""
+        templates = self.config.get("clip_prompt_templates") or ["{}"]
+        embeds = []
+        for template in templates:
+            texts = [template.format(prompt) for prompt in prompts]
+            inputs = self.clip_processor.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+            text_embeds = self.clip_model.get_text_features(**inputs.to(self.clip_model.device))
+            embeds.append(getattr(text_embeds, "pooler_output", text_embeds))
+        text_embeds = torch.stack(embeds).mean(0)
         return text_embeds / text_embeds.norm(dim=-1, keepdim=True)
 
     @torch.no_grad()
@@ -618,6 +695,8 @@ class DallePipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         image: PIL.Image.Image | np.ndarray | torch.Tensor | list | None = None,
         num_prime_rows: int = 0,
+        image_prompt_mask: torch.Tensor | np.ndarray | None = None,
+        rerank: str | None = None,
         candidate_batch_size: int = 16,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -637,8 +716,10 @@ class DallePipeline(DiffusionPipeline):
             num_candidates (`int`, defaults to 16): images sampled per prompt before reranking (the paper uses 512).
             num_images_per_prompt (`int`, defaults to 1): how many of the best candidates to return per prompt.
             temperature (`float`, defaults to 1.0): softmax temperature of the code distribution.
-            top_k (`int`, *optional*): sample among the `top_k` most likely codes only (0 or `None` = all).
+            top_k (`int`, *optional*): sample among the `top_k` most likely codes only (0 = all). Defaults to the
+                transformer's `generation_config.top_k` (none unless the model ships one).
             top_p (`float`, *optional*): nucleus sampling, the smallest set of codes with probability >= `top_p`.
+                Defaults to the transformer's `generation_config.top_p`.
             guidance_scale (`float`, *optional*): classifier-free guidance; the logits become
                 `uncond + guidance_scale * (cond - uncond)`. 1 disables it (and its extra forward rows). Defaults to
                 the pipeline's `default_guidance_scale` (`pipe.config.default_guidance_scale`, 1 unless the pipeline
@@ -650,6 +731,12 @@ class DallePipeline(DiffusionPipeline):
                 rows of this image's codes (zero-shot image-to-image); one image for all prompts or one per prompt,
                 of the generated size.
             num_prime_rows (`int`, defaults to 0): rows of codes to keep from `image`.
+            image_prompt_mask (`[G, G]` booleans, or one grid per prompt, *optional*): image prompts at any grid
+                positions (ruDALL-E's borders) in place of `num_prime_rows`: the codes of `image` are kept where the
+                mask is set and sampled elsewhere.
+            rerank (`str`, *optional*): how candidates are ranked: `"clip"` (the CLIP score; the default with a CLIP
+                model), `"perplexity"` (the transformer's own perplexity of the sampled codes given the caption,
+                lowest first, as ruDALL-E ranks; `.scores` are then perplexities), or `None` (sampling order).
             candidate_batch_size (`int`, defaults to 16): candidates sampled together (their random numbers are drawn
                 chunk by chunk too); bounds memory for large `num_candidates`.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
@@ -678,23 +765,41 @@ class DallePipeline(DiffusionPipeline):
         # 1. Check inputs
         if guidance_scale is None:
             guidance_scale = self.config.default_guidance_scale
+        # Sampling defaults shipped with the transformer (a converted ruDALL-E model: top-k 2048, top-p 0.995).
+        top_k = top_k if top_k is not None else self.transformer.generation_config.top_k
+        top_p = top_p if top_p is not None else self.transformer.generation_config.top_p
         self.check_inputs(
             prompt, negative_prompt, num_candidates, num_images_per_prompt, temperature, top_k, top_p,
-            guidance_scale, generator, image, num_prime_rows, candidate_batch_size, output_type,
-            callback_on_step_end_tensor_inputs,
+            guidance_scale, generator, image if image_prompt_mask is None else None, num_prime_rows,
+            candidate_batch_size, output_type, callback_on_step_end_tensor_inputs,
         )  # fmt: skip
         self._interrupt = False
+        if rerank is None:
+            rerank = "clip" if self.clip_model is not None else None
+        if rerank not in (None, "clip", "perplexity") or (rerank == "clip" and self.clip_model is None):
+            raise ValueError(
+                f"`rerank` must be 'clip' (needs a CLIP model), 'perplexity' or None, got {rerank!r}"
+                f"{' and the pipeline has no CLIP model' if rerank == 'clip' else ''}."
+            )
+        if image_prompt_mask is not None and (image is None or num_prime_rows):
+            raise ValueError(
+                "`image_prompt_mask` needs an `image` to take the codes from, and replaces `num_prime_rows`."
+            )
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else negative_prompt
         do_guidance = guidance_scale > 1
-        rerank = self.clip_model is not None
-        if not rerank and num_candidates > num_images_per_prompt:
+        if rerank is None and num_candidates > num_images_per_prompt:
             logger.warning("No CLIP model in this pipeline: returning the first candidates without reranking.")
         device = self._execution_device
 
         # 2. Encode the prompts (and the unconditional captions for guidance), prime with image rows
         text_ids, uncond_ids = self.encode_prompt(prompts, negatives, do_guidance)
-        prime_codes = self.prepare_prime_codes(image, num_prime_rows, len(prompts))
+        prime_codes = self.prepare_prime_codes(image, num_prime_rows, len(prompts)) if num_prime_rows else None
+        prompt_codes = (
+            self.prepare_image_prompt(image, image_prompt_mask, len(prompts))
+            if image_prompt_mask is not None
+            else None
+        )
         streams = self.transformer.prepare_input_ids(text_ids, prime_codes).to(device)
         uncond_streams = (
             self.transformer.prepare_input_ids(uncond_ids, prime_codes).to(device) if do_guidance else None
@@ -714,17 +819,24 @@ class DallePipeline(DiffusionPipeline):
         num_rows = len(prompts) * num_candidates
         num_new = self.transformer.config.max_sequence_length - streams.shape[1]
         generators = generator if isinstance(generator, list) else [generator] * num_rows
-        text_embeds = self.clip_text_embeds(prompts) if rerank else None
+        text_embeds = self.clip_text_embeds(prompts) if rerank == "clip" else None
         kept = [None] * len(prompts)  # each prompt's best (images, scores) so far
         chunks = [range(s, min(s + candidate_batch_size, num_rows)) for s in range(0, num_rows, candidate_batch_size)]
         with self.progress_bar(total=len(chunks) * num_new) as progress_bar:
             for chunk_index, rows in enumerate(chunks):
                 prompt_index = torch.tensor([r // num_candidates for r in rows])
+                chunk_processors = processors
+                if prompt_codes is not None:
+                    codes, mask = (tensor[prompt_index] for tensor in prompt_codes)
+                    text_length = self.transformer.config.max_text_length
+                    chunk_processors = LogitsProcessorList(
+                        [*processors, FixedImageCodesLogitsProcessor(codes, mask, text_length)]
+                    )
                 codes = self.sample_codes(
                     streams[prompt_index],
                     uncond_streams[prompt_index] if do_guidance else None,
                     self.draw_uniforms(generators[rows.start : rows.stop], num_new),
-                    processors,
+                    chunk_processors,
                     progress_bar,
                     first_step=chunk_index * num_new,
                     callback_on_step_end=callback_on_step_end,
@@ -733,22 +845,30 @@ class DallePipeline(DiffusionPipeline):
                 if codes is None:  # interrupted
                     break
                 images = self.decode(codes).float().cpu()
-                scores = (
-                    self.clip_scores(images, text_embeds[prompt_index]).cpu() if rerank else torch.zeros(len(rows))
-                )
+                if rerank == "clip":
+                    scores = self.clip_scores(images, text_embeds[prompt_index]).cpu()
+                elif rerank == "perplexity":  # negated: the lowest perplexity ranks first
+                    sampled = ~prompt_codes[1][prompt_index] if prompt_codes is not None else None
+                    scores = -self.code_perplexities(streams[prompt_index], codes, sampled).cpu()
+                else:
+                    scores = torch.zeros(len(rows))
                 # 4. Rerank: keep each prompt's best candidates so far, so memory stays bounded for large N
                 for p in prompt_index.unique().tolist():
                     mine = prompt_index == p
-                    kept[p] = self.rerank(kept[p], images[mine], scores[mine], num_images_per_prompt, by_score=rerank)
+                    by_score = rerank is not None
+                    kept[p] = self.rerank(
+                        kept[p], images[mine], scores[mine], num_images_per_prompt, by_score=by_score
+                    )
 
         # 5. Post-process
         kept = [k for k in kept if k is not None]  # an interrupted call may have finished no candidate of a prompt
         if kept:
             images = torch.cat([images for images, _ in kept])
-            scores = torch.cat([scores for _, scores in kept]).tolist() if rerank else None
+            scores = torch.cat([scores for _, scores in kept]) if rerank is not None else None
+            scores = (-scores if rerank == "perplexity" else scores).tolist() if scores is not None else None
         else:
             images = torch.zeros(0, 3, self.image_size, self.image_size)
-            scores = [] if rerank else None
+            scores = [] if rerank is not None else None
         if output_type == "pt":
             output_images = images
         else:

@@ -5,6 +5,8 @@ from transformers import PreTrainedConfig
 
 
 ATTENTION_TYPES = ("full", "row", "column", "conv")
+CONV_WINDOWS = ("raster", "clipped", "torus")
+HIDDEN_ACTS = ("gelu", "gelu_tanh")
 
 
 def paper_attention_types(num_hidden_layers: int) -> list[str]:
@@ -49,6 +51,24 @@ class DalleConfig(PreTrainedConfig):
             `"column"` if (i - 2) % 4 == 0 else `"row"`, and the last layer is `"conv"`.
         conv_kernel_size (`int`, defaults to 11):
             Side of the (odd) kernel of the `"conv"` attention.
+        conv_window (`str`, defaults to `"raster"`):
+            How the `"conv"` kernel meets the image edges: `"raster"` lays the kernel's offsets over the raster
+            sequence, so near the left and right edges it wraps onto the neighbouring row (this project's models);
+            `"clipped"` is a true 2D window cut at the edges (ruDALL-E v3); `"torus"` wraps around both edges, so the
+            bottom rows see the top ones (ruDALL-E v2). All three stay causal in raster order.
+        image_mask_offset (`int`, defaults to 0):
+            The attention masks start the image grid this many positions before the first image code: the last
+            `image_mask_offset` text positions count as the first image positions of the masks (and code `j` as
+            `j + image_mask_offset`), while embeddings and logits keep the stream layout. ruDALL-E v2 (Malevich v2,
+            Emojich) puts an extra BOS before its 128 caption tokens but builds its masks for 128: offset 1.
+        hidden_act (`str`, defaults to `"gelu"`):
+            Activation of the MLP: `"gelu"` (exact, erf) or `"gelu_tanh"` (the tanh approximation of GPT-2 and
+            ruDALL-E).
+        sandwich_layernorm (`bool`, defaults to `False`):
+            CogView's "sandwich" LayerNorm (Ding et al. 2021): a LayerNorm on the output of each residual branch
+            before it is added to the stream (ruDALL-E).
+        head_layernorm (`bool`, defaults to `False`):
+            A second LayerNorm between the final LayerNorm and the output head (ruDALL-E's `to_logits`).
         text_loss_weight (`float`, defaults to 0.125):
             Weight of the text cross-entropy in the loss; the image cross-entropy gets `1 - text_loss_weight`.
         text_pad_token_id (`int`, defaults to 0):
@@ -99,6 +119,11 @@ class DalleConfig(PreTrainedConfig):
     num_attention_heads: int = 62
     attention_types: list[str] | None = None
     conv_kernel_size: int = 11
+    conv_window: str = "raster"
+    image_mask_offset: int = 0
+    hidden_act: str = "gelu"
+    sandwich_layernorm: bool = False
+    head_layernorm: bool = False
     text_loss_weight: float = 0.125
     text_pad_token_id: int = 0
     dropout: float = 0.0
@@ -125,6 +150,11 @@ class DalleConfig(PreTrainedConfig):
     @property
     def image_seq_length(self) -> int:
         return self.image_grid_size**2
+
+    @property
+    def mask_text_length(self) -> int:
+        """Stream positions the attention masks treat as text: `max_text_length - image_mask_offset`."""
+        return self.max_text_length - self.image_mask_offset
 
     @property
     def max_sequence_length(self) -> int:
@@ -160,6 +190,15 @@ class DalleConfig(PreTrainedConfig):
             raise ValueError(
                 f"Unknown `attention_types` {unknown}; each layer must be one of {list(ATTENTION_TYPES)}."
             )
+        if self.conv_window not in CONV_WINDOWS:
+            raise ValueError(f"Unknown `conv_window` {self.conv_window!r}; choose one of {list(CONV_WINDOWS)}.")
+        if not 0 <= self.image_mask_offset < self.max_text_length:
+            raise ValueError(
+                f"`image_mask_offset` must be in [0, max_text_length={self.max_text_length}), "
+                f"got {self.image_mask_offset}."
+            )
+        if self.hidden_act not in HIDDEN_ACTS:
+            raise ValueError(f"Unknown `hidden_act` {self.hidden_act!r}; choose one of {list(HIDDEN_ACTS)}.")
         if self.conv_kernel_size % 2 != 1:
             raise ValueError(f"`conv_kernel_size` must be odd (a centred kernel), got {self.conv_kernel_size}.")
         if not 0.0 <= self.text_loss_weight <= 1.0:

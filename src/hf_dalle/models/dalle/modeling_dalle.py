@@ -70,6 +70,32 @@ def conv_image_attention(config: DalleConfig, query: torch.Tensor, key: torch.Te
     return (key <= query) & in_kernel
 
 
+def clipped_conv_image_attention(config: DalleConfig, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """`|row(query) - row(key)| <= h` and `|col(query) - col(key)| <= h`: the causal half of a true 2D
+    `conv_kernel_size` x `conv_kernel_size` window, cut at the image edges (ruDALL-E v3's convolutional mask)."""
+    grid, half = config.image_grid_size, config.conv_kernel_size // 2
+    row_distance = (query // grid - key // grid).abs()
+    column_distance = (query % grid - key % grid).abs()
+    return (key <= query) & (row_distance <= half) & (column_distance <= half)
+
+
+def torus_conv_image_attention(config: DalleConfig, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """Rows and columns at most `h` apart around the image's edges (on a torus: the bottom rows see the top ones),
+    still causal in raster order (ruDALL-E v2's convolutional mask)."""
+    grid, half = config.image_grid_size, config.conv_kernel_size // 2
+    row_offset, column_offset = (query // grid - key // grid) % grid, (query % grid - key % grid) % grid
+    rows_near = (row_offset <= half) | (row_offset >= grid - half)
+    columns_near = (column_offset <= half) | (column_offset >= grid - half)
+    return (key <= query) & rows_near & columns_near
+
+
+# `config.conv_window` -> the rule of `"conv"` layers.
+CONV_WINDOW_RULES = {
+    "raster": conv_image_attention,
+    "clipped": clipped_conv_image_attention,
+    "torus": torus_conv_image_attention,
+}
+
 IMAGE_ATTENTION_RULES: dict[str, Callable[[DalleConfig, torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "full": full_image_attention,
     "row": row_image_attention,
@@ -80,8 +106,11 @@ IMAGE_ATTENTION_RULES: dict[str, Callable[[DalleConfig, torch.Tensor, torch.Tens
 
 def stream_attention_rule(config: DalleConfig, kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The mask function `(query, key) -> may attend` over stream positions for attention type `kind`: text queries
-    attend causally to text, image queries attend to all text and to image codes by `IMAGE_ATTENTION_RULES[kind]`."""
-    image_rule, text_length = IMAGE_ATTENTION_RULES[kind], config.max_text_length
+    attend causally to text, image queries attend to all text and to image codes by `IMAGE_ATTENTION_RULES[kind]`
+    (`"conv"`: by `CONV_WINDOW_RULES[config.conv_window]`). The first `config.mask_text_length` positions count as
+    text (all text positions unless `config.image_mask_offset` moves the grid's start earlier)."""
+    image_rule = CONV_WINDOW_RULES[config.conv_window] if kind == "conv" else IMAGE_ATTENTION_RULES[kind]
+    text_length = config.mask_text_length
 
     def may_attend(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
         image_pair = (query >= text_length) & (key >= text_length)
@@ -133,7 +162,7 @@ def decode_step_keys(config: DalleConfig, position: int, mask_row: torch.Tensor)
     """The [`DecodeStepKeys`] of the query at image stream `position` whose row of `build_attention_masks(config)` is
     `mask_row`: the allowed image keys as one slice if they are evenly spaced (a row, a column, full attention),
     else the window from the first to the last with its mask (a convolutional neighbourhood)."""
-    text_length = config.max_text_length
+    text_length = config.mask_text_length
     allowed = (mask_row[text_length : position + 1].nonzero().squeeze(1) + text_length).tolist()
     first, last = allowed[0], allowed[-1]
     steps = {b - a for a, b in zip(allowed, allowed[1:])}
@@ -266,9 +295,10 @@ class DalleMLP(nn.Module):
         super().__init__()
         self.fc_in = nn.Linear(config.hidden_size, config.intermediate_size)
         self.fc_out = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.approximate = "tanh" if config.hidden_act == "gelu_tanh" else "none"  # config.hidden_act "gelu_tanh"
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.fc_out(F.gelu(self.fc_in(hidden_states)))
+        return self.fc_out(F.gelu(self.fc_in(hidden_states), approximate=self.approximate))
 
 
 class _ScaleResblockGradient(torch.autograd.Function):
@@ -324,8 +354,9 @@ class DalleResblockGradientScaler(nn.Module):
 
 
 class DalleBlock(GradientCheckpointingLayer):
-    """Pre-norm transformer block: `x + attn(ln(x))`, then `x + mlp(ln(x))`. With
-    `config.resblock_gradient_scaling`, each of the two residual branches has its own gradient scaler."""
+    """Pre-norm transformer block: `x + attn(ln(x))`, then `x + mlp(ln(x))`; with `config.sandwich_layernorm`,
+    `x + ln'(attn(ln(x)))` and `x + ln'(mlp(ln(x)))` (CogView). With `config.resblock_gradient_scaling`, each of the
+    two residual branches has its own gradient scaler."""
 
     def __init__(self, config: DalleConfig, layer_idx: int):
         super().__init__()
@@ -334,6 +365,9 @@ class DalleBlock(GradientCheckpointingLayer):
         self.attention = DalleAttention(config, layer_idx)
         self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = DalleMLP(config)
+        sandwich = config.sandwich_layernorm
+        self.attention_output_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if sandwich else None
+        self.mlp_output_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if sandwich else None
         self.dropout = nn.Dropout(config.dropout)
         scaling = config.resblock_gradient_scaling
         self.attention_gradient_scaler = DalleResblockGradientScaler(config) if scaling else None
@@ -341,10 +375,18 @@ class DalleBlock(GradientCheckpointingLayer):
 
     def residual_branches(self) -> list[tuple[DalleResblockGradientScaler | None, list[nn.Module]]]:
         """Each residual branch's gradient scaler and the modules inside the branch."""
+        attention = [self.attention_norm, self.attention, self.attention_output_norm]
+        mlp = [self.mlp_norm, self.mlp, self.mlp_output_norm]
         return [
-            (self.attention_gradient_scaler, [self.attention_norm, self.attention]),
-            (self.mlp_gradient_scaler, [self.mlp_norm, self.mlp]),
+            (self.attention_gradient_scaler, [m for m in attention if m is not None]),
+            (self.mlp_gradient_scaler, [m for m in mlp if m is not None]),
         ]
+
+    def branch_output(self, output: torch.Tensor, output_norm: nn.LayerNorm | None) -> torch.Tensor:
+        """A residual branch's output as it is added: dropout, then the sandwich LayerNorm if any (ruDALL-E's
+        order)."""
+        output = self.dropout(output)
+        return output_norm(output) if output_norm is not None else output
 
     def forward(
         self, hidden_states: torch.Tensor, attention_mask, cache: Cache | None = None
@@ -352,16 +394,17 @@ class DalleBlock(GradientCheckpointingLayer):
         """The block's output and its attention weights (`None` unless the attention implementation is eager)."""
         if self.attention_gradient_scaler is None or not torch.is_grad_enabled():
             attention, weights = self.attention(self.attention_norm(hidden_states), attention_mask, cache)
-            hidden_states = hidden_states + self.dropout(attention)
-            return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states))), weights
+            hidden_states = hidden_states + self.branch_output(attention, self.attention_output_norm)
+            mlp = self.mlp(self.mlp_norm(hidden_states))
+            return hidden_states + self.branch_output(mlp, self.mlp_output_norm), weights
 
         scaler = self.attention_gradient_scaler
         branch = self.attention_norm(scaler.branch_input(hidden_states))
         attention, weights = self.attention(branch, attention_mask, cache)
-        hidden_states = hidden_states + scaler.branch_output(self.dropout(attention))
+        hidden_states = hidden_states + scaler.branch_output(self.branch_output(attention, self.attention_output_norm))
         scaler = self.mlp_gradient_scaler
         mlp = self.mlp(self.mlp_norm(scaler.branch_input(hidden_states)))
-        return hidden_states + scaler.branch_output(self.dropout(mlp)), weights
+        return hidden_states + scaler.branch_output(self.branch_output(mlp, self.mlp_output_norm)), weights
 
 
 class DallePreTrainedModel(PreTrainedModel):
@@ -431,6 +474,8 @@ class DalleModel(DallePreTrainedModel):
         self.embeddings = DalleEmbeddings(config)
         self.layers = nn.ModuleList([DalleBlock(config, i) for i in range(config.num_hidden_layers)])
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # ruDALL-E: a second LayerNorm between the final one and the head (`config.head_layernorm`).
+        self.head_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.head_layernorm else None
         # The full-stream masks of each attention type, built once per device (a plain cache rather than buffers, so
         # meta-device construction and checkpoint loading never see them).
         self._attention_masks: dict[torch.device, dict[str, torch.Tensor]] = {}
@@ -605,6 +650,8 @@ class DalleModel(DallePreTrainedModel):
             if output_attentions:
                 all_attentions += (weights,)
         hidden_states = self.final_norm(hidden_states)
+        if self.head_norm is not None:
+            hidden_states = self.head_norm(hidden_states)
 
         output = BaseModelOutputWithPast(
             last_hidden_state=hidden_states,

@@ -197,7 +197,7 @@ def test_components_wrapped_by_torch_compile(pipe, tmp_path):
     }
     loaded = DallePipeline.from_pretrained(tmp_path / "compiled")
     torch.testing.assert_close(candidates(loaded, n=2), candidates(pipe, n=2))
-    with pytest.raises(ValueError, match="`vae` must be a DalleVAE, got OptimizedModule"):
+    with pytest.raises(ValueError, match="`vae` must be a DalleVAE or DalleVQGAN, got OptimizedModule"):
         DallePipeline(tokenizer=pipe.tokenizer, transformer=pipe.transformer, vae=torch.compile(pipe.transformer))
 
 

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo train-demo serve test test-slow install install-test bench-env benchmark device-kit quality style
+.PHONY: demo train-demo serve test test-slow test-oldest install install-test bench-env benchmark device-kit quality style
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,22 @@ test: install-test
 
 test-slow: install-test
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]  # 5: no slow test collected
+
+# The same suite on the oldest supported releases (.ci/constraints-oldest.txt, setup.cfg's lower bounds), in a second
+# venv; `make test` runs on the newest ones a fresh `make install-test` finds.
+OLDEST_VENV ?= .venv-oldest
+OLDEST_PIP := $(OLDEST_VENV)/bin/python -m pip
+
+$(OLDEST_VENV)/.installed-test: setup.cfg pyproject.toml .ci/constraints-oldest.txt
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_PIP) install -q --upgrade pip
+	$(OLDEST_PIP) install -q torch==2.13.0
+	$(OLDEST_PIP) install -q -c .ci/constraints-oldest.txt -e ".[test]"
+	$(OLDEST_PIP) install -q --no-deps DALL-E==0.1 attrs torchao==0.18.0
+	touch $@
+
+test-oldest: $(OLDEST_VENV)/.installed-test
+	HF_HUB_OFFLINE=1 $(OLDEST_VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # Benchmarks (scripts/benchmark_*.py) compare against reference implementations that are not package dependencies:
 # they go into their own venv. torch first (the CPU wheel), then DALLE-pytorch 1.6.6 as ../shared/REFERENCES.md

@@ -20,6 +20,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from ..lora import load_lora_adapter, remove_lora_adapters
 from ..models.dalle import DalleForImageGeneration, DallePrefixCache
 from ..models.dalle_vae import DalleVAE
 from ..tokenization_dalle import DalleTokenizer
@@ -150,23 +151,15 @@ class DallePipeline(DiffusionPipeline):
     ) -> None:
         """
         Load a LoRA adapter of the transformer (`adapter_config.json` + `adapter_model.safetensors`, as written by
-        `scripts/train_dalle.py --lora_rank R` or by `transformer.save_pretrained` with an adapter) from a directory
-        or a Hub repo id, and activate it. This is transformers' PEFT integration (`transformer.load_adapter`, which
-        needs `peft`); `kwargs` (`revision`, `token`, ...) go to it. [`unload_lora_weights`] restores the base model.
+        `scripts/train_dalle.py --lora_rank R` or `hf_dalle.lora.save_lora_adapter`) from a directory or a
+        Hub repo id, and activate it (needs `peft`); `kwargs` (`revision`, `token`, ...) go to the Hub download.
+        [`unload_lora_weights`] restores the base model.
         """
-        if os.path.isdir(pretrained_model_name_or_path) and not os.path.isfile(
-            os.path.join(pretrained_model_name_or_path, "adapter_config.json")
-        ):
-            raise ValueError(
-                f"{pretrained_model_name_or_path} has no adapter_config.json: not a LoRA adapter folder (train one "
-                "with scripts/train_dalle.py --lora_rank R)."
-            )
-        self.transformer.load_adapter(str(pretrained_model_name_or_path), adapter_name=adapter_name, **kwargs)
+        load_lora_adapter(self.transformer, pretrained_model_name_or_path, adapter_name=adapter_name, **kwargs)
 
     def unload_lora_weights(self) -> None:
         """Remove every LoRA adapter from the transformer: it computes exactly its base weights' outputs again."""
-        if getattr(self.transformer, "_hf_peft_config_loaded", False):
-            self.transformer.delete_adapter(list(self.transformer.peft_config))
+        remove_lora_adapters(self.transformer)
 
     @property
     def image_size(self) -> int:

@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo train-demo serve test test-slow test-parity install install-test bench-env ref-env benchmark device-kit quality style
+.PHONY: demo train-demo serve test test-slow test-oldest test-parity install install-test bench-env ref-env benchmark device-kit \
+	quality style
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -87,6 +88,22 @@ ref-env: $(REF_VENV)/.installed
 # With CI=true a parity test whose reference is missing fails instead of skipping (tests/reference_models.py).
 test-parity: ref-env
 	HF_HUB_OFFLINE=1 $(REF_VENV)/bin/python -m pytest -m parity $(PYTEST_ARGS)
+
+# The same suite on the oldest supported releases (.ci/constraints-oldest.txt, setup.cfg's lower bounds), in a second
+# venv; `make test` runs on the newest ones a fresh `make install-test` finds.
+OLDEST_VENV ?= .venv-oldest
+OLDEST_PIP := $(OLDEST_VENV)/bin/python -m pip
+
+$(OLDEST_VENV)/.installed-test: setup.cfg pyproject.toml .ci/constraints-oldest.txt
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_PIP) install -q --upgrade pip
+	$(OLDEST_PIP) install -q torch==2.13.0
+	$(OLDEST_PIP) install -q -c .ci/constraints-oldest.txt -e ".[test]"
+	$(OLDEST_PIP) install -q --no-deps DALL-E==0.1 attrs torchao==0.18.0
+	touch $@
+
+test-oldest: $(OLDEST_VENV)/.installed-test
+	HF_HUB_OFFLINE=1 $(OLDEST_VENV)/bin/python -m pytest -m "not slow and not parity" $(PYTEST_ARGS)
 
 # Benchmarks (scripts/benchmark_*.py) compare against reference implementations that are not package dependencies:
 # they go into their own venv. torch first (the CPU wheel), then DALLE-pytorch 1.6.6 as ../shared/REFERENCES.md

@@ -29,6 +29,7 @@ from transformers import CLIPModel, CLIPProcessor
 
 from hf_dalle import DalleConfig, DalleForImageGeneration, DallePipeline, DalleTokenizer, DalleVAE, DalleVQGAN
 from hf_dalle.hub_utils import path_for_card
+from hf_dalle.lora import LORA_TARGET_MODULES, add_lora_adapter, save_lora_adapter
 from hf_dalle.training import (
     NON_EMA_VARIANT,
     add_common_arguments,
@@ -47,7 +48,6 @@ from hf_dalle.training import (
     write_folder_atomically,
 )
 from hf_dalle.training.data import read_pretokenized_info
-from hf_dalle.training.lora import LORA_TARGET_MODULES, add_lora_adapter
 from hf_dalle.training.validation import shapes_judge_accuracy
 
 
@@ -302,10 +302,10 @@ def main(argv=None):
     if accelerator.is_main_process:
 
         def write_pipeline(folder: Path) -> None:
-            if args.lora_rank is not None:  # the adapter only: save_pretrained of a model with a peft adapter
+            if args.lora_rank is not None:  # the adapter only
                 if ema is not None:
                     ema.copy_to(model.parameters())
-                model.save_pretrained(folder)
+                save_lora_adapter(model, folder)
                 return
             if ema is not None:  # the raw weights beside the averaged ones, which the pipeline samples with
                 model.save_pretrained(folder / "transformer", variant=NON_EMA_VARIANT)

@@ -11,8 +11,8 @@ from training_utils import load_script, training_environment  # noqa: F401 (auto
 
 from hf_dalle import DallePipeline
 from hf_dalle.data import make_shapes_dataset
+from hf_dalle.lora import LORA_TARGET_MODULES, add_lora_adapter, save_lora_adapter
 from hf_dalle.testing_utils import make_tiny_pipeline
-from hf_dalle.training.lora import LORA_TARGET_MODULES, add_lora_adapter
 
 
 pytest.importorskip("peft")
@@ -52,7 +52,7 @@ def trained_adapter(tmp_path_factory):
         optimizer.zero_grad()
     model.eval()
     path = tmp_path_factory.mktemp("adapter")
-    model.save_pretrained(path)
+    save_lora_adapter(model, path)
     return {
         "path": path, "stream": stream, "base_logits": base_logits, "base_images": base_images,
         "tuned_logits": logits_of(pipe, stream), "tuned_images": sample(pipe).images,

@@ -296,7 +296,7 @@ def test_decode_step_keys_select_exactly_the_masked_keys(text_length, grid, kern
 
 def test_sparse_decode_steps_give_the_logits_of_one_pass():
     # A 2-token caption before a 6x6 grid: late in the stream, row, column and conv attention allow under a third
-    # of the prefix, so decode steps attend through `decode_step_attention`; full attention keeps its mask.
+    # of the prefix, so decode steps attend through `decode_step_attention_forward`; full attention keeps its mask.
     types = ["row", "column", "conv", "full"]
     model = tiny_model(max_text_length=2, image_grid_size=6, num_hidden_layers=4, attention_types=types)
     stream_length = model.config.max_sequence_length
@@ -668,6 +668,8 @@ def test_bad_calls_are_rejected():
         model.prepare_input_ids(torch.ones(1, 3, dtype=torch.long), torch.full((1, 4), IMAGE_VOCAB))
     with pytest.raises(ValueError, match="complete streams of shape \\(batch, 24\\)"):
         model.image_codes_from_ids(stream[:, :-1])
+    with pytest.raises(ValueError, match="Pass the cache once, as `cache` or as `past_key_values`"):
+        model(stream, cache=DynamicCache(), past_key_values=DynamicCache())
     # A decode step past the end of the stream.
     cache = DynamicCache(config=model.config)
     model(stream, cache=cache)
@@ -747,3 +749,59 @@ def test_overflowing_branches_are_filtered_and_their_scales_adjusted(tmp_path):
     assert [m.scale.item() for m in loaded.modules() if isinstance(m, DalleResblockGradientScaler)] == [2.0**40] * 6
     with pytest.raises(ValueError, match="resblock_gradient_scaling=True"):
         tiny_model().update_resblock_gradient_scales()
+
+
+def test_special_token_ids_are_config_fields_that_do_not_apply():
+    config = tiny_config()
+    assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (None, None, None)
+    assert {"bos_token_id", "eos_token_id", "pad_token_id"} <= set(config.to_dict())
+    model = DalleForImageGeneration(config)
+    assert model.generation_config.pad_token_id is None and model.generation_config.eos_token_id is None
+    assert tiny_config(eos_token_id=3).eos_token_id == 3
+    with pytest.raises(StrictDataclassClassValidationError, match="`pad_token_id` must be None"):
+        tiny_config(pad_token_id=0)
+    with pytest.raises(StrictDataclassClassValidationError, match="`bos_token_id` must be None or a token id"):
+        tiny_config(bos_token_id=TEXT_VOCAB + IMAGE_VOCAB)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_resize_token_embeddings_resizes_the_text_vocabulary(tied):
+    model = tiny_model(tie_word_embeddings=tied)
+    stream = random_stream()
+    with torch.no_grad():
+        before = model(stream).logits
+    added = 5
+    embedding = model.resize_token_embeddings(model.config.vocab_size + added)
+    config = model.config
+    assert (config.text_vocab_size, config.vocab_size) == (TEXT_VOCAB + added, TEXT_VOCAB + added + IMAGE_VOCAB)
+    assert embedding is model.get_input_embeddings() and embedding.weight.shape[0] == config.vocab_size
+    assert model.lm_head.weight.shape[0] == config.vocab_size
+    assert (model.lm_head.weight is embedding.weight) == tied
+    # The same caption and codes, the codes now written with the new offset: every allowed logit is unchanged.
+    moved = torch.where(stream >= TEXT_VOCAB, stream + added, stream)
+    with torch.no_grad():
+        after = model(moved).logits
+    torch.testing.assert_close(after[..., :TEXT_VOCAB], before[..., :TEXT_VOCAB])
+    torch.testing.assert_close(after[..., TEXT_VOCAB + added :], before[..., TEXT_VOCAB:])
+    assert (after[:, TEXT_LENGTH - 1 :, : TEXT_VOCAB + added] == torch.finfo(after.dtype).min).all()
+    # It still generates valid streams, with the old codes' greedy choices.
+    prompt = moved[:, : TEXT_LENGTH + 3]
+    generated = model.generate(prompt, do_sample=False, max_new_tokens=STREAM_LENGTH - prompt.shape[1])
+    codes = model.image_codes_from_ids(generated)
+    assert codes.min() >= 0 and codes.max() < IMAGE_VOCAB
+
+    # Too small a vocabulary is refused before anything changes.
+    with pytest.raises(ValueError, match="must keep the special ids"):
+        model.resize_token_embeddings(IMAGE_VOCAB)
+    assert model.config.text_vocab_size == TEXT_VOCAB + added and embedding is model.get_input_embeddings()
+
+
+def test_generate_continues_from_the_cache_it_returned():
+    model = tiny_model(num_hidden_layers=3, attention_types=["row", "column", "conv"])
+    prompt = random_stream()[:, :TEXT_LENGTH]
+    new = STREAM_LENGTH - TEXT_LENGTH
+    whole = model.generate(prompt, do_sample=False, max_new_tokens=new)
+    first = model.generate(prompt, do_sample=False, max_new_tokens=5, return_dict_in_generate=True)
+    cache = getattr(first, CACHE_NAME)
+    rest = model.generate(first.sequences, past_key_values=cache, do_sample=False, max_new_tokens=new - 5)
+    assert torch.equal(rest, whole)

@@ -261,3 +261,21 @@ def test_bad_config_raises():
         DalleVAEConfig(image_size=100)
     with pytest.raises(StrictDataclassFieldValidationError, match="vocab_size"):
         DalleVAEConfig(vocab_size="8192")
+
+
+def test_exports_and_compiles_as_one_graph():
+    # Value checks of the inputs are skipped while tracing (as the transformer's are); shapes are still checked.
+    torch.manual_seed(0)
+    vae = DalleVAE(tiny_config()).eval()
+    pixels = blocks_images(2)
+    exported = torch.export.export(vae, (pixels,))
+    with torch.no_grad():
+        expected, got = vae(pixels), exported.module()(pixels)
+    for name in ("logits", "kl_loss", "code_usage_entropy", "perplexity", "codes_used"):
+        torch.testing.assert_close(got[name], expected[name], msg=name)
+    codes = vae.encode(pixels).indices
+    encode = torch.compile(vae.encode, fullgraph=True, backend="eager")
+    decode = torch.compile(vae.decode, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        assert torch.equal(encode(pixels).indices, codes)
+        torch.testing.assert_close(decode(codes).sample, vae.decode(codes).sample)

@@ -93,7 +93,7 @@ def test_cli_guidance_scale_inf_exits_non_zero_and_writes_nothing(pipeline_dir, 
 @pytest.fixture
 def adapter_dir(tmp_path):
     pytest.importorskip("peft")
-    from hf_dalle.training.lora import add_lora_adapter
+    from hf_dalle.lora import add_lora_adapter
 
     donor = make_tiny_pipeline()
     add_lora_adapter(donor.transformer, rank=4)

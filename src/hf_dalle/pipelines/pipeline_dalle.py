@@ -16,7 +16,6 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from diffusers.utils.torch_utils import is_compiled_module
 from huggingface_hub import hf_hub_download, snapshot_download
-from safetensors.torch import load_file
 from transformers import (
     ClassifierFreeGuidanceLogitsProcessor,
     CLIPModel,
@@ -30,6 +29,7 @@ from transformers import (
 
 from ..hub_utils import hub_repo_id
 from ..image_utils import to_rgb
+from ..lora import load_lora_adapter, remove_lora_adapters
 from ..models.dalle import DalleForImageGeneration, DallePrefixCache
 from ..models.dalle_vae import DalleVAE
 from ..models.dalle_vqgan import DalleVQGAN
@@ -55,7 +55,6 @@ EXAMPLE_DOC_STRING = """
 
 # What `snapshot_download` takes from `from_pretrained` / `load_lora_weights` keyword arguments.
 DOWNLOAD_KWARGS = ("revision", "cache_dir", "token", "force_download", "local_files_only")
-ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"]
 
 
 def _pipeline_components(model_index: dict) -> list[str]:
@@ -276,55 +275,15 @@ class DallePipeline(DiffusionPipeline):
     ) -> None:
         """
         Load a LoRA adapter of the transformer (`adapter_config.json` + `adapter_model.safetensors`, as written by
-        `scripts/train_dalle.py --lora_rank R` or by `transformer.save_pretrained` with an adapter) from a directory
-        or a Hub repo id, and activate it. This is transformers' PEFT integration (`transformer.load_adapter`, which
-        needs `peft`); `kwargs` (`revision`, `token`, ...) go to it. [`unload_lora_weights`] restores the base model.
+        `scripts/train_dalle.py --lora_rank R` or `hf_dalle.lora.save_lora_adapter`) from a directory or a
+        Hub repo id, and activate it (needs `peft`); `kwargs` (`revision`, `token`, ...) go to the Hub download.
+        [`unload_lora_weights`] restores the base model.
         """
-        if os.path.isdir(pretrained_model_name_or_path):
-            folder = os.fspath(pretrained_model_name_or_path)
-        else:
-            repo_id = hub_repo_id(pretrained_model_name_or_path, "LoRA adapter")
-            download_kwargs = {key: kwargs.pop(key) for key in DOWNLOAD_KWARGS if key in kwargs}
-            folder = snapshot_download(repo_id, allow_patterns=ADAPTER_FILES, **download_kwargs)
-        config_path, weights_path = (os.path.join(folder, name) for name in ADAPTER_FILES)
-        if not os.path.isfile(config_path):
-            raise ValueError(
-                f"{pretrained_model_name_or_path} has no adapter_config.json: not a LoRA adapter folder (train one "
-                "with scripts/train_dalle.py --lora_rank R)."
-            )
-        if not os.path.isfile(weights_path):
-            raise ValueError(f"The LoRA adapter {pretrained_model_name_or_path} has no adapter_model.safetensors.")
-        adapter_weights = load_file(weights_path)
-        non_finite = [name for name, tensor in adapter_weights.items() if not torch.isfinite(tensor).all()]
-        if non_finite:
-            raise ValueError(
-                f"The LoRA adapter {weights_path} has non-finite (NaN or infinite) weights in {non_finite[:3]}; "
-                "it is not loaded."
-            )
-        self.transformer.load_adapter(folder, adapter_name=adapter_name, **kwargs)
-        # peft skips weights that match no module with a warning, and leaves modules without weights at their
-        # initialisation: refuse an adapter whose weights are not exactly the adapter's parameters.
-        loaded = {name: param for name, param in self.transformer.named_parameters() if f".{adapter_name}." in name}
-        expected = {}
-        for name, tensor in adapter_weights.items():  # peft's file names: base_model.model.<module>.lora_A.weight
-            module, _, leaf = name.removeprefix("base_model.model.").rpartition(".")
-            expected[f"{module}.{adapter_name}.{leaf}"] = tensor
-        unmatched = sorted(expected.keys() ^ loaded.keys()) or [
-            name
-            for name, tensor in expected.items()
-            if not torch.equal(loaded[name].detach().cpu(), tensor.to(loaded[name].dtype))
-        ]
-        if unmatched:
-            self.transformer.delete_adapter(adapter_name)
-            raise ValueError(
-                f"The LoRA adapter {pretrained_model_name_or_path} does not match this transformer: the weights "
-                f"{unmatched[:3]} have no counterpart or did not load as saved; it is not loaded."
-            )
+        load_lora_adapter(self.transformer, pretrained_model_name_or_path, adapter_name=adapter_name, **kwargs)
 
     def unload_lora_weights(self) -> None:
         """Remove every LoRA adapter from the transformer: it computes exactly its base weights' outputs again."""
-        if getattr(self.transformer, "_hf_peft_config_loaded", False):
-            self.transformer.delete_adapter(list(self.transformer.peft_config))
+        remove_lora_adapters(self.transformer)
 
     @property
     def image_size(self) -> int:

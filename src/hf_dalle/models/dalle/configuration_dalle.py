@@ -73,6 +73,13 @@ class DalleConfig(PreTrainedConfig):
             Weight of the text cross-entropy in the loss; the image cross-entropy gets `1 - text_loss_weight`.
         text_pad_token_id (`int`, defaults to 0):
             Id of the tokenizer's pad token (`DalleTokenizer` puts `<pad>` at 0).
+        bos_token_id (`int`, *optional*):
+            Token that starts a sequence, for `generate`: `None`, a stream starts with its caption.
+        eos_token_id (`int`, *optional*):
+            Token that ends a sequence early in `generate`: `None`, a stream ends after its last image code.
+        pad_token_id (`int`, *optional*):
+            Token that `generate` masks out of the attention: always `None`, since a DALL-E stream masks nothing (its
+            pads, `text_pad_token_id`, are inputs with learned embeddings).
         dropout (`float`, defaults to 0.0):
             Dropout on the attention probabilities and on the output of each residual branch.
         layer_norm_eps (`float`, defaults to 1e-5):
@@ -126,6 +133,9 @@ class DalleConfig(PreTrainedConfig):
     head_layernorm: bool = False
     text_loss_weight: float = 0.125
     text_pad_token_id: int = 0
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
     dropout: float = 0.0
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
@@ -207,6 +217,15 @@ class DalleConfig(PreTrainedConfig):
             raise ValueError(
                 f"`text_pad_token_id` must be a text token id in [0, {self.text_vocab_size}), "
                 f"got {self.text_pad_token_id}."
+            )
+        for name in ("bos_token_id", "eos_token_id"):
+            token_id = getattr(self, name)
+            if token_id is not None and not 0 <= token_id < self.vocab_size:
+                raise ValueError(f"`{name}` must be None or a token id in [0, {self.vocab_size}), got {token_id}.")
+        if self.pad_token_id is not None:
+            raise ValueError(
+                f"`pad_token_id` must be None, got {self.pad_token_id}: `generate` would mask those positions out, but "
+                "the pads of a DALL-E stream are inputs with learned embeddings (set `text_pad_token_id` instead)."
             )
         if self.resblock_gradient_scale_init <= 0 or self.resblock_gradient_scale_growth_interval < 1:
             raise ValueError(

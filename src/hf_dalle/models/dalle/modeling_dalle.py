@@ -430,6 +430,62 @@ class DallePreTrainedModel(PreTrainedModel):
             std = self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers)
             init.normal_(projection.weight, mean=0.0, std=std)
 
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """
+        Resize the stream vocabulary (`config.vocab_size`: text tokens, then image codes) to `new_num_tokens` by
+        resizing its *text* part: `config.text_vocab_size` becomes `new_num_tokens - config.image_vocab_size`, and the
+        image codes' rows of the token embedding and of the head move with it (a stream writes code `c` as
+        `text_vocab_size + c`, so image ids shift by the change). To fit a tokenizer of `n` tokens, pass
+        `n + config.image_vocab_size`. New text rows start at the mean of the old text rows (`mean_resizing`) or as
+        initialised; `pad_to_multiple_of` rounds `new_num_tokens` up. Returns the token embedding.
+        """
+        config = self.config
+        embedding, head = self.get_input_embeddings(), self.get_output_embeddings()
+        if new_num_tokens is None and pad_to_multiple_of is None:
+            return embedding
+        new_num_tokens = config.vocab_size if new_num_tokens is None else new_num_tokens
+        if pad_to_multiple_of is not None:
+            new_num_tokens = math.ceil(new_num_tokens / pad_to_multiple_of) * pad_to_multiple_of
+        old_text, new_text = config.text_vocab_size, new_num_tokens - config.image_vocab_size
+        special = {"text_pad_token_id": config.text_pad_token_id, "bos_token_id": config.bos_token_id}
+        special["eos_token_id"] = config.eos_token_id
+        highest = max(token_id for token_id in special.values() if token_id is not None)
+        if highest >= new_text:
+            raise ValueError(
+                f"`new_num_tokens`={new_num_tokens} leaves {new_text} text tokens (after the "
+                f"image_vocab_size={config.image_vocab_size} image codes are set aside), but the text vocabulary must "
+                f"keep the special ids {special}: pass at least {highest + 1 + config.image_vocab_size}."
+            )
+
+        def moved(rows: torch.Tensor, init_std: float | None) -> torch.Tensor:
+            """The text rows cut or extended to `new_text`, then the image rows."""
+            text, image = rows[:old_text], rows[old_text:]
+            added = max(new_text - old_text, 0)
+            if mean_resizing or init_std is None:
+                extra = text.mean(0, keepdim=True).expand(added, *text.shape[1:])
+            else:
+                extra = torch.randn(added, *text.shape[1:], device=rows.device, dtype=rows.dtype) * init_std
+            return torch.cat([text[:new_text], extra, image]).contiguous()
+
+        std = config.initializer_range
+        with torch.no_grad():
+            new_embedding = nn.Embedding(new_num_tokens, config.hidden_size, device=embedding.weight.device)
+            new_embedding.weight.copy_(moved(embedding.weight, std))
+            self.set_input_embeddings(new_embedding.to(embedding.weight.dtype))
+            if head is not None:
+                new_head = nn.Linear(config.hidden_size, new_num_tokens, bias=head.bias is not None)
+                new_head = new_head.to(head.weight.device, head.weight.dtype)
+                new_head.weight.copy_(moved(head.weight, std))
+                if head.bias is not None:
+                    new_head.bias.copy_(moved(head.bias, None if mean_resizing else 0.0))
+                if config.tie_word_embeddings:
+                    new_head.weight = self.get_input_embeddings().weight
+                self.set_output_embeddings(new_head)
+        config.text_vocab_size = new_text
+        return self.get_input_embeddings()
+
     @torch.no_grad()
     def update_resblock_gradient_scales(self) -> int:
         """

@@ -19,6 +19,11 @@ from transformers.utils import ModelOutput
 from .configuration_dalle_vae import DalleVAEConfig
 
 
+def is_tracing() -> bool:
+    """Whether `torch.compile` or `torch.export` is tracing: input checks that read tensor values are skipped then."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 def map_pixels(x: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
     """Map pixels from [0, 1] to [eps, 1 - eps], the support of the logit-Laplace likelihood."""
     return (1 - 2 * eps) * x + eps
@@ -120,6 +125,8 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, downsample
         raise ValueError(
             f"`pixel_values` must be floats in [0, 1], got dtype {pixel_values.dtype} (divide uint8 images by 255)."
         )
+    if is_tracing():  # the range check reads values, which a traced graph cannot branch on
+        return
     low, high = pixel_values.min().item(), pixel_values.max().item()
     if not (low >= 0 and high <= 1):  # NaN fails both comparisons
         raise ValueError(f"`pixel_values` must lie in [0, 1], got values in [{low:.3g}, {high:.3g}].")
@@ -137,7 +144,7 @@ def check_indices(indices: torch.Tensor, vocab_size: int) -> None:
                 else f"{type(indices).__name__}."
             )
         )
-    if indices.numel() and (indices.min() < 0 or indices.max() >= vocab_size):
+    if not is_tracing() and indices.numel() and (indices.min() < 0 or indices.max() >= vocab_size):
         raise ValueError(
             f"`indices` must lie in [0, {vocab_size}) (the vocab size), "
             f"got values in [{indices.min().item()}, {indices.max().item()}]."
@@ -362,7 +369,10 @@ class DalleVAE(DalleVAEPreTrainedModel):
         code_usage_entropy = -(mean_q * torch.log(mean_q.clamp_min(1e-10))).sum() / math.log(self.config.vocab_size)
 
         with torch.no_grad():
-            histogram = torch.bincount(logits.argmax(dim=1).flatten(), minlength=self.config.vocab_size).float()
+            codes = logits.argmax(dim=1).flatten()
+            histogram = logits.new_zeros(self.config.vocab_size).index_add_(
+                0, codes, torch.ones_like(codes, dtype=logits.dtype)
+            )
             probs = histogram / histogram.sum()
             perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-10))).sum())
             codes_used = (histogram > 0).sum()

@@ -1,0 +1,142 @@
+"""LoRA (Hu et al. 2021) on the DALL-E transformer with `peft`'s public integration API (`peft.functional`): only the
+low-rank adapters train, [`save_lora_adapter`] writes `adapter_model.safetensors` + `adapter_config.json` (the layout
+transformers' and peft's own `save_pretrained` write), and [`load_lora_adapter`] / `DallePipeline.load_lora_weights`
+load them back from a folder or the Hub. (transformers' own PEFT integration would do the same, but from
+transformers 5.24 on it refuses every peft release before 0.22.)"""
+
+import os
+from pathlib import Path
+
+import torch
+from huggingface_hub import hf_hub_download
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .hub_utils import hub_repo_id
+from .models.dalle import DalleForImageGeneration
+
+
+# The attention and MLP projections of every block.
+LORA_TARGET_MODULES = ("qkv_proj", "out_proj", "fc_in", "fc_out")
+ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
+
+
+def add_lora_adapter(
+    model: DalleForImageGeneration,
+    rank: int,
+    alpha: float | None = None,
+    target_modules: list[str] | tuple[str, ...] = LORA_TARGET_MODULES,
+    dropout: float = 0.0,
+    adapter_name: str = "default",
+):
+    """
+    Add a LoRA adapter of rank `rank` to the `nn.Linear` layers of `model` whose name ends with one of
+    `target_modules` (default: the attention and MLP projections), freeze every other parameter, and return the
+    `peft.LoraConfig` (also in `model.peft_config[adapter_name]`). `alpha` defaults to `rank` (adapter scale
+    `alpha / rank` = 1). The adapter's B matrices start at zero, so the model's outputs are unchanged until it trains.
+    """
+    from peft import LoraConfig  # optional dependency: only LoRA training and loading need it
+    from peft.functional import inject_adapter_in_model
+
+    if not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"`rank` must be a positive integer, got {rank!r}.")
+    linear_names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    unknown = sorted(set(target_modules) - linear_names)
+    if not target_modules or unknown:
+        raise ValueError(
+            f"LoRA target modules {unknown or list(target_modules)} are not Linear layers of this model; "
+            f"choose from {sorted(linear_names)}."
+        )
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha if alpha is not None else rank,
+        lora_dropout=dropout,
+        target_modules=list(target_modules),
+    )
+    inject_adapter_in_model(config, model, adapter_name=adapter_name)  # freezes all but the adapter
+    return config
+
+
+def save_lora_adapter(
+    model: DalleForImageGeneration, save_directory: str | os.PathLike, adapter_name: str = "default"
+):
+    """Write the adapter `adapter_name` of `model` (its config and weights only) into `save_directory`."""
+    from peft.functional import get_peft_model_state_dict
+
+    from .training.outputs import write_folder_atomically
+
+    config = getattr(model, "peft_config", {}).get(adapter_name)
+    if config is None:
+        raise ValueError(f"The model has no LoRA adapter named {adapter_name!r} (add one with `add_lora_adapter`).")
+    state_dict = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    config.base_model_name_or_path = model.config._name_or_path or None
+
+    def write(folder: Path) -> None:
+        config.save_pretrained(folder)
+        save_file({k: v.contiguous() for k, v in state_dict.items()}, folder / ADAPTER_WEIGHTS_NAME, {"format": "pt"})
+
+    write_folder_atomically(save_directory, write)
+
+
+def load_lora_adapter(
+    model: DalleForImageGeneration,
+    pretrained_model_name_or_path: str | os.PathLike,
+    adapter_name: str = "default",
+    **kwargs,
+):
+    """Load an adapter that [`save_lora_adapter`] (or peft / transformers' `save_pretrained`) wrote, from a folder or
+    a Hub repo id (`kwargs`: `revision`, `token`, ... of `hf_hub_download`), into `model` and activate it."""
+    from peft import LoraConfig
+    from peft.functional import inject_adapter_in_model, set_adapter, set_peft_model_state_dict
+
+    source = str(pretrained_model_name_or_path)
+    if os.path.isdir(source):
+        config_file, weights_file = (
+            os.path.join(source, name) for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME)
+        )
+        if not os.path.isfile(config_file):
+            raise ValueError(
+                f"{source} has no {ADAPTER_CONFIG_NAME}: not a LoRA adapter folder (train one with "
+                "scripts/train_dalle.py --lora_rank R)."
+            )
+        if not os.path.isfile(weights_file):
+            raise ValueError(f"The LoRA adapter {source} has no {ADAPTER_WEIGHTS_NAME}.")
+    else:
+        repo_id = hub_repo_id(source, "LoRA adapter")
+        config_file, weights_file = (
+            hf_hub_download(repo_id, name, **kwargs) for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME)
+        )
+    adapter_weights = load_file(weights_file)
+    non_finite = [name for name, tensor in adapter_weights.items() if not torch.isfinite(tensor).all()]
+    if non_finite:
+        raise ValueError(
+            f"The LoRA adapter {weights_file} has non-finite (NaN or infinite) weights in {non_finite[:3]}; "
+            "it is not loaded."
+        )
+    config = LoraConfig.from_pretrained(os.path.dirname(config_file))
+    config.inference_mode = True
+    inject_adapter_in_model(config, model, adapter_name=adapter_name)
+    result = set_peft_model_state_dict(model, adapter_weights, adapter_name=adapter_name)
+    # peft skips weights that match no module and leaves modules without weights at their initialisation: refuse
+    # an adapter whose weights are not exactly the adapter's parameters, and take it out again.
+    unmatched = sorted(key for key in result.missing_keys if "lora_" in key) + sorted(result.unexpected_keys)
+    if unmatched:
+        remove_lora_adapters(model, adapter_name)
+        raise ValueError(
+            f"The LoRA adapter {source} does not match this transformer: the weights {unmatched[:3]} have no "
+            "counterpart; it is not loaded."
+        )
+    set_adapter(model, adapter_name, inference_mode=True)
+
+
+def remove_lora_adapters(model: DalleForImageGeneration, *adapter_names: str) -> None:
+    """Remove the LoRA adapters `adapter_names` (default: every one) from `model`; without any it computes exactly
+    its base weights' outputs again."""
+    from peft.functional import delete_adapter
+
+    for name in adapter_names or list(getattr(model, "peft_config", {})):
+        delete_adapter(model, adapter_name=name, prefix="lora_")
+        del model.peft_config[name]
+
+
+__all__ = ["LORA_TARGET_MODULES", "add_lora_adapter", "load_lora_adapter", "remove_lora_adapters", "save_lora_adapter"]

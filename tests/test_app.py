@@ -112,8 +112,8 @@ def test_candidates_are_sampled_in_bounded_batches(pipe):
         ({"num_images": 17, "num_candidates": 64}, "Number of images must be a whole number between 1 and 16, got 17"),
         ({"top_k": 33}, "Top-k must be a whole number between 0 and 32, got 33"),
         ({"seed": -1}, "Seed must be a whole number between 0 and 4294967295, got -1"),
-        ({"temperature": 0.0}, "`temperature` must be > 0, got 0.0"),  # the pipeline's own check
-        ({"guidance_scale": 0.5}, "`guidance_scale` must be >= 1"),
+        ({"temperature": 0.0}, "`temperature` must be a finite number > 0, got 0.0"),  # the pipeline's own check
+        ({"guidance_scale": 0.5}, "`guidance_scale` must be a finite number >= 1"),
     ],
 )
 def test_bad_input_raises_a_message_for_the_page(pipe, overrides, message):

@@ -236,8 +236,11 @@ class DallePipeline(DiffusionPipeline):
         """
         Load a LoRA adapter of the transformer (`adapter_config.json` + `adapter_model.safetensors`, as written by
         `scripts/train_dalle.py --lora_rank R` or by `transformer.save_pretrained` with an adapter) from a directory
-        or a Hub repo id, and activate it. This is transformers' PEFT integration (`transformer.load_adapter`, which
-        needs `peft`); `kwargs` (`revision`, `token`, ...) go to it. [`unload_lora_weights`] restores the base model.
+        or a Hub repo id (only those two files are downloaded; `revision`, `token`, `cache_dir`, ... go to
+        `snapshot_download`), and activate it. This is transformers' PEFT integration (`transformer.load_adapter`,
+        which needs `peft`; other `kwargs` go to it). An adapter with NaN or infinite weights, or whose weights do not
+        all load onto this transformer's adapter parameters, is refused with nothing left loaded.
+        [`unload_lora_weights`] restores the base model.
         """
         if os.path.isdir(pretrained_model_name_or_path):
             folder = os.fspath(pretrained_model_name_or_path)

@@ -276,7 +276,9 @@ class DallePipeline(DiffusionPipeline):
         """
         Load a LoRA adapter of the transformer (`adapter_config.json` + `adapter_model.safetensors`, as written by
         `scripts/train_dalle.py --lora_rank R` or `hf_dalle.lora.save_lora_adapter`) from a directory or a
-        Hub repo id, and activate it (needs `peft`); `kwargs` (`revision`, `token`, ...) go to the Hub download.
+        Hub repo id (only those two files are downloaded; `kwargs` such as `revision`, `token`, `cache_dir` go to
+        `hf_hub_download`), and activate it (needs `peft`). An adapter with NaN or infinite weights, or whose weights
+        do not all load onto this transformer's adapter parameters, is refused with nothing left loaded.
         [`unload_lora_weights`] restores the base model.
         """
         load_lora_adapter(self.transformer, pretrained_model_name_or_path, adapter_name=adapter_name, **kwargs)

@@ -93,7 +93,7 @@ def test_cli_guidance_scale_inf_exits_non_zero_and_writes_nothing(pipeline_dir, 
 @pytest.fixture
 def adapter_dir(tmp_path):
     pytest.importorskip("peft")
-    from hf_dalle.lora import add_lora_adapter
+    from hf_dalle.lora import add_lora_adapter, save_lora_adapter
 
     donor = make_tiny_pipeline()
     add_lora_adapter(donor.transformer, rank=4)
@@ -101,7 +101,7 @@ def adapter_dir(tmp_path):
         for name, param in donor.transformer.named_parameters():
             if "lora_B" in name:
                 param.normal_()  # lora_B starts at zero: make the adapter change the outputs
-    donor.transformer.save_pretrained(tmp_path / "adapter")
+    save_lora_adapter(donor.transformer, tmp_path / "adapter")
     return tmp_path / "adapter"
 
 

@@ -66,13 +66,34 @@ class TrainingState:
 
 
 def remove_stale_temporary_folders(folder: str | os.PathLike, prefix: str) -> None:
-    """Delete the `prefix*` folders in `folder`: temporary folders of saves that a killed run never finished."""
+    """Delete the `prefix*` folders in `folder`: temporary folders of saves that a killed run never finished. A folder
+    named by [`temporary_folder_prefix`] whose writer process is still alive (another rank of this job writing into
+    the same folder) is left alone."""
     folder = Path(folder)
     if folder.is_dir():
         for stale in folder.glob(f"{prefix}*"):
-            if stale.is_dir() and not stale.is_symlink():
+            if stale.is_dir() and not stale.is_symlink() and not _writer_is_alive(stale.name[len(prefix) :]):
                 logger.info("Removing %s, left by an interrupted save.", stale)
                 shutil.rmtree(stale, ignore_errors=True)
+
+
+def temporary_folder_prefix(prefix: str) -> str:
+    """`prefix` tagged with this process's id, for temporary folders that processes of one job create side by side."""
+    return f"{prefix}{os.getpid()}-"
+
+
+def _writer_is_alive(tag: str) -> bool:
+    """Whether the process whose id starts `tag` (`"1234-..."`, see `temporary_folder_prefix`) runs on this machine."""
+    pid = tag.split("-", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
 
 
 def checkpoints_dir(output_dir: str | os.PathLike) -> Path:
@@ -272,6 +293,7 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "remove_stale_temporary_folders",
+    "temporary_folder_prefix",
     "resolve_checkpoint",
     "save_checkpoint",
 ]

@@ -22,7 +22,7 @@ from ..hub_utils import (
     render_model_card,
     write_model_card,
 )
-from .checkpointing import remove_stale_temporary_folders
+from .checkpointing import remove_stale_temporary_folders, temporary_folder_prefix
 
 
 # Temporary folders of `write_folder_atomically`; one a killed run left is removed by the next save or run.
@@ -70,11 +70,14 @@ def save_image_grid(images: list[Image.Image], rows: int, path: str | os.PathLik
 
 def write_folder_atomically(output_dir: str | os.PathLike, write: Callable[[Path], None]) -> None:
     """Call `write(temporary_folder)`, then move what it wrote into `output_dir` entry by entry (replacing entries of
-    the same name), so an interrupted save leaves no half-written file there."""
+    the same name), so an interrupted save leaves no half-written file there. Several processes may write into one
+    `output_dir` at once (the ranks of `scripts/generate.py`): each removes only the temporary folders of dead ones."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporary_folders(output_dir, TEMPORARY_SAVE_PREFIX)
-    with tempfile.TemporaryDirectory(dir=output_dir, prefix=TEMPORARY_SAVE_PREFIX) as temporary:
+    with tempfile.TemporaryDirectory(
+        dir=output_dir, prefix=temporary_folder_prefix(TEMPORARY_SAVE_PREFIX)
+    ) as temporary:
         write(Path(temporary))
         for entry in sorted(Path(temporary).iterdir()):
             target = output_dir / entry.name

@@ -190,11 +190,25 @@ def markdown(results: dict) -> str:
     table = markdown_table(
         ["grid", "batch", "model", "codes / s", "est. generation", "peak memory", "ours vs ruDALL-E / GPT-2"], rows
     )
+
+    def met(condition: bool) -> str:
+        return "met" if condition else "NOT met"
+
+    goals = [
+        f"- {r['grid']}x{r['grid']}: {r['speedup_vs_rudalle']:.1f}x ruDALL-E (>= 10x: "
+        f"{met(r['speedup_vs_rudalle'] >= 10)}), {r['speedup_vs_gpt2']:.2f}x GPT-2 (>= 1.2x: "
+        f"{met(r['speedup_vs_gpt2'] >= 1.2)}), less peak memory than both: "
+        f"{met(r['peak_memory_mib'][OURS] < min(r['peak_memory_mib'][RUDALLE], r['peak_memory_mib'][GPT2]))}"
+        for r in results["runs"]
+        if r["batch_size"] == 8
+    ]
     return (
         f"# Generation speed of a converted ruDALL-E (CPU, {args['threads']} thread, {args['num_layers']} layers, "
         f"width 2048, 16 heads, 128 text positions)\n\nEach model's time per code is the median CPU time of one "
         f"sampling step at {args['positions']} positions spread over the grid, times the number of codes (see the "
-        f"script's docstring); random weights.\n\n{table}\n"
+        f"script's docstring); random weights.\n\n{table}\n\nThe goals of issue 26 at batch 8:\n\n"
+        + "\n".join(goals)
+        + "\n"
     )
 
 

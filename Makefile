@@ -141,9 +141,10 @@ device-kit:
 		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl.tmp $(DEVICE_WHEELS)
 	rm -rf .whl && mv .whl.tmp .whl
 
-# The benchmarks on this machine's CPU; results in benchmarks/*.md and *.json (see README "Performance"). The VQGAN one
-# times taming-transformers, which lives in the reference venv.
+# The benchmarks on this machine's CPU; results in benchmarks/*.md and *.json (see README "Performance"). The VQGAN and
+# ruDALL-E ones time taming-transformers and ruDALL-E's own generation loop, which live in the reference venv.
 benchmark: bench-env ref-env
 	$(BENCH_VENV)/bin/python scripts/benchmark_generation.py $(BENCH_ARGS)
 	$(BENCH_VENV)/bin/python scripts/benchmark_training.py $(BENCH_ARGS)
 	$(REF_VENV)/bin/python scripts/benchmark_vqgan.py $(VQGAN_BENCH_ARGS)
+	$(REF_VENV)/bin/python scripts/benchmark_rudalle_generation.py $(RUDALLE_BENCH_ARGS)

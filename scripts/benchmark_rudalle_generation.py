@@ -5,17 +5,19 @@ venv (it holds ruDALL-E's code): results in benchmarks/rudalle_generation_cpu.{m
 
     .venv-ref/bin/python scripts/benchmark_rudalle_generation.py --num_layers 2 --grids 16 32 --batch_sizes 1 8
 
-Shapes: Malevich's width (2048), heads (16) and 128 text positions, cut to `--num_layers` layers, random weights.
-A whole 32x32 generation by ruDALL-E's loop takes hours on a CPU (each step re-embeds the stream, runs norms and
-dense masked attention over every position, and the head over every position and the full vocabulary), so every
-model is timed on the same sampled steps: for each of `--positions` image positions spread over the grid, the cache
-is filled up to that position (untimed) and one step is timed (`--repeats` times, median of process CPU time, one
-torch thread); a generation's time is estimated as the mean step time times the number of codes. A step is what
-each loop does per code, sampling included (top-k 2048 then top-p 0.995, then a draw): ruDALL-E's `DalleModel`
-forward with its cache followed by `generate_images`' filtering (transformers 4.10's `top_k_top_p_filtering`),
-our `forward` on a `DallePrefixCache` followed by transformers' top-k/top-p warpers, GPT-2's `forward` on a
-`DynamicCache` followed by the same warpers. Peak memory: the increase of the resident set while filling the cache to
-the last position and taking one step.
+(`make benchmark` runs it so, the defaults.) Shapes: Malevich's width (2048), heads (16) and 128 text positions, cut
+to `--num_layers` layers, random weights. A whole 32x32 generation by ruDALL-E's loop takes hours on a CPU (each step
+re-embeds the stream, runs norms and dense masked attention over every position, and the head over every position and
+the full vocabulary), so every model is timed on the same sampled steps: for each of `--positions` image positions
+spread over the grid, the cache is filled up to that position (untimed) and one step is timed (`--repeats` times,
+median of process CPU time, one torch thread; each position starts with another model); a generation's time is
+estimated as the mean step time times the number of codes. A step is what each loop does per code, sampling included
+(top-k 2048 then top-p 0.995, then a draw): ruDALL-E's `DalleModel` forward with its cache followed by
+`generate_images`' filtering (transformers 4.10's `top_k_top_p_filtering`), our `forward` on a `DallePrefixCache`
+followed by transformers' top-k/top-p warpers, GPT-2's `forward` on a `DynamicCache` followed by the same warpers; the
+transformers models fill their cache as `generate` does (logits of the last position only), ruDALL-E's loop as it does
+(logits of every position). Peak memory: the increase of the resident set while filling the cache to the last
+position and taking one step.
 """
 
 import argparse
@@ -37,7 +39,13 @@ from transformers import (
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "scripts"), str(REPO / "tests")]
-from _benchmark_utils import environment, markdown_table, peak_memory_mib, write_results  # noqa: E402
+from _benchmark_utils import (  # noqa: E402
+    environment,
+    interleaving_order,
+    markdown_table,
+    peak_memory_mib,
+    write_results,
+)
 from rudalle_reference import build_rudalle_model, import_rudalle, top_k_top_p_filtering  # noqa: E402
 
 from hf_dalle import DalleForImageGeneration  # noqa: E402
@@ -81,7 +89,8 @@ class HfSteps:
 
     def prefill(self, stream: torch.Tensor):
         cache = self.make_cache()
-        self.model(stream, past_key_values=cache, use_cache=True)
+        # As `generate` prefills: the logits of the last position only.
+        self.model(stream, past_key_values=cache, use_cache=True, logits_to_keep=1)
         return cache
 
     def step(self, stream: torch.Tensor, cache) -> torch.Tensor:
@@ -129,8 +138,11 @@ def run(args) -> dict:
                 codes = torch.randint(0, 8192, (batch_size, num_codes), generator=generator)
                 step_seconds = {name: [] for name in models}
                 with torch.no_grad():
-                    for position in positions:
-                        for name, steps in models.items():
+                    # Interleaved: each position starts with another model (_benchmark_utils.interleaving_order).
+                    orders = interleaving_order(list(models), len(positions))
+                    for position, order in zip(positions, orders):
+                        for name in order:
+                            steps = models[name]
                             # ruDALL-E's ids hold raw codes after the caption; the stream layout offsets them.
                             offset = 0 if name == RUDALLE else config.text_vocab_size
                             stream = torch.cat([text, codes[:, : position + 1] + offset], dim=1)
@@ -178,11 +190,25 @@ def markdown(results: dict) -> str:
     table = markdown_table(
         ["grid", "batch", "model", "codes / s", "est. generation", "peak memory", "ours vs ruDALL-E / GPT-2"], rows
     )
+
+    def met(condition: bool) -> str:
+        return "met" if condition else "NOT met"
+
+    goals = [
+        f"- {r['grid']}x{r['grid']}: {r['speedup_vs_rudalle']:.1f}x ruDALL-E (>= 10x: "
+        f"{met(r['speedup_vs_rudalle'] >= 10)}), {r['speedup_vs_gpt2']:.2f}x GPT-2 (>= 1.2x: "
+        f"{met(r['speedup_vs_gpt2'] >= 1.2)}), less peak memory than both: "
+        f"{met(r['peak_memory_mib'][OURS] < min(r['peak_memory_mib'][RUDALLE], r['peak_memory_mib'][GPT2]))}"
+        for r in results["runs"]
+        if r["batch_size"] == 8
+    ]
     return (
         f"# Generation speed of a converted ruDALL-E (CPU, {args['threads']} thread, {args['num_layers']} layers, "
         f"width 2048, 16 heads, 128 text positions)\n\nEach model's time per code is the median CPU time of one "
         f"sampling step at {args['positions']} positions spread over the grid, times the number of codes (see the "
-        f"script's docstring); random weights.\n\n{table}\n"
+        f"script's docstring); random weights.\n\n{table}\n\nThe goals of issue 26 at batch 8:\n\n"
+        + "\n".join(goals)
+        + "\n"
     )
 
 
@@ -191,8 +217,8 @@ def main(argv=None):
     parser.add_argument("--num_layers", type=int, default=2)
     parser.add_argument("--grids", type=int, nargs="+", default=[16, 32])
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--positions", type=int, default=4, help="Image positions whose step is timed.")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--positions", type=int, default=3, help="Image positions whose step is timed.")
+    parser.add_argument("--repeats", type=int, default=1, help="Timed steps per position (median).")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work_dir", default="/tmp/rudalle-generation-benchmark")
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "rudalle_generation_cpu"))

@@ -180,9 +180,12 @@ def build_transformer(
     if args.text_loss_weight is not None:
         config.text_loss_weight = args.text_loss_weight
     if args.pretrained_model_name_or_path is not None:
+        # Trainable weights in float32 whatever the checkpoint's dtype (a converted ruDALL-E is float16, where AdamW's
+        # updates overflow); --mixed_precision sets the compute dtype.
         return load_component(
-            DalleForImageGeneration, args.pretrained_model_name_or_path, "transformer", config=config
-        )
+            DalleForImageGeneration, args.pretrained_model_name_or_path, "transformer", config=config,
+            dtype=torch.float32,
+        )  # fmt: skip
     return DalleForImageGeneration(config)
 
 

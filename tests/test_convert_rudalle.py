@@ -32,7 +32,7 @@ from hf_dalle.convert_rudalle import (
 )
 from hf_dalle.models.dalle import build_attention_masks
 from hf_dalle.testing_utils import make_tiny_pipeline, random_rudalle_state_dict
-from hf_dalle.training import load_pretokenized_dataset
+from hf_dalle.training import image_to_tensor, load_pretokenized_dataset
 
 
 WORDS = "кот собака рыжий пёс красный синий дом на столе в лесу картина маслом летит над городом закат море".split()
@@ -384,13 +384,73 @@ def test_rerank_by_the_transformers_perplexity(monkeypatch):
         pipe("a red circle", num_candidates=2, rerank="clip")
 
 
+def write_tiny_rudalle(params: dict, folder: Path) -> None:
+    """A random ruDALL-E checkpoint for `params` and a YTTM `bpe.model` that spells кот and пёс, in `folder`."""
+    torch.save(random_rudalle_state_dict(params), folder / "pytorch_model.bin")
+    chars = {"\u2581": 4, "к": 5, "о": 6, "т": 7, "п": 8, "ё": 9, "с": 10}
+    write_model(folder / "bpe.model", chars, [(4, 5, 11), (6, 7, 12), (11, 12, 13), (4, 8, 14), (9, 10, 15)])
+
+
+def write_image_folder(folder: Path) -> list[Image.Image]:
+    """\"My pictures\": an imagefolder of eight random 32x32 images captioned in Russian; returns the images."""
+    folder.mkdir()
+    captions, images = ["Кот", "пёс", "кот пёс", "Пёс кот кот"], []
+    with open(folder / "metadata.jsonl", "w") as metadata:
+        for index, caption in enumerate(captions * 2):
+            images.append(Image.fromarray(np.random.default_rng(index).integers(0, 255, (32, 32, 3), dtype=np.uint8)))
+            images[-1].save(folder / f"{index}.png")
+            metadata.write(json.dumps({"file_name": f"{index}.png", "text": caption}, ensure_ascii=False) + "\n")
+    return images
+
+
+def pretokenize_and_fine_tune(pipeline: Path, tmp_path: Path) -> tuple[list[Image.Image], Path]:
+    """Pre-tokenize an imagefolder with `pipeline`'s image tokenizer and ruDALL-E tokenizer, then train all weights
+    (`tmp_path / "full"`) and a LoRA adapter (`tmp_path / "lora"`) from it; returns the images and the tokens."""
+    images, tokens = write_image_folder(tmp_path / "my_images"), tmp_path / "tokens"
+    load_script("pretokenize").main(
+        ["--train_data_dir", str(tmp_path / "my_images"), "--caption_column", "text",
+         "--pretrained_model_name_or_path", str(pipeline), "--output_dir", str(tokens)]
+    )  # fmt: skip
+    text_ids = load_pretokenized_dataset(str(tokens))[:]["text_input_ids"]
+    assert text_ids[0].tolist() == [2, 13, 3, 0, 0, 0, 0, 0]  # ruDALL-E's [BOS] "▁кот" [EOS] then pads
+    common = ["--pretrained_model_name_or_path", str(pipeline), "--pretokenized_dataset", str(tokens),
+              "--max_train_steps", "2", "--train_batch_size", "4", "--logging_steps", "1",
+              "--checkpointing_steps", "100", "--validation_steps", "100"]  # fmt: skip
+    load_script("train_dalle").main([*common, "--output_dir", str(tmp_path / "full")])
+    load_script("train_dalle").main([*common, "--lora_rank", "4", "--output_dir", str(tmp_path / "lora")])
+    return images, tokens
+
+
+def assert_fine_tuned(pipeline: Path, tmp_path: Path, grid_size: int) -> None:
+    """The full run changed ruDALL-E's own weights (sandwich norms, head norm) and kept its options; the adapter
+    changes the base pipeline's logits and unloads cleanly."""
+    before = DalleForImageGeneration.from_pretrained(pipeline / "transformer", dtype=torch.float32).state_dict()
+    after = DalleForImageGeneration.from_pretrained(tmp_path / "full" / "transformer")
+    assert after.dtype == torch.float32  # trained in float32 from the float16 conversion
+    assert after.config.sandwich_layernorm and after.config.conv_window == "clipped"
+    changed = [n for n, p in after.state_dict().items() if not torch.equal(p, before[n])]
+    assert "model.layers.0.attention_output_norm.weight" in changed and "model.head_norm.weight" in changed
+
+    pipe = DallePipeline.from_pretrained(pipeline)
+    codes = torch.arange(grid_size**2)[None] % pipe.transformer.config.image_vocab_size
+    stream = pipe.transformer.prepare_input_ids(pipe.tokenizer.encode_captions(["кот"]), codes)
+
+    def logits():
+        with torch.no_grad():
+            return pipe.transformer(stream).logits
+
+    base = logits()
+    pipe.load_lora_weights(tmp_path / "lora")
+    assert not torch.allclose(logits(), base)  # the adapter trained
+    pipe.unload_lora_weights()
+    assert torch.equal(logits(), base)
+
+
 @pytest.fixture
 def converted_pipeline(tmp_path) -> Path:
     """A converted tiny ruDALL-E (transformer + tokenizer) with a tiny dVAE of its code count, saved as a pipeline."""
     params = tiny_params()
-    torch.save(random_rudalle_state_dict(params), tmp_path / "pytorch_model.bin")
-    chars = {"\u2581": 4, "к": 5, "о": 6, "т": 7, "п": 8, "ё": 9, "с": 10}
-    write_model(tmp_path / "bpe.model", chars, [(4, 5, 11), (6, 7, 12), (11, 12, 13), (4, 8, 14), (9, 10, 15)])
+    write_tiny_rudalle(params, tmp_path)
     convert_rudalle(tmp_path / "pytorch_model.bin", params, tmp_path / "converted", tokenizer=tmp_path / "bpe.model")
     pipe = DallePipeline(
         tokenizer=DalleTokenizer.from_pretrained(tmp_path / "converted" / "tokenizer"),
@@ -404,48 +464,46 @@ def converted_pipeline(tmp_path) -> Path:
 
 
 def test_fine_tune_a_converted_model(converted_pipeline, tmp_path):
-    """ "Fine-tune Malevich on my pictures": pre-tokenize an imagefolder with the converted pipeline's dVAE and
-    ruDALL-E tokenizer, then train all weights, and a LoRA adapter, from it."""
-    folder = tmp_path / "my_images"
-    folder.mkdir()
-    captions = ["Кот", "пёс", "кот пёс", "Пёс кот кот"]
-    with open(folder / "metadata.jsonl", "w") as metadata:
-        for index, caption in enumerate(captions * 2):
-            Image.fromarray(np.random.default_rng(index).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
-                folder / f"{index}.png"
-            )
-            metadata.write(json.dumps({"file_name": f"{index}.png", "text": caption}, ensure_ascii=False) + "\n")
-    tokens = tmp_path / "tokens"
-    load_script("pretokenize").main(
-        ["--train_data_dir", str(folder), "--caption_column", "text", "--pretrained_model_name_or_path",
-         str(converted_pipeline), "--output_dir", str(tokens)]
-    )  # fmt: skip
-    text_ids = load_pretokenized_dataset(str(tokens))[:]["text_input_ids"]
-    assert text_ids[0].tolist() == [2, 13, 3, 0, 0, 0, 0, 0]  # ruDALL-E's [BOS] "▁кот" [EOS] then pads
+    """ "Fine-tune Malevich on my pictures", with a stand-in dVAE (no reference code needed; the VQGAN chain is
+    `test_fine_tune_a_converted_model_with_its_vqgan`): pre-tokenize, train all weights and a LoRA adapter."""
+    pretokenize_and_fine_tune(converted_pipeline, tmp_path)
+    assert_fine_tuned(converted_pipeline, tmp_path, grid_size=4)
 
-    common = ["--pretrained_model_name_or_path", str(converted_pipeline), "--pretokenized_dataset", str(tokens),
-              "--max_train_steps", "2", "--train_batch_size", "4", "--logging_steps", "1",
-              "--checkpointing_steps", "100", "--validation_steps", "100"]  # fmt: skip
-    load_script("train_dalle").main([*common, "--output_dir", str(tmp_path / "full")])
-    before = DalleForImageGeneration.from_pretrained(converted_pipeline / "transformer").state_dict()
-    after = DalleForImageGeneration.from_pretrained(tmp_path / "full" / "transformer")
-    assert after.config.sandwich_layernorm and after.config.conv_window == "clipped"
-    changed = [n for n, p in after.state_dict().items() if not torch.equal(p, before[n])]
-    assert "model.layers.0.attention_output_norm.weight" in changed and "model.head_norm.weight" in changed
 
-    load_script("train_dalle").main([*common, "--lora_rank", "4", "--output_dir", str(tmp_path / "lora")])
-    pipe = DallePipeline.from_pretrained(converted_pipeline)
-    stream = pipe.transformer.prepare_input_ids(pipe.tokenizer.encode_captions(["кот"]), torch.arange(16)[None] % 32)
+@pytest.mark.parity
+def test_fine_tune_a_converted_model_with_its_vqgan(tmp_path, monkeypatch):
+    """The whole chain of "fine-tune Malevich on my pictures": convert ruDALL-E's transformer, tokenizer and Sber
+    VQGAN (ruDALL-E's own class, every weight perturbed, saved as its checkpoint), pre-tokenize the pictures with the
+    converted VQGAN (the codes are ruDALL-E's `get_codebook_indices`), train all weights and a LoRA adapter, and
+    generate with the tuned pipelines (the images are ruDALL-E's VQGAN decode of the drawn codes)."""
+    reference_vae = reference_vqgan(dwt=False)  # 64 codes, 32x32 images -> 8x8 codes
+    torch.save({"state_dict": reference_vae.model.state_dict()}, tmp_path / "vqgan.ckpt")
+    (tmp_path / "vqgan.yml").write_text(yaml.safe_dump(small_taming_config()))
+    params = {**tiny_params(grid=8), "image_vocab_size": 64}
+    write_tiny_rudalle(params, tmp_path)
+    convert_rudalle(tmp_path / "pytorch_model.bin", params, tmp_path / "converted", tokenizer=tmp_path / "bpe.model",
+                    vqgan_checkpoint=tmp_path / "vqgan.ckpt", vqgan_config=tmp_path / "vqgan.yml")  # fmt: skip
+    converted = tmp_path / "converted"
 
-    def logits():
+    images, tokens = pretokenize_and_fine_tune(converted, tmp_path)
+    with torch.no_grad():
+        expected = reference_vae.get_codebook_indices(
+            torch.stack([image_to_tensor(image, 32) for image in images]), disable_gumbel_softmax=True
+        )
+    assert load_pretokenized_dataset(str(tokens))[:]["image_codes"].flatten(1).tolist() == expected.tolist()
+    assert len(expected.unique()) > 8  # the perturbed VQGAN does not map every patch to one code
+
+    assert_fine_tuned(converted, tmp_path, grid_size=8)
+    with_adapter = DallePipeline.from_pretrained(converted)
+    with_adapter.load_lora_weights(tmp_path / "lora")
+    for pipe in (DallePipeline.from_pretrained(tmp_path / "full"), with_adapter):
+        captured = capture_codes(pipe, monkeypatch)
+        generator = torch.Generator().manual_seed(0)
+        output = pipe("кот", num_candidates=2, num_images_per_prompt=2, output_type="pt", generator=generator)
+        codes = captured[-1].flatten(1)
         with torch.no_grad():
-            return pipe.transformer(stream).logits
-
-    base = logits()
-    pipe.load_lora_weights(tmp_path / "lora")
-    assert not torch.allclose(logits(), base)  # the adapter trained
-    pipe.unload_lora_weights()
-    assert torch.equal(logits(), base)
+            torch.testing.assert_close(output.images, reference_vae.decode(codes), atol=1e-4, rtol=0)
+        assert output.images.shape == (2, 3, 32, 32)
 
 
 @pytest.mark.parametrize("hf_version", ["v3", "v2"])

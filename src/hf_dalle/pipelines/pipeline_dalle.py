@@ -101,8 +101,9 @@ class DallePipelineOutput(BaseOutput):
             `num_images_per_prompt` images for each prompt, prompt after prompt, each prompt's best first.
             NumPy arrays are `(n, height, width, 3)` floats in [0, 1]; tensors are `(n, 3, height, width)`.
         scores (`list[float]` or `None`):
-            The CLIP score (cosine similarity of the projected image and caption embeddings) of each returned image;
-            `None` when the pipeline has no CLIP model (then the images are the first candidates, not reranked).
+            The CLIP score (cosine similarity of the projected image and caption embeddings) of each returned image,
+            or its perplexity with `rerank="perplexity"`; `None` when the candidates were not reranked (no CLIP model
+            and no `rerank`: then the images are the first candidates).
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
@@ -695,9 +696,10 @@ class DallePipeline(DiffusionPipeline):
             image_prompt_mask (`[G, G]` booleans, or one grid per prompt, *optional*): image prompts at any grid
                 positions (ruDALL-E's borders) in place of `num_prime_rows`: the codes of `image` are kept where the
                 mask is set and sampled elsewhere.
-            rerank (`str`, *optional*): how candidates are ranked: `"clip"` (the CLIP score; the default with a CLIP
-                model), `"perplexity"` (the transformer's own perplexity of the sampled codes given the caption,
-                lowest first, as ruDALL-E ranks; `.scores` are then perplexities), or `None` (sampling order).
+            rerank (`str`, *optional*): how candidates are ranked: `"clip"` (the CLIP score) or `"perplexity"` (the
+                transformer's own perplexity of the sampled codes given the caption, lowest first, as ruDALL-E ranks;
+                `.scores` are then perplexities). `None` (the default) means `"clip"` when the pipeline has a CLIP
+                model, else no reranking (the first candidates in sampling order, `.scores` `None`).
             candidate_batch_size (`int`, defaults to 16): candidates sampled together (their random numbers are drawn
                 chunk by chunk too); bounds memory for large `num_candidates`.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
@@ -718,7 +720,8 @@ class DallePipeline(DiffusionPipeline):
 
         Returns:
             [`DallePipelineOutput`] (or `(images, scores)`): each prompt's `num_images_per_prompt` best images, best
-            first, and their CLIP scores (`None` without a CLIP model).
+            first, and their scores (CLIP scores, or perplexities with `rerank="perplexity"`; `None` when not
+            reranked).
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs

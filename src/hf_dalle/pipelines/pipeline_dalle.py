@@ -316,6 +316,8 @@ class DallePipeline(DiffusionPipeline):
         generator,
         image,
         num_prime_rows,
+        image_prompt_mask,
+        rerank,
         candidate_batch_size,
         output_type,
         callback_on_step_end_tensor_inputs,
@@ -369,9 +371,18 @@ class DallePipeline(DiffusionPipeline):
         grid = self.transformer.config.image_grid_size
         if not _is_integer(num_prime_rows):
             raise ValueError(f"`num_prime_rows` must be an integer, got {num_prime_rows!r}.")
+        if image_prompt_mask is not None and (image is None or num_prime_rows):
+            raise ValueError(
+                "`image_prompt_mask` needs an `image` to take the codes from, and replaces `num_prime_rows`."
+            )
+        if rerank not in (None, "clip", "perplexity") or (rerank == "clip" and self.clip_model is None):
+            raise ValueError(
+                f"`rerank` must be 'clip' (needs a CLIP model), 'perplexity' or None, got {rerank!r}"
+                f"{' and the pipeline has no CLIP model' if rerank == 'clip' else ''}."
+            )
         if num_prime_rows and image is None:
             raise ValueError("`num_prime_rows` needs an `image` to take the rows from.")
-        if image is not None and not 0 < num_prime_rows < grid:
+        if image is not None and image_prompt_mask is None and not 0 < num_prime_rows < grid:
             raise ValueError(
                 f"`num_prime_rows` must be between 1 and {grid - 1} when priming with an image, got {num_prime_rows}."
             )
@@ -732,23 +743,14 @@ class DallePipeline(DiffusionPipeline):
         # Sampling defaults shipped with the transformer (a converted ruDALL-E model: top-k 2048, top-p 0.995).
         top_k = top_k if top_k is not None else self.transformer.generation_config.top_k
         top_p = top_p if top_p is not None else self.transformer.generation_config.top_p
-        self.check_inputs(
-            prompt, negative_prompt, num_candidates, num_images_per_prompt, temperature, top_k, top_p,
-            guidance_scale, generator, image if image_prompt_mask is None else None, num_prime_rows,
-            candidate_batch_size, output_type, callback_on_step_end_tensor_inputs,
-        )  # fmt: skip
-        self._interrupt = False
         if rerank is None:
             rerank = "clip" if self.clip_model is not None else None
-        if rerank not in (None, "clip", "perplexity") or (rerank == "clip" and self.clip_model is None):
-            raise ValueError(
-                f"`rerank` must be 'clip' (needs a CLIP model), 'perplexity' or None, got {rerank!r}"
-                f"{' and the pipeline has no CLIP model' if rerank == 'clip' else ''}."
-            )
-        if image_prompt_mask is not None and (image is None or num_prime_rows):
-            raise ValueError(
-                "`image_prompt_mask` needs an `image` to take the codes from, and replaces `num_prime_rows`."
-            )
+        self.check_inputs(
+            prompt, negative_prompt, num_candidates, num_images_per_prompt, temperature, top_k, top_p,
+            guidance_scale, generator, image, num_prime_rows, image_prompt_mask, rerank, candidate_batch_size,
+            output_type, callback_on_step_end_tensor_inputs,
+        )  # fmt: skip
+        self._interrupt = False
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else negative_prompt
         do_guidance = guidance_scale > 1

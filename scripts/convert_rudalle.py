@@ -92,6 +92,9 @@ def main(argv=None):
             model_params,
             args.output_dir,
             tokenizer=tokenizer,
+            vqgan_checkpoint=vqgan_checkpoint,
+            vqgan_config=args.vqgan_config,
+            ruclip_dir=args.ruclip_dir,
             max_shard_bytes=args.max_shard_size_mb << 20,
         )
     except (ValueError, FileNotFoundError) as error:

@@ -457,8 +457,9 @@ def convert_rudalle(
     clip_model, clip_processor = convert_ruclip(ruclip_dir) if ruclip_dir is not None else (None, None)
 
     def write(folder: Path) -> None:
+        nonlocal config  # the written transformer's config, which also records the checkpoint's dtype
         (folder / "transformer").mkdir()
-        convert_rudalle_transformer(checkpoint, model_params, folder / "transformer", max_shard_bytes)
+        config = convert_rudalle_transformer(checkpoint, model_params, folder / "transformer", max_shard_bytes)
         if converted_tokenizer is not None:
             converted_tokenizer.save_pretrained(folder / "tokenizer")
         if vqgan is not None:

@@ -13,7 +13,8 @@ The VQGAN's YAML config ships inside the `rudalle` package (`rudalle/vae/vqgan.g
 the Hub: `--from_hub` downloads the VQGAN checkpoint (with `--dwt`, its wavelet variant) when `--vqgan_config` is given.
 
 `--rudalle_config` takes a JSON file of ruDALL-E's own `model_params` (`num_layers`, `hidden_size`, ...,
-`"hf_version": "v3"` or `"v2"`) in place of `--model_name`. Checkpoints are memory-mapped and written shard by shard
+`"hf_version": "v3"` or `"v2"`) in place of `--model_name` (with `--from_hub`, the tokenizer and VQGAN still come from
+the Hub). Checkpoints are memory-mapped and written shard by shard
 (see `hf_dalle.convert_rudalle`), so converting Kandinsky (23 GB) needs little more memory than one shard.
 """
 
@@ -54,8 +55,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--from_hub",
         action="store_true",
-        help="Download --model_name's checkpoint, ruDALL-E's bpe.model and (with --vqgan_config) its VQGAN from the "
-        "Hub (ruDALL-E's repo ids) where --checkpoint / --tokenizer / --vqgan_checkpoint are not given.",
+        help="Download from the Hub (ruDALL-E's repo ids) what is not given: --model_name's checkpoint (without "
+        "--checkpoint), ruDALL-E's bpe.model (without --tokenizer) and, with --vqgan_config, its VQGAN (without "
+        "--vqgan_checkpoint).",
     )
     parser.add_argument("--output_dir", required=True, help="Folder for the converted model (created if needed).")
     parser.add_argument(
@@ -65,10 +67,8 @@ def parse_args(argv=None):
     parser.add_argument("--hub_model_id", default=None, help="Hub repo id; defaults to the name of --output_dir.")
     parser.add_argument("--hub_private", action="store_true", help="Create the Hub repo as private.")
     args = parser.parse_args(argv)
-    if args.from_hub and args.model_name is None:
-        parser.error("--from_hub needs --model_name (the released model whose files to download).")
-    if args.checkpoint is None and not args.from_hub:
-        parser.error("Give --checkpoint, or --from_hub with --model_name.")
+    if args.checkpoint is None and not (args.from_hub and args.model_name):
+        parser.error("Give --checkpoint, or --from_hub with --model_name (the released model whose file to download).")
     return args
 
 
@@ -80,8 +80,9 @@ def main(argv=None):
         raise SystemExit(f"error: cannot read --rudalle_config {args.rudalle_config}: {error}")
     checkpoint, tokenizer, vqgan_checkpoint = args.checkpoint, args.tokenizer, args.vqgan_checkpoint
     if args.from_hub:
-        release = RUDALLE_MODELS[args.model_name]
-        checkpoint = checkpoint or hf_hub_download(release.repo_id, release.filename)
+        if checkpoint is None:
+            release = RUDALLE_MODELS[args.model_name]
+            checkpoint = hf_hub_download(release.repo_id, release.filename)
         tokenizer = tokenizer or hf_hub_download(RUDALLE_UTILS_REPO, RUDALLE_TOKENIZER_FILENAME)
         if args.vqgan_config and not vqgan_checkpoint:
             vqgan_checkpoint = hf_hub_download(RUDALLE_UTILS_REPO, RUDALLE_VQGAN_FILENAMES[args.dwt])

@@ -2,13 +2,17 @@
 own code (marker `parity`, in the reference venv) and, without it, for their errors and file layout."""
 
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from checkpoint_layouts import random_ruclip_state_dict, random_taming_vqgan_state_dict
 from PIL import Image
 from reference_models import import_reference
 from rudalle_reference import (
@@ -20,16 +24,20 @@ from rudalle_reference import (
 )
 from test_convert_rudalle_vqgan import reference_vqgan, small_taming_config
 from test_convert_yttm import write_model
-from training_utils import load_script, training_environment  # noqa: F401 (fixture)
+from training_utils import REPO_ROOT, load_script, training_environment  # noqa: F401 (fixture)
 
 from hf_dalle import DalleConfig, DalleForImageGeneration, DallePipeline, DalleTokenizer
+from hf_dalle.convert_ruclip import convert_ruclip
 from hf_dalle.convert_rudalle import (
     RUDALLE_MODELS,
+    RUDALLE_UTILS_REPO,
+    RUDALLE_VQGAN_FILENAMES,
     convert_rudalle,
     rudalle_attention_types,
     rudalle_dalle_config,
     rudalle_tokenizer,
 )
+from hf_dalle.convert_rudalle_vqgan import convert_sber_vqgan
 from hf_dalle.models.dalle import build_attention_masks
 from hf_dalle.testing_utils import make_tiny_pipeline, random_rudalle_state_dict
 from hf_dalle.training import image_to_tensor, load_pretokenized_dataset
@@ -204,6 +212,73 @@ def test_script_converts_from_the_hub(hub_server, tmp_path, monkeypatch, capsys)
     assert tokenizer.encode_captions("  КОТ кот").tolist() == [[2, 10, 10, 3, 0, 0, 0, 0]]
     card = (output_dir / "README.md").read_text()
     assert "Malevich" in card and "--from_hub" in card
+
+
+RUCLIP_CONFIG = {
+    "embed_dim": 16,
+    "image_resolution": 32,
+    "vision_layers": 1,
+    "vision_width": 64,  # one head of 64, as ruCLIP derives them
+    "vision_patch_size": 16,
+    "context_length": 8,
+    "transformer_width": 32,
+    "transformer_heads": 2,
+    "transformer_layers": 1,
+}
+
+
+def test_script_writes_a_complete_pipeline(hub_server, tmp_path):
+    """The README's command line, run as a subprocess: the transformer from a local checkpoint, the tokenizer and the
+    Sber VQGAN downloaded with `--from_hub` (from the loopback Hub, under ruDALL-E's repo id and file names), ruCLIP
+    from a folder. The result loads as a `DallePipeline` whose VQGAN and reranker are the ones given, and draws."""
+    from huggingface_hub import HfApi
+
+    params = {**tiny_params(grid=8), "image_vocab_size": 64}  # small_taming_config: 64 codes, 32x32 -> 8x8
+    write_tiny_rudalle(params, tmp_path)
+    (tmp_path / "params.json").write_text(json.dumps(params))
+    (tmp_path / "vqgan.yml").write_text(yaml.safe_dump(small_taming_config()))
+    vqgan_filename = RUDALLE_VQGAN_FILENAMES[False]
+    torch.save({"state_dict": random_taming_vqgan_state_dict(small_taming_config())}, tmp_path / vqgan_filename)
+    ruclip_dir = tmp_path / "ruclip"
+    ruclip_dir.mkdir()
+    write_model(ruclip_dir / "bpe.model", {"\u2581": 4, "к": 5, "о": 6, "т": 7}, [(4, 5, 8), (6, 7, 9), (8, 9, 10)])
+    ruclip_config = {**RUCLIP_CONFIG, "vocab_size": 11}
+    (ruclip_dir / "config.json").write_text(json.dumps(ruclip_config))
+    torch.save(random_ruclip_state_dict(ruclip_config), ruclip_dir / "pytorch_model.bin")
+    api = HfApi()
+    api.create_repo(RUDALLE_UTILS_REPO)
+    for filename in ("bpe.model", vqgan_filename):
+        api.upload_file(path_or_fileobj=tmp_path / filename, path_in_repo=filename, repo_id=RUDALLE_UTILS_REPO)
+
+    output_dir = tmp_path / "converted"
+    command = [
+        sys.executable, str(REPO_ROOT / "scripts" / "convert_rudalle.py"), "--rudalle_config",
+        str(tmp_path / "params.json"), "--checkpoint", str(tmp_path / "pytorch_model.bin"), "--from_hub",
+        "--vqgan_config", str(tmp_path / "vqgan.yml"), "--ruclip_dir", str(ruclip_dir), "--output_dir", str(output_dir),
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(tmp_path / "subprocess_cache")}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "+ tokenizer + VQGAN + ruCLIP written to" in result.stdout
+
+    assert sorted(path.name for path in output_dir.iterdir()) == [
+        "README.md", "clip_model", "clip_processor", "model_index.json", "tokenizer", "transformer", "vae",
+    ]  # fmt: skip
+    pipe = DallePipeline.from_pretrained(output_dir)
+    expected_vqgan = convert_sber_vqgan(tmp_path / vqgan_filename, tmp_path / "vqgan.yml")
+    expected_clip, _ = convert_ruclip(ruclip_dir)
+    for ours, expected in ((pipe.vae, expected_vqgan), (pipe.clip_model, expected_clip)):
+        assert ours.state_dict().keys() == expected.state_dict().keys()
+        for name, tensor in expected.state_dict().items():
+            assert torch.equal(ours.state_dict()[name], tensor), name
+    assert pipe.tokenizer.encode_captions("кот").tolist() == [[2, 13, 3, 0, 0, 0, 0, 0]]  # write_tiny_rudalle's ids
+    card = (output_dir / "README.md").read_text()
+    assert "(safetensors, float16)" in card  # the checkpoint's dtype (random_rudalle_state_dict's), not "None"
+
+    output = pipe("кот", num_candidates=2, num_images_per_prompt=1, generator=torch.Generator().manual_seed(0))
+    assert output.images[0].size == (32, 32) and len(output.scores) == 1
+    codes = pipe.vae.encode(torch.rand(1, 3, 32, 32)).indices
+    assert codes.shape == (1, 8, 8) and int(codes.max()) < 64
 
 
 def test_script_rejects_bad_arguments(tmp_path):

@@ -566,19 +566,48 @@ def test_flex_block_masks_are_the_dense_masks():
             assert not dense[:, STREAM_LENGTH:].any()
 
 
-def test_flex_attention_matches_sdpa():
-    # flex attention runs compiled (transformers compiles it on first use), forward only on a CPU.
-    types = ["row", "column", "conv"]
-    models = {impl: tiny_model(attention_types=types, attn_implementation=impl) for impl in ("flex_attention", "sdpa")}
-    stream = random_stream()
+FLEX_SHAPES = {  # streams of 24, 31 and 41 positions: never whole blocks of the CPU kernel
+    "grid4": {},
+    "grid5_clipped": {"max_text_length": 6, "image_grid_size": 5, "conv_window": "clipped"},
+    "grid5_offset_torus": {
+        "max_text_length": 16,
+        "image_grid_size": 5,
+        "conv_kernel_size": 5,
+        "conv_window": "torus",
+        "image_mask_offset": 1,
+    },
+}
+
+
+@pytest.mark.parametrize("shape", FLEX_SHAPES)
+def test_flex_attention_matches_sdpa(shape):
+    """Full streams, cached chunks and one-token decode steps under flex attention on a CPU, each compiled from a
+    fresh compiler state (torch 2.13's CPU kernel gave NaN or wrong values at lengths that are not whole blocks,
+    depending on what it had compiled before: the first shape here failed in a fresh process), against sdpa."""
+    torch.compiler.reset()  # as a fresh process: the kernel's failures depended on what was compiled earlier
+    kwargs = {"attention_types": ["row", "column", "conv"], **FLEX_SHAPES[shape]}
+    models = {impl: tiny_model(attn_implementation=impl, **kwargs) for impl in ("flex_attention", "sdpa")}
+    config = models["sdpa"].config
+    generator = torch.Generator().manual_seed(1)
+    text = F.pad(torch.randint(1, TEXT_VOCAB, (2, 5), generator=generator), (0, config.max_text_length - 5))
+    codes = torch.randint(0, IMAGE_VOCAB, (2, config.image_grid_size**2), generator=generator)
+    stream = torch.cat([text, codes + TEXT_VOCAB], dim=1)
+    flex = models["flex_attention"]
     with torch.no_grad():
         expected = models["sdpa"](stream, use_cache=False).logits
-        torch.testing.assert_close(
-            models["flex_attention"](stream, use_cache=False).logits, expected, rtol=1e-4, atol=1e-4
-        )
-        cache = DynamicCache(config=models["flex_attention"].config)
-        chunks = [models["flex_attention"](chunk, cache=cache).logits for chunk in stream.split([10, 14], dim=1)]
-    torch.testing.assert_close(torch.cat(chunks, dim=1), expected, rtol=1e-4, atol=1e-4)
+        for _ in range(2):  # the same call twice: a kernel reading uninitialised memory would not repeat itself
+            logits = flex(stream, use_cache=False).logits
+            assert not logits.isnan().any()
+            torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+        for split in (config.max_text_length - 1, config.max_text_length + 3):
+            cache = DynamicCache(config=config)
+            prefill, rest = stream[:, :split], stream[:, split:]
+            chunks = [flex(prefill, cache=cache).logits]
+            chunks += [flex(token, cache=cache).logits for token in rest[:, :4].split(1, dim=1)]  # decode steps
+            chunks.append(flex(rest[:, 4:], cache=cache).logits)
+            logits = torch.cat(chunks, dim=1)
+            assert not logits.isnan().any()
+            torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_decode_step_traces_as_one_graph_with_a_static_cache():

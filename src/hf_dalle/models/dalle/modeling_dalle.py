@@ -129,19 +129,56 @@ def build_attention_masks(config: DalleConfig, device: torch.device | str | None
     }
 
 
+# On a CPU, flex attention's block masks and inputs cover whole blocks of this size (see `build_flex_block_mask`); small
+# blocks keep the padding of a decode step (one query) small.
+FLEX_CPU_BLOCK_SIZE = 16
+
+
 def build_flex_block_mask(config: DalleConfig, kind: str, positions: torch.Tensor, key_length: int):
     """The flex attention `BlockMask` of attention type `kind` for queries at stream `positions` over `key_length`
-    keys, from [`stream_attention_rule`]: on a GPU, flex attention skips the blocks it masks out."""
+    keys, from [`stream_attention_rule`]: on a GPU, flex attention skips the blocks it masks out.
+
+    On a CPU the mask covers whole blocks (`FLEX_CPU_BLOCK_SIZE`), the extra queries repeating the last position: the
+    compiled CPU kernel of torch 2.13 returns wrong values or NaN for a block cut short by the end of the
+    queries or keys, depending on what it compiled before. [`cpu_flex_attention_forward`] pads the queries and keys to
+    the mask's lengths; every rule is causal, so no real query attends to a padded key."""
     from torch.nn.attention.flex_attention import create_block_mask  # torch >= 2.5, only for flex attention
 
     may_attend = stream_attention_rule(config, kind)
+    block_size = 128  # create_block_mask's default
+    if positions.device.type == "cpu":
+        block_size = FLEX_CPU_BLOCK_SIZE
+        whole_blocks = -(-len(positions) // block_size) * block_size
+        positions = torch.cat([positions, positions[-1:].expand(whole_blocks - len(positions))])
+        key_length = -(-key_length // block_size) * block_size
 
     def mask_mod(batch_idx, head_idx, query_idx, key_idx):
         return may_attend(positions[query_idx], key_idx)
 
     return create_block_mask(
-        mask_mod, B=None, H=None, Q_LEN=len(positions), KV_LEN=key_length, device=positions.device
+        mask_mod,
+        B=None,
+        H=None,
+        Q_LEN=len(positions),
+        KV_LEN=key_length,
+        device=positions.device,
+        BLOCK_SIZE=block_size,
     )
+
+
+def cpu_flex_attention_forward(module, query, key, value, block_mask, **kwargs):
+    """transformers' flex attention on a CPU, with queries and keys padded with zeros to the whole blocks that
+    `block_mask` covers (see [`build_flex_block_mask`]); the padded queries' outputs are dropped."""
+    query_length, key_length = block_mask.shape[-2:]
+
+    def pad(states: torch.Tensor, length: int) -> torch.Tensor:
+        return F.pad(states, (0, 0, 0, length - states.shape[2]))
+
+    flex_attention = ALL_ATTENTION_FUNCTIONS["flex_attention"]
+    output, weights = flex_attention(
+        module, pad(query, query_length), pad(key, key_length), pad(value, key_length), block_mask, **kwargs
+    )
+    return output[:, : query.shape[2]], weights
 
 
 @dataclass(frozen=True)
@@ -278,6 +315,8 @@ class DalleAttention(nn.Module):
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         if isinstance(attention_mask, DecodeStepKeys):
             attention_interface = decode_step_attention_forward
+        elif implementation == "flex_attention" and query.device.type == "cpu":
+            attention_interface = cpu_flex_attention_forward
         output, weights = attention_interface(
             self,
             query,

@@ -24,7 +24,7 @@ from training_utils import (  # noqa: F401 (training_environment: autouse fixtur
 
 from hf_dalle import DalleVAE
 from hf_dalle.data import make_shapes_dataset, render_caption
-from hf_dalle.training import NonFiniteLossError, annealed_value, list_checkpoints, resolve_checkpoint
+from hf_dalle.training import NonFiniteLossError, RunFolder, annealed_value, list_checkpoints, resolve_checkpoint
 from hf_dalle.training.validation import shapes_judge_accuracy
 
 
@@ -136,9 +136,10 @@ def test_checkpoint_interrupted_while_saving_leaves_the_previous_one(shapes_dir,
     from accelerate import checkpointing as accelerate_checkpointing
 
     original_save = accelerate_checkpointing.save
+    torn = RunFolder(output_dir).checkpoint_temporary(4)
 
     def save_killed_at_step_4(obj, path, *args, **kwargs):
-        if Path(path).parent.name == ".tmp-checkpoint-4" and Path(path).name == "optimizer.bin":
+        if Path(path).parent == torn and Path(path).name == "optimizer.bin":
             Path(path).write_bytes(b"half an optimizer")
             raise Interrupt("killed while saving checkpoint-4")
         return original_save(obj, path, *args, **kwargs)
@@ -148,7 +149,8 @@ def test_checkpoint_interrupted_while_saving_leaves_the_previous_one(shapes_dir,
         train_vae.main(args)
     monkeypatch.undo()
     folder = output_dir / "checkpoints"
-    assert sorted(p.name for p in folder.iterdir()) == [".tmp-checkpoint-4", "checkpoint-2"]  # the torn save is hidden
+    assert sorted(p.name for p in folder.iterdir()) == [torn.name, "checkpoint-2"]  # the torn save is hidden
+    assert torn.name.startswith(".")
     assert resolve_checkpoint(output_dir, "latest") == folder / "checkpoint-2"
     assert not (output_dir / "model.safetensors").exists()  # no final model from a failed run
 
@@ -325,8 +327,10 @@ def test_latest_passes_over_a_damaged_checkpoint(shapes_dir, tmp_path, caplog):
 
 
 def test_a_kill_during_the_final_save_leaves_no_temporary_folder(shapes_dir, tmp_path):
-    """SIGKILL while the final model is written: the next run removes the torn `.tmp-save-*` folder and writes the
-    model."""
+    """SIGKILL while the final model is written: the next run removes the torn temporary folder (`io_utils`) and
+    writes the model."""
+    from hf_dalle.io_utils import TEMPORARY_PREFIX
+
     output_dir = tmp_path / "run"
     args = vae_args(shapes_dir, output_dir, "--max_train_steps", "2", "--checkpointing_steps", "2")
     killer = f"""
@@ -343,10 +347,10 @@ load_script("train_vae").main({args!r})
 """
     result = subprocess.run([sys.executable, "-c", killer], capture_output=True, timeout=600)
     assert result.returncode == -signal.SIGKILL, result.stderr.decode()[-2000:]
-    assert [p.name.startswith(".tmp-save-") for p in output_dir.iterdir()].count(True) == 1
+    assert [p.name.startswith(TEMPORARY_PREFIX) for p in output_dir.iterdir()].count(True) == 1
     assert not (output_dir / "model.safetensors").exists()
     load_script("train_vae").main([*args, "--resume_from_checkpoint", "latest"])
-    assert not list(output_dir.glob(".tmp-save-*"))
+    assert not list(output_dir.glob(f"{TEMPORARY_PREFIX}*"))
     assert (output_dir / "model.safetensors").is_file()
 
 
@@ -412,19 +416,18 @@ def test_shapes_judge_accuracy():
 def test_concurrent_writers_keep_each_others_temporary_folders(tmp_path):
     """Ranks writing into one folder at once (scripts/generate.py): a save removes the temporary folders of dead
     writers only, never the one a live process is filling."""
-    from hf_dalle.training import write_folder_atomically
-    from hf_dalle.training.outputs import TEMPORARY_SAVE_PREFIX
+    from hf_dalle.io_utils import TEMPORARY_PREFIX, write_folder_atomically
 
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
         dead.wait()
         for pid in (live.pid, dead.pid):
-            (tmp_path / f"{TEMPORARY_SAVE_PREFIX}{pid}-abc").mkdir()
-        (tmp_path / f"{TEMPORARY_SAVE_PREFIX}untagged").mkdir()  # an older writer's folder: no process id
+            (tmp_path / f"{TEMPORARY_PREFIX}{pid}-abc").mkdir()
+        (tmp_path / f"{TEMPORARY_PREFIX}untagged").mkdir()  # an older writer's folder: no process id
         write_folder_atomically(tmp_path, lambda folder: (folder / "a.txt").write_text("a"))
         left = sorted(p.name for p in tmp_path.iterdir())
-        assert left == sorted(["a.txt", f"{TEMPORARY_SAVE_PREFIX}{live.pid}-abc"])
+        assert left == sorted(["a.txt", f"{TEMPORARY_PREFIX}{live.pid}-abc"])
     finally:
         live.kill()
         live.wait()

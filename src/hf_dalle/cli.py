@@ -4,13 +4,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from .io_utils import write_file_atomically
+
 
 def _save_png(image, path: Path) -> None:
-    """Write a PIL image atomically: a temp file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
+    write_file_atomically(path, lambda temporary: image.save(temporary, format="PNG"))
 
 
 def reconstruct(args: argparse.Namespace) -> int:

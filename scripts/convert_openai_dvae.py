@@ -5,7 +5,7 @@ config.json and a model card, optionally pushed to the Hugging Face Hub.
     python scripts/convert_openai_dvae.py --encoder encoder.pkl --decoder decoder.pkl --output_dir dalle-vae-openai
 
 The pickles are read without running code from them and without the `dall_e` package (see
-`hf_dalle.convert_openai_dvae`).
+`hf_dalle.conversion.convert_openai_dvae`).
 """
 
 import argparse

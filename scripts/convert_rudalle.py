@@ -14,8 +14,8 @@ the Hub: `--from_hub` downloads the VQGAN checkpoint (with `--dwt`, its wavelet 
 
 `--rudalle_config` takes a JSON file of ruDALL-E's own `model_params` (`num_layers`, `hidden_size`, ...,
 `"hf_version": "v3"` or `"v2"`) in place of `--model_name` (with `--from_hub`, the tokenizer and VQGAN still come from
-the Hub). Checkpoints are memory-mapped and written shard by shard
-(see `hf_dalle.convert_rudalle`), so converting Kandinsky (23 GB) needs little more memory than one shard.
+the Hub). Checkpoints are memory-mapped and written shard by shard (see `hf_dalle.conversion.convert_rudalle`), so
+converting Kandinsky (23 GB) needs little more memory than one shard.
 """
 
 import argparse
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCardData, hf_hub_download
 
-from hf_dalle.convert_rudalle import (
+from hf_dalle.conversion.convert_rudalle import (
     RUDALLE_MODELS,
     RUDALLE_TOKENIZER_FILENAME,
     RUDALLE_TOP_K,

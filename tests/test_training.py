@@ -411,23 +411,3 @@ def test_shapes_judge_accuracy():
         shapes_judge_accuracy(images, ["a red circle", "a cat"])
     with pytest.raises(ValueError, match="one caption per image"):
         shapes_judge_accuracy(images, ["a red circle"])
-
-
-def test_concurrent_writers_keep_each_others_temporary_folders(tmp_path):
-    """Ranks writing into one folder at once (scripts/generate.py): a save removes the temporary folders of dead
-    writers only, never the one a live process is filling."""
-    from hf_dalle.io_utils import TEMPORARY_PREFIX, write_folder_atomically
-
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        dead = subprocess.Popen([sys.executable, "-c", "pass"])
-        dead.wait()
-        for pid in (live.pid, dead.pid):
-            (tmp_path / f"{TEMPORARY_PREFIX}{pid}-abc").mkdir()
-        (tmp_path / f"{TEMPORARY_PREFIX}untagged").mkdir()  # an older writer's folder: no process id
-        write_folder_atomically(tmp_path, lambda folder: (folder / "a.txt").write_text("a"))
-        left = sorted(p.name for p in tmp_path.iterdir())
-        assert left == sorted(["a.txt", f"{TEMPORARY_PREFIX}{live.pid}-abc"])
-    finally:
-        live.kill()
-        live.wait()

@@ -22,7 +22,7 @@ from training_utils import (  # noqa: F401 (training_environment: autouse fixtur
     training_logs,
 )
 
-from hf_dalle import DalleVAE
+from hf_dalle import DalleVAE, DalleVAEConfig
 from hf_dalle.data import make_shapes_dataset, render_caption
 from hf_dalle.training import NonFiniteLossError, RunFolder, annealed_value, list_checkpoints, resolve_checkpoint
 from hf_dalle.training.validation import shapes_judge_accuracy
@@ -411,3 +411,68 @@ def test_shapes_judge_accuracy():
         shapes_judge_accuracy(images, ["a red circle", "a cat"])
     with pytest.raises(ValueError, match="one caption per image"):
         shapes_judge_accuracy(images, ["a red circle"])
+
+
+def test_averaged_weights_swaps_the_average_in_and_back_out():
+    from hf_dalle.training import averaged_weights, create_ema
+
+    model = DalleVAE(DalleVAEConfig(**json.loads(TINY_VAE)))
+    ema = create_ema(model, decay=0.5)
+    ema.step(model.parameters())  # the first step copies the weights
+    raw = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.step(model.parameters())  # the average now lies between the old and the new weights
+    trained = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with averaged_weights(ema, model) as averaged:
+        assert averaged is model
+        for (name, p), average in zip(model.named_parameters(), ema.shadow_params):
+            assert torch.equal(p, average) and not torch.equal(p, trained[name]) and not torch.equal(p, raw[name])
+    for name, p in model.named_parameters():
+        assert torch.equal(p, trained[name])
+    with pytest.raises(Interrupt), averaged_weights(ema, model):
+        raise Interrupt()  # a failed validation or save still puts the trained weights back
+    assert all(torch.equal(p, trained[name]) for name, p in model.named_parameters())
+    with averaged_weights(None, model):  # no EMA: the model as it is
+        assert all(torch.equal(p, trained[name]) for name, p in model.named_parameters())
+
+
+def test_training_config_from_the_flags():
+    import argparse
+
+    from hf_dalle.training import TrainingConfig, add_common_arguments
+
+    parser = add_common_arguments(argparse.ArgumentParser(), learning_rate=1e-3, train_batch_size=8, max_train_steps=5)
+    parser.add_argument("--caption_dropout", type=float, default=0.1)  # a script's own flag
+    args = parser.parse_args(["--output_dir", "out", "--max_grad_norm", "2", "--resume_from_checkpoint", "latest"])
+    config = TrainingConfig.from_args(args)
+    assert (config.output_dir, config.learning_rate, config.train_batch_size, config.max_train_steps) == (
+        "out",
+        1e-3,
+        8,
+        5,
+    )
+    assert (config.max_grad_norm, config.resume_from_checkpoint, config.allow_inexact_resume) == (2.0, "latest", False)
+    # Every flag of the run goes to the trackers, the script's own too; None values (unset options) do not.
+    assert config.hyperparameters["caption_dropout"] == 0.1 and config.hyperparameters["output_dir"] == "out"
+    assert "powersgd_rank" not in config.hyperparameters
+    assert not hasattr(config, "use_ema")  # the EMA is the script's: it creates one and hands it to train()
+
+
+def test_a_run_folder_left_by_older_scripts_resumes(shapes_dir, tmp_path):
+    """Checkpoints keep their layout; the temporary folders older versions named differently (`.tmp-checkpoint-N`,
+    `.tmp-old-checkpoint-N`, `.tmp-save-PID-*`) are stale to this one and removed when the run resumes."""
+    output_dir = tmp_path / "run"
+    args = _checkpointed_run(shapes_dir, output_dir, 2)
+    left = [output_dir / "checkpoints" / ".tmp-checkpoint-4", output_dir / "checkpoints" / ".tmp-old-checkpoint-2"]
+    left.append(output_dir / ".tmp-save-999999999-x")
+    for folder in left:
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"torn")
+    more = [arg if arg != "2" or i != args.index("--max_train_steps") + 1 else "4" for i, arg in enumerate(args)]
+    state = load_script("train_vae").main([*more, "--resume_from_checkpoint", "latest"])
+    assert state.global_step == 4
+    assert not any(folder.exists() for folder in left)
+    assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-2", "checkpoint-4"]
+    assert sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]

@@ -270,6 +270,18 @@ def _count_skipped_step(state: TrainingState, max_nonfinite_steps: int) -> None:
         )
 
 
+def _check_fsdp(accelerator: Accelerator, ema: EMAModel | None, on_step_end: Callable | None) -> Callable | None:
+    """Refuse an EMA under FSDP (it would only average each process's shard) and drop the validation callback (sampling
+    on the main process alone would wait forever for the other shards); `on_step_end`, or `None` under FSDP."""
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return on_step_end
+    if ema is not None:
+        raise ValueError("--use_ema is not supported with FSDP (the average would only cover each process's shard).")
+    if on_step_end is not None:
+        logger.warning("Validation images are not made under FSDP.")
+    return None
+
+
 def _whole_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
     """The trained model, unwrapped; under FSDP its shards gathered (every process takes part) into a whole model on
     the main process."""
@@ -312,15 +324,7 @@ def train(
     host sync per optimizer step, and every process sees the same all-reduced norm, so all of them skip together.
     """
     # 1. What FSDP cannot do.
-    if accelerator.distributed_type == DistributedType.FSDP:
-        if ema is not None:
-            raise ValueError(
-                "--use_ema is not supported with FSDP (the average would only cover each process's shard)."
-            )
-        if on_step_end is not None:
-            # Sampling on the main process alone would wait forever for the other shards.
-            logger.warning("Validation images are not made under FSDP.")
-            on_step_end = None
+    on_step_end = _check_fsdp(accelerator, ema, on_step_end)
 
     # 2. Optimizer, schedule, distribution.
     optimizer = create_optimizer(config, model)

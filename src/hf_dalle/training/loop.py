@@ -353,8 +353,9 @@ def train(
     batches = _epochs(accelerator, train_dataloader, state, config.train_batch_size)
     model.train()
     while state.global_step < config.max_train_steps:
+        batch = next(batches)  # before `accumulate`, which syncs the gradients early at the data loader's last batch
         with accelerator.accumulate(model):
-            outputs = loss_fn(model, next(batches), state.global_step)
+            outputs = loss_fn(model, batch, state.global_step)
             accelerator.backward(outputs["loss"])
             step_metrics.append({name: torch.as_tensor(value).detach() for name, value in outputs.items()})
             if accelerator.sync_gradients:

@@ -82,6 +82,12 @@ def test_write_folder_atomically_adds_entries_together(tmp_path):
     assert os.listdir(tmp_path / "model") == ["new.bin"]  # an entry of the same name is replaced whole
 
 
+def test_write_folder_atomically_into_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_folder_atomically(".", lambda folder: (folder / "a.txt").write_text("a"))
+    assert os.listdir(tmp_path) == ["a.txt"]
+
+
 def test_concurrent_writers_keep_each_others_temporary_folders(tmp_path, live_pid, dead_pid):
     """Ranks writing into one folder at once (scripts/generate.py): a save removes the temporary folders of dead
     writers only, never the one a live process is filling."""

@@ -96,7 +96,7 @@ def write_folder_atomically(output_dir: str | os.PathLike, write: Callable[[Path
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(output_dir)
-    temporary = temporary_path(output_dir / output_dir.name)
+    temporary = temporary_path(output_dir / "entries")  # `.tmp-{pid}-entries` inside `output_dir`
     _remove(temporary)  # left by a killed process whose id this one reuses
     temporary.mkdir()
     try:

@@ -3,9 +3,9 @@
 
 ruCLIP is OpenAI's CLIP layout (pre-LN transformers with QuickGELU, a ViT with a class token, linear projections
 without bias), which `CLIPModel` holds exactly: vision heads are `vision_width / 64`, and the text is pooled at the
-first EOS (id 3). Its tokenizer is a YouTokenToMe BPE model (converted by [`~hf_dalle.conversion.convert_yttm`]); ruCLIP's
-processor lowercases the text (without stripping it), cuts the ids to `context_length - 2`, then adds BOS (2) and EOS
-(3) and pads with 0: the converted tokenizer does the same with `truncation=True, padding="max_length"`.
+first EOS (id 3). Its tokenizer is a YouTokenToMe BPE model (converted by [`~hf_dalle.conversion.convert_yttm`]);
+ruCLIP's processor lowercases the text (without stripping it), cuts the ids to `context_length - 2`, then adds BOS (2)
+and EOS (3) and pads with 0: the converted tokenizer does the same with `truncation=True, padding="max_length"`.
 """
 
 import json

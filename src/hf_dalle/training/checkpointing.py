@@ -1,18 +1,19 @@
 """Resumable checkpoints on top of `Accelerator.save_state` / `load_state`, written atomically, holding data only.
 
-A checkpoint is `OUTPUT_DIR/checkpoints/checkpoint-{step}` (`RunFolder`): what `save_state` writes (`model.safetensors`, optimizer,
-scheduler, gradient scaler, the RNG states of every process), plus `training_state.json` (the `TrainingState` below)
-and, with EMA, `ema.safetensors`. Accelerate would keep those two as pickles loaded with `torch.load(weights_only=False)`,
-which runs whatever code a crafted file carries; here they are JSON and safetensors, and Accelerate loads the rest with
-`torch.load(weights_only=True)` (tensors, numbers, strings and containers only). A folder that holds Accelerate's
-pickled custom states (`custom_checkpoint_*.pkl`) is refused unread.
+A checkpoint is `OUTPUT_DIR/checkpoints/checkpoint-{step}` (`RunFolder`): what `save_state` writes
+(`model.safetensors`, optimizer, scheduler, gradient scaler, the RNG states of every process), plus
+`training_state.json` (the `TrainingState` below) and, with EMA, `ema.safetensors`. Accelerate would keep those two as
+pickles loaded with `torch.load(weights_only=False)`, which runs whatever code a crafted file carries; here they are
+JSON and safetensors, and Accelerate loads the rest with `torch.load(weights_only=True)` (tensors, numbers, strings and
+containers only). A folder that holds Accelerate's pickled custom states (`custom_checkpoint_*.pkl`) is refused unread.
 
-A checkpoint is saved into a hidden temporary folder (`io_utils`) and renamed when complete, so a process killed while saving leaves
-the previous checkpoints intact; old checkpoints are pruned only after the new one is in place. (Accelerate's
-`automatic_checkpoint_naming` writes in place and prunes before saving, so a kill during the save could leave no
-loadable checkpoint: naming and pruning are done here instead.) The last file written is `checkpoint_complete.json`,
-the size of every other file: a checkpoint is complete when that marker is there and every file it lists has its
-size. `--resume_from_checkpoint latest` takes the newest complete checkpoint, passing over damaged ones.
+A checkpoint is saved into a hidden temporary folder (`io_utils`) and renamed when complete, so a process killed while
+saving leaves the previous checkpoints intact; old checkpoints are pruned only after the new one is in place.
+(Accelerate's `automatic_checkpoint_naming` writes in place and prunes before saving, so a kill during the save could
+leave no loadable checkpoint: naming and pruning are done here instead.) The last file written is
+`checkpoint_complete.json`, the size of every other file: a checkpoint is complete when that marker is there and every
+file it lists has its size. `--resume_from_checkpoint latest` takes the newest complete checkpoint, passing over
+damaged ones.
 """
 
 import json

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from hf_dalle.io_utils import write_file_atomically
+
 
 @dataclass
 class Sample:
@@ -185,18 +187,11 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename, so no half-written result is ever left behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def write_results(stem: Path, markdown: str, data: dict) -> None:
-    """`<stem>.md` and `<stem>.json`."""
-    write_atomic(stem.with_suffix(".json"), json.dumps(data, indent=2) + "\n")
-    write_atomic(stem.with_suffix(".md"), markdown.rstrip() + "\n")
+    """`<stem>.md` and `<stem>.json`, each written atomically."""
+    text = json.dumps(data, indent=2) + "\n"
+    write_file_atomically(stem.with_suffix(".json"), lambda path: path.write_text(text))
+    write_file_atomically(stem.with_suffix(".md"), lambda path: path.write_text(markdown.rstrip() + "\n"))
 
 
 def format_seconds(seconds: float) -> str:

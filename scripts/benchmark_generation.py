@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from transformers import CompileConfig, DynamicCache, GPT2Config, GPT2LMHeadModel, StaticCache
 
 from hf_dalle import DalleConfig, DalleForImageGeneration, DalleModel
+from hf_dalle.io_utils import write_file_atomically
 from hf_dalle.models.dalle import CACHE_NAME, build_attention_masks, decode_step_keys
 
 
@@ -51,7 +52,6 @@ from _benchmark_utils import (  # noqa: E402
     markdown_table,
     summarize,
     synchronize,
-    write_atomic,
     write_results,
 )
 
@@ -346,7 +346,7 @@ def profile_ours(args, device: torch.device, dtype: torch.dtype, output: Path) -
             profiler.key_averages().table(sort_by=sort_by, row_limit=25),
             "",
         ]
-    write_atomic(output, "\n".join(report))
+    write_file_atomically(output, lambda path: path.write_text("\n".join(report)))
     print(f"wrote {output}")
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Peak memory of converting a released-size ruDALL-E checkpoint (random weights under its names and shapes) with
-`hf_dalle.convert_rudalle`: results in benchmarks/rudalle_conversion_cpu.{md,json}.
+`hf_dalle.conversion.convert_rudalle`: results in benchmarks/rudalle_conversion_cpu.{md,json}.
 
     python scripts/benchmark_rudalle_conversion.py --model_name Malevich --work_dir /tmp/rudalle-bench
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from _benchmark_utils import _proc_status_kib, _release_freed_memory, markdown_table, write_results
 
-from hf_dalle.convert_rudalle import RUDALLE_MODELS, convert_rudalle, rudalle_model_params
+from hf_dalle.conversion.convert_rudalle import RUDALLE_MODELS, convert_rudalle, rudalle_model_params
 from hf_dalle.testing_utils import random_rudalle_state_dict
 
 

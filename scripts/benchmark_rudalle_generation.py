@@ -49,7 +49,7 @@ from _benchmark_utils import (  # noqa: E402
 from rudalle_reference import build_rudalle_model, import_rudalle, top_k_top_p_filtering  # noqa: E402
 
 from hf_dalle import DalleForImageGeneration  # noqa: E402
-from hf_dalle.convert_rudalle import convert_rudalle  # noqa: E402
+from hf_dalle.conversion.convert_rudalle import convert_rudalle  # noqa: E402
 from hf_dalle.models.dalle import DallePrefixCache  # noqa: E402
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_dalle import DalleVQGAN, DalleVQGANConfig
-from hf_dalle.convert_rudalle_vqgan import taming_to_dalle_vqgan_state_dict
+from hf_dalle.conversion.convert_rudalle_vqgan import taming_to_dalle_vqgan_state_dict
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

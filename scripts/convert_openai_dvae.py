@@ -5,27 +5,19 @@ config.json and a model card, optionally pushed to the Hugging Face Hub.
     python scripts/convert_openai_dvae.py --encoder encoder.pkl --decoder decoder.pkl --output_dir dalle-vae-openai
 
 The pickles are read without running code from them and without the `dall_e` package (see
-`hf_dalle.convert_openai_dvae`).
+`hf_dalle.conversion.convert_openai_dvae`).
 """
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from huggingface_hub import ModelCardData
 
-import hf_dalle
-from hf_dalle import convert_openai_dvae
-from hf_dalle.hub_utils import (
-    command_for_card,
-    path_for_card,
-    push_folder_to_hub,
-    render_model_card,
-    sha256_of,
-    write_model_card,
-)
+from hf_dalle import __version__, convert_openai_dvae
+from hf_dalle.hub_utils import command_for_card, sha256_of, write_card_and_push
+from hf_dalle.io_utils import write_folder_atomically
 
 
 def parse_args(argv=None):
@@ -50,21 +42,28 @@ def main(argv=None):
         raise SystemExit(f"error: {error}")
 
     output_dir = Path(args.output_dir)
-    repo_id = args.hub_model_id or output_dir.name
-    card = render_model_card(
+    write_folder_atomically(output_dir, vae.save_pretrained)
+    print(
+        f"Converted dVAE ({vae.config.vocab_size} codes, hidden size {vae.config.hidden_size}) written to {output_dir}"
+    )
+    write_card_and_push(
+        output_dir,
         "dalle_vae",
         ModelCardData(license=args.license, tags=["dall-e", "dvae", "discrete-vae", "image-tokenizer", "openai"]),
+        push_to_hub=args.push_to_hub,
+        hub_model_id=args.hub_model_id,
+        hub_private=args.hub_private,
+        commit_message="Add DALL-E dVAE converted with hf_dalle",
         model_name="DALL-E dVAE (OpenAI weights)",
         model_description=(
             "The weights are OpenAI's released DALL-E dVAE (`encoder.pkl`, `decoder.pkl` of the "
             "[`dall_e` package](https://github.com/openai/DALL-E)), converted to safetensors."
         ),
-        repo_id=repo_id if args.push_to_hub else path_for_card(output_dir),
         config=vae.config,
         encoder_parameters=sum(p.numel() for p in vae.encoder.parameters()),
         decoder_parameters=sum(p.numel() for p in vae.decoder.parameters()),
         conversion={
-            "hf_dalle_version": hf_dalle.__version__,
+            "hf_dalle_version": __version__,
             "torch_version": torch.__version__,
             "sources": [
                 {"name": os.path.basename(path), "kind": kind, "sha256": sha256_of(path)}
@@ -73,28 +72,6 @@ def main(argv=None):
             "command": command_for_card("convert_openai_dvae.py", argv),
         },
     )
-
-    # Saved into a temporary sibling folder, then moved in file by file: an interrupted run leaves no half-written
-    # file in --output_dir.
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output_dir.parent, prefix=f".{output_dir.name}.tmp") as tmp:
-        vae.save_pretrained(tmp)
-        write_model_card(card, tmp)
-        output_dir.mkdir(exist_ok=True)
-        for file in sorted(Path(tmp).iterdir()):
-            os.replace(file, output_dir / file.name)
-    print(
-        f"Converted dVAE ({vae.config.vocab_size} codes, hidden size {vae.config.hidden_size}) written to {output_dir}"
-    )
-
-    if args.push_to_hub:
-        commit = push_folder_to_hub(
-            output_dir,
-            repo_id,
-            private=args.hub_private or None,
-            commit_message="Add DALL-E dVAE converted with hf_dalle",
-        )
-        print(f"Pushed to {commit.repo_url} ({commit.commit_url})")
 
 
 if __name__ == "__main__":

@@ -14,19 +14,17 @@ the Hub: `--from_hub` downloads the VQGAN checkpoint (with `--dwt`, its wavelet 
 
 `--rudalle_config` takes a JSON file of ruDALL-E's own `model_params` (`num_layers`, `hidden_size`, ...,
 `"hf_version": "v3"` or `"v2"`) in place of `--model_name` (with `--from_hub`, the tokenizer and VQGAN still come from
-the Hub). Checkpoints are memory-mapped and written shard by shard
-(see `hf_dalle.convert_rudalle`), so converting Kandinsky (23 GB) needs little more memory than one shard.
+the Hub). Checkpoints are memory-mapped and written shard by shard (see `hf_dalle.conversion.convert_rudalle`), so
+converting Kandinsky (23 GB) needs little more memory than one shard.
 """
 
 import argparse
 import json
-import shlex
-import sys
 from pathlib import Path
 
 from huggingface_hub import ModelCardData, hf_hub_download
 
-from hf_dalle.convert_rudalle import (
+from hf_dalle.conversion.convert_rudalle import (
     RUDALLE_MODELS,
     RUDALLE_TOKENIZER_FILENAME,
     RUDALLE_TOP_K,
@@ -36,7 +34,7 @@ from hf_dalle.convert_rudalle import (
     convert_rudalle,
     rudalle_model_params,
 )
-from hf_dalle.hub_utils import push_folder_to_hub, render_model_card, write_model_card
+from hf_dalle.hub_utils import command_for_card, write_card_and_push
 
 
 def parse_args(argv=None):
@@ -102,14 +100,22 @@ def main(argv=None):
         raise SystemExit(f"error: {error}")
 
     output_dir = Path(args.output_dir)
-    repo_id = args.hub_model_id or output_dir.name
-    card = render_model_card(
+    print(
+        f"Converted ruDALL-E transformer ({config.num_hidden_layers} layers, hidden {config.hidden_size}) "
+        f"{'+ tokenizer ' if tokenizer else ''}{'+ VQGAN ' if vqgan_checkpoint else ''}"
+        f"{'+ ruCLIP ' if args.ruclip_dir else ''}written to {output_dir}"
+    )
+    write_card_and_push(
+        output_dir,
         "rudalle",
         ModelCardData(tags=["dall-e", "rudalle", "text-to-image", "russian"], language=["ru"]),
+        push_to_hub=args.push_to_hub,
+        hub_model_id=args.hub_model_id,
+        hub_private=args.hub_private,
+        commit_message="Add ruDALL-E converted with hf_dalle",
         model_name=f"ruDALL-E {args.model_name or 'model'} (hf_dalle)",
         rudalle_name=args.model_name or "model",
         hf_version=model_params.get("hf_version", "v3"),
-        repo_id=repo_id if args.push_to_hub else str(output_dir),
         config=config,
         dtype=str(config.dtype).removeprefix("torch."),
         has_tokenizer=tokenizer is not None,
@@ -117,22 +123,8 @@ def main(argv=None):
         has_ruclip=args.ruclip_dir is not None,
         top_k=RUDALLE_TOP_K,
         top_p=RUDALLE_TOP_P,
-        command=shlex.join(["python", "scripts/convert_rudalle.py", *(sys.argv[1:] if argv is None else argv)]),
+        command=command_for_card("convert_rudalle.py", argv),
     )
-    write_model_card(card, output_dir)
-    print(
-        f"Converted ruDALL-E transformer ({config.num_hidden_layers} layers, hidden {config.hidden_size}) "
-        f"{'+ tokenizer ' if tokenizer else ''}{'+ VQGAN ' if vqgan_checkpoint else ''}"
-        f"{'+ ruCLIP ' if args.ruclip_dir else ''}written to {output_dir}"
-    )
-    if args.push_to_hub:
-        commit = push_folder_to_hub(
-            output_dir,
-            repo_id,
-            private=args.hub_private or None,
-            commit_message="Add ruDALL-E converted with hf_dalle",
-        )
-        print(f"Pushed to {commit.repo_url} ({commit.commit_url})")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from torchmetrics.multimodal.clip_score import CLIPScore
 from tqdm.auto import tqdm
 from transformers import CLIPModel, CLIPProcessor
 
-from hf_dalle.training import write_folder_atomically
+from hf_dalle.io_utils import write_folder_atomically
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

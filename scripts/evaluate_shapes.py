@@ -45,6 +45,7 @@ from hf_dalle.data import (
     judge_image,
     split_captions,
 )
+from hf_dalle.io_utils import write_file_atomically
 
 
 HELD_OUT_KINDS = ("held_out_pairing", "held_out_combination", "held_out_arrangement")
@@ -204,12 +205,6 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: Path, write) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    write(temporary)
-    os.replace(temporary, path)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.model:
@@ -234,11 +229,10 @@ def main(argv=None) -> int:
     )
     markdown = f"# {title}\n\n{setup}\n\n{table}\n\n{samples_note}\n"
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(output_dir / "evaluation.md", lambda p: p.write_text(markdown, encoding="utf-8"))
+    write_file_atomically(output_dir / "evaluation.md", lambda p: p.write_text(markdown, encoding="utf-8"))
     payload = {"args": vars(args), "results": results, "samples": shown}
-    write_atomic(output_dir / "evaluation.json", lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
-    write_atomic(output_dir / "samples.png", lambda p: grid.save(p, format="PNG"))
+    write_file_atomically(output_dir / "evaluation.json", lambda p: p.write_text(json.dumps(payload, indent=2) + "\n"))
+    write_file_atomically(output_dir / "samples.png", lambda p: grid.save(p, format="PNG"))
     print(markdown)
     return 0
 

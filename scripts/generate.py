@@ -41,7 +41,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from hf_dalle import DEMO_MODEL_DIR, DallePipeline
-from hf_dalle.training import write_folder_atomically
+from hf_dalle.io_utils import write_file_atomically, write_folder_atomically
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -286,7 +286,7 @@ def check_or_write_settings(output_dir: Path, settings: dict) -> None:
             )
         return
     text = json.dumps(settings, indent=2) + "\n"
-    write_folder_atomically(output_dir, lambda folder: (folder / path.name).write_text(text))
+    write_file_atomically(path, lambda temporary: temporary.write_text(text))
 
 
 def main(argv=None) -> int:
@@ -327,7 +327,7 @@ def main(argv=None) -> int:
             raise RuntimeError(f"{len(missing)} captions have no record in {parts_dir} (first: {missing[:5]}).")
         lines = [json.dumps(entry) for i in range(len(captions)) for entry in finished[i]["images"]]
         text = "\n".join(lines) + "\n"
-        write_folder_atomically(output_dir, lambda folder: (folder / "manifest.jsonl").write_text(text))
+        write_file_atomically(output_dir / "manifest.jsonl", lambda temporary: temporary.write_text(text))
         print(f"{output_dir / 'manifest.jsonl'}: {len(lines)} images of {len(captions)} captions")
     accelerator.end_training()
     return 0

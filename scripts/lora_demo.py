@@ -32,11 +32,8 @@ from datasets import concatenate_datasets
 
 from hf_dalle import DEMO_MODEL_DIR, DallePipeline
 from hf_dalle.data import COLORS, SHAPES, make_shapes_dataset, split_captions
+from hf_dalle.io_utils import write_file_atomically
 from hf_dalle.training.validation import shapes_judge_accuracy
-
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _benchmark_utils import write_atomic  # noqa: E402
 
 
 SCRIPTS = Path(__file__).resolve().parent
@@ -177,8 +174,9 @@ def main(argv=None) -> int:
             *rows,
         ]
     )
-    write_atomic(output_dir / "lora_demo.md", markdown + "\n")
-    write_atomic(output_dir / "lora_demo.json", json.dumps({"args": vars(args), "results": results}, indent=2) + "\n")
+    data = json.dumps({"args": vars(args), "results": results}, indent=2) + "\n"
+    write_file_atomically(output_dir / "lora_demo.md", lambda path: path.write_text(markdown + "\n"))
+    write_file_atomically(output_dir / "lora_demo.json", lambda path: path.write_text(data))
     print(markdown)
     return 0
 

@@ -11,11 +11,10 @@ under a temporary name and renamed when complete.
 
 import argparse
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from hf_dalle.data import SPLITS, make_shapes_dataset
+from hf_dalle.io_utils import replace_folder_atomically
 
 
 def parse_args(argv=None):
@@ -38,13 +37,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     dataset = make_shapes_dataset(args.num_samples, args.seed, args.split, args.image_size, args.one_object_fraction)
     output_dir = Path(args.output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.tmp-"))
-    try:
-        dataset.save_to_disk(str(temporary))
-        os.replace(temporary, output_dir)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
+    replace_folder_atomically(output_dir, lambda folder: dataset.save_to_disk(str(folder)))
     print(f"Wrote {len(dataset)} {args.split!r} pairs of {args.image_size}x{args.image_size} to {output_dir}")
     return 0
 

@@ -13,10 +13,8 @@ kept: safetensors weights, configs, tokenizer and processor files; not the `non_
 
 import argparse
 import json
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from huggingface_hub import ModelCardData
@@ -24,6 +22,7 @@ from huggingface_hub import ModelCardData
 from hf_dalle import DallePipeline
 from hf_dalle.data import HELD_OUT_ARRANGEMENTS, HELD_OUT_COMBINATIONS, HELD_OUT_PAIRINGS
 from hf_dalle.hub_utils import render_model_card, write_model_card
+from hf_dalle.io_utils import replace_folder_atomically
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -91,31 +90,24 @@ def main(argv=None) -> int:
     # Calls that name no guidance scale get the one the evaluation used.
     pipe.register_to_config(default_guidance_scale=float(evaluation["args"]["guidance_scale"]))
     values = card_values(run_dir, pipe, evaluation)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.tmp-"))
-    try:
-        pipe.save_pretrained(temporary)
+
+    def write(folder: Path) -> None:
+        pipe.save_pretrained(folder)
         for name in ("samples.png", "evaluation.md", "evaluation.json"):
-            shutil.copyfile(run_dir / "eval" / name, temporary / name)
+            shutil.copyfile(run_dir / "eval" / name, folder / name)
         card = render_model_card(
             "demo_model",
             ModelCardData(license="mit", tags=["dall-e", "hf_dalle", "text-to-image", "shapes"]),
             **values,
         )
-        write_model_card(card, temporary)
-        size = folder_megabytes(temporary)
+        write_model_card(card, folder)
+        size = folder_megabytes(folder)
         if size > args.max_megabytes:
             raise SystemExit(
                 f"The demo model would take {size:.1f} MB, more than --max_megabytes {args.max_megabytes}."
             )
-        previous = output_dir.with_name(f".{output_dir.name}.old")
-        shutil.rmtree(previous, ignore_errors=True)
-        if output_dir.exists():
-            os.replace(output_dir, previous)
-        os.replace(temporary, output_dir)
-        shutil.rmtree(previous, ignore_errors=True)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
+
+    replace_folder_atomically(output_dir, write)
     print(f"Installed the demo model in {output_dir} ({folder_megabytes(output_dir):.1f} MB).")
     return 0
 

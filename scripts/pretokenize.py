@@ -17,14 +17,13 @@ import argparse
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import datasets
 import torch
 
 from hf_dalle import DalleTokenizer, DalleVAE, DalleVQGAN
+from hf_dalle.io_utils import replace_folder_atomically
 from hf_dalle.training import (
     add_data_arguments,
     image_to_tensor,
@@ -136,32 +135,30 @@ def main(argv=None):
         encoded = datasets.Dataset.from_generator(lambda: iter(encoded), features=features)
 
     output_dir = Path(args.output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".tmp-{output_dir.name}-"))
-    try:
-        num_shards = max(1, -(-len(encoded) // args.rows_per_shard))
+    num_shards = max(1, -(-len(encoded) // args.rows_per_shard))
+    info = {
+        "num_rows": len(encoded),
+        "vae": vae_source,
+        "tokenizer": tokenizer_source,
+        "resolution": resolution,
+        "image_grid_size": grid,
+        "image_vocab_size": vae.config.vocab_size,
+        "max_text_length": max_text_length,
+        "text_vocab_size": len(tokenizer),
+        "text_pad_token_id": tokenizer.pad_token_id,
+    }
+
+    def write(folder: Path) -> None:
         if args.output_format == "arrow":
-            encoded.save_to_disk(str(temporary / "data"), num_shards=num_shards)
+            encoded.save_to_disk(str(folder / "data"), num_shards=num_shards)
         else:
-            (temporary / "data").mkdir()
+            (folder / "data").mkdir()
             for index in range(num_shards):
                 shard = encoded.shard(num_shards, index, contiguous=True)
-                shard.to_parquet(str(temporary / "data" / f"train-{index:05d}-of-{num_shards:05d}.parquet"))
-        info = {
-            "num_rows": len(encoded),
-            "vae": vae_source,
-            "tokenizer": tokenizer_source,
-            "resolution": resolution,
-            "image_grid_size": grid,
-            "image_vocab_size": vae.config.vocab_size,
-            "max_text_length": max_text_length,
-            "text_vocab_size": len(tokenizer),
-            "text_pad_token_id": tokenizer.pad_token_id,
-        }
-        (temporary / PRETOKENIZED_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        os.replace(temporary, output_dir)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
+                shard.to_parquet(str(folder / "data" / f"train-{index:05d}-of-{num_shards:05d}.parquet"))
+        (folder / PRETOKENIZED_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+    replace_folder_atomically(output_dir, write)
     logger.info(
         "Pre-tokenized %d pairs (%dx%d codes, %d caption positions) into %s",
         len(encoded),

@@ -33,15 +33,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from huggingface_hub import ModelCardData
 from tokenizers import Tokenizer, processors
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
 
 from hf_dalle import DalleTokenizer
 from hf_dalle.data import parse_caption, redraw_with_another_shape
+from hf_dalle.hub_utils import write_card_and_push
 from hf_dalle.image_utils import to_rgb
+from hf_dalle.io_utils import write_folder_atomically
 from hf_dalle.training import (
+    TrainingConfig,
     add_common_arguments,
     add_data_arguments,
+    averaged_weights,
     check_common_arguments,
     create_accelerator,
     create_ema,
@@ -52,8 +57,6 @@ from hf_dalle.training import (
     save_model,
     train,
     training_summary,
-    write_card_and_push,
-    write_folder_atomically,
 )
 
 
@@ -272,7 +275,8 @@ class ClipCollator:
 
 def main(argv=None):
     args = parse_args(argv)
-    accelerator = create_accelerator(args)
+    training_config = TrainingConfig.from_args(args)
+    accelerator = create_accelerator(training_config)
     dataset = load_image_caption_dataset(args)
     if args.shape_swap_negatives and not args.streaming:
         # Redrawing reads each caption's objects: refuse other captions now, not at the first step that meets one.
@@ -346,9 +350,12 @@ def main(argv=None):
     def validate(step: int, model: CLIPModel) -> dict[str, float] | None:
         if not accelerator.is_main_process or (step % args.validation_steps and step != args.max_train_steps):
             return None
-        return validation_accuracies(model, validation, neighbors, processor.tokenizer, accelerator, ema)
+        with averaged_weights(ema, model):  # judge what will be saved: the averaged weights
+            return validation_accuracies(model, validation, neighbors, processor.tokenizer, accelerator)
 
-    model, state, metrics = train(args, accelerator, model, train_dataloader, loss_fn, ema=ema, on_step_end=validate)
+    model, state, metrics = train(
+        training_config, accelerator, model, train_dataloader, loss_fn, ema=ema, on_step_end=validate
+    )
 
     if accelerator.is_main_process:
 
@@ -358,17 +365,18 @@ def main(argv=None):
 
         write_folder_atomically(args.output_dir, write)
         write_card_and_push(
-            args,
+            args.output_dir,
             "clip_reranker",
-            ["clip", "zero-shot-image-classification"],
-            {
-                "model_name": Path(args.output_dir).resolve().name,
-                "training_summary": training_summary(args, "train_clip.py", argv, metrics, None),
-                "config": model.config,
-                "num_parameters": model.num_parameters(),
-                "num_validation_pairs": len(validation["captions"]),
-            },
+            ModelCardData(license=args.license, tags=["dall-e", "hf_dalle", "clip", "zero-shot-image-classification"]),
+            push_to_hub=args.push_to_hub,
+            hub_model_id=args.hub_model_id,
+            hub_private=args.hub_private,
             commit_message="Add CLIP reranker trained with hf_dalle",
+            model_name=Path(args.output_dir).resolve().name,
+            training_summary=training_summary(args, "train_clip.py", argv, metrics, None),
+            config=model.config,
+            num_parameters=model.num_parameters(),
+            num_validation_pairs=len(validation["captions"]),
         )
         logger.info("Saved CLIP to %s (%d steps).", args.output_dir, state.global_step)
     return state
@@ -376,15 +384,12 @@ def main(argv=None):
 
 @torch.no_grad()
 def validation_accuracies(
-    model: CLIPModel, batch: dict, neighbors: dict[str, list[str]], tokenizer, accelerator, ema=None
+    model: CLIPModel, batch: dict, neighbors: dict[str, list[str]], tokenizer, accelerator
 ) -> dict[str, float]:
     """`validation_image_to_text_accuracy`: the share of images whose best-scoring caption among the batch's captions
     is their own (an equal caption of another pair counts too). With `neighbors`, also
     `validation_hard_negative_accuracy`: the share of images (of captions that have neighbours) whose own caption
     outscores every neighbour."""
-    if ema is not None:
-        ema.store(model.parameters())
-        ema.copy_to(model.parameters())
     model.eval()
     device = accelerator.device
     captions = batch["captions"]
@@ -411,8 +416,6 @@ def validation_accuracies(
                 wins += bool(all(own > scores[index[other]] for other in neighbors[captions[i]]))
             metrics["validation_hard_negative_accuracy"] = wins / len(judged)
     model.train()
-    if ema is not None:
-        ema.restore(model.parameters())
     return metrics
 
 

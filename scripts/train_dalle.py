@@ -25,14 +25,19 @@ import logging
 from pathlib import Path
 
 import torch
+from huggingface_hub import ModelCardData
 from transformers import CLIPModel, CLIPProcessor
 
 from hf_dalle import DalleConfig, DalleForImageGeneration, DallePipeline, DalleTokenizer, DalleVAE, DalleVQGAN
-from hf_dalle.hub_utils import path_for_card
+from hf_dalle.hub_utils import path_for_card, write_card_and_push
+from hf_dalle.io_utils import write_folder_atomically
 from hf_dalle.lora import LORA_TARGET_MODULES, add_lora_adapter, save_lora_adapter
 from hf_dalle.training import (
     NON_EMA_VARIANT,
+    RunFolder,
+    TrainingConfig,
     add_common_arguments,
+    averaged_weights,
     check_common_arguments,
     create_accelerator,
     create_ema,
@@ -44,8 +49,6 @@ from hf_dalle.training import (
     save_image_grid,
     train,
     training_summary,
-    write_card_and_push,
-    write_folder_atomically,
 )
 from hf_dalle.training.data import read_pretokenized_info
 from hf_dalle.training.validation import shapes_judge_accuracy
@@ -208,7 +211,8 @@ def load_clip(args) -> tuple[CLIPModel | None, CLIPProcessor | None]:
 
 def main(argv=None):
     args = parse_args(argv)
-    accelerator = create_accelerator(args)
+    training_config = TrainingConfig.from_args(args)
+    accelerator = create_accelerator(training_config)
     tokenizer, vae, info = load_parts(args)
     dataset = load_pretokenized_dataset(
         args.pretokenized_dataset, streaming=args.streaming, max_samples=args.max_train_samples
@@ -258,41 +262,35 @@ def main(argv=None):
     def validate(step: int, model: DalleForImageGeneration) -> dict[str, float] | None:
         if not accelerator.is_main_process or (step % args.validation_steps and step != args.max_train_steps):
             return None
-        if ema is not None:  # sample from what will be saved: the averaged weights
-            ema.store(model.parameters())
-            ema.copy_to(model.parameters())
-        model.eval()
-        pipeline = DallePipeline(tokenizer, model, vae, clip_model, clip_processor)
-        pipeline.set_progress_bar_config(disable=True)
-        # Seeded generators: the same noise at every validation, and the training RNG is left alone (a resumed run
-        # must draw what an uninterrupted one draws).
-        generators = [
-            torch.Generator(accelerator.device).manual_seed(args.seed + i)
-            for i in range(len(prompts) * args.num_validation_images)
-        ]
-        with accelerator.autocast():
-            images = pipeline(
-                prompts,
-                num_candidates=args.num_validation_images,
-                num_images_per_prompt=args.num_validation_images,
-                top_k=args.validation_top_k,
-                guidance_scale=args.validation_guidance_scale,
-                generator=generators,
-                output_type="pil",
-            ).images
-        model.train()
-        if ema is not None:
-            ema.restore(model.parameters())
-        grids.append(
-            save_image_grid(images, len(prompts), Path(args.output_dir) / "validation" / f"step-{step:06d}.png")
-        )
+        with averaged_weights(ema, model):  # sample from what will be saved: the averaged weights
+            model.eval()
+            pipeline = DallePipeline(tokenizer, model, vae, clip_model, clip_processor)
+            pipeline.set_progress_bar_config(disable=True)
+            # Seeded generators: the same noise at every validation, and the training RNG is left alone (a resumed
+            # run must draw what an uninterrupted one draws).
+            generators = [
+                torch.Generator(accelerator.device).manual_seed(args.seed + i)
+                for i in range(len(prompts) * args.num_validation_images)
+            ]
+            with accelerator.autocast():
+                images = pipeline(
+                    prompts,
+                    num_candidates=args.num_validation_images,
+                    num_images_per_prompt=args.num_validation_images,
+                    top_k=args.validation_top_k,
+                    guidance_scale=args.validation_guidance_scale,
+                    generator=generators,
+                    output_type="pil",
+                ).images
+            model.train()
+        grids.append(save_image_grid(images, len(prompts), RunFolder(args.output_dir).sample_grid(step)))
         if args.shapes_judge:
             captions = [prompt for prompt in prompts for _ in range(args.num_validation_images)]
             return {"validation_judge_accuracy": shapes_judge_accuracy(images, captions)}
         return None
 
     model, state, metrics = train(
-        args,
+        training_config,
         accelerator,
         model,
         train_dataloader,
@@ -306,36 +304,36 @@ def main(argv=None):
 
         def write_pipeline(folder: Path) -> None:
             if args.lora_rank is not None:  # the adapter only
-                if ema is not None:
-                    ema.copy_to(model.parameters())
-                save_lora_adapter(model, folder)
+                with averaged_weights(ema, model):
+                    save_lora_adapter(model, folder)
                 return
             if ema is not None:  # the raw weights beside the averaged ones, which the pipeline samples with
                 model.save_pretrained(folder / "transformer", variant=NON_EMA_VARIANT)
-                ema.copy_to(model.parameters())
-            DallePipeline(tokenizer, model, vae, clip_model, clip_processor).save_pretrained(folder)
+            with averaged_weights(ema, model):
+                DallePipeline(tokenizer, model, vae, clip_model, clip_processor).save_pretrained(folder)
 
         write_folder_atomically(args.output_dir, write_pipeline)
         summary = training_summary(
-            args, "train_dalle.py", argv, metrics, f"validation/{grids[-1].name}" if grids else None
+            args, "train_dalle.py", argv, metrics, grids[-1].relative_to(args.output_dir).as_posix() if grids else None
         )
         write_card_and_push(
-            args,
+            args.output_dir,
             "dalle_pipeline",
-            ["text-to-image"],
-            {
-                "model_name": Path(args.output_dir).resolve().name,
-                "training_summary": summary,
-                "config": config,
-                "num_parameters": model.num_parameters(),
-                "prompts": prompts,
-                "pretokenized_dataset": path_for_card(args.pretokenized_dataset),
-                "pretokenized_info": {**info, **{k: path_for_card(info.get(k)) for k in ("vae", "tokenizer")}},
-                "base_model": path_for_card(args.pretrained_model_name_or_path),
-                "use_ema": args.use_ema,
-                "has_clip": clip_model is not None,
-            },
+            ModelCardData(license=args.license, tags=["dall-e", "hf_dalle", "text-to-image"]),
+            push_to_hub=args.push_to_hub,
+            hub_model_id=args.hub_model_id,
+            hub_private=args.hub_private,
             commit_message="Add DALL-E pipeline trained with hf_dalle",
+            model_name=Path(args.output_dir).resolve().name,
+            training_summary=summary,
+            config=config,
+            num_parameters=model.num_parameters(),
+            prompts=prompts,
+            pretokenized_dataset=path_for_card(args.pretokenized_dataset),
+            pretokenized_info={**info, **{k: path_for_card(info.get(k)) for k in ("vae", "tokenizer")}},
+            base_model=path_for_card(args.pretrained_model_name_or_path),
+            use_ema=args.use_ema,
+            has_clip=clip_model is not None,
         )
         logger.info(
             "Saved the %s to %s (%d steps, %d skipped).",

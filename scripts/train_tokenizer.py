@@ -10,12 +10,12 @@
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
 import datasets
 
 from hf_dalle import DalleTokenizer
+from hf_dalle.io_utils import write_folder_atomically
 
 
 def parse_args(argv=None):
@@ -82,15 +82,8 @@ def main(argv=None):
     except ValueError as error:
         raise SystemExit(f"error: {error}")
 
-    # Saved into a temporary sibling folder, then moved in file by file: an interrupted run leaves no half-written
-    # file in --output_dir.
     output_dir = Path(args.output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output_dir.parent, prefix=f".{output_dir.name}.tmp") as tmp:
-        tokenizer.save_pretrained(tmp)
-        output_dir.mkdir(exist_ok=True)
-        for file in sorted(Path(tmp).iterdir()):
-            os.replace(file, output_dir / file.name)
+    write_folder_atomically(output_dir, tokenizer.save_pretrained)  # an interrupted run leaves no half-written file
     print(
         f"Trained a BPE tokenizer of {len(tokenizer)} tokens (max_text_length {args.max_text_length}) on "
         f"{len(captions)} captions; written to {output_dir}. "

@@ -16,14 +16,20 @@ import logging
 from pathlib import Path
 
 import torch
+from huggingface_hub import ModelCardData
 
 from hf_dalle import DalleVAE, DalleVAEConfig
+from hf_dalle.hub_utils import write_card_and_push
+from hf_dalle.io_utils import write_folder_atomically
 from hf_dalle.models.dalle_vae.modeling_dalle_vae import RECONSTRUCTION_LOSSES
 from hf_dalle.training import (
     ImageCaptionCollator,
+    RunFolder,
+    TrainingConfig,
     add_common_arguments,
     add_data_arguments,
     annealed_value,
+    averaged_weights,
     check_common_arguments,
     create_accelerator,
     create_ema,
@@ -36,8 +42,6 @@ from hf_dalle.training import (
     tensors_to_pil,
     train,
     training_summary,
-    write_card_and_push,
-    write_folder_atomically,
 )
 from hf_dalle.training.schedules import SCHEDULE_KINDS
 from hf_dalle.training.validation import shapes_judge_accuracy
@@ -123,7 +127,8 @@ def build_vae(args) -> DalleVAE:
 
 def main(argv=None):
     args = parse_args(argv)
-    accelerator = create_accelerator(args)
+    training_config = TrainingConfig.from_args(args)
+    accelerator = create_accelerator(training_config)
     vae = build_vae(args)
     if args.resolution % vae.config.downsample_factor:
         raise ValueError(f"--resolution must be a multiple of {vae.config.downsample_factor}, got {args.resolution}.")
@@ -166,20 +171,16 @@ def main(argv=None):
     def validate(step: int, model: DalleVAE) -> dict[str, float] | None:
         if not accelerator.is_main_process or (step % args.validation_steps and step != args.max_train_steps):
             return None
-        if ema is not None:  # show what will be saved: the averaged weights
-            ema.store(model.parameters())
-            ema.copy_to(model.parameters())
-        model.eval()
-        with torch.no_grad(), accelerator.autocast():
-            pixels = validation["pixel_values"].to(accelerator.device)
-            codes = model.encode(pixels).indices
-            reconstructions = model.decode(codes).sample
-        model.train()
-        if ema is not None:
-            ema.restore(model.parameters())
+        with averaged_weights(ema, model):  # show what will be saved: the averaged weights
+            model.eval()
+            with torch.no_grad(), accelerator.autocast():
+                pixels = validation["pixel_values"].to(accelerator.device)
+                codes = model.encode(pixels).indices
+                reconstructions = model.decode(codes).sample
+            model.train()
         images = tensors_to_pil(reconstructions)
         shown = slice(0, 16)
-        path = Path(args.output_dir) / "reconstructions" / f"step-{step:06d}.png"
+        path = RunFolder(args.output_dir).sample_grid(step, "reconstructions")
         grids.append(save_image_grid(tensors_to_pil(pixels[shown]) + images[shown], 2, path))
         metrics = {
             "validation_codes_used": codes.unique().numel(),
@@ -189,26 +190,29 @@ def main(argv=None):
             metrics["validation_judge_accuracy"] = shapes_judge_accuracy(images, validation["captions"])
         return metrics
 
-    vae, state, metrics = train(args, accelerator, vae, train_dataloader, loss_fn, ema=ema, on_step_end=validate)
+    vae, state, metrics = train(
+        training_config, accelerator, vae, train_dataloader, loss_fn, ema=ema, on_step_end=validate
+    )
 
     if accelerator.is_main_process:
         write_folder_atomically(args.output_dir, lambda folder: save_model(vae, folder, ema))
-        sample_grid = None
-        if grids:
-            sample_grid = "reconstructions/" + grids[-1].name
+        sample_grid = grids[-1].relative_to(args.output_dir).as_posix() if grids else None
         summary = training_summary(args, "train_vae.py", argv, metrics, sample_grid)
         write_card_and_push(
-            args,
+            args.output_dir,
             "dalle_vae",
-            ["dvae", "discrete-vae", "image-tokenizer"],
-            {
-                "model_name": Path(args.output_dir).resolve().name,
-                "model_description": summary,
-                "config": vae.config,
-                "encoder_parameters": sum(p.numel() for p in vae.encoder.parameters()),
-                "decoder_parameters": sum(p.numel() for p in vae.decoder.parameters()),
-            },
+            ModelCardData(
+                license=args.license, tags=["dall-e", "hf_dalle", "dvae", "discrete-vae", "image-tokenizer"]
+            ),
+            push_to_hub=args.push_to_hub,
+            hub_model_id=args.hub_model_id,
+            hub_private=args.hub_private,
             commit_message="Add DALL-E dVAE trained with hf_dalle",
+            model_name=Path(args.output_dir).resolve().name,
+            model_description=summary,
+            config=vae.config,
+            encoder_parameters=sum(p.numel() for p in vae.encoder.parameters()),
+            decoder_parameters=sum(p.numel() for p in vae.decoder.parameters()),
         )
         logger.info(
             "Saved the dVAE to %s (%d steps, %d skipped).", args.output_dir, state.global_step, state.skipped_steps

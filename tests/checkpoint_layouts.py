@@ -4,7 +4,7 @@ code (the parity tests build them with it): a taming-transformers VQGAN state di
 
 import torch
 
-from hf_dalle.convert_rudalle_vqgan import _diffusers_name, vqgan_config_from_taming
+from hf_dalle.conversion.convert_rudalle_vqgan import _diffusers_name, vqgan_config_from_taming
 from hf_dalle.models.dalle_vqgan import DalleVQGAN
 
 

@@ -29,7 +29,7 @@ def test_demo_writes_images_for_the_demo_prompts(tmp_path, capsys):
 
 def test_generate_without_demo_model_names_the_problem(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-c", "import hf_dalle, sys; hf_dalle.DEMO_MODEL_DIR = sys.argv[1]; "
+        [sys.executable, "-c", "import hf_dalle.demo, sys; hf_dalle.demo.DEMO_MODEL_DIR = sys.argv[1]; "
          "from hf_dalle.cli import main; main(['generate', 'a red circle'])", str(tmp_path / "missing")],
         capture_output=True, text=True,
     )  # fmt: skip

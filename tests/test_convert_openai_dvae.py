@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from huggingface_hub import ModelCard
 
 from hf_dalle import DalleVAE, DalleVAEConfig, convert_openai_dvae
-from hf_dalle.convert_openai_dvae import load_openai_dvae_state_dict
+from hf_dalle.conversion.convert_openai_dvae import load_openai_dvae_state_dict
 
 
 dall_e = pytest.importorskip("dall_e")

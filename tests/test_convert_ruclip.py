@@ -1,6 +1,6 @@
-"""ruCLIP -> transformers CLIPModel + CLIPProcessor (hf_dalle.convert_ruclip), against the original `ruclip` code: a
-small random-weight ruCLIP with its own YTTM bpe.model, saved in the released folder layout, converted, and compared
-(token ids exactly, text and image features to 1e-4)."""
+"""ruCLIP -> transformers CLIPModel + CLIPProcessor (hf_dalle.conversion.convert_ruclip), against the original
+`ruclip` code: a small random-weight ruCLIP with its own YTTM bpe.model, saved in the released folder layout,
+converted, and compared (token ids exactly, text and image features to 1e-4)."""
 
 import json
 import random
@@ -11,7 +11,7 @@ import pytest
 import torch
 from reference_models import import_reference
 
-from hf_dalle.convert_ruclip import convert_ruclip
+from hf_dalle.conversion.convert_ruclip import convert_ruclip
 
 
 RUCLIP_CONFIG = {

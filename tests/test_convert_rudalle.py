@@ -27,8 +27,8 @@ from test_convert_yttm import write_model
 from training_utils import REPO_ROOT, load_script, training_environment  # noqa: F401 (fixture)
 
 from hf_dalle import DalleConfig, DalleForImageGeneration, DallePipeline, DalleTokenizer
-from hf_dalle.convert_ruclip import convert_ruclip
-from hf_dalle.convert_rudalle import (
+from hf_dalle.conversion.convert_ruclip import convert_ruclip
+from hf_dalle.conversion.convert_rudalle import (
     RUDALLE_MODELS,
     RUDALLE_UTILS_REPO,
     RUDALLE_VQGAN_FILENAMES,
@@ -37,7 +37,7 @@ from hf_dalle.convert_rudalle import (
     rudalle_dalle_config,
     rudalle_tokenizer,
 )
-from hf_dalle.convert_rudalle_vqgan import convert_sber_vqgan
+from hf_dalle.conversion.convert_rudalle_vqgan import convert_sber_vqgan
 from hf_dalle.models.dalle import build_attention_masks
 from hf_dalle.testing_utils import make_tiny_pipeline, random_rudalle_state_dict
 from hf_dalle.training import image_to_tensor, load_pretokenized_dataset

@@ -1,6 +1,7 @@
-"""Conversion of ruDALL-E's Sber VQGAN (hf_dalle.convert_rudalle_vqgan) against the original code: random-weight
-Sber-layout VQGANs (plain and wavelet, small) built with `rudalle.vae.model` and taming's modules, saved in the
-released file layouts, converted, and compared (parity, in the reference venv); plus the loader's safety and errors."""
+"""Conversion of ruDALL-E's Sber VQGAN (hf_dalle.conversion.convert_rudalle_vqgan) against the original code:
+random-weight Sber-layout VQGANs (plain and wavelet, small) built with `rudalle.vae.model` and taming's modules, saved
+in the released file layouts, converted, and compared (parity, in the reference venv); plus the loader's safety and
+errors."""
 
 import hashlib
 import sys
@@ -12,7 +13,7 @@ import yaml
 from reference_models import import_reference
 
 from hf_dalle import DalleVQGAN
-from hf_dalle.convert_rudalle_vqgan import (
+from hf_dalle.conversion.convert_rudalle_vqgan import (
     convert_sber_vqgan,
     load_torch_checkpoint_state_dict,
     vqgan_config_from_taming,

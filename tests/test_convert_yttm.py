@@ -1,12 +1,12 @@
-"""YouTokenToMe BPE models as `tokenizers` tokenizers (hf_dalle.convert_yttm): the ids of youtokentome itself on
-models it trains (parity, in the reference venv), and the file format and its errors without it."""
+"""YouTokenToMe BPE models as `tokenizers` tokenizers (hf_dalle.conversion.convert_yttm): the ids of youtokentome
+itself on models it trains (parity, in the reference venv), and the file format and its errors without it."""
 
 import random
 
 import pytest
 from reference_models import import_reference
 
-from hf_dalle.convert_yttm import convert_yttm_to_tokenizer, read_yttm_model
+from hf_dalle.conversion.convert_yttm import convert_yttm_to_tokenizer, read_yttm_model
 
 
 def write_model(path, chars, rules, specials=(1, 0, 2, 3)):

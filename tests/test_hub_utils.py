@@ -9,7 +9,13 @@ import torch
 from huggingface_hub import ModelCard, ModelCardData
 
 from hf_dalle import DalleVAE, DalleVAEConfig
-from hf_dalle.hub_utils import MODEL_CARDS_DIR, push_folder_to_hub, render_model_card, write_model_card
+from hf_dalle.hub_utils import (
+    MODEL_CARDS_DIR,
+    push_folder_to_hub,
+    render_model_card,
+    write_card_and_push,
+    write_model_card,
+)
 
 
 def test_render_model_card_from_a_name_or_a_path(tmp_path):
@@ -56,6 +62,44 @@ def test_write_model_card(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["README.md"]  # no temporary file left
     assert path.read_text() == str(card)
     assert ModelCard.load(path).data.to_dict() == {"library_name": "hf_dalle", "license": "mit", "tags": ["dvae"]}
+
+
+def test_write_card_and_push(tmp_path, hub_server, monkeypatch):
+    """The tail of every script that writes a model folder: the card names the folder when it stays local, the Hub
+    repo (default: the folder's name) when it is pushed, and then the folder goes up."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "tiny-dvae"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    card_values = {
+        "model_name": "A dVAE",
+        "config": DalleVAEConfig(),
+        "encoder_parameters": 1,
+        "decoder_parameters": 2,
+    }
+
+    assert write_card_and_push(folder, "dalle_vae", ModelCardData(license="mit"), **card_values) is None
+    assert 'DalleVAE.from_pretrained("tiny-dvae")' in (folder / "README.md").read_text()  # relative, not /tmp/...
+    assert hub_server.commits == []
+
+    commit = write_card_and_push(
+        folder, "dalle_vae", ModelCardData(license="mit"), push_to_hub=True, commit_message="Add it", **card_values
+    )
+    assert commit.repo_url.repo_id == "hf-dalle-tester/tiny-dvae"
+    uploaded = hub_server.files("hf-dalle-tester/tiny-dvae")
+    assert sorted(uploaded) == ["README.md", "config.json"] and hub_server.commits[-1]["summary"] == "Add it"
+    assert b'DalleVAE.from_pretrained("tiny-dvae")' in uploaded["README.md"]  # the repo id, namespace-less as given
+
+    write_card_and_push(
+        folder,
+        "dalle_vae",
+        ModelCardData(),
+        push_to_hub=True,
+        hub_model_id="org/other",
+        hub_private=True,
+        **card_values,
+    )
+    assert b'DalleVAE.from_pretrained("org/other")' in hub_server.files("org/other")["README.md"]
 
 
 def test_push_folder_to_hub_uploads_the_exact_bytes(tmp_path, hub_server):

@@ -22,9 +22,9 @@ from training_utils import (  # noqa: F401 (training_environment: autouse fixtur
     training_logs,
 )
 
-from hf_dalle import DalleVAE
+from hf_dalle import DalleVAE, DalleVAEConfig
 from hf_dalle.data import make_shapes_dataset, render_caption
-from hf_dalle.training import NonFiniteLossError, annealed_value, list_checkpoints, resolve_checkpoint
+from hf_dalle.training import NonFiniteLossError, RunFolder, annealed_value, list_checkpoints, resolve_checkpoint
 from hf_dalle.training.validation import shapes_judge_accuracy
 
 
@@ -136,9 +136,10 @@ def test_checkpoint_interrupted_while_saving_leaves_the_previous_one(shapes_dir,
     from accelerate import checkpointing as accelerate_checkpointing
 
     original_save = accelerate_checkpointing.save
+    torn = RunFolder(output_dir).checkpoint_temporary(4)
 
     def save_killed_at_step_4(obj, path, *args, **kwargs):
-        if Path(path).parent.name == ".tmp-checkpoint-4" and Path(path).name == "optimizer.bin":
+        if Path(path).parent == torn and Path(path).name == "optimizer.bin":
             Path(path).write_bytes(b"half an optimizer")
             raise Interrupt("killed while saving checkpoint-4")
         return original_save(obj, path, *args, **kwargs)
@@ -148,7 +149,8 @@ def test_checkpoint_interrupted_while_saving_leaves_the_previous_one(shapes_dir,
         train_vae.main(args)
     monkeypatch.undo()
     folder = output_dir / "checkpoints"
-    assert sorted(p.name for p in folder.iterdir()) == [".tmp-checkpoint-4", "checkpoint-2"]  # the torn save is hidden
+    assert sorted(p.name for p in folder.iterdir()) == [torn.name, "checkpoint-2"]  # the torn save is hidden
+    assert torn.name.startswith(".")
     assert resolve_checkpoint(output_dir, "latest") == folder / "checkpoint-2"
     assert not (output_dir / "model.safetensors").exists()  # no final model from a failed run
 
@@ -325,8 +327,10 @@ def test_latest_passes_over_a_damaged_checkpoint(shapes_dir, tmp_path, caplog):
 
 
 def test_a_kill_during_the_final_save_leaves_no_temporary_folder(shapes_dir, tmp_path):
-    """SIGKILL while the final model is written: the next run removes the torn `.tmp-save-*` folder and writes the
-    model."""
+    """SIGKILL while the final model is written: the next run removes the torn temporary folder (`io_utils`) and
+    writes the model."""
+    from hf_dalle.io_utils import TEMPORARY_PREFIX
+
     output_dir = tmp_path / "run"
     args = vae_args(shapes_dir, output_dir, "--max_train_steps", "2", "--checkpointing_steps", "2")
     killer = f"""
@@ -343,10 +347,10 @@ load_script("train_vae").main({args!r})
 """
     result = subprocess.run([sys.executable, "-c", killer], capture_output=True, timeout=600)
     assert result.returncode == -signal.SIGKILL, result.stderr.decode()[-2000:]
-    assert [p.name.startswith(".tmp-save-") for p in output_dir.iterdir()].count(True) == 1
+    assert [p.name.startswith(TEMPORARY_PREFIX) for p in output_dir.iterdir()].count(True) == 1
     assert not (output_dir / "model.safetensors").exists()
     load_script("train_vae").main([*args, "--resume_from_checkpoint", "latest"])
-    assert not list(output_dir.glob(".tmp-save-*"))
+    assert not list(output_dir.glob(f"{TEMPORARY_PREFIX}*"))
     assert (output_dir / "model.safetensors").is_file()
 
 
@@ -409,22 +413,66 @@ def test_shapes_judge_accuracy():
         shapes_judge_accuracy(images, ["a red circle"])
 
 
-def test_concurrent_writers_keep_each_others_temporary_folders(tmp_path):
-    """Ranks writing into one folder at once (scripts/generate.py): a save removes the temporary folders of dead
-    writers only, never the one a live process is filling."""
-    from hf_dalle.training import write_folder_atomically
-    from hf_dalle.training.outputs import TEMPORARY_SAVE_PREFIX
+def test_averaged_weights_swaps_the_average_in_and_back_out():
+    from hf_dalle.training import averaged_weights, create_ema
 
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        dead = subprocess.Popen([sys.executable, "-c", "pass"])
-        dead.wait()
-        for pid in (live.pid, dead.pid):
-            (tmp_path / f"{TEMPORARY_SAVE_PREFIX}{pid}-abc").mkdir()
-        (tmp_path / f"{TEMPORARY_SAVE_PREFIX}untagged").mkdir()  # an older writer's folder: no process id
-        write_folder_atomically(tmp_path, lambda folder: (folder / "a.txt").write_text("a"))
-        left = sorted(p.name for p in tmp_path.iterdir())
-        assert left == sorted(["a.txt", f"{TEMPORARY_SAVE_PREFIX}{live.pid}-abc"])
-    finally:
-        live.kill()
-        live.wait()
+    model = DalleVAE(DalleVAEConfig(**json.loads(TINY_VAE)))
+    ema = create_ema(model, decay=0.5)
+    ema.step(model.parameters())  # the first step copies the weights
+    raw = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.step(model.parameters())  # the average now lies between the old and the new weights
+    trained = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with averaged_weights(ema, model) as averaged:
+        assert averaged is model
+        for (name, p), average in zip(model.named_parameters(), ema.shadow_params):
+            assert torch.equal(p, average) and not torch.equal(p, trained[name]) and not torch.equal(p, raw[name])
+    for name, p in model.named_parameters():
+        assert torch.equal(p, trained[name])
+    with pytest.raises(Interrupt), averaged_weights(ema, model):
+        raise Interrupt()  # a failed validation or save still puts the trained weights back
+    assert all(torch.equal(p, trained[name]) for name, p in model.named_parameters())
+    with averaged_weights(None, model):  # no EMA: the model as it is
+        assert all(torch.equal(p, trained[name]) for name, p in model.named_parameters())
+
+
+def test_training_config_from_the_flags():
+    import argparse
+
+    from hf_dalle.training import TrainingConfig, add_common_arguments
+
+    parser = add_common_arguments(argparse.ArgumentParser(), learning_rate=1e-3, train_batch_size=8, max_train_steps=5)
+    parser.add_argument("--caption_dropout", type=float, default=0.1)  # a script's own flag
+    args = parser.parse_args(["--output_dir", "out", "--max_grad_norm", "2", "--resume_from_checkpoint", "latest"])
+    config = TrainingConfig.from_args(args)
+    assert (config.output_dir, config.learning_rate, config.train_batch_size, config.max_train_steps) == (
+        "out",
+        1e-3,
+        8,
+        5,
+    )
+    assert (config.max_grad_norm, config.resume_from_checkpoint, config.allow_inexact_resume) == (2.0, "latest", False)
+    # Every flag of the run goes to the trackers, the script's own too; None values (unset options) do not.
+    assert config.hyperparameters["caption_dropout"] == 0.1 and config.hyperparameters["output_dir"] == "out"
+    assert "powersgd_rank" not in config.hyperparameters
+    assert not hasattr(config, "use_ema")  # the EMA is the script's: it creates one and hands it to train()
+
+
+def test_a_run_folder_left_by_older_scripts_resumes(shapes_dir, tmp_path):
+    """Checkpoints keep their layout; the temporary folders older versions named differently (`.tmp-checkpoint-N`,
+    `.tmp-old-checkpoint-N`, `.tmp-save-PID-*`) are stale to this one and removed when the run resumes."""
+    output_dir = tmp_path / "run"
+    args = _checkpointed_run(shapes_dir, output_dir, 2)
+    left = [output_dir / "checkpoints" / ".tmp-checkpoint-4", output_dir / "checkpoints" / ".tmp-old-checkpoint-2"]
+    left.append(output_dir / ".tmp-save-999999999-x")
+    for folder in left:
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"torn")
+    more = [arg if arg != "2" or i != args.index("--max_train_steps") + 1 else "4" for i, arg in enumerate(args)]
+    state = load_script("train_vae").main([*more, "--resume_from_checkpoint", "latest"])
+    assert state.global_step == 4
+    assert not any(folder.exists() for folder in left)
+    assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-2", "checkpoint-4"]
+    assert sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]

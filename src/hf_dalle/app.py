@@ -25,6 +25,7 @@ import gradio as gr
 import torch
 
 from .data import RELATIONS, caption_split, parse_caption, split_captions
+from .demo import load_pipeline
 from .pipelines import DallePipeline
 
 
@@ -220,9 +221,7 @@ def generate_images(pipeline: DallePipeline, prompt: str, *args, **kwargs) -> tu
 def _load(pipeline_or_path) -> tuple[DallePipeline, str]:
     if isinstance(pipeline_or_path, DallePipeline):
         return pipeline_or_path, pipeline_or_path.name_or_path or "a DallePipeline"
-    from .cli import _load_pipeline  # the bundled demo model by default, with a clear error if it is missing
-
-    pipeline = _load_pipeline(None if pipeline_or_path is None else str(pipeline_or_path))
+    pipeline = load_pipeline(None if pipeline_or_path is None else str(pipeline_or_path))  # default: the demo model
     if torch.cuda.is_available():
         pipeline.to("cuda")
     return pipeline, pipeline.name_or_path

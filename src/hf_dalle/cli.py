@@ -4,13 +4,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from .demo import DEMO_PROMPTS, load_pipeline
+from .io_utils import write_file_atomically
+
 
 def _save_png(image, path: Path) -> None:
-    """Write a PIL image atomically: a temp file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
+    write_file_atomically(path, lambda temporary: image.save(temporary, format="PNG"))
 
 
 def reconstruct(args: argparse.Namespace) -> int:
@@ -19,8 +18,8 @@ def reconstruct(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from hf_dalle import DalleVAE
-    from hf_dalle.image_utils import to_rgb
+    from .image_utils import to_rgb
+    from .models.dalle_vae import DalleVAE
 
     vae = DalleVAE.from_pretrained(args.model).eval()
     size = args.image_size or vae.config.image_size
@@ -36,24 +35,6 @@ def reconstruct(args: argparse.Namespace) -> int:
         _save_png(Image.fromarray((sample.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)), out)
         print(f"{out}  ({codes.shape[-2]}x{codes.shape[-1]} codes, {codes.unique().numel()} distinct)")
     return 0
-
-
-def _load_pipeline(model: str | None):
-    from hf_dalle import DEMO_MODEL_DIR, DallePipeline
-
-    model = model or DEMO_MODEL_DIR
-    if model == DEMO_MODEL_DIR and not Path(DEMO_MODEL_DIR, "model_index.json").exists():
-        raise SystemExit(f"The bundled demo model is missing from {DEMO_MODEL_DIR}; pass --model DIR_OR_HUB_ID.")
-    return DallePipeline.from_pretrained(model)
-
-
-# Demo-world captions: two seen in training, two held out (drawn zero-shot); see hf_dalle.data.shapes.
-DEMO_PROMPTS = (
-    "a red circle",
-    "a blue square below a yellow circle",
-    "a green triangle",
-    "a yellow circle to the left of a purple triangle",
-)
 
 
 def _check_output_dir(output_dir: str) -> Path:
@@ -133,20 +114,20 @@ def _check_generation_arguments(prompts: list[str], args: argparse.Namespace) ->
 def generate(args: argparse.Namespace) -> int:
     """Caption(s) in, reranked PNGs and a grid out."""
     _check_generation_arguments(args.prompts, args)
-    return _generate_and_save(_load_pipeline(args.model), args.prompts, args)
+    return _generate_and_save(load_pipeline(args.model), args.prompts, args)
 
 
 def demo(args: argparse.Namespace) -> int:
     """The bundled demo model on demo-world captions (seen and held out)."""
     prompts = list(args.prompts or DEMO_PROMPTS)
     _check_generation_arguments(prompts, args)
-    return _generate_and_save(_load_pipeline(None), prompts, args)
+    return _generate_and_save(load_pipeline(None), prompts, args)
 
 
 def serve(args: argparse.Namespace) -> int:
     """Serve the Gradio web demo (`hf_dalle.app`) on one pipeline until interrupted."""
     try:
-        from hf_dalle.app import LAUNCH_LIMITS, create_demo
+        from .app import LAUNCH_LIMITS, create_demo
     except ModuleNotFoundError as error:
         if error.name != "gradio":
             raise
@@ -162,8 +143,8 @@ def _transformer_config(name: str):
 
     from transformers import PretrainedConfig
 
-    from hf_dalle import DalleConfig
-    from hf_dalle.hub_utils import hub_repo_id
+    from .hub_utils import hub_repo_id
+    from .models.dalle import DalleConfig
 
     if name == "12b":
         return DalleConfig()
@@ -198,8 +179,8 @@ def _transformer_config(name: str):
 
 def estimate_memory(args: argparse.Namespace) -> int:
     """Parameter and KV-cache memory of a transformer config, in fp32 / bf16 / int8."""
-    from hf_dalle.memory import estimate_memory as estimate
-    from hf_dalle.memory import format_estimates
+    from .memory import estimate_memory as estimate
+    from .memory import format_estimates
 
     config = _transformer_config(args.config)
     print(format_estimates(config, estimate(config, batch_size=args.batch_size, dtypes=args.dtype)))

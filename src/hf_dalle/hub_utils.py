@@ -1,4 +1,4 @@
-"""Model cards and uploads to the Hugging Face Hub, shared by the converter, the training scripts and the pipeline.
+"""Model cards and uploads to the Hugging Face Hub, shared by the converters, the training scripts and the pipeline.
 
 Model cards are Jinja templates in the package's `model_cards/` folder (read through `importlib.resources`, so they
 work from a wheel as from a checkout), rendered with `huggingface_hub.ModelCard` (the YAML metadata comes from a
@@ -12,12 +12,13 @@ import logging
 import os
 import shlex
 import sys
-import uuid
 from importlib.resources import as_file, files
 from pathlib import Path
 
 from huggingface_hub import CommitInfo, HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, filter_repo_objects, validate_repo_id
+
+from .io_utils import write_file_atomically
 
 
 logger = logging.getLogger(__name__)
@@ -111,14 +112,7 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 def write_model_card(card: ModelCard, folder: str | os.PathLike) -> Path:
     """Write `card` as `folder/README.md` (through a temporary file, so no half-written card is left)."""
-    path = Path(folder) / "README.md"
-    tmp = path.with_name(f".README.md.{uuid.uuid4().hex}.tmp")  # a plain open() keeps the usual file permissions
-    try:
-        tmp.write_text(str(card), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_file_atomically(Path(folder) / "README.md", lambda path: path.write_text(str(card), encoding="utf-8"))
 
 
 def push_folder_to_hub(
@@ -162,6 +156,37 @@ def push_folder_to_hub(
     )
 
 
+def write_card_and_push(
+    folder: str | os.PathLike,
+    template: str | os.PathLike,
+    card_data: ModelCardData,
+    *,
+    push_to_hub: bool = False,
+    hub_model_id: str | None = None,
+    hub_private: bool = False,
+    commit_message: str = "Upload with hf_dalle",
+    **template_kwargs,
+) -> CommitInfo | None:
+    """
+    The last step of the scripts that write a model folder (`--push_to_hub`, `--hub_model_id`, `--hub_private`):
+    render the model card `template` into `folder/README.md` and, with `push_to_hub`, upload the folder
+    ([`push_folder_to_hub`]) to `hub_model_id` (default: the folder's name).
+
+    The card's `repo_id` is the Hub repo when pushing, else the folder ([`path_for_card`]). Returns the upload's
+    `CommitInfo`, or `None` without `push_to_hub`.
+    """
+    repo_id = hub_model_id or Path(folder).resolve().name
+    card = render_model_card(
+        template, card_data, repo_id=repo_id if push_to_hub else path_for_card(folder), **template_kwargs
+    )
+    write_model_card(card, folder)
+    if not push_to_hub:
+        return None
+    commit = push_folder_to_hub(folder, repo_id, private=hub_private or None, commit_message=commit_message)
+    print(f"Pushed to {commit.repo_url} ({commit.commit_url})")
+    return commit
+
+
 def hub_repo_id(name_or_path: str | os.PathLike, what: str) -> str:
     """`name_or_path`, which is not a local folder, as a Hub repo id; a `FileNotFoundError` if it cannot be one (a
     local path that does not exist), rather than huggingface_hub's complaint about repo id syntax."""
@@ -184,5 +209,6 @@ __all__ = [
     "push_folder_to_hub",
     "render_model_card",
     "sha256_of",
+    "write_card_and_push",
     "write_model_card",
 ]

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .hub_utils import hub_repo_id
+from .io_utils import write_folder_atomically
 from .models.dalle import DalleForImageGeneration
 
 
@@ -62,8 +63,6 @@ def save_lora_adapter(
 ):
     """Write the adapter `adapter_name` of `model` (its config and weights only) into `save_directory`."""
     from peft.functional import get_peft_model_state_dict
-
-    from .training.outputs import write_folder_atomically
 
     config = getattr(model, "peft_config", {}).get(adapter_name)
     if config is None:

@@ -30,6 +30,7 @@ from transformers import (
 from ..hub_utils import hub_repo_id
 from ..image_utils import to_rgb
 from ..lora import load_lora_adapter, remove_lora_adapters
+from ..models import IMAGE_TOKENIZER_CLASSES
 from ..models.dalle import DalleForImageGeneration, DallePrefixCache
 from ..models.dalle_vae import DalleVAE
 from ..models.dalle_vqgan import DalleVQGAN
@@ -85,10 +86,6 @@ def _read_model_index(path: str) -> dict:
     if not isinstance(model_index, dict):
         raise ValueError(f"{path} is not a valid model_index.json: expected a JSON object.")
     return model_index
-
-
-# What the pipeline's `vae` can be: anything that encodes images in [0, 1] to `.indices` and decodes codes to `.sample`.
-IMAGE_TOKENIZER_CLASSES = (DalleVAE, DalleVQGAN)
 
 
 @dataclass

@@ -1,12 +1,54 @@
-"""Command-line flags shared by the training scripts (diffusers-style argparse: each script adds its groups)."""
+"""Command-line flags shared by the training scripts (diffusers-style argparse: each script adds its groups), and
+[`TrainingConfig`], what of them the training loop reads."""
 
 import argparse
+import dataclasses
 import json
 import os
 
 from transformers import SchedulerType
 
 from .data import BAD_IMAGE_CHOICES
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    """What `train()` and `create_accelerator()` read: the flags of `add_common_arguments` that drive the loop (their
+    help texts say what each does, their defaults are the scripts'). Built from a script's parsed flags by
+    [`TrainingConfig.from_args`]."""
+
+    output_dir: str
+    seed: int
+    max_train_steps: int
+    train_batch_size: int
+    gradient_accumulation_steps: int
+    learning_rate: float
+    lr_scheduler: str
+    lr_warmup_steps: int
+    adam_beta1: float
+    adam_beta2: float
+    adam_epsilon: float
+    adam_weight_decay: float
+    max_grad_norm: float | None
+    max_nonfinite_steps: int
+    mixed_precision: str | None
+    powersgd_rank: int | None
+    powersgd_start_step: int
+    checkpointing_steps: int
+    checkpoints_total_limit: int | None
+    resume_from_checkpoint: str | None
+    allow_inexact_resume: bool
+    report_to: str
+    logging_steps: int
+    # Every flag of the script (numbers, strings and booleans), recorded by the trackers with the run.
+    hyperparameters: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "TrainingConfig":
+        """The loop's settings from a training script's parsed flags (`add_common_arguments` and its own)."""
+        names = [field.name for field in dataclasses.fields(cls) if field.name != "hyperparameters"]
+        hyperparameters = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        return cls(**{name: getattr(args, name) for name in names}, hyperparameters=hyperparameters)
 
 
 def add_common_arguments(
@@ -209,4 +251,10 @@ def check_common_arguments(args: argparse.Namespace) -> None:
         raise ValueError("Pass either --dataset_name or --train_data_dir, not both.")
 
 
-__all__ = ["add_common_arguments", "add_data_arguments", "check_common_arguments", "parse_model_config"]
+__all__ = [
+    "TrainingConfig",
+    "add_common_arguments",
+    "add_data_arguments",
+    "check_common_arguments",
+    "parse_model_config",
+]

@@ -1,18 +1,19 @@
 """Resumable checkpoints on top of `Accelerator.save_state` / `load_state`, written atomically, holding data only.
 
-A checkpoint is `OUTPUT_DIR/checkpoints/checkpoint-{step}`: what `save_state` writes (`model.safetensors`, optimizer,
-scheduler, gradient scaler, the RNG states of every process), plus `training_state.json` (the `TrainingState` below)
-and, with EMA, `ema.safetensors`. Accelerate would keep those two as pickles loaded with `torch.load(weights_only=False)`,
-which runs whatever code a crafted file carries; here they are JSON and safetensors, and Accelerate loads the rest with
-`torch.load(weights_only=True)` (tensors, numbers, strings and containers only). A folder that holds Accelerate's
-pickled custom states (`custom_checkpoint_*.pkl`) is refused unread.
+A checkpoint is `OUTPUT_DIR/checkpoints/checkpoint-{step}` (`RunFolder`): what `save_state` writes
+(`model.safetensors`, optimizer, scheduler, gradient scaler, the RNG states of every process), plus
+`training_state.json` (the `TrainingState` below) and, with EMA, `ema.safetensors`. Accelerate would keep those two as
+pickles loaded with `torch.load(weights_only=False)`, which runs whatever code a crafted file carries; here they are
+JSON and safetensors, and Accelerate loads the rest with `torch.load(weights_only=True)` (tensors, numbers, strings and
+containers only). A folder that holds Accelerate's pickled custom states (`custom_checkpoint_*.pkl`) is refused unread.
 
-A checkpoint is saved into a hidden temporary folder and renamed when complete, so a process killed while saving leaves
-the previous checkpoints intact; old checkpoints are pruned only after the new one is in place. (Accelerate's
-`automatic_checkpoint_naming` writes in place and prunes before saving, so a kill during the save could leave no
-loadable checkpoint: naming and pruning are done here instead.) The last file written is `checkpoint_complete.json`,
-the size of every other file: a checkpoint is complete when that marker is there and every file it lists has its
-size. `--resume_from_checkpoint latest` takes the newest complete checkpoint, passing over damaged ones.
+A checkpoint is saved into a hidden temporary folder (`io_utils`) and renamed when complete, so a process killed while
+saving leaves the previous checkpoints intact; old checkpoints are pruned only after the new one is in place.
+(Accelerate's `automatic_checkpoint_naming` writes in place and prunes before saving, so a kill during the save could
+leave no loadable checkpoint: naming and pruning are done here instead.) The last file written is
+`checkpoint_complete.json`, the size of every other file: a checkpoint is complete when that marker is there and every
+file it lists has its size. `--resume_from_checkpoint latest` takes the newest complete checkpoint, passing over
+damaged ones.
 """
 
 import json
@@ -28,15 +29,15 @@ from diffusers.training_utils import EMAModel
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from ..io_utils import move_into_place, remove_stale_temporaries
+from .run_folder import CHECKPOINT_PREFIX, RunFolder
+
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "checkpoint-"
 COMPLETE_MARKER = "checkpoint_complete.json"
 TRAINING_STATE_FILE = "training_state.json"
 EMA_FILE = "ema.safetensors"
-_TEMPORARY_PREFIX = ".tmp-"
-_CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 _RANDOM_STATES = re.compile(r"^random_states_\d+\.pkl$")
 _PICKLED_CUSTOM_STATE = re.compile(r"^custom_checkpoint_\d+\.pkl$")
 
@@ -65,53 +66,9 @@ class TrainingState:
         vars(self).update(state)
 
 
-def remove_stale_temporary_folders(folder: str | os.PathLike, prefix: str) -> None:
-    """Delete the `prefix*` folders in `folder`: temporary folders of saves that a killed run never finished. A folder
-    named by [`temporary_folder_prefix`] whose writer process is still alive (another rank of this job writing into
-    the same folder) is left alone."""
-    folder = Path(folder)
-    if folder.is_dir():
-        for stale in folder.glob(f"{prefix}*"):
-            if stale.is_dir() and not stale.is_symlink() and not _writer_is_alive(stale.name[len(prefix) :]):
-                logger.info("Removing %s, left by an interrupted save.", stale)
-                shutil.rmtree(stale, ignore_errors=True)
-
-
-def temporary_folder_prefix(prefix: str) -> str:
-    """`prefix` tagged with this process's id, for temporary folders that processes of one job create side by side."""
-    return f"{prefix}{os.getpid()}-"
-
-
-def _writer_is_alive(tag: str) -> bool:
-    """Whether the process whose id starts `tag` (`"1234-..."`, see `temporary_folder_prefix`) runs on this machine."""
-    pid = tag.split("-", 1)[0]
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)  # signal 0: only checks that the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
-
-
-def checkpoints_dir(output_dir: str | os.PathLike) -> Path:
-    return Path(output_dir) / "checkpoints"
-
-
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """The checkpoint folders of a run, oldest first (temporary folders of unfinished saves are not listed; see
-    `checkpoint_problem` for whether one is complete)."""
-    folder = checkpoints_dir(output_dir)
-    if not folder.is_dir():
-        return []
-    found = [
-        (int(m.group(1)), path)
-        for path in folder.iterdir()
-        if (m := _CHECKPOINT_NAME.match(path.name)) and path.is_dir()
-    ]
-    return [path for _, path in sorted(found)]
+    """The checkpoint folders of a run, oldest first (see `RunFolder.checkpoints`)."""
+    return RunFolder(output_dir).checkpoints()
 
 
 def checkpoint_problem(checkpoint: str | os.PathLike, allow_missing_random_states: bool = False) -> str | None:
@@ -158,7 +115,7 @@ def resolve_checkpoint(
             if problem is None:
                 return checkpoint
             logger.warning("Passing over the damaged checkpoint %s: %s.", checkpoint, problem)
-        logger.info("No complete checkpoint in %s yet: starting from scratch.", checkpoints_dir(output_dir))
+        logger.info("No complete checkpoint in %s yet: starting from scratch.", RunFolder(output_dir).checkpoints_dir)
         return None
     problem = checkpoint_problem(resume_from_checkpoint, allow_missing_random_states)
     if problem is not None:
@@ -166,7 +123,7 @@ def resolve_checkpoint(
         raise ValueError(
             f"--resume_from_checkpoint {str(resume_from_checkpoint)!r} is not a complete checkpoint: {problem}. Pass "
             f"a {CHECKPOINT_PREFIX}<step> folder written by the training scripts, or 'latest' (complete checkpoints "
-            f"in {checkpoints_dir(output_dir)}: {found})."
+            f"in {RunFolder(output_dir).checkpoints_dir}: {found})."
             + (
                 " To resume without the RNG states (not exact: the noise differs from an uninterrupted run), pass "
                 "--allow_inexact_resume."
@@ -211,12 +168,11 @@ def save_checkpoint(
 ) -> Path:
     """Save the training state as `checkpoint-{state.global_step}` atomically (see the module docstring) and keep at
     most `total_limit` checkpoints. Every process must call it."""
-    folder = checkpoints_dir(output_dir)
-    final = folder / f"{CHECKPOINT_PREFIX}{state.global_step}"
-    temporary = folder / f"{_TEMPORARY_PREFIX}{final.name}"
+    run = RunFolder(output_dir)
+    final, temporary = run.checkpoint(state.global_step), run.checkpoint_temporary(state.global_step)
     if accelerator.is_main_process:
-        folder.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporary_folders(folder, _TEMPORARY_PREFIX)  # left by a run killed while saving
+        run.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run.checkpoints_dir)  # left by a run killed while saving
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary))
     accelerator.wait_for_everyone()
@@ -231,15 +187,9 @@ def save_checkpoint(
             json.dump({"step": state.global_step, "files": files}, marker, indent=2)
             marker.flush()
             os.fsync(marker.fileno())
-        if final.exists():  # the same step saved again (a run resumed from an earlier checkpoint): replace it
-            replaced = folder / f"{_TEMPORARY_PREFIX}old-{final.name}"
-            os.replace(final, replaced)
-            os.replace(temporary, final)
-            shutil.rmtree(replaced)
-        else:
-            os.replace(temporary, final)
+        move_into_place(temporary, final)  # the same step saved again (a run resumed from an earlier one) replaces it
         if total_limit is not None:
-            for old in list_checkpoints(output_dir)[:-total_limit]:
+            for old in run.checkpoints()[:-total_limit]:
                 shutil.rmtree(old)
         logger.info("Saved checkpoint %s", final)
     accelerator.wait_for_everyone()
@@ -289,11 +239,8 @@ __all__ = [
     "COMPLETE_MARKER",
     "TrainingState",
     "checkpoint_problem",
-    "checkpoints_dir",
     "list_checkpoints",
     "load_checkpoint",
-    "remove_stale_temporary_folders",
-    "temporary_folder_prefix",
     "resolve_checkpoint",
     "save_checkpoint",
 ]

@@ -1,10 +1,13 @@
 """Exponential moving average of the weights. The averaging is diffusers' `EMAModel`; saving is ours, because
 `EMAModel.save_pretrained` cannot save transformers models: the averaged weights become the model's default weights
 and the raw weights are saved beside them as the `non_ema` variant (`model.non_ema.safetensors`), the Hub's usual
-layout for EMA checkpoints."""
+layout for EMA checkpoints. [`averaged_weights`] swaps the average in wherever it is used (validation, saving)."""
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import torch
 from diffusers.training_utils import EMAModel
 from transformers import PreTrainedModel
 
@@ -18,6 +21,22 @@ def create_ema(model: PreTrainedModel, decay: float) -> EMAModel:
     return EMAModel(model.parameters(), decay=decay, foreach=True)
 
 
+@contextmanager
+def averaged_weights(ema: EMAModel | None, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """`with averaged_weights(ema, model):` the block sees `model` with the moving average's weights (what is saved
+    and what validation should sample from); its own weights are back afterwards, also when the block raises. With
+    `ema=None` the model is left as it is."""
+    if ema is None:
+        yield model
+        return
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    try:
+        yield model
+    finally:
+        ema.restore(model.parameters())
+
+
 def save_model(
     model: PreTrainedModel, save_directory: str | os.PathLike, ema: EMAModel | None = None, **kwargs
 ) -> None:
@@ -27,12 +46,8 @@ def save_model(
         model.save_pretrained(save_directory, **kwargs)
         return
     model.save_pretrained(save_directory, variant=NON_EMA_VARIANT, **kwargs)
-    ema.store(model.parameters())
-    ema.copy_to(model.parameters())
-    try:
+    with averaged_weights(ema, model):
         model.save_pretrained(save_directory, **kwargs)
-    finally:
-        ema.restore(model.parameters())
 
 
-__all__ = ["NON_EMA_VARIANT", "create_ema", "save_model"]
+__all__ = ["NON_EMA_VARIANT", "averaged_weights", "create_ema", "save_model"]

@@ -5,7 +5,7 @@ import os
 
 from transformers import AutoModel
 
-from ..pipelines.pipeline_dalle import IMAGE_TOKENIZER_CLASSES
+from ..models import IMAGE_TOKENIZER_CLASSES
 
 
 def load_component(cls, name_or_path: str, component: str, **kwargs):

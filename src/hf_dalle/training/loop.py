@@ -1,8 +1,8 @@
 """The training loop shared by the training scripts: Accelerate set-up, AdamW and its schedule, gradient
 accumulation, clipping, skipping non-finite steps, EMA, resumable checkpoints, PowerSGD, and logging.
 
-A script builds its model and data, then calls `train(...)` with a `loss_fn(model, batch, step)` that returns the loss
-and the metrics to log; everything else is here.
+A script builds its model and data, then calls `train(TrainingConfig.from_args(args), ...)` with a
+`loss_fn(model, batch, step)` that returns the loss and the metrics to log; everything else is here.
 """
 
 import json
@@ -19,14 +19,10 @@ from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from diffusers.training_utils import EMAModel
 from transformers import get_scheduler
 
-from .checkpointing import (
-    TrainingState,
-    load_checkpoint,
-    remove_stale_temporary_folders,
-    resolve_checkpoint,
-    save_checkpoint,
-)
-from .outputs import TEMPORARY_SAVE_PREFIX, write_folder_atomically
+from ..io_utils import write_file_atomically
+from .arguments import TrainingConfig
+from .checkpointing import TrainingState, load_checkpoint, resolve_checkpoint, save_checkpoint
+from .run_folder import RunFolder
 
 
 logger = logging.getLogger(__name__)
@@ -36,16 +32,16 @@ class NonFiniteLossError(RuntimeError):
     """Raised when too many optimizer steps in a row had a non-finite loss or gradient."""
 
 
-def create_accelerator(args) -> Accelerator:
+def create_accelerator(config: TrainingConfig) -> Accelerator:
     """An `Accelerator` for the common flags, seeded with `--seed` (same seed on every process: identical initial
     weights; each process still sees different data)."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        log_with=None if config.report_to == "none" else config.report_to,
         project_config=ProjectConfiguration(
-            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")
+            project_dir=config.output_dir, logging_dir=str(RunFolder(config.output_dir).logs_dir)
         ),
         # Shuffle order = f(seed, epoch): a resumed run sees the same batches as an uninterrupted one.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
@@ -60,33 +56,33 @@ def create_accelerator(args) -> Accelerator:
             f"Launched as {launched} processes, but Accelerate runs this one as a single process. On CPU, set "
             "ACCELERATE_USE_CPU=1 (e.g. `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 ...`)."
         )
-    set_seed(args.seed)
+    set_seed(config.seed)
     return accelerator
 
 
-def create_optimizer(args, model: torch.nn.Module) -> torch.optim.AdamW:
+def create_optimizer(config: TrainingConfig, model: torch.nn.Module) -> torch.optim.AdamW:
     """AdamW; weight decay on tensors of 2 or more dimensions (weight matrices, kernels, embeddings), not on biases
     and norm scales."""
     decay, no_decay = [], []
     for parameter in model.parameters():
         if parameter.requires_grad:
             (decay if parameter.ndim >= 2 else no_decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": args.adam_weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": config.adam_weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(
         [group for group in groups if group["params"]],
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon,
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_epsilon,
     )
 
 
-def create_lr_scheduler(args, optimizer: torch.optim.Optimizer, num_processes: int):
+def create_lr_scheduler(config: TrainingConfig, optimizer: torch.optim.Optimizer, num_processes: int):
     # A prepared scheduler steps once per process at each optimizer step (diffusers' convention), hence the factor.
     return get_scheduler(
-        args.lr_scheduler,
+        config.lr_scheduler,
         optimizer,
-        num_warmup_steps=args.lr_warmup_steps * num_processes,
-        num_training_steps=args.max_train_steps * num_processes,
+        num_warmup_steps=config.lr_warmup_steps * num_processes,
+        num_training_steps=config.max_train_steps * num_processes,
     )
 
 
@@ -113,11 +109,11 @@ def register_powersgd_hook(accelerator: Accelerator, model: torch.nn.Module, ran
 
 class MetricsLogger:
     """Averages metrics over the logging interval on the device (no host sync between logs), then writes them to the
-    trackers, the console and `OUTPUT_DIR/logs/metrics.jsonl` (main process)."""
+    trackers, the console and the run's metrics file, `logs/metrics.jsonl` (main process)."""
 
-    def __init__(self, accelerator: Accelerator, output_dir: str):
+    def __init__(self, accelerator: Accelerator, path: str | os.PathLike):
         self.accelerator = accelerator
-        self.path = Path(output_dir) / "logs" / "metrics.jsonl"
+        self.path = Path(path)
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
         self.last_training: dict[str, float] = {}
@@ -170,9 +166,7 @@ class MetricsLogger:
         lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
         kept = [line for line in lines if line.endswith("\n") and logged_step(line) <= step]
         if len(kept) != len(lines):
-            write_folder_atomically(
-                self.path.parent, lambda folder: (folder / self.path.name).write_text("".join(kept))
-            )
+            write_file_atomically(self.path, lambda temporary: temporary.write_text("".join(kept)))
 
     def write(self, step: int, values: dict[str, float]) -> None:
         self.accelerator.log(values, step=step)
@@ -195,8 +189,115 @@ def _without_moving_the_rng(dataloader):
         yield batch
 
 
+def _epochs(accelerator: Accelerator, dataloader, state: TrainingState, train_batch_size: int):
+    """The batches of epoch after epoch from where `state` stands (the batches of its epoch already seen skipped),
+    counted in `state.epoch` and `state.batches_in_epoch`."""
+    while True:
+        dataloader.set_epoch(state.epoch)
+        batches = dataloader
+        if state.batches_in_epoch:
+            batches = accelerator.skip_first_batches(dataloader, state.batches_in_epoch)
+        for batch in _without_moving_the_rng(batches):
+            state.batches_in_epoch += 1
+            yield batch
+        # A run resumed from a checkpoint taken at the epoch's last batch has nothing left to skip to: next epoch.
+        if state.batches_in_epoch == 0:
+            raise ValueError(
+                "The training data yields no batch: it has fewer examples per process than --train_batch_size "
+                f"({train_batch_size})."
+            )
+        state.epoch += 1
+        state.batches_in_epoch = 0
+
+
+def _resume(
+    config: TrainingConfig,
+    accelerator: Accelerator,
+    state: TrainingState,
+    ema: EMAModel | None,
+    metrics: MetricsLogger,
+) -> None:
+    """`--resume_from_checkpoint`: load the checkpoint into the prepared objects, `state` and `ema`, and drop the
+    metrics logged after it ('latest' with no checkpoint yet starts again from step 0)."""
+    if config.resume_from_checkpoint is None:
+        return
+    allow_inexact = config.allow_inexact_resume
+    checkpoint = resolve_checkpoint(config.output_dir, config.resume_from_checkpoint, allow_inexact)
+    if checkpoint is not None:
+        load_checkpoint(accelerator, checkpoint, state, ema, allow_inexact)
+        logger.info(
+            "Resumed from %s at step %d (epoch %d, batch %d).",
+            checkpoint,
+            state.global_step,
+            state.epoch,
+            state.batches_in_epoch,
+        )
+    metrics.forget_after(state.global_step)
+
+
+def _optimizer_step(
+    accelerator: Accelerator, model: torch.nn.Module, optimizer, lr_scheduler, max_grad_norm: float
+) -> tuple[torch.Tensor, bool]:
+    """Clip the complete gradients and take the optimizer step, unless their norm is not finite. Returns the norm and
+    whether the step was taken."""
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    finite = bool(torch.isfinite(grad_norm))
+    # fp16: the gradient scaler must see every step to lower its scale; it skips non-finite ones.
+    if finite or accelerator.scaler is not None:
+        optimizer.step()
+    stepped = finite and not accelerator.optimizer_step_was_skipped
+    if stepped:
+        lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, stepped
+
+
+def _count_skipped_step(state: TrainingState, max_nonfinite_steps: int) -> None:
+    """Count a step skipped for a non-finite gradient; too many in a row stop the run."""
+    state.skipped_steps += 1
+    state.nonfinite_in_a_row += 1
+    logger.warning(
+        "Skipped optimizer step %d: non-finite gradient norm (%d skipped in total).",
+        state.global_step + 1,
+        state.skipped_steps,
+    )
+    if state.nonfinite_in_a_row >= max_nonfinite_steps:
+        raise NonFiniteLossError(
+            f"Stopping: the loss or gradients were not finite (NaN or inf) in {state.nonfinite_in_a_row} "
+            f"optimizer steps in a row (--max_nonfinite_steps {max_nonfinite_steps}), at step "
+            f"{state.global_step + 1}. Lower --learning_rate, set --max_grad_norm, or check the data; "
+            "resume from the last checkpoint with --resume_from_checkpoint latest."
+        )
+
+
+def _check_fsdp(accelerator: Accelerator, ema: EMAModel | None, on_step_end: Callable | None) -> Callable | None:
+    """Refuse an EMA under FSDP (it would only average each process's shard) and drop the validation callback (sampling
+    on the main process alone would wait forever for the other shards); `on_step_end`, or `None` under FSDP."""
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return on_step_end
+    if ema is not None:
+        raise ValueError("--use_ema is not supported with FSDP (the average would only cover each process's shard).")
+    if on_step_end is not None:
+        logger.warning("Validation images are not made under FSDP.")
+    return None
+
+
+def _whole_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The trained model, unwrapped; under FSDP its shards gathered (every process takes part) into a whole model on
+    the main process."""
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return unwrapped
+    state_dict = accelerator.get_state_dict(model)
+    if not accelerator.is_main_process:
+        return unwrapped
+    whole = type(unwrapped)(unwrapped.config)
+    whole.load_state_dict(state_dict)
+    return whole
+
+
 def train(
-    args,
+    config: TrainingConfig,
     accelerator: Accelerator,
     model: torch.nn.Module,
     train_dataloader: torch.utils.data.DataLoader,
@@ -206,7 +307,7 @@ def train(
     before_optimizer_step: Callable[[torch.nn.Module], object] | None = None,
 ) -> tuple[torch.nn.Module, TrainingState, dict[str, float]]:
     """
-    Train `model` for `args.max_train_steps` optimizer steps and return `(unwrapped model, state, last metrics)`.
+    Train `model` for `config.max_train_steps` optimizer steps and return `(unwrapped model, state, last metrics)`.
 
     Args:
         loss_fn: `loss_fn(model, batch, step) -> {"loss": scalar, **metrics}`; the metrics (scalar tensors) are
@@ -222,131 +323,74 @@ def train(
     `--max_nonfinite_steps` such steps in a row, `NonFiniteLossError` stops the run. Checking the norm costs one
     host sync per optimizer step, and every process sees the same all-reduced norm, so all of them skip together.
     """
-    if accelerator.distributed_type == DistributedType.FSDP:
-        if ema is not None:
-            raise ValueError(
-                "--use_ema is not supported with FSDP (the average would only cover each process's shard)."
-            )
-        if on_step_end is not None:
-            # Sampling on the main process alone would wait forever for the other shards.
-            logger.warning("Validation images are not made under FSDP.")
-            on_step_end = None
-    optimizer = create_optimizer(args, model)
-    lr_scheduler = create_lr_scheduler(args, optimizer, accelerator.num_processes)
+    # 1. What FSDP cannot do.
+    on_step_end = _check_fsdp(accelerator, ema, on_step_end)
+
+    # 2. Optimizer, schedule, distribution.
+    optimizer = create_optimizer(config, model)
+    lr_scheduler = create_lr_scheduler(config, optimizer, accelerator.num_processes)
     model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
         model, optimizer, train_dataloader, lr_scheduler
     )
-    if args.powersgd_rank is not None:
-        register_powersgd_hook(accelerator, model, args.powersgd_rank, args.powersgd_start_step)
+    if config.powersgd_rank is not None:
+        register_powersgd_hook(accelerator, model, config.powersgd_rank, config.powersgd_start_step)
     if ema is not None:
         ema.to(accelerator.device)
-    state = TrainingState()  # saved with the EMA by save_checkpoint, as JSON and safetensors (not pickles)
+
+    # 3. The run folder, and where a resumed run stands.
+    run = RunFolder(config.output_dir)
     if accelerator.is_main_process:
-        accelerator.init_trackers(
-            Path(args.output_dir).name,
-            config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))},
-        )
-        remove_stale_temporary_folders(args.output_dir, TEMPORARY_SAVE_PREFIX)  # a final save killed in a past run
+        accelerator.init_trackers(run.path.name, config=config.hyperparameters)
+        run.remove_stale_temporaries()  # of a final save or a checkpoint killed in a past run
+    state = TrainingState()  # saved with the EMA by save_checkpoint, as JSON and safetensors (not pickles)
+    metrics = MetricsLogger(accelerator, run.metrics_file)
+    _resume(config, accelerator, state, ema, metrics)
 
-    allow_inexact = getattr(args, "allow_inexact_resume", False)
-    checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint, allow_inexact)
-    metrics = MetricsLogger(accelerator, args.output_dir)
-    if args.resume_from_checkpoint is not None:  # 'latest' with no checkpoint yet starts again from step 0
-        if checkpoint is not None:
-            load_checkpoint(accelerator, checkpoint, state, ema, allow_inexact)
-            logger.info(
-                "Resumed from %s at step %d (epoch %d, batch %d).",
-                checkpoint,
-                state.global_step,
-                state.epoch,
-                state.batches_in_epoch,
-            )
-        metrics.forget_after(state.global_step)
-
-    max_grad_norm = args.max_grad_norm if args.max_grad_norm is not None else math.inf
+    # 4. A batch at a time; an optimizer step once `gradient_accumulation_steps` batches are accumulated.
+    max_grad_norm = config.max_grad_norm if config.max_grad_norm is not None else math.inf
     unwrapped = accelerator.unwrap_model(model)
     step_metrics = []  # of the batches of the current optimizer step; logged only if the step is taken
+    batches = _epochs(accelerator, train_dataloader, state, config.train_batch_size)
     model.train()
-    while state.global_step < args.max_train_steps:
-        train_dataloader.set_epoch(state.epoch)
-        batches = train_dataloader
-        if state.batches_in_epoch:
-            batches = accelerator.skip_first_batches(train_dataloader, state.batches_in_epoch)
-        for batch in _without_moving_the_rng(batches):
-            state.batches_in_epoch += 1
-            with accelerator.accumulate(model):
-                outputs = loss_fn(model, batch, state.global_step)
-                accelerator.backward(outputs["loss"])
-                step_metrics.append({name: torch.as_tensor(value).detach() for name, value in outputs.items()})
-                if accelerator.sync_gradients:
-                    if before_optimizer_step is not None:
-                        before_optimizer_step(unwrapped)
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-                    finite = bool(torch.isfinite(grad_norm))
-                    # fp16: the gradient scaler must see every step to lower its scale; it skips non-finite ones.
-                    if finite or accelerator.scaler is not None:
-                        optimizer.step()
-                    stepped = finite and not accelerator.optimizer_step_was_skipped
-                    if stepped:
-                        lr_scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-            if not accelerator.sync_gradients:
-                continue
-            taken_metrics, step_metrics = step_metrics, []
-            if not stepped:
-                state.skipped_steps += 1
-                state.nonfinite_in_a_row += 1
-                logger.warning(
-                    "Skipped optimizer step %d: non-finite gradient norm (%d skipped in total).",
-                    state.global_step + 1,
-                    state.skipped_steps,
-                )
-                if state.nonfinite_in_a_row >= args.max_nonfinite_steps:
-                    raise NonFiniteLossError(
-                        f"Stopping: the loss or gradients were not finite (NaN or inf) in {state.nonfinite_in_a_row} "
-                        f"optimizer steps in a row (--max_nonfinite_steps {args.max_nonfinite_steps}), at step "
-                        f"{state.global_step + 1}. Lower --learning_rate, set --max_grad_norm, or check the data; "
-                        "resume from the last checkpoint with --resume_from_checkpoint latest."
-                    )
-                continue
-            state.nonfinite_in_a_row = 0
-            state.global_step += 1
-            for batch_metrics in taken_metrics:
-                metrics.add(batch_metrics)
-            metrics.add({"grad_norm": grad_norm})
-            if ema is not None:
-                ema.step(model.parameters())
-            if state.global_step % args.logging_steps == 0 or state.global_step == args.max_train_steps:
-                metrics.log(
-                    state.global_step, {"lr": lr_scheduler.get_last_lr()[0], "skipped_steps": state.skipped_steps}
-                )
-            if state.global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, args.output_dir, state, ema, args.checkpoints_total_limit)
-            if on_step_end is not None:
-                validation = on_step_end(state.global_step, unwrapped)
-                if validation:
-                    metrics.log_validation(state.global_step, validation)
-            if state.global_step >= args.max_train_steps:
-                break
-        else:
-            # A run resumed from a checkpoint taken at the epoch's last batch has nothing left to skip to: next epoch.
-            if state.batches_in_epoch == 0:
-                raise ValueError(
-                    "The training data yields no batch: it has fewer examples per process than --train_batch_size "
-                    f"({args.train_batch_size})."
-                )
-            state.epoch += 1
-            state.batches_in_epoch = 0
+    while state.global_step < config.max_train_steps:
+        batch = next(batches)  # before `accumulate`, which syncs the gradients early at the data loader's last batch
+        with accelerator.accumulate(model):
+            outputs = loss_fn(model, batch, state.global_step)
+            accelerator.backward(outputs["loss"])
+            step_metrics.append({name: torch.as_tensor(value).detach() for name, value in outputs.items()})
+            if accelerator.sync_gradients:
+                if before_optimizer_step is not None:
+                    before_optimizer_step(unwrapped)
+                grad_norm, stepped = _optimizer_step(accelerator, model, optimizer, lr_scheduler, max_grad_norm)
+        if not accelerator.sync_gradients:
+            continue
+        taken_metrics, step_metrics = step_metrics, []
+        if not stepped:
+            _count_skipped_step(state, config.max_nonfinite_steps)
+            continue
+
+        # 5. After each optimizer step: metrics, EMA, logs, checkpoint, validation.
+        state.nonfinite_in_a_row = 0
+        state.global_step += 1
+        for batch_metrics in taken_metrics:
+            metrics.add(batch_metrics)
+        metrics.add({"grad_norm": grad_norm})
+        if ema is not None:
+            ema.step(model.parameters())
+        if state.global_step % config.logging_steps == 0 or state.global_step == config.max_train_steps:
+            metrics.log(state.global_step, {"lr": lr_scheduler.get_last_lr()[0], "skipped_steps": state.skipped_steps})
+        if state.global_step % config.checkpointing_steps == 0:
+            save_checkpoint(accelerator, run.path, state, ema, config.checkpoints_total_limit)
+        if on_step_end is not None:
+            validation = on_step_end(state.global_step, unwrapped)
+            if validation:
+                metrics.log_validation(state.global_step, validation)
+
+    # 6. The trained model.
     accelerator.wait_for_everyone()
-    if accelerator.distributed_type == DistributedType.FSDP:
-        # The weights are spread over the processes: gather them (every process takes part) into a whole model.
-        state_dict = accelerator.get_state_dict(model)
-        if accelerator.is_main_process:
-            whole = type(unwrapped)(unwrapped.config)
-            whole.load_state_dict(state_dict)
-            unwrapped = whole
+    model = _whole_model(accelerator, model)
     accelerator.end_training()
-    return unwrapped, state, metrics.last
+    return model, state, metrics.last
 
 
 __all__ = [

@@ -49,7 +49,7 @@ class DalleVQGAN(DalleVQGANPreTrainedModel):
     `decode` turns codes into images in [0, 1]. `self.vqgan` is the diffusers `VQModel` that does the work;
     `self.gumbel_projection` (with `config.quantizer == "gumbel"`) is taming's `GumbelQuantize.proj`.
 
-    Convert the Sber VQGAN of ruDALL-E with [`~hf_dalle.convert_rudalle_vqgan.convert_sber_vqgan`].
+    Convert the Sber VQGAN of ruDALL-E with [`~hf_dalle.conversion.convert_rudalle_vqgan.convert_sber_vqgan`].
 
     Example:
 

@@ -8,13 +8,11 @@ of the same modules (`torch.save(encoder.state_dict())`) are accepted too.
 """
 
 import os
-import pickle
-import re
-import zipfile
 
 import torch
 
-from .models.dalle_vae import DalleVAE, DalleVAEConfig
+from ..models.dalle_vae import DalleVAE, DalleVAEConfig
+from .checkpoints import PickledModule, pickled_module_tensors, safe_torch_load, stand_in
 
 
 # Every class a `torch.save` of `dall_e.Encoder` / `dall_e.Decoder` refers to, besides the tensor machinery that
@@ -35,33 +33,7 @@ OPENAI_DVAE_GLOBALS = (
 # `dall_e.utils.Conv2d` names its parameters `w` and `b`; ours are `nn.Conv2d`s.
 OPENAI_PARAMETER_NAMES = {"w": "weight", "b": "bias"}
 
-
-class PickledModule:
-    """What an allowlisted module of an OpenAI pickle loads as: its pickled attributes and no behaviour."""
-
-
-def _module_tensors(module: PickledModule, prefix: str = "") -> dict[str, torch.Tensor]:
-    """The parameters and buffers of a pickled module tree by dotted name, like `nn.Module.state_dict()`."""
-    tensors = {}
-    for attribute in ("_parameters", "_buffers", "_modules"):
-        entries = vars(module).get(attribute, {})
-        if not isinstance(entries, dict):
-            raise ValueError(f"Malformed pickled module `{prefix or 'root'}`: `{attribute}` is not a dict.")
-        for name, value in entries.items():
-            if attribute == "_modules" and isinstance(value, PickledModule):
-                tensors.update(_module_tensors(value, f"{prefix}{name}."))
-            elif isinstance(value, torch.Tensor):
-                tensors[prefix + name] = value
-    return tensors
-
-
-def _stand_in(qualified_name: str) -> type:
-    module, _, name = qualified_name.rpartition(".")
-    # `torch.serialization.safe_globals` matches classes by `__module__` + `__qualname__`.
-    return type(name, (PickledModule,), {"__module__": module, "__qualname__": name})
-
-
-_STAND_INS = [_stand_in(name) for name in OPENAI_DVAE_GLOBALS]
+_STAND_INS = [stand_in(name) for name in OPENAI_DVAE_GLOBALS]
 
 
 def load_openai_dvae_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -77,33 +49,13 @@ def load_openai_dvae_state_dict(path: str | os.PathLike) -> dict[str, torch.Tens
         (possibly non-contiguous).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"OpenAI dVAE file not found: {path!r}.")
-    is_zip = zipfile.is_zipfile(path)
-    with open(path, "rb") as file:
-        is_pickle = file.read(1) == pickle.PROTO  # torch's legacy format: pickles, protocol >= 2
-    if not (is_zip or is_pickle):
-        raise ValueError(f"{path!r} is not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle).")
-    try:
-        with torch.serialization.safe_globals(_STAND_INS):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        # Raised for anything outside the allowlist: other classes, functions, or code the pickle tries to run.
-        reason = _unpickling_reason(error)
-        if not is_zip and "persistent_load" in reason:
-            reason += (
-                " (a whole module saved in torch's legacy pre-1.6 format embeds its source code and cannot be read "
-                "safely; a state_dict() saved in any format can)"
-            )
-        raise ValueError(
-            f"{path!r} is not an OpenAI dVAE checkpoint: it contains objects that are not part of `dall_e`'s "
-            f"Encoder/Decoder, and it is not loaded for safety. {reason}"
-        ) from error
-    except Exception as error:
-        raise ValueError(f"{path!r} is not a PyTorch checkpoint (torch.load failed with {error!r}).") from error
-
+    checkpoint = safe_torch_load(
+        path,
+        _STAND_INS,
+        "is not an OpenAI dVAE checkpoint: it contains objects that are not part of `dall_e`'s Encoder/Decoder",
+    )
     if isinstance(checkpoint, PickledModule):
-        state_dict = _module_tensors(checkpoint)
+        state_dict = pickled_module_tensors(checkpoint)
     elif isinstance(checkpoint, dict) and all(
         isinstance(name, str) and isinstance(value, torch.Tensor) for name, value in checkpoint.items()
     ):
@@ -119,16 +71,6 @@ def load_openai_dvae_state_dict(path: str | os.PathLike) -> dict[str, torch.Tens
             f"(found {sorted(state_dict)[:5]}{' ...' if len(state_dict) > 5 else ''})."
         )
     return state_dict
-
-
-def _unpickling_reason(error: pickle.UnpicklingError) -> str:
-    # torch wraps the reason in advice to retry with weights_only=False or to allowlist the global, which is exactly
-    # what must not be done with an untrusted file: keep only the sentences that give the reason.
-    message = str(error).rpartition("WeightsUnpickler error:")[2]
-    advice = ("weights_only", "safe_globals", "documentation", "Weights only load failed", "trust", "still be loaded")
-    sentences = [" ".join(s.split()) for s in re.split(r"\n+|(?<=\.)\s+", message)]
-    reason = " ".join(s for s in sentences if s and not any(a in s for a in advice))
-    return reason or "It names classes or functions outside the allowlist."
 
 
 def _kind(state_dict: dict[str, torch.Tensor]) -> str:

@@ -13,62 +13,23 @@ layers), plus `quantize.proj` -> `gumbel_projection` for the Gumbel quantizer.
 """
 
 import os
-import pickle
 import re
-import zipfile
 
 import torch
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
-from .convert_openai_dvae import _stand_in, _unpickling_reason
-from .hub_utils import render_model_card, sha256_of
-from .models.dalle_vqgan import DalleVQGAN, DalleVQGANConfig
+from ..hub_utils import render_model_card, sha256_of
+from ..models.dalle_vqgan import DalleVQGAN, DalleVQGANConfig
+from ..version import __version__
+from .checkpoints import load_torch_checkpoint_state_dict
 
-
-# What a Lightning checkpoint of taming-transformers (pytorch-lightning 1.x) holds besides tensors, containers and
-# numbers: its `callbacks` entry is keyed by the ModelCheckpoint class itself. Only the name is read, nothing runs.
-LIGHTNING_GLOBALS = ("pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",)
-_LIGHTNING_STAND_INS = [_stand_in(name) for name in LIGHTNING_GLOBALS]
 
 # taming's model classes (the config's `model.target`) -> DalleVQGANConfig.quantizer
 TAMING_QUANTIZERS = {"taming.models.vqgan.GumbelVQ": "gumbel", "taming.models.vqgan.VQModel": "nearest"}
 
 RESNET_NAMES = {"nin_shortcut": "conv_shortcut"}
 ATTENTION_NAMES = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
-
-
-def load_torch_checkpoint_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """
-    The state dict of a `torch.save` file: a plain state dict, or the `state_dict` entry of a (Lightning) checkpoint.
-    Read with `weights_only=True` (only Lightning's ModelCheckpoint class name is allowed besides tensors and
-    containers) and memory-mapped when the file is a zip archive (torch >= 1.6), so tensors are read lazily.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Checkpoint not found: {path!r}.")
-    is_zip = zipfile.is_zipfile(path)
-    with open(path, "rb") as file:
-        if not is_zip and file.read(1) != pickle.PROTO:  # torch's legacy format: pickles, protocol >= 2
-            raise ValueError(f"{path!r} is not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle).")
-    try:
-        with torch.serialization.safe_globals(_LIGHTNING_STAND_INS):
-            # The legacy (pre-1.6) format cannot be memory-mapped; it is small enough to read whole.
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{path!r} holds objects other than tensors and a Lightning checkpoint's plain data, and is not loaded "
-            f"for safety. {_unpickling_reason(error)}"
-        ) from error
-    except Exception as error:
-        raise ValueError(f"{path!r} is not a PyTorch checkpoint (torch.load failed with {error!r}).") from error
-    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
-        checkpoint = checkpoint["state_dict"]
-    if not isinstance(checkpoint, dict) or not all(
-        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in checkpoint.items()
-    ):
-        raise ValueError(f"{path!r} is neither a state dict nor a checkpoint with a `state_dict` entry.")
-    return dict(checkpoint)
 
 
 def vqgan_config_from_taming(taming_config: dict, wavelet_decoder: bool = False) -> DalleVQGANConfig:
@@ -235,8 +196,6 @@ def vqgan_model_card(
 ) -> ModelCard:
     """The model card (`model_cards/dalle_vqgan.md`) of a converted VQGAN: architecture, usage, and the conversion's
     provenance (the `sources` files with their SHA-256, the `command` that ran). ruDALL-E's weights are Apache 2.0."""
-    from . import __version__  # the package's, once it is imported
-
     wavelet = model.config.wavelet_decoder
     return render_model_card(
         "dalle_vqgan",
@@ -257,7 +216,6 @@ def vqgan_model_card(
 
 __all__ = [
     "convert_sber_vqgan",
-    "load_torch_checkpoint_state_dict",
     "taming_to_dalle_vqgan_state_dict",
     "vqgan_config_from_taming",
     "vqgan_model_card",

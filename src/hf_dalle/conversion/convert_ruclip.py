@@ -3,9 +3,9 @@
 
 ruCLIP is OpenAI's CLIP layout (pre-LN transformers with QuickGELU, a ViT with a class token, linear projections
 without bias), which `CLIPModel` holds exactly: vision heads are `vision_width / 64`, and the text is pooled at the
-first EOS (id 3). Its tokenizer is a YouTokenToMe BPE model (converted by [`~hf_dalle.convert_yttm`]); ruCLIP's
-processor lowercases the text (without stripping it), cuts the ids to `context_length - 2`, then adds BOS (2) and EOS
-(3) and pads with 0: the converted tokenizer does the same with `truncation=True, padding="max_length"`.
+first EOS (id 3). Its tokenizer is a YouTokenToMe BPE model (converted by [`~hf_dalle.conversion.convert_yttm`]);
+ruCLIP's processor lowercases the text (without stripping it), cuts the ids to `context_length - 2`, then adds BOS (2)
+and EOS (3) and pads with 0: the converted tokenizer does the same with `truncation=True, padding="max_length"`.
 """
 
 import json
@@ -16,7 +16,7 @@ from tokenizers import normalizers, processors
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
 from transformers.image_utils import PILImageResampling
 
-from .convert_rudalle_vqgan import load_torch_checkpoint_state_dict
+from .checkpoints import load_torch_checkpoint_state_dict
 from .convert_yttm import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, UNK_TOKEN, convert_yttm_to_tokenizer, read_yttm_model
 
 

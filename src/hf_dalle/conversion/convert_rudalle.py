@@ -35,13 +35,14 @@ from safetensors.torch import save_file
 from tokenizers import Regex, normalizers, processors
 from transformers import GenerationConfig
 
+from ..io_utils import write_folder_atomically
+from ..models.dalle import DalleConfig, DalleForImageGeneration
+from ..pipelines import DallePipeline
+from ..tokenization_dalle import DalleTokenizer
+from .checkpoints import load_torch_checkpoint_state_dict
 from .convert_ruclip import convert_ruclip
-from .convert_rudalle_vqgan import convert_sber_vqgan, load_torch_checkpoint_state_dict
+from .convert_rudalle_vqgan import convert_sber_vqgan
 from .convert_yttm import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, convert_yttm_to_tokenizer, read_yttm_model
-from .models.dalle import DalleConfig, DalleForImageGeneration
-from .pipelines import DallePipeline
-from .tokenization_dalle import DalleTokenizer
-from .training.outputs import write_folder_atomically
 
 
 @dataclass(frozen=True)

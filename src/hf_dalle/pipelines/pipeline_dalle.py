@@ -474,9 +474,11 @@ class DallePipeline(DiffusionPipeline):
                 f"`callback_on_step_end_tensor_inputs` has to be in {self._callback_tensor_inputs}, but found {unknown}."
             )
 
-    def encode_prompt(self, prompts: list[str], negative_prompts: list[str] | None, do_guidance: bool):
+    def encode_prompt(
+        self, prompts: list[str], negative_prompts: list[str] | None, do_guidance: bool, device: torch.device = None
+    ):
         """The text part of the streams: caption ids `[P, max_text_length]`, and for guidance the unconditional
-        (negative prompt, or empty = all pads) ids of the same shape, else `None`."""
+        (negative prompt, or empty = all pads) ids of the same shape, else `None` (on `device`)."""
         max_length = self.transformer.config.max_text_length
         # As diffusers' pipelines do for CLIP's 77 tokens: say what was cut, since the image will not show it.
         for prompt in prompts:
@@ -487,18 +489,18 @@ class DallePipeline(DiffusionPipeline):
                     f"This prompt is {len(tokens)} tokens long but the model reads {max_length}; it is truncated and "
                     f"{cut!r} is ignored: {prompt!r}"
                 )
-        text_ids = self.tokenizer.encode_captions(prompts, max_length=max_length)
+        text_ids = self.tokenizer.encode_captions(prompts, max_length=max_length).to(device)
         if not do_guidance:
             return text_ids, None
         uncond_ids = self.tokenizer.encode_captions(negative_prompts or [""] * len(prompts), max_length=max_length)
-        return text_ids, uncond_ids
+        return text_ids, uncond_ids.to(device)
 
     def prepare_image_codes(
-        self, image, num_prime_rows: int, image_prompt_mask, num_prompts: int
+        self, image, num_prime_rows: int, image_prompt_mask, num_prompts: int, device: torch.device = None
     ) -> tuple[torch.LongTensor | None, torch.BoolTensor | None]:
         """The image codes kept when priming: the codes of `image` (one, or one per prompt) in raster order, `[P, G *
-        G]`, and where they are kept, `[P, G * G]` booleans: the first `num_prime_rows` rows, or `image_prompt_mask`
-        (`[G, G]` booleans, or one such grid per prompt). `(None, None)` without an image."""
+        G]` on `device`, and where they are kept, `[P, G * G]` booleans: the first `num_prime_rows` rows, or
+        `image_prompt_mask` (`[G, G]` booleans, or one such grid per prompt). `(None, None)` without an image."""
         if image is None:
             return None, None
         grid = self.transformer.config.image_grid_size
@@ -516,7 +518,7 @@ class DallePipeline(DiffusionPipeline):
                     f"`image_prompt_mask` must be {grid}x{grid} booleans (the code grid), or one such grid per prompt "
                     f"({num_prompts}), got shape {tuple(mask.shape)}."
                 )
-        return self.encode_image(image, num_prompts), mask.reshape(-1, grid * grid).expand(num_prompts, -1)
+        return self.encode_image(image, num_prompts).to(device), mask.reshape(-1, grid * grid).expand(num_prompts, -1)
 
     def encode_image(self, image, num_prompts: int) -> torch.LongTensor:
         """The image tokenizer's codes of `image` (one image for all prompts, or one per prompt), `[P, G * G]`."""
@@ -923,10 +925,10 @@ class DallePipeline(DiffusionPipeline):
         config = self.transformer.config
 
         # 2. Encode the prompts (and the unconditional captions for guidance), the priming image, CLIP's text side
-        text_ids, uncond_ids = self.encode_prompt(prompts, negative_prompts, self.do_classifier_free_guidance)
-        text_ids, uncond_ids = text_ids.to(device), uncond_ids.to(device) if uncond_ids is not None else None
-        image_codes, image_code_mask = self.prepare_image_codes(image, num_prime_rows, image_prompt_mask, len(prompts))
-        image_codes = image_codes.to(device) if image_codes is not None else None
+        text_ids, uncond_ids = self.encode_prompt(prompts, negative_prompts, self.do_classifier_free_guidance, device)
+        image_codes, image_code_mask = self.prepare_image_codes(
+            image, num_prime_rows, image_prompt_mask, len(prompts), device
+        )
         text_embeds = self.clip_text_embeds(prompts) if rerank == "clip" else None
 
         # 3. Prepare the logits processors

@@ -1,6 +1,6 @@
 """DallePipeline: caption in, CLIP-reranked images out (DALL-E, Ramesh et al. 2021, section 2.5)."""
 
-import functools
+import inspect
 import json
 import numbers
 import os
@@ -146,9 +146,10 @@ class FixedImageCodesLogitsProcessor(LogitsProcessor):
 
 class BestCandidates:
     """
-    The candidate engine's memory: each prompt's best `keep` candidates so far, merged chunk after chunk so that memory
-    stays bounded for any number of candidates. It holds, on the CPU, prompt after prompt and each prompt's best first,
-    their `prompt_index`, `candidate_index` (within the prompt), image `codes` (`[n, num_codes]`) and `scores`.
+    Each prompt's best `keep` candidates so far, merged chunk after chunk so that memory stays bounded for any number of
+    candidates (the pipeline's, and through it the web app's and `scripts/generate.py`'s). It holds, on the CPU, prompt
+    after prompt and each prompt's best first, their `prompt_index`, `candidate_index` (within the prompt), image
+    `codes` (`[n, num_codes]`) and `scores`.
 
     `descending=True` ranks by score, highest first (CLIP); `False`, lowest first (perplexity); ties stay in sampling
     order. `descending=None` keeps the first candidates in sampling order, without scores.
@@ -180,11 +181,11 @@ class BestCandidates:
             order = torch.sort(scores, descending=self.descending, stable=True).indices
         order = order[torch.sort(prompt_index[order], stable=True).indices]  # prompt after prompt, best first
         grouped = prompt_index[order]
-        rank = torch.arange(len(order)) - torch.searchsorted(grouped, grouped)  # within its prompt
-        order = order[rank < self.keep]
-        self.prompt_index, self.candidate_index, self.codes = prompt_index[order], candidate_index[order], codes[order]
+        rank_in_prompt = torch.arange(len(order)) - torch.searchsorted(grouped, grouped)
+        kept = order[rank_in_prompt < self.keep]
+        self.prompt_index, self.candidate_index, self.codes = prompt_index[kept], candidate_index[kept], codes[kept]
         if self.descending is not None:
-            self.scores = scores[order]
+            self.scores = scores[kept]
 
 
 class DallePipeline(DiffusionPipeline):
@@ -978,11 +979,16 @@ class DallePipeline(DiffusionPipeline):
             output = DallePipelineOutput(images, scores, candidate_indices=best.candidate_index.tolist())
         yield DallePipelineProgress(num_sampled, num_rows, output)
 
-    @functools.wraps(generate_progressively, assigned=("__doc__",))
     def __call__(self, *args, **kwargs) -> DallePipelineOutput | tuple:
         for progress in self.generate_progressively(*args, **kwargs):
             pass
         return progress.output
+
+    # Documented and introspected (diffusers' pipeline tests read its signature) with the arguments it passes on.
+    __call__.__doc__ = generate_progressively.__doc__
+    __call__.__signature__ = inspect.signature(generate_progressively).replace(
+        return_annotation=DallePipelineOutput | tuple
+    )
 
 
 __all__ = ["BestCandidates", "DallePipeline", "DallePipelineOutput", "DallePipelineProgress"]

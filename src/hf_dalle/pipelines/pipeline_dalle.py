@@ -627,7 +627,7 @@ class DallePipeline(DiffusionPipeline):
                     text_ids[prompt_index],
                     uncond_ids[prompt_index] if uncond_ids is not None else None,
                     primed,
-                    self.draw_uniforms(generators[rows[0] : rows[-1] + 1], num_steps),
+                    self.draw_uniforms(generators[first_row : first_row + len(rows)], num_steps),
                     chunk_processor,
                     progress_bar,
                     first_step=first_row // candidate_batch_size * num_steps,

@@ -692,9 +692,8 @@ class DallePipeline(DiffusionPipeline):
             if step + 1 < num_steps:
                 step_ids = codes[:, -1:] + config.text_vocab_size  # the newest codes as stream ids
                 step_ids = torch.cat([step_ids, step_ids]) if uncond_ids is not None else step_ids
-                logits = self.transformer(step_ids, cache=cache, use_cache=True).logits[
-                    :, -1, config.text_vocab_size :
-                ]
+                logits = self.transformer(step_ids, cache=cache, use_cache=True).logits
+                logits = logits[:, -1, config.text_vocab_size :]
         if non_finite.any():
             raise ValueError(
                 f"Sampling met non-finite probabilities (NaN or infinite logits) at step {int(non_finite.nonzero()[0])}: "

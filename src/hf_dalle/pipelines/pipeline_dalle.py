@@ -201,7 +201,7 @@ class DallePipeline(DiffusionPipeline):
         clip_model ([`~transformers.CLIPModel`], *optional*): scores candidates against their caption.
         clip_processor ([`~transformers.CLIPProcessor`], *optional*): tokenizer + image processor for `clip_model`.
         default_guidance_scale (`float`, defaults to 1.0): the guidance scale of calls that do not name one, saved in
-            `model_index.json`: a trained pipeline can ship the setting it was evaluated with (the demo model: 3).
+            `model_index.json`: a trained pipeline can ship the setting it was evaluated with (the demo model: 2).
         clip_prompt_templates (`list[str]`, *optional*): CLIP scores against the mean text embedding of the prompt put
             in each template (`"фото, на котором изображено {}"`, ...: a converted ruDALL-E with ruCLIP ships ruCLIP's
             six), saved in `model_index.json`; by default the prompt alone.

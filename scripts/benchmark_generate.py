@@ -5,8 +5,8 @@ timed in one process (interleaved medians, see `_benchmark_utils.py`; one torch 
     python scripts/benchmark_generate.py --output benchmarks/generate_cpu_demo_model
 
 - `pipeline`: `pipe(captions, num_candidates=N, candidate_batch_size=B, generator=[one per candidate])`;
-- `generate.py`: its sampling loop (`generate_captions`: batches of (caption, candidate) rows, each caption's best
-  kept) and its writes (`write_caption`: the PNGs, atomically, and the manifest records), into a fresh folder.
+- `generate.py`: its sampling loop (`generate_captions`: pipeline calls on groups of captions whose candidates fill
+  whole batches) and its writes (`write_caption`: the PNGs, atomically, and the manifest records), into a fresh folder.
 
 Target: generate.py within 10% of the pipeline (ratio <= 1.10).
 """

@@ -28,8 +28,8 @@ there are few candidates) and only each caption's best images are kept.
 
 import argparse
 import hashlib
-import itertools
 import json
+import math
 import os
 import random
 import sys
@@ -165,37 +165,35 @@ def candidate_seed(seed: int, caption_index: int, candidate_index: int) -> int:
 
 
 def generate_captions(pipe: DallePipeline, items: list[tuple[int, str]], args):
-    """Yield `(caption_index, best)` for each `(caption_index, caption)` of `items` as soon as all its candidates are
-    scored; `best` is a list of `(candidate, seed, image, clip_score)`, best first (by CLIP score, ties in candidate
-    order as the pipeline ranks them; the first candidates without a CLIP model).
+    """Yield `(caption_index, best)` for each `(caption_index, caption)` of `items` as soon as its group of captions is
+    done; `best` is a list of `(candidate, seed, image, clip_score)`, best first (by CLIP score, ties in candidate order;
+    the first candidates without a CLIP model), as the pipeline ranks them.
 
-    The pipeline is called on batches of `candidate_batch_size` (caption, candidate) rows, each row a prompt with one
-    candidate and its own generator: a batch may span captions, and the pipeline's per-candidate generators make each
-    image independent of the batching."""
-    rows = ((index, caption, k) for index, caption in items for k in range(args.num_candidates))  # lazily: any N
-    kept: dict[int, list] = {}
-    while batch := list(itertools.islice(rows, args.candidate_batch_size)):
-        seeds = [candidate_seed(args.seed, index, k) for index, _, k in batch]
+    The pipeline is called on groups of captions whose candidates fill whole batches of `candidate_batch_size` (rows of
+    several captions together when there are few candidates), each candidate with its own generator: the pipeline's
+    per-candidate generators make each image independent of the grouping and batching."""
+    num_candidates, batch_size = args.num_candidates, args.candidate_batch_size
+    group_size = batch_size // math.gcd(batch_size, num_candidates)  # captions whose candidates fill whole batches
+    for start in range(0, len(items), group_size):
+        group = items[start : start + group_size]
+        seeds = [[candidate_seed(args.seed, index, k) for k in range(num_candidates)] for index, _ in group]
         output = pipe(
-            [caption for _, caption, _ in batch],
+            [caption for _, caption in group],
             negative_prompt=args.negative_prompt,
-            num_candidates=1,
-            num_images_per_prompt=1,
+            num_candidates=num_candidates,
+            num_images_per_prompt=args.num_images_per_prompt,
             temperature=args.temperature,
             top_k=args.top_k,
             top_p=args.top_p,
             guidance_scale=args.guidance_scale,
-            generator=[torch.Generator().manual_seed(s) for s in seeds],
-            candidate_batch_size=len(batch),
+            generator=[torch.Generator().manual_seed(seed) for caption_seeds in seeds for seed in caption_seeds],
+            candidate_batch_size=batch_size,
         )
-        scores = output.scores if output.scores is not None else [None] * len(batch)
-        for (index, _, k), seed, image, score in zip(batch, seeds, output.images, scores):
-            candidates = kept.setdefault(index, []) + [(k, seed, image, score)]
-            if score is not None:  # stable: equal scores keep candidate order
-                candidates.sort(key=lambda candidate: -candidate[3])
-            kept[index] = candidates[: args.num_images_per_prompt]
-            if k == args.num_candidates - 1:
-                yield index, kept.pop(index)
+        scores = output.scores if output.scores is not None else [None] * len(output.images)
+        kept = zip(output.candidate_indices, output.images, scores)
+        for (index, _), caption_seeds in zip(group, seeds):
+            best = [next(kept) for _ in range(args.num_images_per_prompt)]
+            yield index, [(candidate, caption_seeds[candidate], image, score) for candidate, image, score in best]
 
 
 def read_parts(parts_dir: Path) -> dict[int, dict]:

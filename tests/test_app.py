@@ -149,10 +149,15 @@ def test_served_app_queues_reports_progress_and_survives_bad_requests(pipe, monk
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     batches = []  # the caption of each batch of candidates, in the order they are sampled
-    sample = type(pipe).__call__
-    monkeypatch.setattr(
-        type(pipe), "__call__", lambda self, prompt, **kwargs: batches.append(prompt) or sample(self, prompt, **kwargs)
-    )
+    generate_progressively = type(pipe).generate_progressively
+
+    def recording(self, prompt, **kwargs):
+        for progress in generate_progressively(self, prompt, **kwargs):
+            if progress.output is None:  # after a batch
+                batches.append(prompt)
+            yield progress
+
+    monkeypatch.setattr(type(pipe), "generate_progressively", recording)
     # Each code takes a few ms more: the progress between two batches' updates lasts long enough to be seen on a busy
     # machine (the status shows the batch updates in between).
     hook = pipe.transformer.register_forward_pre_hook(lambda *_: time.sleep(0.005))
@@ -165,7 +170,8 @@ def test_served_app_queues_reports_progress_and_survives_bad_requests(pipe, monk
         out_of_range = _post(f"http://127.0.0.1:{port}/gradio_api", "a red circle", num_candidates=100_000)
         assert out_of_range.status_code == 400 and "greater than maximum value 512" in out_of_range.text
 
-        # Live progress: the pipeline's tqdm bar, one step per sampled code (4 batches of 8 candidates x 16 codes).
+        # Live progress: the pipeline's tqdm bar, one step per sampled code (4 batches of 8 candidates x 16 codes), over
+        # the whole request.
         job = client.submit("a red circle", "", 32, 3, 1.0, 1.0, 0, 0, api_name="/generate")
         second = client.submit("a blue square", "", 32, 2, 1.0, 1.0, 0, 0, api_name="/generate")
         progress = set()
@@ -177,7 +183,7 @@ def test_served_app_queues_reports_progress_and_survives_bad_requests(pipe, monk
         assert len(gallery) == 3 and gallery[0]["caption"].startswith("#1 · CLIP score ")
         assert status.startswith("Sampled 32 candidates in ")
         assert len(second.result()[0]) == 2
-        assert progress and {length for _, length, _ in progress} == {16}  # each batch of 8 candidates: 16 codes
+        assert progress and {length for _, length, _ in progress} == {4 * 16}
         assert {unit for _, _, unit in progress} == {"steps"}
 
         # One request at a time on the one pipeline: the two requests' batches never interleave (the two posts may

@@ -2,6 +2,7 @@
 wrapped by `torch.compile`, the example docstring of `__call__`, and model card templates inside the wheel."""
 
 import doctest
+import inspect
 import json
 import os
 import shutil
@@ -116,8 +117,8 @@ def test_bad_callback_outputs_raise(pipe):
         candidates(pipe, n=1, callback_on_step_end=lambda *args: None)
     with pytest.raises(ValueError, match=r"`codes` returned by `callback_on_step_end` must be .* values in \[0, 32\)"):
         candidates(pipe, n=1, callback_on_step_end=lambda p, s, t, kwargs: {"codes": kwargs["codes"] + 100})
-    with pytest.raises(ValueError, match=r"callback_on_step_end_tensor_inputs` has to be in \['codes', 'logits'\]"):
-        candidates(pipe, n=1, callback_on_step_end=lambda *args: {}, callback_on_step_end_tensor_inputs=["latents"])
+    with pytest.raises(ValueError, match=r"has to be in \['latents', 'codes', 'logits'\], but found \['noise'\]"):
+        candidates(pipe, n=1, callback_on_step_end=lambda *args: {}, callback_on_step_end_tensor_inputs=["noise"])
 
 
 def test_interrupt_returns_the_candidates_finished_before(pipe):
@@ -170,6 +171,113 @@ def test_pipeline_callbacks_name_their_tensor_inputs(pipe):
     images = candidates(pipe, n=3, candidate_batch_size=1, callback_on_step_end=MultiPipelineCallbacks([record, stop]))
     assert record.seen == [["codes", "logits"]] * GRID_CODES
     torch.testing.assert_close(images, candidates(pipe, n=1))
+
+
+def test_latents_are_the_codes_under_diffusers_name(pipe):
+    seen = []
+
+    def zero_the_newest_latent(pipeline, step, timestep, callback_kwargs):
+        assert callback_kwargs["latents"] is callback_kwargs["codes"]
+        seen.append(callback_kwargs["latents"].shape)
+        latents = callback_kwargs["latents"].clone()
+        latents[:, -1] = 0
+        return {**callback_kwargs, "latents": latents}
+
+    images = candidates(
+        pipe, n=2, callback_on_step_end=zero_the_newest_latent, callback_on_step_end_tensor_inputs=["latents", "codes"]
+    )
+    assert seen == [(2, timestep + 1) for timestep in range(GRID_CODES)]
+    torch.testing.assert_close(images, decode(pipe, torch.zeros(2, GRID_CODES, dtype=torch.long)))
+
+
+# diffusers' own callback tests, `PipelineTesterMixin.test_callback_inputs` and `test_callback_cfg` in diffusers'
+# tests/pipelines/test_pipelines_common.py (not in the diffusers wheel), reproduced here on the tiny pipeline: their
+# dummy components and inputs, the same callbacks and the same assertions.
+
+
+def dummy_inputs() -> dict:
+    return {"prompt": "a red circle", "num_candidates": 2, "generator": torch.Generator().manual_seed(0)}
+
+
+def test_diffusers_callback_inputs(pipe):
+    parameters = inspect.signature(DallePipeline.__call__).parameters
+    assert "callback_on_step_end" in parameters and "callback_on_step_end_tensor_inputs" in parameters
+
+    def callback_inputs_subset(pipeline, i, t, callback_kwargs):
+        assert all(name in pipeline._callback_tensor_inputs for name in callback_kwargs)
+        return callback_kwargs
+
+    def callback_inputs_all(pipeline, i, t, callback_kwargs):
+        assert all(name in callback_kwargs for name in pipeline._callback_tensor_inputs)
+        assert all(name in pipeline._callback_tensor_inputs for name in callback_kwargs)
+        return callback_kwargs
+
+    def callback_inputs_change_tensor(pipeline, i, t, callback_kwargs):
+        if i == pipeline.num_timesteps - 1:
+            callback_kwargs["latents"] = torch.zeros_like(callback_kwargs["latents"])
+        return callback_kwargs
+
+    for callback, tensor_inputs in [
+        (callback_inputs_subset, ["latents"]),
+        (callback_inputs_all, pipe._callback_tensor_inputs),
+        (callback_inputs_change_tensor, pipe._callback_tensor_inputs),
+    ]:
+        output = pipe(
+            **dummy_inputs(),
+            callback_on_step_end=callback,
+            callback_on_step_end_tensor_inputs=tensor_inputs,
+            output_type="latent",
+        )[0]
+    assert output.abs().sum() == 0
+
+
+def test_diffusers_callback_cfg(pipe):
+    parameters = inspect.signature(DallePipeline.__call__).parameters
+    assert "guidance_scale" in parameters and hasattr(pipe, "_callback_tensor_inputs")
+
+    def callback_increase_guidance(pipeline, i, t, callback_kwargs):
+        pipeline._guidance_scale += 1.0
+        return callback_kwargs
+
+    inputs = {**dummy_inputs(), "guidance_scale": 2.0}
+    pipe(
+        **inputs,
+        callback_on_step_end=callback_increase_guidance,
+        callback_on_step_end_tensor_inputs=pipe._callback_tensor_inputs,
+    )
+    # Once per decode step of the whole call: one chunk of 2 candidates, 16 codes each.
+    assert pipe.num_timesteps == GRID_CODES
+    assert pipe.guidance_scale == inputs["guidance_scale"] + pipe.num_timesteps
+    # Over several chunks too: the steps of all chunks.
+    pipe(**inputs, candidate_batch_size=1, callback_on_step_end=callback_increase_guidance)
+    assert pipe.num_timesteps == 2 * GRID_CODES
+    assert pipe.guidance_scale == inputs["guidance_scale"] + pipe.num_timesteps
+
+
+def test_a_callback_sets_the_guidance_of_the_steps_that_follow(pipe):
+    seen = []
+
+    def guidance_off(pipeline, step, timestep, callback_kwargs):
+        pipeline._guidance_scale = 1.0  # as diffusers' CFG cutoff callbacks do (with 0)
+        seen.append({name: tensor.clone() for name, tensor in callback_kwargs.items()})
+        return callback_kwargs
+
+    candidates(
+        pipe, n=2, guidance_scale=4.0, callback_on_step_end=guidance_off,
+        callback_on_step_end_tensor_inputs=["codes", "logits"],
+    )  # fmt: skip
+    text_ids = pipe.tokenizer.encode_captions(["a red circle"] * 2, max_length=8)
+
+    def conditional_logits(codes):
+        with torch.no_grad():
+            logits = pipe.transformer(pipe.transformer.prepare_input_ids(text_ids, codes)).logits
+        return logits[:, -1, pipe.transformer.config.text_vocab_size :]
+
+    # The first code was drawn with guidance; from the second on, from the conditional logits alone.
+    assert not torch.allclose(seen[0]["logits"], conditional_logits(seen[0]["codes"][:, :0]), atol=1e-3)
+    for step in (1, 7):
+        codes = seen[step]["codes"]
+        torch.testing.assert_close(seen[step]["logits"], conditional_logits(codes[:, :-1]), atol=1e-5, rtol=1e-5)
 
 
 def compiled_components(pipe) -> dict:

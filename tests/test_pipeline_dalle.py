@@ -8,6 +8,7 @@ import torch
 
 from hf_dalle import DallePipeline
 from hf_dalle.cli import main as cli_main
+from hf_dalle.pipelines.pipeline_dalle import BestCandidates
 from hf_dalle.testing_utils import make_tiny_pipeline
 
 
@@ -94,6 +95,67 @@ def test_rerank_order_is_clip_score_order(pipe):
     assert out.scores == sorted(out.scores, reverse=True)
 
 
+def test_latent_output_and_candidate_indices_name_the_returned_candidates(pipe):
+    candidates = all_candidates(pipe, "a blue square", seeded(6))
+    kwargs = {"num_candidates": 6, "num_images_per_prompt": 3, "candidate_batch_size": 4}
+    out = pipe("a blue square", generator=seeded(6), output_type="pt", **kwargs)
+    torch.testing.assert_close(out.images, candidates[out.candidate_indices])
+    assert len(set(out.candidate_indices)) == 3
+    latent = pipe("a blue square", generator=seeded(6), output_type="latent", **kwargs)
+    assert latent.images.dtype == torch.long and latent.images.shape == (3, 4, 4)
+    assert latent.scores == out.scores and latent.candidate_indices == out.candidate_indices
+    torch.testing.assert_close(pipe.vae.decode(latent.images).sample, out.images)
+
+
+def test_best_candidates_merged_chunk_by_chunk_are_the_best_of_all():
+    generator = torch.Generator().manual_seed(0)
+    prompt_index = torch.arange(3).repeat_interleave(7)  # 3 prompts x 7 candidates, prompt after prompt
+    candidate_index = torch.arange(7).repeat(3)
+    codes = torch.randint(0, 32, (21, 16), generator=generator)
+    scores = torch.randint(0, 4, (21,), generator=generator).float()  # many ties
+    for descending in (True, False, None):
+        best = BestCandidates(keep=3, descending=descending, num_codes=16)
+        for start in range(0, 21, 5):  # chunks that span prompts
+            chunk = slice(start, start + 5)
+            best.add(
+                prompt_index[chunk],
+                candidate_index[chunk],
+                codes[chunk],
+                scores[chunk] if descending is not None else None,
+            )
+        expected = []
+        for prompt in range(3):
+            rows = (prompt_index == prompt).nonzero()[:, 0]
+            if descending is not None:  # ties in sampling order
+                rows = rows[torch.sort(scores[rows], descending=descending, stable=True).indices]
+            expected += rows[:3].tolist()
+        assert best.prompt_index.tolist() == prompt_index[expected].tolist()
+        assert best.candidate_index.tolist() == candidate_index[expected].tolist()
+        assert torch.equal(best.codes, codes[expected])
+        assert best.scores is None if descending is None else torch.equal(best.scores, scores[expected])
+
+
+def test_generate_progressively_yields_after_each_chunk_then_the_output(pipe):
+    kwargs = {"num_candidates": 5, "num_images_per_prompt": 2, "candidate_batch_size": 3, "output_type": "pt"}
+    prompts = ["a red circle", "a blue square"]
+    steps = list(pipe.generate_progressively(prompts, generator=seeded(10), **kwargs))
+    assert [(p.num_sampled, p.num_candidates) for p in steps] == [(3, 10), (6, 10), (9, 10), (10, 10), (10, 10)]
+    assert all(p.output is None for p in steps[:-1])
+    expected = pipe(prompts, generator=seeded(10), **kwargs)
+    torch.testing.assert_close(steps[-1].output.images, expected.images)
+    assert steps[-1].output.scores == expected.scores
+    assert steps[-1].output.candidate_indices == expected.candidate_indices
+    # Interrupted between two chunks: the best of the candidates sampled by then.
+    steps = pipe.generate_progressively("a red circle", generator=seeded(5), **kwargs)
+    assert next(steps).num_sampled == 3
+    pipe._interrupt = True
+    last = next(steps)
+    assert last.num_sampled == 3
+    first_three = pipe("a red circle", generator=seeded(3), **{**kwargs, "num_candidates": 3})
+    torch.testing.assert_close(last.output.images, first_three.images)
+    assert last.output.scores == first_three.scores
+
+
 def test_without_clip_returns_first_candidates_with_warning(pipe, caplog):
     plain = without_clip(pipe)
     candidates = all_candidates(pipe, "a red circle", seeded(4))
@@ -128,6 +190,14 @@ def test_guidance_with_prompt_as_negative_equals_no_guidance(pipe):
     assert not torch.allclose(unconditional, plain)
 
 
+def test_one_negative_prompt_for_every_prompt(pipe):
+    prompts = ["a red circle", "a blue square"]
+    kwargs = {"num_candidates": 2, "num_images_per_prompt": 2, "guidance_scale": 3.0, "output_type": "pt"}
+    one = pipe(prompts, negative_prompt="a green triangle", generator=seeded(4), **kwargs).images
+    each = pipe(prompts, negative_prompt=["a green triangle"] * 2, generator=seeded(4), **kwargs).images
+    torch.testing.assert_close(one, each)
+
+
 def test_guidance_scale_one_equals_no_guidance(pipe):
     torch.testing.assert_close(
         all_candidates(pipe, "a green triangle", seeded(3), guidance_scale=1.0, negative_prompt="a red circle"),
@@ -159,23 +229,24 @@ def test_default_guidance_scale_is_saved_and_used(pipe, tmp_path):
         DallePipeline(**pipe.components, default_guidance_scale=0.5)
 
 
-def test_priming_keeps_the_top_rows(pipe, monkeypatch):
+def test_priming_keeps_the_top_rows(pipe):
     image = torch.rand(3, 32, 32)
     primed_codes = pipe.vae.encode(image[None]).indices[0, :2]
-    decoded = []
-    original_decode = pipe.decode
-    monkeypatch.setattr(pipe, "decode", lambda codes: decoded.append(codes.view(-1, 4, 4)) or original_decode(codes))
-    pipe("a red circle", num_candidates=5, generator=seeded(5), image=image, num_prime_rows=2)
-    codes = torch.cat(decoded)
-    assert codes.shape == (5, 4, 4)
-    assert (codes[:, :2] == primed_codes).all()
-    assert len({tuple(c[2:].flatten().tolist()) for c in codes}) > 1  # the rest is sampled
+
+    def codes(image, num_prime_rows, n):
+        return pipe(
+            "a red circle", num_candidates=n, num_images_per_prompt=n, generator=seeded(n), image=image,
+            num_prime_rows=num_prime_rows, output_type="latent",
+        ).images  # fmt: skip
+
+    primed = codes(image, 2, 5)
+    assert primed.shape == (5, 4, 4)
+    assert (primed[:, :2] == primed_codes).all()
+    assert len({tuple(c[2:].flatten().tolist()) for c in primed}) > 1  # the rest is sampled
     # A PIL image works the same way.
-    decoded.clear()
     pil = PIL.Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-    pipe("a red circle", num_candidates=2, generator=seeded(2), image=pil, num_prime_rows=1)
     pil_codes = pipe.vae.encode(torch.from_numpy(np.asarray(pil) / 255).permute(2, 0, 1)[None].float()).indices[0, :1]
-    assert (torch.cat(decoded)[:, :1] == pil_codes).all()
+    assert (codes(pil, 1, 2)[:, :1] == pil_codes).all()
 
 
 def test_save_load_round_trip(pipe, tmp_path):
@@ -220,7 +291,7 @@ def test_push_to_hub_and_load_by_id(pipe, hub_server, tmp_path):
         ({"prompt": "a red circle", "image": torch.rand(3, 64, 64), "num_prime_rows": 1}, "must be 32x32"),
         ({"prompt": "a red circle", "image": torch.rand(3, 32, 32), "num_prime_rows": 4}, "num_prime_rows"),
         ({"prompt": "a red circle", "num_prime_rows": 1}, "needs an `image`"),
-        ({"prompt": "a red circle", "output_type": "latent"}, "output_type"),
+        ({"prompt": "a red circle", "output_type": "png"}, "`output_type` must be 'pil', 'np', 'pt' or 'latent'"),
         ({"prompt": ["a", "b"], "negative_prompt": ["x"]}, "one per prompt"),
     ],
 )

@@ -15,6 +15,7 @@ most `MAX_UPLOAD_SIZE` (the app takes none; Gradio's upload route is open); the 
 galleries deleted after `CACHE_SECONDS`.
 """
 
+import contextlib
 import os
 import reprlib
 import threading
@@ -151,10 +152,11 @@ def generate_images_progressively(
     max_seconds: float = MAX_REQUEST_SECONDS,
 ) -> Iterator[tuple[list[tuple] | None, str]]:
     """
-    Run `pipeline` for one caption with the page's settings, `candidate_batch_size` candidates at a time, yielding
-    `(None, status)` after each batch but the last and finally `(gallery, status)`: the gallery is `(image, caption)`
-    pairs, best first, captioned with rank and CLIP score. Gradio stops iterating when the client goes away, so the
-    remaining batches are not sampled; after `max_seconds` the best candidates so far are shown.
+    Run `pipeline` for one caption with the page's settings, `candidate_batch_size` candidates at a time (one
+    `pipeline.generate_progressively` call), yielding `(None, status)` after each batch but the last and finally
+    `(gallery, status)`: the gallery is `(image, caption)` pairs, best first, captioned with rank and CLIP score. Gradio
+    stops iterating when the client goes away, so the remaining batches are not sampled; after `max_seconds` the best
+    candidates so far are shown.
 
     Bad input raises `gr.Error`, which Gradio shows in the page while the server keeps serving.
     """
@@ -170,42 +172,37 @@ def generate_images_progressively(
     # whichever batch a candidate is sampled in.
     generators = [torch.Generator().manual_seed(seed + i) for i in range(num_candidates)]
     start = time.perf_counter()
-    best: list[tuple[float | None, object]] = []  # (CLIP score, image), best first
-    sampled = 0
-    while sampled < num_candidates:
-        batch = min(candidate_batch_size, num_candidates - sampled)
+    steps = pipeline.generate_progressively(
+        prompt,
+        negative_prompt=negative_prompt or None,
+        num_candidates=num_candidates,
+        num_images_per_prompt=num_images,
+        temperature=float(temperature),
+        top_k=top_k or None,
+        guidance_scale=None if guidance_scale is None else float(guidance_scale),  # None: the pipeline's default
+        generator=generators,
+        candidate_batch_size=candidate_batch_size,
+    )
+    with contextlib.closing(steps):  # closed with this generator (the client went away): no more batches are sampled
         try:
-            output = pipeline(
-                prompt,
-                negative_prompt=negative_prompt or None,
-                num_candidates=batch,
-                num_images_per_prompt=min(num_images, batch),
-                temperature=float(temperature),
-                top_k=top_k or None,
-                guidance_scale=None if guidance_scale is None else float(guidance_scale),  # None: pipeline's default
-                generator=generators[sampled : sampled + batch],
-                candidate_batch_size=batch,
-            )
+            for progress in steps:
+                seconds = time.perf_counter() - start
+                if progress.output is not None or progress.num_sampled == num_candidates:
+                    continue
+                if seconds > max_seconds:
+                    pipeline._interrupt = True  # no further batch: the pipeline returns the best so far
+                    continue
+                yield None, f"Sampled {progress.num_sampled} of {num_candidates} candidates in {seconds:.1f} s..."
         except ValueError as error:  # the pipeline's own input checks (temperature, guidance scale, ...)
             raise gr.Error(str(error)) from error
-        sampled += batch
-        scores = output.scores if output.scores is not None else [None] * len(output.images)
-        best.extend(zip(scores, output.images))
-        if output.scores is not None:
-            best.sort(key=lambda pair: -pair[0])  # stable: equal scores keep the candidates' order
-        best = best[:num_images]
-        seconds = time.perf_counter() - start
-        if sampled < num_candidates:
-            if seconds > max_seconds:
-                break
-            yield None, f"Sampled {sampled} of {num_candidates} candidates in {seconds:.1f} s..."
-
+    output, sampled = progress.output, progress.num_sampled
     if output.scores is None:
-        gallery = [(image, f"#{rank} (no CLIP model: not reranked)") for rank, (_, image) in enumerate(best, 1)]
+        gallery = [(image, f"#{rank} (no CLIP model: not reranked)") for rank, image in enumerate(output.images, 1)]
     else:
-        gallery = [(image, f"#{rank} · CLIP score {score:.3f}") for rank, (score, image) in enumerate(best, 1)]
+        ranked = enumerate(zip(output.images, output.scores), 1)
+        gallery = [(image, f"#{rank} · CLIP score {score:.3f}") for rank, (image, score) in ranked]
     kept = "best by CLIP score" if output.scores is not None else "first (no CLIP model to rerank)"
-    status = f"Sampled {sampled} candidates in {seconds:.1f} s; showing the {len(best)} {kept}."
+    status = f"Sampled {sampled} candidates in {seconds:.1f} s; showing the {len(gallery)} {kept}."
     if sampled < num_candidates:
         status += f" Stopped at the time limit of {max_seconds:g} s per request, before {num_candidates}."
     note = _caption_note(prompt)

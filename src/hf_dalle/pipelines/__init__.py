@@ -1,1 +1,1 @@
-from .pipeline_dalle import DallePipeline, DallePipelineOutput
+from .pipeline_dalle import DallePipeline, DallePipelineOutput, DallePipelineProgress

@@ -1,9 +1,10 @@
 """DallePipeline: caption in, CLIP-reranked images out (DALL-E, Ramesh et al. 2021, section 2.5)."""
 
+import inspect
 import json
 import numbers
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +18,6 @@ from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from diffusers.utils.torch_utils import is_compiled_module
 from huggingface_hub import hf_hub_download, snapshot_download
 from transformers import (
-    ClassifierFreeGuidanceLogitsProcessor,
     CLIPModel,
     CLIPProcessor,
     LogitsProcessor,
@@ -96,33 +96,93 @@ class DallePipelineOutput(BaseOutput):
     Args:
         images (`list[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`):
             `num_images_per_prompt` images for each prompt, prompt after prompt, each prompt's best first.
-            NumPy arrays are `(n, height, width, 3)` floats in [0, 1]; tensors are `(n, 3, height, width)`.
+            NumPy arrays are `(n, height, width, 3)` floats in [0, 1]; tensors are `(n, 3, height, width)`; with
+            `output_type="latent"`, the image codes, `(n, grid, grid)` integers (`pipe.vae.decode` draws them).
         scores (`list[float]` or `None`):
             The CLIP score (cosine similarity of the projected image and caption embeddings) of each returned image,
             or its perplexity with `rerank="perplexity"`; `None` when the candidates were not reranked (no CLIP model
             and no `rerank`: then the images are the first candidates).
+        candidate_indices (`list[int]`, *optional*):
+            Which candidate of its prompt each image is: `i` was drawn from the prompt's `i`-th generator.
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     scores: list[float] | None
+    candidate_indices: list[int] | None = None
+
+
+@dataclass
+class DallePipelineProgress:
+    """
+    What [`DallePipeline.generate_progressively`] yields: after each chunk of candidates, how many of all the prompts'
+    candidates are sampled and scored; last, with `output` set, what the pipeline call returns.
+    """
+
+    num_sampled: int
+    num_candidates: int
+    output: DallePipelineOutput | tuple | None = None
 
 
 class FixedImageCodesLogitsProcessor(LogitsProcessor):
     """
     Image prompts at any grid positions (ruDALL-E's `ImagePrompts`, e.g. its borders): where `mask` (`[B, G * G]`,
     raster order) is set, only the prompt's code (`codes`, `[B, G * G]`) can be drawn next. Works on the image-vocabulary
-    scores of [`DallePipeline.sample_codes`] (`input_ids`: the streams so far, text then codes).
+    scores of [`DallePipeline.sample_codes`] (`input_ids`: the image codes so far).
     """
 
-    def __init__(self, codes: torch.LongTensor, mask: torch.BoolTensor, text_length: int):
-        self.codes, self.mask, self.text_length = codes, mask, text_length
+    def __init__(self, codes: torch.LongTensor, mask: torch.BoolTensor):
+        self.codes, self.mask = codes, mask
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        index = input_ids.shape[1] - self.text_length  # raster index of the code drawn next
+        index = input_ids.shape[1]  # raster index of the code drawn next
         forced = self.mask[:, index].to(scores.device)
         only_prompt_code = torch.full_like(scores, -float("inf"))
         only_prompt_code.scatter_(1, self.codes[:, index : index + 1].to(scores.device), 0.0)
         return torch.where(forced[:, None], only_prompt_code, scores)
+
+
+class BestCandidates:
+    """
+    Each prompt's best `keep` candidates so far, merged chunk after chunk so that memory stays bounded for any number of
+    candidates (the pipeline's, and through it the web app's and `scripts/generate.py`'s). It holds, on the CPU, prompt
+    after prompt and each prompt's best first, their `prompt_index`, `candidate_index` (within the prompt), image
+    `codes` (`[n, num_codes]`) and `scores`.
+
+    `descending=True` ranks by score, highest first (CLIP); `False`, lowest first (perplexity); ties stay in sampling
+    order. `descending=None` keeps the first candidates in sampling order, without scores.
+    """
+
+    def __init__(self, keep: int, descending: bool | None, num_codes: int):
+        self.keep, self.descending = keep, descending
+        self.prompt_index = torch.zeros(0, dtype=torch.long)
+        self.candidate_index = torch.zeros(0, dtype=torch.long)
+        self.codes = torch.zeros(0, num_codes, dtype=torch.long)
+        self.scores = torch.zeros(0) if descending is not None else None
+
+    def add(
+        self,
+        prompt_index: torch.LongTensor,
+        candidate_index: torch.LongTensor,
+        codes: torch.LongTensor,
+        scores: torch.Tensor | None = None,
+    ) -> None:
+        """Merge a chunk of candidates (`[B]` prompt and candidate indices, `[B, num_codes]` codes, `[B]` scores unless
+        `descending` is None; candidates of several prompts, in sampling order) into the kept ones."""
+        prompt_index = torch.cat([self.prompt_index, prompt_index.cpu()])
+        candidate_index = torch.cat([self.candidate_index, candidate_index.cpu()])
+        codes = torch.cat([self.codes, codes.cpu()])
+        # The kept candidates come first and were sampled first: stable sorts keep ties in sampling order.
+        order = torch.arange(len(codes))
+        if self.descending is not None:
+            scores = torch.cat([self.scores, scores.cpu()])
+            order = torch.sort(scores, descending=self.descending, stable=True).indices
+        order = order[torch.sort(prompt_index[order], stable=True).indices]  # prompt after prompt, best first
+        grouped = prompt_index[order]
+        rank_in_prompt = torch.arange(len(order)) - torch.searchsorted(grouped, grouped)
+        kept = order[rank_in_prompt < self.keep]
+        self.prompt_index, self.candidate_index, self.codes = prompt_index[kept], candidate_index[kept], codes[kept]
+        if self.descending is not None:
+            self.scores = scores[kept]
 
 
 class DallePipeline(DiffusionPipeline):
@@ -138,7 +198,7 @@ class DallePipeline(DiffusionPipeline):
         clip_model ([`~transformers.CLIPModel`], *optional*): scores candidates against their caption.
         clip_processor ([`~transformers.CLIPProcessor`], *optional*): tokenizer + image processor for `clip_model`.
         default_guidance_scale (`float`, defaults to 1.0): the guidance scale of calls that do not name one, saved in
-            `model_index.json`: a trained pipeline can ship the setting it was evaluated with (the demo model: 3).
+            `model_index.json`: a trained pipeline can ship the setting it was evaluated with (the demo model: 2).
         clip_prompt_templates (`list[str]`, *optional*): CLIP scores against the mean text embedding of the prompt put
             in each template (`"фото, на котором изображено {}"`, ...: a converted ruDALL-E with ruCLIP ships ruCLIP's
             six), saved in `model_index.json`; by default the prompt alone.
@@ -147,8 +207,9 @@ class DallePipeline(DiffusionPipeline):
     model_cpu_offload_seq = "transformer->vae->clip_model"
     _optional_components = ["clip_model", "clip_processor"]
     # What `callback_on_step_end` can read: the image codes so far (primed and sampled, `[B, n]`), which it can also
-    # replace, and the logits the step's codes were drawn from (`[B, image_vocab_size]`, after the processors).
-    _callback_tensor_inputs = ["codes", "logits"]
+    # replace, as `codes` or as `latents` (diffusers' name for the sampling state, as in aMUSEd, a VQ-token pipeline),
+    # and the logits the step's codes were drawn from (`[B, image_vocab_size]`, after the processors).
+    _callback_tensor_inputs = ["latents", "codes", "logits"]
 
     def __init__(
         self,
@@ -296,8 +357,24 @@ class DallePipeline(DiffusionPipeline):
         return self.transformer.config.image_grid_size * self.vae.config.downsample_factor
 
     @property
+    def guidance_scale(self) -> float:
+        """The classifier-free guidance scale of the call under way. A `callback_on_step_end` may change it
+        (`pipe._guidance_scale`) for the steps that follow; at 1 or below the conditional logits are used alone."""
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1
+
+    @property
+    def num_timesteps(self) -> int:
+        """Decode steps of the call under way, all chunks of candidates together: what a callback's `step` counts."""
+        return self._num_timesteps
+
+    @property
     def interrupt(self) -> bool:
-        """Set `pipe._interrupt = True` (from a `callback_on_step_end`) to stop sampling after the current code."""
+        """Set `pipe._interrupt = True` (from a `callback_on_step_end`, or between the chunks that
+        [`generate_progressively`] yields) to stop sampling after the current code."""
         return self._interrupt
 
     def check_inputs(
@@ -323,7 +400,7 @@ class DallePipeline(DiffusionPipeline):
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
             raise ValueError(f"`prompt` must be a non-empty string or a non-empty list of them, got {prompt!r}.")
         if negative_prompt is not None:
-            negatives = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
+            negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else negative_prompt
             if (
                 not isinstance(negatives, list)
                 or len(negatives) != len(prompts)
@@ -385,8 +462,8 @@ class DallePipeline(DiffusionPipeline):
             )
         if not _is_integer(candidate_batch_size) or candidate_batch_size < 1:
             raise ValueError(f"`candidate_batch_size` must be a positive integer, got {candidate_batch_size!r}.")
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}.")
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"`output_type` must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}.")
         if callback_on_step_end_tensor_inputs is not None and not all(
             name in self._callback_tensor_inputs for name in callback_on_step_end_tensor_inputs
         ):
@@ -395,9 +472,11 @@ class DallePipeline(DiffusionPipeline):
                 f"`callback_on_step_end_tensor_inputs` has to be in {self._callback_tensor_inputs}, but found {unknown}."
             )
 
-    def encode_prompt(self, prompts: list[str], negative_prompts: list[str] | None, do_guidance: bool):
+    def encode_prompt(
+        self, prompts: list[str], negative_prompts: list[str] | None, do_guidance: bool, device: torch.device = None
+    ):
         """The text part of the streams: caption ids `[P, max_text_length]`, and for guidance the unconditional
-        (negative prompt, or empty = all pads) ids of the same shape, else `None`."""
+        (negative prompt, or empty = all pads) ids of the same shape, else `None` (on `device`)."""
         max_length = self.transformer.config.max_text_length
         # As diffusers' pipelines do for CLIP's 77 tokens: say what was cut, since the image will not show it.
         for prompt in prompts:
@@ -408,16 +487,39 @@ class DallePipeline(DiffusionPipeline):
                     f"This prompt is {len(tokens)} tokens long but the model reads {max_length}; it is truncated and "
                     f"{cut!r} is ignored: {prompt!r}"
                 )
-        text_ids = self.tokenizer.encode_captions(prompts, max_length=max_length)
+        text_ids = self.tokenizer.encode_captions(prompts, max_length=max_length).to(device)
         if not do_guidance:
             return text_ids, None
         uncond_ids = self.tokenizer.encode_captions(negative_prompts or [""] * len(prompts), max_length=max_length)
-        return text_ids, uncond_ids
+        return text_ids, uncond_ids.to(device)
 
-    def prepare_prime_codes(self, image, num_prime_rows: int, num_prompts: int) -> torch.LongTensor | None:
-        """The first `num_prime_rows` rows of dVAE codes of `image` (one image, or one per prompt), `[P, rows * G]`."""
+    def prepare_image_codes(
+        self, image, num_prime_rows: int, image_prompt_mask, num_prompts: int, device: torch.device = None
+    ) -> tuple[torch.LongTensor | None, torch.BoolTensor | None]:
+        """The image codes kept when priming: the codes of `image` (one, or one per prompt) in raster order, `[P, G *
+        G]` on `device`, and where they are kept, `[P, G * G]` booleans: the first `num_prime_rows` rows, or
+        `image_prompt_mask` (`[G, G]` booleans, or one such grid per prompt). `(None, None)` without an image."""
         if image is None:
-            return None
+            return None, None
+        grid = self.transformer.config.image_grid_size
+        if image_prompt_mask is None:
+            mask = torch.zeros(grid, grid, dtype=torch.bool)
+            mask[:num_prime_rows] = True
+        else:
+            mask = torch.as_tensor(image_prompt_mask, dtype=torch.bool)
+            if (
+                mask.shape[-2:] != (grid, grid)
+                or mask.ndim not in (2, 3)
+                or (mask.ndim == 3 and len(mask) != num_prompts)
+            ):
+                raise ValueError(
+                    f"`image_prompt_mask` must be {grid}x{grid} booleans (the code grid), or one such grid per prompt "
+                    f"({num_prompts}), got shape {tuple(mask.shape)}."
+                )
+        return self.encode_image(image, num_prompts).to(device), mask.reshape(-1, grid * grid).expand(num_prompts, -1)
+
+    def encode_image(self, image, num_prompts: int) -> torch.LongTensor:
+        """The image tokenizer's codes of `image` (one image for all prompts, or one per prompt), `[P, G * G]`."""
         images = image if isinstance(image, list) else [image]
         if len(images) not in (1, num_prompts):
             raise ValueError(f"Pass one priming `image` or one per prompt ({num_prompts}), got {len(images)}.")
@@ -436,23 +538,8 @@ class DallePipeline(DiffusionPipeline):
                 )
                 + f"), got {pixels.shape[-1]}x{pixels.shape[-2]}."
             )
-        codes = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).indices
-        grid = self.transformer.config.image_grid_size
-        codes = codes[:, :num_prime_rows].reshape(codes.shape[0], num_prime_rows * grid)
+        codes = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).indices.flatten(1)
         return codes.expand(num_prompts, -1) if codes.shape[0] == 1 else codes
-
-    def prepare_image_prompt(self, image, image_prompt_mask, num_prompts: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The codes of `image` (one, or one per prompt) and `image_prompt_mask` (`[G, G]` booleans, or one per
-        prompt) flattened in raster order: `([P, G * G] codes, [P, G * G] mask)`."""
-        grid = self.transformer.config.image_grid_size
-        mask = torch.as_tensor(image_prompt_mask, dtype=torch.bool)
-        if mask.shape[-2:] != (grid, grid) or mask.ndim not in (2, 3) or (mask.ndim == 3 and len(mask) != num_prompts):
-            raise ValueError(
-                f"`image_prompt_mask` must be {grid}x{grid} booleans (the code grid), or one such grid per prompt "
-                f"({num_prompts}), got shape {tuple(mask.shape)}."
-            )
-        codes = self.prepare_prime_codes(image, grid, num_prompts)
-        return codes, mask.reshape(-1, grid * grid).expand(num_prompts, -1)
 
     @staticmethod
     def _image_to_pixels(image) -> torch.Tensor:
@@ -476,21 +563,84 @@ class DallePipeline(DiffusionPipeline):
             [torch.rand(num_steps, generator=g, device=g.device if g is not None else "cpu").cpu() for g in generators]
         )
 
-    def _encode_streams(
-        self, streams: torch.LongTensor, uncond_streams: torch.LongTensor | None
-    ) -> tuple[DallePrefixCache, torch.Tensor]:
-        """Run the streams (and the unconditional ones under them, for guidance) through the transformer into a fresh
-        cache: the cache and the logits of the next position."""
-        batch = torch.cat([streams, uncond_streams]) if uncond_streams is not None else streams
-        cache = DallePrefixCache(self.transformer.config)
-        logits = self.transformer(batch, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-        return cache, logits
+    @staticmethod
+    def prepare_logits_processor(temperature: float, top_k: int | None, top_p: float | None) -> LogitsProcessorList:
+        """The warpers of each step's image-code scores (after guidance), in transformers' order: temperature, top-k,
+        top-p; each only where it changes the distribution."""
+        processors = LogitsProcessorList()
+        if temperature != 1:
+            processors.append(TemperatureLogitsWarper(float(temperature)))
+        if top_k:
+            processors.append(TopKLogitsWarper(int(top_k)))
+        if top_p is not None and top_p < 1:
+            processors.append(TopPLogitsWarper(float(top_p)))
+        return processors
+
+    def sample_chunks(
+        self,
+        text_ids: torch.LongTensor,
+        uncond_ids: torch.LongTensor | None,
+        image_codes: torch.LongTensor | None,
+        image_code_mask: torch.BoolTensor | None,
+        num_primed: int,
+        logits_processor: LogitsProcessorList,
+        generators: list[torch.Generator | None],
+        num_candidates: int,
+        candidate_batch_size: int,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = (),
+    ) -> Iterator[tuple[torch.LongTensor, torch.LongTensor, torch.LongTensor]]:
+        """
+        The chunk loop: sample `num_candidates` code grids for each prompt (`text_ids`, `[P, max_text_length]`; for
+        guidance, `uncond_ids` too), `candidate_batch_size` candidates at a time, prompt after prompt (a chunk may span
+        prompts). Yields each chunk as soon as it is complete: `(prompt_index, candidate_index, codes)`, `[B]`, `[B]`
+        and `[B, G * G]`; stops early when interrupted (`pipe._interrupt`).
+
+        Candidate `i` (`len(generators) == P * num_candidates`) draws its random numbers from `generators[i]`, chunk by
+        chunk, so its codes never depend on the batching. With `image_codes` (`[P, G * G]`), the first `num_primed` are
+        the prefix every candidate continues, and those under `image_code_mask` after it are forced.
+        """
+        config = self.transformer.config
+        num_rows = len(text_ids) * num_candidates
+        num_steps = config.image_seq_length - num_primed
+        self._num_timesteps = -(-num_rows // candidate_batch_size) * num_steps
+        forced = image_code_mask is not None and bool(image_code_mask[:, num_primed:].any())
+        with self.progress_bar(total=self.num_timesteps) as progress_bar:
+            for first_row in range(0, num_rows, candidate_batch_size):
+                if self.interrupt:
+                    return
+                rows = torch.arange(first_row, min(first_row + candidate_batch_size, num_rows))
+                prompt_index = rows // num_candidates
+                chunk_processor = logits_processor
+                if forced:
+                    fixed = FixedImageCodesLogitsProcessor(image_codes[prompt_index], image_code_mask[prompt_index])
+                    chunk_processor = LogitsProcessorList([*logits_processor, fixed])
+                primed = (
+                    image_codes[prompt_index, :num_primed]
+                    if image_codes is not None
+                    else text_ids.new_zeros(len(rows), 0)
+                )
+                codes = self.sample_codes(
+                    text_ids[prompt_index],
+                    uncond_ids[prompt_index] if uncond_ids is not None else None,
+                    primed,
+                    self.draw_uniforms(generators[first_row : first_row + len(rows)], num_steps),
+                    chunk_processor,
+                    progress_bar,
+                    first_step=first_row // candidate_batch_size * num_steps,
+                    callback_on_step_end=callback_on_step_end,
+                    callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+                )
+                if codes is None:  # interrupted
+                    return
+                yield prompt_index, rows % num_candidates, codes
 
     @torch.no_grad()
     def sample_codes(
         self,
-        streams: torch.LongTensor,
-        uncond_streams: torch.LongTensor | None,
+        text_ids: torch.LongTensor,
+        uncond_ids: torch.LongTensor | None,
+        codes: torch.LongTensor,
         uniforms: torch.Tensor,
         logits_processor: LogitsProcessorList,
         progress_bar,
@@ -499,131 +649,125 @@ class DallePipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] = (),
     ) -> torch.LongTensor | None:
         """
-        Continue `streams` (`[B, T + primed codes]`) to full code grids, `[B, G * G]` image codes; `None` when
-        interrupted (`pipe._interrupt`) before the grids are complete.
+        Continue each row's image codes `codes` (`[B, n]`: the primed ones, possibly none) to a full grid, `[B, G * G]`,
+        given its caption ids `text_ids` (`[B, max_text_length]`; with guidance, the unconditional `uncond_ids` too);
+        `None` when interrupted (`pipe._interrupt`) before the grids are complete.
 
-        Hand-written decode loop rather than `generate()`: each row samples with its own random numbers (`uniforms`),
-        which `generate` cannot do. Sampling is by inverse CDF: the code whose cumulative probability first exceeds
-        the row's uniform number, so one number per step and row decides the draw. After each step,
+        Hand-written decode loop rather than `generate()`: each row samples with its own random numbers (`uniforms`,
+        `[B, G * G - n]`), which `generate` cannot do. Sampling is by inverse CDF: the code whose cumulative probability
+        first exceeds the row's uniform number, so one number per step and row decides the draw. The codes are the
+        loop's state: they become stream ids only where the transformer reads them. After each step,
         `callback_on_step_end(self, first_step + step, position, tensors)` sees the codes so far (whose grid position
         `position` was just drawn) and may return replacements.
         """
         config = self.transformer.config
-        num_new = config.max_sequence_length - streams.shape[1]
-        cache, logits = self._encode_streams(streams, uncond_streams)
-        generated = streams
-        uncond_text = uncond_streams[:, : config.max_text_length] if uncond_streams is not None else None
+        num_steps = config.image_seq_length - codes.shape[1]
+        cache, logits = self._prefill(text_ids, uncond_ids, codes)
         # Flags of steps whose probabilities were not finite, checked once at the end (no device sync per step).
-        non_finite = torch.zeros(num_new, dtype=torch.bool, device=logits.device)
-        for step in range(num_new):
+        non_finite = torch.zeros(num_steps, dtype=torch.bool, device=logits.device)
+        for step in range(num_steps):
             if self.interrupt:
                 return None
-            # Only image codes can come next: sample over the image vocabulary.
-            scores = logits_processor(generated, logits[:, config.text_vocab_size :].float())
+            logits = logits.float()
+            if uncond_ids is not None:  # read at every step: a callback may change the guidance scale
+                cond_logits, uncond_logits = logits.chunk(2)
+                guided = uncond_logits + (cond_logits - uncond_logits) * self.guidance_scale
+                logits = guided if self.do_classifier_free_guidance else cond_logits
+            scores = logits_processor(codes, logits)
             cdf = scores.softmax(dim=-1).cumsum(dim=-1)
             non_finite[step] = ~cdf[:, -1].isfinite().all()
             threshold = uniforms[:, step : step + 1].to(cdf) * cdf[:, -1:]
-            codes = torch.searchsorted(cdf, threshold).clamp_(max=config.image_vocab_size - 1)
-            generated = torch.cat([generated, codes + config.text_vocab_size], dim=1)
+            next_codes = torch.searchsorted(cdf, threshold).clamp_(max=config.image_vocab_size - 1)
+            codes = torch.cat([codes, next_codes], dim=1)
             progress_bar.update()
             if callback_on_step_end is not None:
-                generated, rewritten = self._run_callback(
-                    callback_on_step_end, callback_on_step_end_tensor_inputs, first_step + step, generated, scores
+                codes, rewritten = self._run_callback(
+                    callback_on_step_end, callback_on_step_end_tensor_inputs, first_step + step, codes, scores
                 )
-                if rewritten and step + 1 < num_new:  # earlier codes changed: the cache holds the old ones
-                    prefix = generated[:, :-1]
-                    uncond_prefix = None
-                    if uncond_streams is not None:  # the unconditional rows read the same codes
-                        uncond_prefix = torch.cat([uncond_text, prefix[:, config.max_text_length :]], dim=1)
-                    cache, _ = self._encode_streams(prefix, uncond_prefix)
-            if step + 1 < num_new:
-                step_ids = generated[:, -1:]
-                step_ids = torch.cat([step_ids, step_ids]) if uncond_streams is not None else step_ids
-                logits = self.transformer(step_ids, past_key_values=cache, use_cache=True).logits[:, -1]
+                if rewritten and step + 1 < num_steps:  # earlier codes changed: the cache holds the old ones
+                    cache, _ = self._prefill(text_ids, uncond_ids, codes[:, :-1])
+            if step + 1 < num_steps:
+                step_ids = codes[:, -1:] + config.text_vocab_size  # the newest codes as stream ids
+                step_ids = torch.cat([step_ids, step_ids]) if uncond_ids is not None else step_ids
+                logits = self.transformer(step_ids, cache=cache, use_cache=True).logits
+                logits = logits[:, -1, config.text_vocab_size :]
         if non_finite.any():
             raise ValueError(
                 f"Sampling met non-finite probabilities (NaN or infinite logits) at step {int(non_finite.nonzero()[0])}: "
                 "the model's weights or a loaded adapter hold NaN/inf values, or the temperature is too "
                 "small for float32 logits. No image is returned from NaN probabilities."
             )
-        return generated[:, config.max_text_length :] - config.text_vocab_size
+        return codes
+
+    def _prefill(
+        self, text_ids: torch.LongTensor, uncond_ids: torch.LongTensor | None, codes: torch.LongTensor
+    ) -> tuple[DallePrefixCache, torch.Tensor]:
+        """Run the streams of captions `text_ids` and image codes `codes` (and, for guidance, the unconditional captions
+        followed by the same codes) through the transformer into a fresh cache: the cache and the image-vocabulary
+        logits of the next position."""
+        if uncond_ids is not None:
+            text_ids, codes = torch.cat([text_ids, uncond_ids]), torch.cat([codes, codes])
+        streams = self.transformer.prepare_input_ids(text_ids, codes)
+        cache = DallePrefixCache(self.transformer.config)
+        logits = self.transformer(streams, cache=cache, use_cache=True, logits_to_keep=1).logits
+        return cache, logits[:, -1, self.transformer.config.text_vocab_size :]
 
     def _run_callback(
-        self, callback, tensor_inputs: list[str], step: int, generated: torch.LongTensor, logits: torch.Tensor
+        self, callback, tensor_inputs: list[str], step: int, codes: torch.LongTensor, logits: torch.Tensor
     ) -> tuple[torch.LongTensor, bool]:
-        """Call `callback_on_step_end` after a step; the streams with its `codes`, if it returned any, and whether
-        it changed codes before this step's."""
-        config = self.transformer.config
-        text, codes = (
-            generated[:, : config.max_text_length],
-            generated[:, config.max_text_length :] - config.text_vocab_size,
-        )
-        tensors = {"codes": codes, "logits": logits}
+        """Call `callback_on_step_end` after a step; the codes it returned (as `codes`, or as `latents`, diffusers'
+        name for them), else the same ones, and whether it changed codes before this step's."""
+        tensors = {"latents": codes, "codes": codes, "logits": logits}
         outputs = callback(self, step, codes.shape[1] - 1, {name: tensors[name] for name in tensor_inputs})
         if not isinstance(outputs, dict):
             raise ValueError(
                 f"`callback_on_step_end` must return a dict (the `callback_kwargs` it got, or replacements), got "
                 f"{type(outputs).__name__}."
             )
-        new_codes = outputs.pop("codes", codes)
-        if new_codes is codes:
-            return generated, False
+        replaced = [outputs[name] for name in ("latents", "codes") if outputs.get(name, codes) is not codes]
+        if not replaced:
+            return codes, False
+        new_codes, image_vocab_size = replaced[0], self.transformer.config.image_vocab_size
         if (
             not isinstance(new_codes, torch.Tensor)
             or new_codes.shape != codes.shape
             or new_codes.is_floating_point()
-            or not ((new_codes >= 0) & (new_codes < config.image_vocab_size)).all()
+            or not ((new_codes >= 0) & (new_codes < image_vocab_size)).all()
         ):
             raise ValueError(
                 f"`codes` returned by `callback_on_step_end` must be an integer tensor of shape {tuple(codes.shape)} "
-                f"with values in [0, {config.image_vocab_size}), got "
+                f"with values in [0, {image_vocab_size}), got "
                 f"{tuple(new_codes.shape) if isinstance(new_codes, torch.Tensor) else type(new_codes).__name__}."
             )
         new_codes = new_codes.to(codes)
-        rewritten = not torch.equal(new_codes[:, :-1], codes[:, :-1])
-        return torch.cat([text, new_codes + config.text_vocab_size], dim=1), rewritten
+        return new_codes, not torch.equal(new_codes[:, :-1], codes[:, :-1])
 
     @torch.no_grad()
     def code_perplexities(
-        self, streams: torch.LongTensor, codes: torch.LongTensor, sampled: torch.BoolTensor | None = None
+        self, text_ids: torch.LongTensor, codes: torch.LongTensor, sampled: torch.BoolTensor | None = None
     ) -> torch.Tensor:
-        """The transformer's perplexity of each candidate's codes given its caption (`streams`: the text part first;
-        `codes`: `[B, G * G]`): `exp` of the mean cross-entropy over the codes that were sampled (`sampled`, `[B, G *
-        G]`; default: those after the stream's primed codes). No guidance, temperature or filtering: the model's
-        own distribution, as ruDALL-E ranks its images."""
+        """The transformer's perplexity of each candidate's codes (`[B, G * G]`) given its caption ids (`text_ids`, `[B,
+        max_text_length]`): `exp` of the mean cross-entropy over the codes that were sampled (`sampled`, `[B, G * G]`;
+        default: all). No guidance, temperature or filtering: the model's own distribution, as ruDALL-E ranks its
+        images."""
         config = self.transformer.config
-        text_length, num_codes = config.max_text_length, config.image_seq_length
-        if sampled is None:
-            sampled = torch.arange(num_codes)[None, :] >= streams.shape[1] - text_length
-            sampled = sampled.expand(len(codes), -1)
+        num_codes = config.image_seq_length
+        sampled = torch.ones_like(codes, dtype=torch.bool) if sampled is None else sampled.to(codes.device)
         perplexities = []
-        for stream, row_codes, row_sampled in zip(streams, codes, sampled.to(codes.device)):  # one row: bounded memory
-            full = self.transformer.prepare_input_ids(stream[None, :text_length], row_codes[None])
-            logits = self.transformer(full, logits_to_keep=num_codes + 1).logits[0, :-1, config.text_vocab_size :]
-            losses = torch.nn.functional.cross_entropy(logits.float(), row_codes, reduction="none")
+        for row_text, row_codes, row_sampled in zip(text_ids, codes, sampled):  # one row at a time: bounded memory
+            stream = self.transformer.prepare_input_ids(row_text[None], row_codes[None])
+            logits = self.transformer(stream, logits_to_keep=num_codes + 1).logits[0, :-1, config.text_vocab_size :]
+            losses = F.cross_entropy(logits.float(), row_codes, reduction="none")
             perplexities.append(losses[row_sampled].mean().exp())
         return torch.stack(perplexities)
 
     @torch.no_grad()
     def decode(self, codes: torch.LongTensor) -> torch.Tensor:
         """Image codes `[B, G * G]` -> images `[B, 3, H, W]` in [0, 1]."""
+        if not len(codes):  # an interrupted call may have finished no candidate; a VQGAN cannot decode zero codes
+            return torch.zeros(0, 3, self.image_size, self.image_size)
         grid = self.transformer.config.image_grid_size
         return self.vae.decode(codes.view(-1, grid, grid).to(self.vae.device)).sample
-
-    @staticmethod
-    def rerank(
-        kept: tuple[torch.Tensor, torch.Tensor] | None,
-        images: torch.Tensor,
-        scores: torch.Tensor,
-        keep: int,
-        by_score: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Merge new candidates `(images, scores)` into a prompt's `kept` ones and keep the best `keep`: by CLIP score
-        (ties in sampling order), or the first ones when `by_score` is False."""
-        if kept is not None:
-            images, scores = torch.cat([kept[0], images]), torch.cat([kept[1], scores])
-        order = torch.sort(scores, descending=True, stable=True).indices if by_score else torch.arange(len(scores))
-        return images[order[:keep]], scores[order[:keep]]
 
     @torch.no_grad()
     def clip_scores(self, images: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
@@ -652,7 +796,7 @@ class DallePipeline(DiffusionPipeline):
 
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
-    def __call__(
+    def generate_progressively(
         self,
         prompt: str | list[str],
         negative_prompt: str | list[str] | None = None,
@@ -675,9 +819,13 @@ class DallePipeline(DiffusionPipeline):
         | MultiPipelineCallbacks
         | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["codes"],
-    ) -> DallePipelineOutput | tuple:
+    ) -> Iterator[DallePipelineProgress]:
         r"""
-        Generate images for `prompt`.
+        Generate images for `prompt`: `pipe(prompt, ...)` returns them. `pipe.generate_progressively(prompt, ...)` runs
+        the same steps with the same arguments as a generator: it yields a [`DallePipelineProgress`] after each chunk of
+        `candidate_batch_size` candidates, then a last one whose `output` is what `pipe(prompt, ...)` returns. Setting
+        `pipe._interrupt = True` between two chunks stops sampling; the candidates sampled by then are reranked and
+        returned (a web app shows progress this way and stops at a time limit).
 
         Args:
             prompt (`str` or `list[str]`): the caption(s); lowercased and truncated to the model's text length.
@@ -710,19 +858,22 @@ class DallePipeline(DiffusionPipeline):
                 model, else no reranking (the first candidates in sampling order, `.scores` `None`).
             candidate_batch_size (`int`, defaults to 16): candidates sampled together (their random numbers are drawn
                 chunk by chunk too); bounds memory for large `num_candidates`.
-            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"`, or `"latent"` for the image codes
+                (not decoded unless CLIP scores them).
             return_dict (`bool`, defaults to `True`): return a [`DallePipelineOutput`] instead of a tuple.
             callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*): called
                 after every sampled code as `callback_on_step_end(pipe, step, timestep, callback_kwargs)`: `step`
-                counts the decode steps of the whole call (chunk after chunk, as the progress bar does), `timestep` is
-                the position in the code grid (raster order) of the code just drawn, and `callback_kwargs` holds the
-                tensors named in `callback_on_step_end_tensor_inputs` for the current chunk of candidates. It returns
-                a dict: `codes` in it replace the codes so far (the model reads the new ones; changed earlier codes
-                are encoded again). Setting `pipe._interrupt = True` stops sampling: the candidates finished by then
-                are reranked and returned (fewer images, possibly none).
+                counts the decode steps of the whole call (chunk after chunk, as the progress bar does, up to
+                `pipe.num_timesteps`), `timestep` is the position in the code grid (raster order) of the code just
+                drawn, and `callback_kwargs` holds the tensors named in `callback_on_step_end_tensor_inputs` for the
+                current chunk of candidates. It returns a dict: `codes` (or `latents`) in it replace the codes so far
+                (the model reads the new ones; changed earlier codes are encoded again). It may change the guidance
+                scale of the steps that follow (`pipe._guidance_scale`). Setting `pipe._interrupt = True` stops
+                sampling: the candidates finished by then are reranked and returned (fewer images, possibly none).
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["codes"]`): what `callback_kwargs` holds,
                 from `pipe._callback_tensor_inputs`: `"codes"` (the chunk's image codes so far, `[B, n]`, primed rows
-                included) and `"logits"` (the scores this step's codes were drawn from, `[B, image_vocab_size]`).
+                included), `"latents"` (the same codes, under diffusers' name for the sampling state) and `"logits"`
+                (the scores this step's codes were drawn from, `[B, image_vocab_size]`).
 
         Examples:
 
@@ -740,108 +891,100 @@ class DallePipeline(DiffusionPipeline):
         # Sampling defaults shipped with the transformer (a converted ruDALL-E model: top-k 2048, top-p 0.995).
         top_k = top_k if top_k is not None else self.transformer.generation_config.top_k
         top_p = top_p if top_p is not None else self.transformer.generation_config.top_p
-        if rerank is None:
-            rerank = "clip" if self.clip_model is not None else None
+        if rerank is None and self.clip_model is not None:
+            rerank = "clip"
         self.check_inputs(
-            prompt, negative_prompt, num_candidates, num_images_per_prompt, temperature, top_k, top_p,
-            guidance_scale, generator, image, num_prime_rows, image_prompt_mask, rerank, candidate_batch_size,
-            output_type, callback_on_step_end_tensor_inputs,
-        )  # fmt: skip
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            num_candidates=num_candidates,
+            num_images_per_prompt=num_images_per_prompt,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            guidance_scale=guidance_scale,
+            generator=generator,
+            image=image,
+            num_prime_rows=num_prime_rows,
+            image_prompt_mask=image_prompt_mask,
+            rerank=rerank,
+            candidate_batch_size=candidate_batch_size,
+            output_type=output_type,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )
+        self._guidance_scale = float(guidance_scale)
         self._interrupt = False
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else negative_prompt
-        do_guidance = guidance_scale > 1
+        negative_prompts = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else negative_prompt
+        num_rows = len(prompts) * num_candidates
         if rerank is None and num_candidates > num_images_per_prompt:
             logger.warning("No CLIP model in this pipeline: returning the first candidates without reranking.")
         device = self._execution_device
+        config = self.transformer.config
 
-        # 2. Encode the prompts (and the unconditional captions for guidance), prime with image rows
-        text_ids, uncond_ids = self.encode_prompt(prompts, negatives, do_guidance)
-        prime_codes = self.prepare_prime_codes(image, num_prime_rows, len(prompts)) if num_prime_rows else None
-        prompt_codes = (
-            self.prepare_image_prompt(image, image_prompt_mask, len(prompts))
-            if image_prompt_mask is not None
-            else None
+        # 2. Encode the prompts (and the unconditional captions for guidance), the priming image, CLIP's text side
+        text_ids, uncond_ids = self.encode_prompt(prompts, negative_prompts, self.do_classifier_free_guidance, device)
+        image_codes, image_code_mask = self.prepare_image_codes(
+            image, num_prime_rows, image_prompt_mask, len(prompts), device
         )
-        streams = self.transformer.prepare_input_ids(text_ids, prime_codes).to(device)
-        uncond_streams = (
-            self.transformer.prepare_input_ids(uncond_ids, prime_codes).to(device) if do_guidance else None
-        )
-
-        processors = LogitsProcessorList()
-        if do_guidance:
-            processors.append(ClassifierFreeGuidanceLogitsProcessor(float(guidance_scale)))
-        if temperature != 1:
-            processors.append(TemperatureLogitsWarper(float(temperature)))
-        if top_k:
-            processors.append(TopKLogitsWarper(int(top_k)))
-        if top_p is not None and top_p < 1:
-            processors.append(TopPLogitsWarper(float(top_p)))
-
-        # 3. Sample candidates in chunks, decode, score, keep each prompt's best
-        num_rows = len(prompts) * num_candidates
-        num_new = self.transformer.config.max_sequence_length - streams.shape[1]
-        generators = generator if isinstance(generator, list) else [generator] * num_rows
         text_embeds = self.clip_text_embeds(prompts) if rerank == "clip" else None
-        kept = [None] * len(prompts)  # each prompt's best (images, scores) so far
-        chunks = [range(s, min(s + candidate_batch_size, num_rows)) for s in range(0, num_rows, candidate_batch_size)]
-        with self.progress_bar(total=len(chunks) * num_new) as progress_bar:
-            for chunk_index, rows in enumerate(chunks):
-                prompt_index = torch.tensor([r // num_candidates for r in rows])
-                chunk_processors = processors
-                if prompt_codes is not None:
-                    codes, mask = (tensor[prompt_index] for tensor in prompt_codes)
-                    text_length = self.transformer.config.max_text_length
-                    chunk_processors = LogitsProcessorList(
-                        [*processors, FixedImageCodesLogitsProcessor(codes, mask, text_length)]
-                    )
-                codes = self.sample_codes(
-                    streams[prompt_index],
-                    uncond_streams[prompt_index] if do_guidance else None,
-                    self.draw_uniforms(generators[rows.start : rows.stop], num_new),
-                    chunk_processors,
-                    progress_bar,
-                    first_step=chunk_index * num_new,
-                    callback_on_step_end=callback_on_step_end,
-                    callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-                )
-                if codes is None:  # interrupted
-                    break
-                images = self.decode(codes).float().cpu()
-                if rerank == "clip":
-                    scores = self.clip_scores(images, text_embeds[prompt_index]).cpu()
-                elif rerank == "perplexity":  # negated: the lowest perplexity ranks first
-                    sampled = ~prompt_codes[1][prompt_index] if prompt_codes is not None else None
-                    scores = -self.code_perplexities(streams[prompt_index], codes, sampled).cpu()
-                else:
-                    scores = torch.zeros(len(rows))
-                # 4. Rerank: keep each prompt's best candidates so far, so memory stays bounded for large N
-                for p in prompt_index.unique().tolist():
-                    mine = prompt_index == p
-                    by_score = rerank is not None
-                    kept[p] = self.rerank(
-                        kept[p], images[mine], scores[mine], num_images_per_prompt, by_score=by_score
-                    )
 
-        # 5. Post-process
-        kept = [k for k in kept if k is not None]  # an interrupted call may have finished no candidate of a prompt
-        if kept:
-            images = torch.cat([images for images, _ in kept])
-            scores = torch.cat([scores for _, scores in kept]) if rerank is not None else None
-            scores = (-scores if rerank == "perplexity" else scores).tolist() if scores is not None else None
-        else:
-            images = torch.zeros(0, 3, self.image_size, self.image_size)
-            scores = [] if rerank is not None else None
-        if output_type == "pt":
-            output_images = images
-        else:
-            output_images = self.image_processor.pt_to_numpy(images)
-            if output_type == "pil":
-                output_images = self.image_processor.numpy_to_pil(output_images)
+        # 3. Prepare the logits processors
+        logits_processor = self.prepare_logits_processor(temperature, top_k, top_p)
+
+        # 4. Sample the candidates, chunk by chunk (lazily: each chunk is sampled when step 5 asks for it)
+        chunks = self.sample_chunks(
+            text_ids,
+            uncond_ids,
+            image_codes,
+            image_code_mask,
+            num_prime_rows * config.image_grid_size,
+            logits_processor,
+            generator if isinstance(generator, list) else [generator] * num_rows,
+            num_candidates,
+            candidate_batch_size,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )
+
+        # 5. Score each chunk and keep each prompt's best candidates so far: memory stays bounded for any number
+        descending = {"clip": True, "perplexity": False}.get(rerank)  # the lowest perplexity ranks first
+        best = BestCandidates(num_images_per_prompt, descending, num_codes=config.image_seq_length)
+        num_sampled = 0
+        for prompt_index, candidate_index, codes in chunks:
+            scores = None
+            if rerank == "clip":
+                scores = self.clip_scores(self.decode(codes), text_embeds[prompt_index])
+            elif rerank == "perplexity":
+                sampled = ~image_code_mask[prompt_index] if image_code_mask is not None else None
+                scores = self.code_perplexities(text_ids[prompt_index], codes, sampled)
+            best.add(prompt_index, candidate_index, codes, scores)
+            num_sampled += len(codes)
+            yield DallePipelineProgress(num_sampled, num_rows)
+
+        # 6. Decode the best candidates
+        grid = config.image_grid_size
+        images = best.codes.view(-1, grid, grid) if output_type == "latent" else self.decode(best.codes).float().cpu()
+
+        # 7. Post-process
+        images = self.image_processor.postprocess(images, output_type=output_type)
+        scores = best.scores.tolist() if best.scores is not None else None
         self.maybe_free_model_hooks()
         if not return_dict:
-            return output_images, scores
-        return DallePipelineOutput(images=output_images, scores=scores)
+            output = (images, scores)
+        else:
+            output = DallePipelineOutput(images, scores, candidate_indices=best.candidate_index.tolist())
+        yield DallePipelineProgress(num_sampled, num_rows, output)
+
+    def __call__(self, *args, **kwargs) -> DallePipelineOutput | tuple:
+        for progress in self.generate_progressively(*args, **kwargs):
+            pass
+        return progress.output
+
+    # Documented and introspected (diffusers' pipeline tests read its signature) with the arguments it passes on.
+    __call__.__doc__ = generate_progressively.__doc__
+    __call__.__signature__ = inspect.signature(generate_progressively).replace(
+        return_annotation=DallePipelineOutput | tuple
+    )
 
 
-__all__ = ["DallePipeline", "DallePipelineOutput"]
+__all__ = ["BestCandidates", "DallePipeline", "DallePipelineOutput", "DallePipelineProgress"]

@@ -740,8 +740,6 @@ def test_bad_calls_are_rejected():
         model.image_codes_from_ids(stream[:, :-1])
     with pytest.raises(ValueError, match="image code .* at a text position"):  # generate checks its prompt
         model.generate(stream.index_fill(1, torch.tensor([2]), TEXT_VOCAB + 1)[:, :TEXT_LENGTH], max_new_tokens=1)
-    with pytest.raises(ValueError, match="Both `past_key_values` and `cache` are set"):
-        model(stream, cache=DynamicCache(), past_key_values=DynamicCache())
     # A decode step past the end of the stream.
     cache = DynamicCache(config=model.config)
     model(stream, cache=cache)

@@ -7,8 +7,8 @@ from .modeling_dalle import (
     DalleForImageGeneration,
     DalleModel,
     DallePreTrainedModel,
-    DalleStreamLogitsProcessor,
 )
+from .stream_dalle import DalleStreamLogitsProcessor
 
 
 AutoConfig.register(DalleConfig.model_type, DalleConfig)

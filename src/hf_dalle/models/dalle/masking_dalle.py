@@ -224,8 +224,9 @@ class DalleAttentionMasks:
 
     - `"flex_attention"`: a `BlockMask` of the call's positions ([`build_flex_block_mask`]), on a CPU through
       [`cpu_flex_attention_forward`];
-    - `"sdpa"` at a decode step (one query at `decode_position` over a cache of exactly the positions before it) whose
-      type allows few keys: the [`DecodeStepKeys`] to read, through [`decode_step_attention_forward`];
+    - `"sdpa"` at an inference decode step (one query at `decode_position`) over a cache of exactly the positions
+      before it, where its type allows few of them: the [`DecodeStepKeys`] to read, through
+      [`decode_step_attention_forward`];
     - otherwise: the positions' rows of the dense `[S, S]` mask, `[1, 1, len(positions), key_length]` (slots past the
       stream, as in a longer `StaticCache`, are never attended to).
     """
@@ -279,7 +280,7 @@ class DalleAttentionMasks:
                 for kind in set(config.attention_types)
             }
         sparse = {}
-        if implementation == "sdpa" and decode_position is not None:
+        if implementation == "sdpa" and decode_position is not None and key_length == decode_position + 1:
             sparse = self.decode_steps(device)[decode_position]
         attention = {}
         for kind, mask in self.dense(device).items():

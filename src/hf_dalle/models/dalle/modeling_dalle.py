@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, LogitsProcessor, PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMode
@@ -22,6 +22,7 @@ from .cache_dalle import DallePrefixCache
 from .configuration_dalle import DalleConfig
 from .gradient_scaling_dalle import DalleResblockGradientScaler, resblock_gradient_scaler
 from .masking_dalle import DalleAttentionMasks, LayerAttention
+from .stream_dalle import check_attention_mask, check_stream_end, check_stream_ids, mask_logits_by_position
 
 
 logger = logging.get_logger(__name__)
@@ -220,8 +221,7 @@ class DallePreTrainedModel(PreTrainedModel):
         if pad_to_multiple_of is not None:
             new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
         old_text, new_text = config.text_vocab_size, new_num_tokens - config.image_vocab_size
-        special = {"text_pad_token_id": config.text_pad_token_id, "bos_token_id": config.bos_token_id}
-        special["eos_token_id"] = config.eos_token_id
+        special = {name: getattr(config, name) for name in ("text_pad_token_id", "bos_token_id", "eos_token_id")}
         highest = max(token_id for token_id in special.values() if token_id is not None)
         if highest >= new_text:
             raise ValueError(
@@ -230,7 +230,7 @@ class DallePreTrainedModel(PreTrainedModel):
                 f"keep the special ids {special}: pass at least {highest + 1 + config.image_vocab_size}."
             )
 
-        def moved(rows: torch.Tensor, init_std: float | None) -> torch.Tensor:
+        def moved(rows: torch.Tensor, init_std: float | None) -> nn.Parameter:
             """The text rows cut or extended to `new_text`, then the image rows."""
             text, image = rows[:old_text], rows[old_text:]
             added = max(new_text - old_text, 0)
@@ -238,28 +238,21 @@ class DallePreTrainedModel(PreTrainedModel):
                 extra = text.mean(0, keepdim=True).expand(added, *text.shape[1:])
             else:
                 extra = torch.randn(added, *text.shape[1:], device=rows.device, dtype=rows.dtype) * init_std
-            return torch.cat([text[:new_text], extra, image])
+            return nn.Parameter(torch.cat([text[:new_text], extra, image]))
 
-        weight, std = embedding.weight, config.initializer_range
-        new_embedding = nn.Embedding(new_num_tokens, config.hidden_size, device=weight.device, dtype=weight.dtype)
-        new_embedding.weight.data.copy_(moved(weight.detach(), std))
-        new_modules = [new_embedding]
-        if head is not None:
-            weight, bias = head.weight, head.bias
-            new_head = nn.Linear(
-                config.hidden_size, new_num_tokens, bias=bias is not None, device=weight.device, dtype=weight.dtype
-            )
-            new_head.weight.data.copy_(moved(weight.detach(), std))
-            if bias is not None:
-                new_head.bias.data.copy_(moved(bias.detach(), None if mean_resizing else 0.0))
-            if config.tie_word_embeddings:
-                new_head.weight = new_embedding.weight
-            new_modules.append(new_head)
-        for module in new_modules:  # resized, not new: a later `post_init()` must not initialise them again
-            module._is_hf_initialized = True
-        self.set_input_embeddings(new_embedding)
-        if head is not None:
-            self.set_output_embeddings(new_head)
+        # The new modules are resized, not new: marked initialised, so that a later `post_init()` keeps them.
+        std = config.initializer_range
+        with torch.no_grad():
+            new_embedding = nn.Embedding(new_num_tokens, config.hidden_size, _weight=moved(embedding.weight, std))
+            new_embedding._is_hf_initialized = True
+            self.set_input_embeddings(new_embedding)
+            if head is not None:
+                new_head = nn.Linear(config.hidden_size, new_num_tokens, bias=head.bias is not None, device="meta")
+                new_head.weight = new_embedding.weight if config.tie_word_embeddings else moved(head.weight, std)
+                if head.bias is not None:
+                    new_head.bias = moved(head.bias, None if mean_resizing else 0.0)
+                new_head._is_hf_initialized = True
+                self.set_output_embeddings(new_head)
         config.text_vocab_size = new_text
         return new_embedding
 
@@ -344,13 +337,19 @@ class DalleModel(DallePreTrainedModel):
         length = input_ids.shape[-1]
         past_length = cache.get_seq_length() if cache is not None else 0
         positions = torch.arange(length, device=input_ids.device) + past_length
-        is_decode_step = length == 1 and cache is not None and not (isinstance(past_length, int) and past_length == 0)
-        if not torch.compiler.is_compiling():
-            self._check_inputs(input_ids, attention_mask, positions, past_length, is_decode_step)
+        # A StaticCache's length is a tensor that its update increments in place: never read on the host.
+        host_length = past_length if isinstance(past_length, int) else None
+        # A decode step (one position continuing a cache) has its id from the model's own masked logits: checking its
+        # value would wait for the device at every step, so only its position is checked, where that needs no wait.
+        is_decode_step = length == 1 and cache is not None and host_length != 0
+        if is_decode_step:
+            if host_length is not None:
+                check_stream_end(self.config, "input_ids", host_length)
+        elif not torch.compiler.is_compiling():
+            check_stream_ids(self.config, input_ids, "input_ids", positions)
+            check_attention_mask(attention_mask)
 
         key_length = cache.get_mask_sizes(length, 0)[0] if cache is not None else length
-        # An inference step of one position over a cache of exactly the positions before it may read fewer keys.
-        is_sparse_step = is_decode_step and not self.training and key_length == past_length + 1
         implementation = self.attention_implementation(input_ids.device, self.embeddings.token_embedding.weight.dtype)
         if output_attentions and implementation != "eager":
             logger.warning_once(
@@ -359,9 +358,8 @@ class DalleModel(DallePreTrainedModel):
                 "`model.set_attn_implementation('eager')` to get them."
             )
         attention_function = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-        attention = self.attention_masks(
-            implementation, attention_function, positions, key_length, past_length if is_sparse_step else None
-        )
+        decode_position = host_length if is_decode_step and not self.training else None  # may read fewer keys
+        attention = self.attention_masks(implementation, attention_function, positions, key_length, decode_position)
 
         hidden_states = self.embeddings(input_ids, positions)
         all_hidden_states = (hidden_states,) if output_hidden_states else None
@@ -383,80 +381,6 @@ class DalleModel(DallePreTrainedModel):
             cache=cache if use_cache else None,
         )
         return output if return_dict else output.to_tuple()
-
-    def _check_inputs(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        positions: torch.Tensor,
-        past_length: int | torch.Tensor,
-        is_decode_step: bool,
-    ) -> None:
-        """Check a call's inputs where they enter the stream. A decode step (one position continuing a cache) only gets
-        its position checked, and only where that needs no host sync: its id comes from the model's own logits, which
-        allow only valid ids, and a check of its value would wait for the device at every step."""
-        if is_decode_step:
-            if isinstance(past_length, int):
-                self._check_stream_end("input_ids", past_length)
-            return
-        self._check_stream_ids(input_ids, positions, "input_ids")
-        # Empty text positions hold learned pad embeddings, so nothing in a DALL-E stream is ever masked out. (A 4D
-        # mask or `BlockMask` that `generate` builds for a compilable cache is causal: the stream's own masks, which
-        # only allow fewer keys, replace it.)
-        if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2 and not bool(attention_mask.all()):
-            raise ValueError(
-                "`attention_mask` must be all ones: DALL-E pads are inputs (each text position has its own learned "
-                "pad embedding), not masked tokens. Leave `attention_mask` out."
-            )
-
-    def _check_stream_end(self, name: str, last_position: int) -> None:
-        config = self.config
-        if last_position >= config.max_sequence_length:
-            raise ValueError(
-                f"`{name}` reaches stream position {last_position}, but a DALL-E stream holds at most "
-                f"{config.max_sequence_length} tokens (max_text_length={config.max_text_length} text positions + "
-                f"image_grid_size**2={config.image_seq_length} image codes)."
-            )
-
-    def _check_stream_ids(
-        self, ids: torch.Tensor, positions: torch.Tensor, name: str, ignore_index: int | None = None
-    ) -> None:
-        """Raise a ValueError naming the problem if `ids` (stream positions `positions`) break the layout."""
-        config = self.config
-        if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.is_floating_point() or ids.shape[1] == 0:
-            got = f"{ids.dtype} {tuple(ids.shape)}" if isinstance(ids, torch.Tensor) else type(ids).__name__
-            raise ValueError(f"`{name}` must be a non-empty integer tensor of shape (batch, length), got {got}.")
-        valid = ids != ignore_index if ignore_index is not None else torch.ones_like(ids, dtype=torch.bool)
-        is_image_position = positions >= config.max_text_length
-        is_image_id = ids >= config.text_vocab_size
-        # One host sync for every check.
-        last_position, out_of_range, image_in_text, text_in_image = torch.stack(
-            [
-                positions[-1],
-                (valid & ((ids < 0) | (ids >= config.vocab_size))).any(),
-                (valid & is_image_id & ~is_image_position).any(),
-                (valid & ~is_image_id & is_image_position).any(),
-            ]
-        ).tolist()
-        self._check_stream_end(name, last_position)
-        if out_of_range:
-            raise ValueError(
-                f"`{name}` holds ids outside [0, {config.vocab_size}) (text ids < {config.text_vocab_size}, "
-                f"then image codes offset by {config.text_vocab_size})."
-            )
-        if image_in_text:
-            raise ValueError(
-                f"`{name}` holds an image code (id >= text_vocab_size={config.text_vocab_size}) at a text position "
-                f"(< max_text_length={config.max_text_length}): pad the caption to max_text_length with the pad "
-                f"token {config.text_pad_token_id} before the image codes, and use a tokenizer whose vocabulary fits "
-                "in text_vocab_size."
-            )
-        if text_in_image:
-            raise ValueError(
-                f"`{name}` holds a text token id (< text_vocab_size={config.text_vocab_size}) at an image position "
-                f"(>= max_text_length={config.max_text_length}): is the caption longer than max_text_length, or were "
-                f"image codes not offset by text_vocab_size?"
-            )
 
 
 class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
@@ -536,7 +460,7 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
         continue its streams), a `cache_implementation` or another decoding mode are left to `generate`."""
         prompt = inputs if inputs is not None else kwargs.get("input_ids")
         if isinstance(prompt, torch.Tensor):
-            self.model._check_stream_ids(prompt, torch.arange(prompt.shape[-1], device=prompt.device), "input_ids")
+            check_stream_ids(self.config, prompt, "input_ids")
         if self._takes_prefix_cache(generation_config, kwargs):
             kwargs["cache"] = DallePrefixCache(self.config)
         return super().generate(inputs, generation_config, **kwargs)
@@ -584,7 +508,7 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
             if image_codes.numel() and (image_codes.min() < 0 or image_codes.max() >= config.image_vocab_size):
                 raise ValueError(f"`image_codes` must lie in [0, {config.image_vocab_size}) (the image vocabulary).")
             stream = torch.cat([stream, image_codes.to(stream) + config.text_vocab_size], dim=1)
-        self.model._check_stream_ids(stream, torch.arange(stream.shape[1], device=stream.device), "the stream")
+        check_stream_ids(self.config, stream, "the stream")
         return stream
 
     def image_codes_from_ids(self, input_ids: torch.LongTensor) -> torch.LongTensor:
@@ -595,7 +519,7 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
                 f"`input_ids` must be complete streams of shape (batch, {config.max_sequence_length}), "
                 f"got {tuple(input_ids.shape)}."
             )
-        self.model._check_stream_ids(input_ids, torch.arange(input_ids.shape[1], device=input_ids.device), "input_ids")
+        check_stream_ids(self.config, input_ids, "input_ids")
         codes = input_ids[:, config.max_text_length :] - config.text_vocab_size
         return codes.view(-1, config.image_grid_size, config.image_grid_size)
 
@@ -643,20 +567,7 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
         if logits_to_keep:
             hidden_states = hidden_states[:, -logits_to_keep:]
         first_kept = length - hidden_states.shape[1]
-        text_vocab_size = self.config.text_vocab_size
-        # An accelerate hook (device_map / offload) places the head's weight only when `lm_head` itself is called.
-        head_is_dispatched = hasattr(self.lm_head, "_hf_hook")
-        if (
-            isinstance(past_length, int)
-            and past_length + first_kept >= self.config.max_text_length - 1
-            and not head_is_dispatched
-        ):
-            # Only image codes can come next: skip the text rows of the head (2/3 of it in the paper's model).
-            bias = self.lm_head.bias[text_vocab_size:] if self.lm_head.bias is not None else None
-            image_logits = F.linear(hidden_states, self.lm_head.weight[text_vocab_size:], bias)
-            logits = F.pad(image_logits, (text_vocab_size, 0), value=torch.finfo(image_logits.dtype).min)
-        else:
-            logits = mask_logits_by_position(self.lm_head(hidden_states), positions[first_kept:], self.config)
+        logits = self.stream_logits(hidden_states, positions[first_kept:], past_length + first_kept)
 
         loss = text_loss = image_loss = None
         if labels is not None:
@@ -665,7 +576,7 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
                     f"`labels` must have the shape of `input_ids` {tuple(input_ids.shape)} with logits for every "
                     f"position (logits_to_keep=0), got labels {tuple(labels.shape)}, logits_to_keep={logits_to_keep}."
                 )
-            self.model._check_stream_ids(labels, positions, "labels", ignore_index=-100)
+            check_stream_ids(self.config, labels, "labels", positions, ignore_index=-100)
             loss, text_loss, image_loss = self.weighted_loss(logits, labels, positions)
 
         output = DalleCausalLMOutputWithPast(
@@ -678,6 +589,21 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
             image_loss=image_loss,
         )
         return output if return_dict else output.to_tuple()
+
+    def stream_logits(
+        self, hidden_states: torch.Tensor, positions: torch.Tensor, first_position: int | torch.Tensor
+    ) -> torch.Tensor:
+        """The head's logits at stream `positions` (the first one `first_position`, an int unless a StaticCache's),
+        masked by [`mask_logits_by_position`]."""
+        text_vocab_size, head = self.config.text_vocab_size, self.lm_head
+        # Where only image codes can come next, skip the text rows of the head (2/3 of it in the paper's model); not
+        # under an accelerate hook (device_map / offload), which places the weight only when `lm_head` is called.
+        only_images = isinstance(first_position, int) and first_position >= self.config.max_text_length - 1
+        if only_images and not hasattr(head, "_hf_hook"):
+            bias = head.bias[text_vocab_size:] if head.bias is not None else None
+            image_logits = F.linear(hidden_states, head.weight[text_vocab_size:], bias)
+            return F.pad(image_logits, (text_vocab_size, 0), value=torch.finfo(image_logits.dtype).min)
+        return mask_logits_by_position(head(hidden_states), positions, self.config)
 
     def weighted_loss(
         self, logits: torch.Tensor, labels: torch.LongTensor, positions: torch.LongTensor
@@ -699,37 +625,10 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
         return weight * text_loss + (1 - weight) * image_loss, text_loss, image_loss
 
 
-def mask_logits_by_position(logits: torch.Tensor, positions: torch.Tensor, config: DalleConfig) -> torch.Tensor:
-    """Set the logits a stream position may not produce to the dtype's lowest value: the logits at position `p`
-    predict the token at `p + 1`, which is an image code if `p + 1 >= max_text_length` and a text token otherwise.
-    `logits`: `[..., len(positions), vocab_size]`. The lowest finite value rather than -inf, so that the difference
-    of two masked logits (classifier-free guidance) stays finite instead of becoming NaN."""
-    predicts_image = positions >= config.max_text_length - 1
-    vocab_is_image = torch.arange(config.vocab_size, device=logits.device) >= config.text_vocab_size
-    return logits.masked_fill(predicts_image[:, None] != vocab_is_image, torch.finfo(logits.dtype).min)
-
-
-class DalleStreamLogitsProcessor(LogitsProcessor):
-    """
-    [`LogitsProcessor`] that keeps text tokens at text positions and image codes at image positions of a DALL-E
-    stream (`input_ids` starting at stream position 0). [`DalleForImageGeneration`] already masks its logits this
-    way; this processor is for scores that come from elsewhere (e.g. mixed for classifier-free guidance).
-    """
-
-    def __init__(self, config: DalleConfig):
-        self.config = config
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        last_position = torch.tensor([input_ids.shape[1] - 1], device=scores.device)
-        return mask_logits_by_position(scores, last_position, self.config)
-
-
 __all__ = [
     "DalleCausalLMOutputWithPast",
     "DalleForImageGeneration",
     "DalleModel",
     "DallePreTrainedModel",
-    "DalleStreamLogitsProcessor",
     "eager_attention_forward",
-    "mask_logits_by_position",
 ]

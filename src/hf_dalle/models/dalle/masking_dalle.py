@@ -263,15 +263,14 @@ class DalleAttentionMasks:
 
     def __call__(
         self,
-        implementation: str,
         attention_function: Callable,
+        implementation: str,
         positions: torch.Tensor,
         key_length: int,
         decode_position: int | None = None,
     ) -> dict[str, LayerAttention]:
         """Per attention type, what its layers attend with for the queries at stream `positions` over `key_length` key
-        slots, under `implementation` (the call's attention implementation, whose function is
-        `attention_function`)."""
+        slots, under the call's attention `implementation`, whose function is `attention_function`."""
         config, device = self.config, positions.device
         if implementation == "flex_attention":
             function = cpu_flex_attention_forward if device.type == "cpu" else attention_function

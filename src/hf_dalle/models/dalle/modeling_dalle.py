@@ -22,7 +22,14 @@ from .cache_dalle import DallePrefixCache
 from .configuration_dalle import DalleConfig
 from .gradient_scaling_dalle import DalleResblockGradientScaler, resblock_gradient_scaler
 from .masking_dalle import DalleAttentionMasks, LayerAttention
-from .stream_dalle import check_attention_mask, check_stream_end, check_stream_ids, mask_logits_by_position
+from .stream_dalle import (
+    build_stream,
+    check_attention_mask,
+    check_stream_end,
+    check_stream_ids,
+    image_codes_of_stream,
+    mask_logits_by_position,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -148,15 +155,16 @@ class DalleBlock(GradientCheckpointingLayer):
         def layer_norm(enabled: bool = True) -> nn.Module:
             return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if enabled else nn.Identity()
 
+        # (In this order: the order of the parameters, which an optimizer's saved state follows.)
         self.attention_norm = layer_norm()
         self.attention = DalleAttention(config, layer_idx)
-        self.attention_output_norm = layer_norm(config.sandwich_layernorm)
-        self.attention_gradient_scaler = resblock_gradient_scaler(config)
         self.mlp_norm = layer_norm()
         self.mlp = DalleMLP(config)
+        self.attention_output_norm = layer_norm(config.sandwich_layernorm)
         self.mlp_output_norm = layer_norm(config.sandwich_layernorm)
-        self.mlp_gradient_scaler = resblock_gradient_scaler(config)
         self.dropout = nn.Dropout(config.dropout)
+        self.attention_gradient_scaler = resblock_gradient_scaler(config)
+        self.mlp_gradient_scaler = resblock_gradient_scaler(config)
 
     def residual_branches(self) -> list[tuple[nn.Module, list[nn.Module]]]:
         """Each residual branch's gradient scaler and the modules inside the branch."""
@@ -359,7 +367,7 @@ class DalleModel(DallePreTrainedModel):
             )
         attention_function = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         decode_position = host_length if is_decode_step and not self.training else None  # may read fewer keys
-        attention = self.attention_masks(implementation, attention_function, positions, key_length, decode_position)
+        attention = self.attention_masks(attention_function, implementation, positions, key_length, decode_position)
 
         hidden_states = self.embeddings(input_ids, positions)
         all_hidden_states = (hidden_states,) if output_hidden_states else None
@@ -486,42 +494,11 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
         `max_text_length`) and optional dVAE codes `[B, k]` in raster order or a `[B, h, w]` grid, which are offset by
         `text_vocab_size`. Prime with the top rows of an image by passing its first codes.
         """
-        config = self.config
-        if (
-            not isinstance(text_input_ids, torch.Tensor)
-            or text_input_ids.ndim != 2
-            or text_input_ids.shape[1] > config.max_text_length
-        ):
-            raise ValueError(
-                f"`text_input_ids` must be a tensor of shape (batch, <= max_text_length={config.max_text_length}), "
-                f"got {tuple(text_input_ids.shape) if isinstance(text_input_ids, torch.Tensor) else text_input_ids!r}."
-            )
-        missing = config.max_text_length - text_input_ids.shape[1]
-        stream = F.pad(text_input_ids, (0, missing), value=config.text_pad_token_id)
-        if image_codes is not None:
-            image_codes = image_codes.flatten(1)
-            if image_codes.shape[0] != stream.shape[0] or image_codes.shape[1] > config.image_seq_length:
-                raise ValueError(
-                    f"`image_codes` must hold at most image_grid_size**2={config.image_seq_length} codes for each of "
-                    f"the {stream.shape[0]} captions, got {tuple(image_codes.shape)}."
-                )
-            if image_codes.numel() and (image_codes.min() < 0 or image_codes.max() >= config.image_vocab_size):
-                raise ValueError(f"`image_codes` must lie in [0, {config.image_vocab_size}) (the image vocabulary).")
-            stream = torch.cat([stream, image_codes.to(stream) + config.text_vocab_size], dim=1)
-        check_stream_ids(self.config, stream, "the stream")
-        return stream
+        return build_stream(self.config, text_input_ids, image_codes)
 
     def image_codes_from_ids(self, input_ids: torch.LongTensor) -> torch.LongTensor:
         """The image codes of complete streams `[B, max_sequence_length]` as a `[B, G, G]` grid for the dVAE."""
-        config = self.config
-        if input_ids.ndim != 2 or input_ids.shape[1] != config.max_sequence_length:
-            raise ValueError(
-                f"`input_ids` must be complete streams of shape (batch, {config.max_sequence_length}), "
-                f"got {tuple(input_ids.shape)}."
-            )
-        check_stream_ids(self.config, input_ids, "input_ids")
-        codes = input_ids[:, config.max_text_length :] - config.text_vocab_size
-        return codes.view(-1, config.image_grid_size, config.image_grid_size)
+        return image_codes_of_stream(self.config, input_ids)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache", raise_if_both_names=True)
     def forward(

@@ -1,9 +1,10 @@
 """The layout of a DALL-E stream: `max_text_length` text positions (caption ids, then the pad id), then up to
-`image_grid_size ** 2` image codes, code `c` written as `text_vocab_size + c`. The checks of ids against it, run where
-ids enter the stream, and the rule on logits that follows from it: a position only predicts the kind of token that
-comes next."""
+`image_grid_size ** 2` image codes, code `c` written as `text_vocab_size + c`. Building streams and reading their codes
+back, the checks of ids against the layout (run where ids enter the stream), and the rule on logits that follows from
+it: a position only predicts the kind of token that comes next."""
 
 import torch
+import torch.nn.functional as F
 from transformers import LogitsProcessor
 
 from .configuration_dalle import DalleConfig
@@ -76,6 +77,48 @@ def check_attention_mask(attention_mask: torch.Tensor | None) -> None:
         )
 
 
+def build_stream(
+    config: DalleConfig, text_input_ids: torch.LongTensor, image_codes: torch.LongTensor | None = None
+) -> torch.LongTensor:
+    """A stream from caption ids `[B, n <= max_text_length]`, right-padded with the pad id, then the optional image
+    codes `[B, k]` (raster order) or `[B, h, w]`, offset by `text_vocab_size`."""
+    if (
+        not isinstance(text_input_ids, torch.Tensor)
+        or text_input_ids.ndim != 2
+        or text_input_ids.shape[1] > config.max_text_length
+    ):
+        raise ValueError(
+            f"`text_input_ids` must be a tensor of shape (batch, <= max_text_length={config.max_text_length}), "
+            f"got {tuple(text_input_ids.shape) if isinstance(text_input_ids, torch.Tensor) else text_input_ids!r}."
+        )
+    missing = config.max_text_length - text_input_ids.shape[1]
+    stream = F.pad(text_input_ids, (0, missing), value=config.text_pad_token_id)
+    if image_codes is not None:
+        image_codes = image_codes.flatten(1)
+        if image_codes.shape[0] != stream.shape[0] or image_codes.shape[1] > config.image_seq_length:
+            raise ValueError(
+                f"`image_codes` must hold at most image_grid_size**2={config.image_seq_length} codes for each of "
+                f"the {stream.shape[0]} captions, got {tuple(image_codes.shape)}."
+            )
+        if image_codes.numel() and (image_codes.min() < 0 or image_codes.max() >= config.image_vocab_size):
+            raise ValueError(f"`image_codes` must lie in [0, {config.image_vocab_size}) (the image vocabulary).")
+        stream = torch.cat([stream, image_codes.to(stream) + config.text_vocab_size], dim=1)
+    check_stream_ids(config, stream, "the stream")
+    return stream
+
+
+def image_codes_of_stream(config: DalleConfig, input_ids: torch.LongTensor) -> torch.LongTensor:
+    """The image codes of complete streams `[B, max_sequence_length]` as a `[B, G, G]` grid."""
+    if input_ids.ndim != 2 or input_ids.shape[1] != config.max_sequence_length:
+        raise ValueError(
+            f"`input_ids` must be complete streams of shape (batch, {config.max_sequence_length}), "
+            f"got {tuple(input_ids.shape)}."
+        )
+    check_stream_ids(config, input_ids, "input_ids")
+    codes = input_ids[:, config.max_text_length :] - config.text_vocab_size
+    return codes.view(-1, config.image_grid_size, config.image_grid_size)
+
+
 def mask_logits_by_position(logits: torch.Tensor, positions: torch.Tensor, config: DalleConfig) -> torch.Tensor:
     """Set the logits a stream position may not produce to the dtype's lowest value: the logits at position `p`
     predict the token at `p + 1`, which is an image code if `p + 1 >= max_text_length` and a text token otherwise.
@@ -103,8 +146,10 @@ class DalleStreamLogitsProcessor(LogitsProcessor):
 
 __all__ = [
     "DalleStreamLogitsProcessor",
+    "build_stream",
     "check_attention_mask",
     "check_stream_end",
     "check_stream_ids",
+    "image_codes_of_stream",
     "mask_logits_by_position",
 ]

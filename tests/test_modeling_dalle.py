@@ -781,6 +781,7 @@ def test_resblock_gradient_scaling_rescues_fp16_gradients_from_underflow():
 def test_resblock_gradient_scaling_is_exact_in_float32():
     stream = random_stream()
     reference = tiny_model(seed=4).train()
+    assert not any("gradient_scaler" in name for name in reference.state_dict())  # off: identity, with no state
     reference(stream, labels=stream).loss.backward()
     model = tiny_model(seed=4, resblock_gradient_scaling=True).train()
     model.activation_checkpointing_enable()

@@ -486,7 +486,7 @@ class DallePipeline(DiffusionPipeline):
         cache: the cache and the logits of the next position."""
         batch = torch.cat([streams, uncond_streams]) if uncond_streams is not None else streams
         cache = DallePrefixCache(self.transformer.config)
-        logits = self.transformer(batch, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        logits = self.transformer(batch, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         return cache, logits
 
     @torch.no_grad()
@@ -542,7 +542,7 @@ class DallePipeline(DiffusionPipeline):
             if step + 1 < num_new:
                 step_ids = generated[:, -1:]
                 step_ids = torch.cat([step_ids, step_ids]) if uncond_streams is not None else step_ids
-                logits = self.transformer(step_ids, cache=cache, use_cache=True).logits[:, -1]
+                logits = self.transformer(step_ids, past_key_values=cache, use_cache=True).logits[:, -1]
         if non_finite.any():
             raise ValueError(
                 f"Sampling met non-finite probabilities (NaN or infinite logits) at step {int(non_finite.nonzero()[0])}: "

@@ -40,7 +40,7 @@ from transformers import CompileConfig, DynamicCache, GPT2Config, GPT2LMHeadMode
 
 from hf_dalle import DalleConfig, DalleForImageGeneration, DalleModel
 from hf_dalle.io_utils import write_file_atomically
-from hf_dalle.models.dalle import CACHE_NAME, build_attention_masks, decode_step_keys
+from hf_dalle.models.dalle.masking_dalle import build_attention_masks, decode_step_keys
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -138,7 +138,7 @@ def ours_generate(model: DalleForImageGeneration, text: torch.Tensor, top_k: int
         extra = {"cache_implementation": "static", "compile_config": compile_config}
 
     def run() -> int:
-        cache = {CACHE_NAME: DynamicCache()} if variant == OURS_DYNAMIC else {}  # a fresh one per call
+        cache = {"cache": DynamicCache()} if variant == OURS_DYNAMIC else {}  # a fresh one per call
         stream = model.generate(
             text, do_sample=True, top_k=top_k, max_new_tokens=num_tokens, min_new_tokens=num_tokens, **extra, **cache
         )

@@ -90,11 +90,11 @@ class HfSteps:
     def prefill(self, stream: torch.Tensor):
         cache = self.make_cache()
         # As `generate` prefills: the logits of the last position only.
-        self.model(stream, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        self.model(stream, cache=cache, use_cache=True, logits_to_keep=1)
         return cache
 
     def step(self, stream: torch.Tensor, cache) -> torch.Tensor:
-        logits = self.model(stream[:, -1:], past_key_values=cache, use_cache=True).logits[:, -1, self.offset :]
+        logits = self.model(stream[:, -1:], cache=cache, use_cache=True).logits[:, -1, self.offset :]
         return sample(logits.float(), self.warpers, stream)
 
 

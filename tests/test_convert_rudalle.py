@@ -38,7 +38,7 @@ from hf_dalle.conversion.convert_rudalle import (
     rudalle_tokenizer,
 )
 from hf_dalle.conversion.convert_rudalle_vqgan import convert_sber_vqgan
-from hf_dalle.models.dalle import build_attention_masks
+from hf_dalle.models.dalle.masking_dalle import build_attention_masks
 from hf_dalle.testing_utils import make_tiny_pipeline, random_rudalle_state_dict
 from hf_dalle.training import image_to_tensor, load_pretokenized_dataset
 

@@ -1,21 +1,23 @@
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
 from huggingface_hub.errors import StrictDataclassClassValidationError
+from torch.overrides import TorchFunctionMode
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, CompileConfig, DynamicCache, StaticCache
 
 from hf_dalle import DalleConfig, DalleForImageGeneration, DalleModel, DalleStreamLogitsProcessor
-from hf_dalle.models.dalle import (
-    CACHE_NAME,
+from hf_dalle.models.dalle import DallePrefixCache
+from hf_dalle.models.dalle.cache_dalle import PrefixLayer
+from hf_dalle.models.dalle.configuration_dalle import ATTENTION_TYPES
+from hf_dalle.models.dalle.gradient_scaling_dalle import DalleResblockGradientScaler
+from hf_dalle.models.dalle.masking_dalle import (
     IMAGE_ATTENTION_RULES,
-    DallePrefixCache,
-    DalleResblockGradientScaler,
-    PrefixLayer,
     build_attention_masks,
     build_flex_block_mask,
     decode_step_keys,
 )
-from hf_dalle.models.dalle.configuration_dalle import ATTENTION_TYPES
 from hf_dalle.models.dalle.modeling_dalle import eager_attention_forward
 
 
@@ -206,7 +208,7 @@ def manual_greedy(model, prompt, num_new_tokens, cache):
         for _ in range(num_new_tokens):
             next_token = out.logits[:, -1].argmax(-1, keepdim=True)
             tokens.append(next_token)
-            out = model(input_ids=next_token, cache=getattr(out, CACHE_NAME), use_cache=True)
+            out = model(input_ids=next_token, cache=out.cache, use_cache=True)
     return torch.cat(tokens, dim=1)
 
 
@@ -217,7 +219,7 @@ def test_greedy_generation_is_the_same_with_and_without_cache(prompt_length):
     new = STREAM_LENGTH - prompt_length
     without_cache = model.generate(prompt, do_sample=False, max_new_tokens=new, use_cache=False)
     prefix = model.generate(prompt, do_sample=False, max_new_tokens=new)  # the default: a DallePrefixCache
-    dynamic = model.generate(prompt, do_sample=False, max_new_tokens=new, **{CACHE_NAME: DynamicCache()})
+    dynamic = model.generate(prompt, do_sample=False, max_new_tokens=new, cache=DynamicCache())
     static = model.generate(prompt, do_sample=False, max_new_tokens=new, cache_implementation="static")
     assert without_cache.shape == (3, STREAM_LENGTH)
     assert torch.equal(prefix, without_cache)
@@ -240,12 +242,12 @@ def test_generate_defaults_to_a_prefix_cache_and_keeps_the_callers():
     model, prompt = tiny_model(), random_stream(batch=2)[:, :TEXT_LENGTH]
     new = STREAM_LENGTH - TEXT_LENGTH
     runs = {}
-    for name, kwargs in [("default", {}), ("dynamic", {CACHE_NAME: DynamicCache()})]:
+    for name, kwargs in [("default", {}), ("dynamic", {"cache": DynamicCache()})]:
         torch.manual_seed(3)
         runs[name] = model.generate(
             prompt, do_sample=True, top_k=5, max_new_tokens=new, return_dict_in_generate=True, **kwargs
         )
-    caches = {name: getattr(run, CACHE_NAME) for name, run in runs.items()}
+    caches = {name: run.cache for name, run in runs.items()}
     assert type(caches["default"]) is DallePrefixCache
     assert type(caches["dynamic"]) is DynamicCache
     assert torch.equal(runs["default"].sequences, runs["dynamic"].sequences)
@@ -255,7 +257,7 @@ def test_generate_defaults_to_a_prefix_cache_and_keeps_the_callers():
         torch.testing.assert_close(layer.keys[:, :, : layer.length], dynamic_layer.keys)
     # Modes that reorder the cache keep generate's own.
     beams = model.generate(prompt, num_beams=2, max_new_tokens=3, return_dict_in_generate=True)
-    assert type(getattr(beams, CACHE_NAME)) is DynamicCache
+    assert type(beams.cache) is DynamicCache
 
 
 def test_prefix_layer_returns_the_filled_prefix_and_crops():
@@ -300,7 +302,7 @@ def test_sparse_decode_steps_give_the_logits_of_one_pass():
     types = ["row", "column", "conv", "full"]
     model = tiny_model(max_text_length=2, image_grid_size=6, num_hidden_layers=4, attention_types=types)
     stream_length = model.config.max_sequence_length
-    sparse = model.model.decode_step_keys_at(stream_length - 1, torch.device("cpu"))
+    sparse = model.model.attention_masks.decode_steps(torch.device("cpu"))[stream_length - 1]
     assert [sparse[kind] is not None for kind in types] == [True, True, True, False]
     g = torch.Generator().manual_seed(0)
     stream = torch.cat(
@@ -318,6 +320,41 @@ def test_sparse_decode_steps_give_the_logits_of_one_pass():
     prompt = stream[:, :2]
     greedy = model.generate(prompt, do_sample=False, max_new_tokens=36)
     assert torch.equal(greedy, model.generate(prompt, do_sample=False, max_new_tokens=36, use_cache=False))
+
+
+class HostReads(TorchFunctionMode):
+    """Records the tensor calls that read values back to the host, which wait for the device to finish its queue."""
+
+    READS = {"tolist", "item", "__bool__", "__int__", "__float__", "__index__", "nonzero"}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", None) in self.READS:
+            self.calls.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("make_cache", [DallePrefixCache, lambda config: DynamicCache(config=config)])
+def test_decode_steps_never_wait_for_the_device(make_cache):
+    # The layout is checked where ids enter the stream, not at every step (the step's id comes from the model's masked
+    # logits), and the sparse decode steps' keys are built for every position at the first step.
+    types = ["row", "column", "conv", "full"]
+    model = tiny_model(max_text_length=2, image_grid_size=6, num_hidden_layers=4, attention_types=types)
+    stream = model.prepare_input_ids(torch.tensor([[5, 7]]), torch.randint(0, IMAGE_VOCAB, (1, 36)))
+    cache = make_cache(model.config)
+    with torch.no_grad():
+        model(stream[:, :3], cache=cache)
+        model(stream[:, 3:4], cache=cache)
+        with HostReads() as reads:
+            for position in range(4, stream.shape[1]):
+                model(stream[:, position : position + 1], cache=cache)
+    assert reads.calls == []
+    with HostReads() as reads, torch.no_grad():  # a prefill still checks its ids: the reads are seen
+        model(stream)
+    assert reads.calls
 
 
 def test_cached_chunks_give_the_logits_of_one_pass():
@@ -515,7 +552,7 @@ def test_eager_attention_runs_eager_and_matches_sdpa(monkeypatch):
     assert calls["sdpa"] == 0
 
 
-def test_output_attentions_returns_the_masked_softmax_weights():
+def test_output_attentions_returns_the_masked_softmax_weights(caplog):
     types = ["full", "row", "column", "conv"]
     model = tiny_model(num_hidden_layers=4, attention_types=types, attn_implementation="eager")
     stream = random_stream()
@@ -549,8 +586,12 @@ def test_output_attentions_returns_the_masked_softmax_weights():
             assert layer_weights.shape == (2, 2, 1, position + 1)
             torch.testing.assert_close(layer_weights[:, :, 0], full_weights[:, :, position, : position + 1])
 
-    with pytest.raises(ValueError, match="`output_attentions=True` needs the eager attention implementation"):
-        tiny_model()(stream, output_attentions=True)
+    # Other implementations warn and return no weights, as transformers' own models do.
+    logging.Logger.warning_once.cache_clear()
+    with caplog.at_level(logging.WARNING):
+        out = tiny_model()(stream, output_attentions=True)
+    assert out.attentions == ()
+    assert "`output_attentions=True` needs the eager attention implementation; 'sdpa' returns no" in caplog.text
 
 
 def test_flex_block_masks_are_the_dense_masks():
@@ -697,8 +738,8 @@ def test_bad_calls_are_rejected():
         model.prepare_input_ids(torch.ones(1, 3, dtype=torch.long), torch.full((1, 4), IMAGE_VOCAB))
     with pytest.raises(ValueError, match="complete streams of shape \\(batch, 24\\)"):
         model.image_codes_from_ids(stream[:, :-1])
-    with pytest.raises(ValueError, match="Pass the cache once, as `cache` or as `past_key_values`"):
-        model(stream, cache=DynamicCache(), past_key_values=DynamicCache())
+    with pytest.raises(ValueError, match="image code .* at a text position"):  # generate checks its prompt
+        model.generate(stream.index_fill(1, torch.tensor([2]), TEXT_VOCAB + 1)[:, :TEXT_LENGTH], max_new_tokens=1)
     # A decode step past the end of the stream.
     cache = DynamicCache(config=model.config)
     model(stream, cache=cache)
@@ -740,6 +781,7 @@ def test_resblock_gradient_scaling_rescues_fp16_gradients_from_underflow():
 def test_resblock_gradient_scaling_is_exact_in_float32():
     stream = random_stream()
     reference = tiny_model(seed=4).train()
+    assert not any("gradient_scaler" in name for name in reference.state_dict())  # off: identity, with no state
     reference(stream, labels=stream).loss.backward()
     model = tiny_model(seed=4, resblock_gradient_scaling=True).train()
     model.activation_checkpointing_enable()
@@ -831,6 +873,5 @@ def test_generate_continues_from_the_cache_it_returned():
     new = STREAM_LENGTH - TEXT_LENGTH
     whole = model.generate(prompt, do_sample=False, max_new_tokens=new)
     first = model.generate(prompt, do_sample=False, max_new_tokens=5, return_dict_in_generate=True)
-    cache = getattr(first, CACHE_NAME)
-    rest = model.generate(first.sequences, past_key_values=cache, do_sample=False, max_new_tokens=new - 5)
+    rest = model.generate(first.sequences, cache=first.cache, do_sample=False, max_new_tokens=new - 5)
     assert torch.equal(rest, whole)

@@ -10,8 +10,7 @@ import pytest
 import torch
 from test_modeling_dalle import GRID, STREAM_LENGTH, TEXT_LENGTH, TEXT_VOCAB, random_stream, tiny_model
 from torch import nn
-
-from hf_dalle.models.dalle import CACHE_NAME
+from transformers import DynamicCache
 
 
 LAYERS, HEADS, HIDDEN = 3, 2, 32
@@ -97,7 +96,7 @@ def test_generate_dict_outputs_have_one_entry_per_step(model, do_sample):
     # Greedy picks the argmax of each step's scores.
     if not do_sample:
         assert torch.equal(torch.stack(out.scores, 1).argmax(-1), out.sequences[:, prompt.shape[1] :])
-    assert getattr(out, CACHE_NAME).get_seq_length() == prompt.shape[1] + new - 1
+    assert out.cache.get_seq_length() == prompt.shape[1] + new - 1
 
 
 def test_beam_search_and_several_sequences_per_prompt(model):
@@ -109,3 +108,36 @@ def test_beam_search_and_several_sequences_per_prompt(model):
     torch.manual_seed(0)
     sampled = model.generate(prompt, do_sample=True, num_return_sequences=3, max_new_tokens=GRID)
     assert sampled.shape == (6, TEXT_LENGTH + GRID)
+
+
+def test_resized_embeddings_survive_post_init(model):
+    # transformers marks resized modules `_is_hf_initialized`: a later `post_init()` (or `init_weights()`) keeps them.
+    model.resize_token_embeddings(model.config.vocab_size + 5, mean_resizing=False)
+    resized = {name: p.clone() for name, p in model.named_parameters()}
+    model.post_init()
+    for name, p in model.named_parameters():
+        assert torch.equal(p, resized[name]), name
+
+
+def test_resize_token_embeddings_rejects_a_fractional_multiple(model):
+    for multiple in (1.3, 0):
+        with pytest.raises(ValueError, match=f"`pad_to_multiple_of` must be a positive integer, got {multiple}"):
+            model.resize_token_embeddings(model.config.vocab_size, pad_to_multiple_of=multiple)
+    assert model.config.text_vocab_size == TEXT_VOCAB
+    model.resize_token_embeddings(pad_to_multiple_of=64)
+    assert model.config.vocab_size == 128 and model.lm_head.out_features == 128
+
+
+def test_the_old_cache_name_warns_and_still_works(model):
+    prompt = random_stream()[:, : TEXT_LENGTH + 2]
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad(), pytest.warns(FutureWarning, match="`past_key_values` is deprecated .* Use `cache` instead"):
+        out = model(prompt, past_key_values=cache)
+    assert out.cache is cache and cache.get_seq_length() == prompt.shape[1]
+    with torch.no_grad(), pytest.warns(FutureWarning, match="`past_key_values` is deprecated"):
+        model.model(prompt, past_key_values=DynamicCache(config=model.config))
+    with pytest.warns(FutureWarning, match="`past_key_values` is deprecated"):
+        generated = model.generate(prompt, past_key_values=DynamicCache(), do_sample=False, max_new_tokens=2)
+    assert torch.equal(generated, model.generate(prompt, do_sample=False, max_new_tokens=2))
+    with pytest.raises(ValueError, match="Both `past_key_values` and `cache` are set"):
+        model(prompt, cache=DynamicCache(), past_key_values=DynamicCache())

@@ -114,7 +114,7 @@ class DalleConfig(PreTrainedConfig):
     """
 
     model_type = "dalle"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache"]
 
     text_vocab_size: int = 16384
     image_vocab_size: int = 8192

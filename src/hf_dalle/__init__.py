@@ -10,6 +10,7 @@ from .convert_ruclip import convert_ruclip
 from .convert_rudalle_vqgan import convert_sber_vqgan
 from .convert_yttm import convert_yttm_to_tokenizer
 from .models.dalle import DalleConfig, DalleForImageGeneration, DalleModel, DalleStreamLogitsProcessor
+from .models.dalle_bart import DalleBartConfig, DalleBartForImageGeneration
 from .models.dalle_vae import DalleVAE, DalleVAEConfig, map_pixels, unmap_pixels
 from .models.dalle_vqgan import DalleVQGAN, DalleVQGANConfig
 from .pipelines import DallePipeline, DallePipelineOutput
@@ -23,6 +24,8 @@ DEMO_MODEL_DIR = str(Path(__file__).parent / "demo_model")
 
 __all__ = [
     "DEMO_MODEL_DIR",
+    "DalleBartConfig",
+    "DalleBartForImageGeneration",
     "DalleConfig",
     "DalleForImageGeneration",
     "DalleModel",
@@ -34,6 +37,7 @@ __all__ = [
     "DalleVAEConfig",
     "DalleVQGAN",
     "DalleVQGANConfig",
+    "convert_dalle_mega",
     "convert_openai_dvae",
     "convert_ruclip",
     "convert_sber_vqgan",
@@ -41,3 +45,12 @@ __all__ = [
     "map_pixels",
     "unmap_pixels",
 ]
+
+
+def __getattr__(name: str):
+    # The DALL·E Mini / Mega converter is imported on first use, so that `import hf_dalle` does not load it.
+    if name == "convert_dalle_mega":
+        from .conversion.convert_dalle_mega import convert_dalle_mega
+
+        return convert_dalle_mega
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

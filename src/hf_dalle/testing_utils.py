@@ -178,7 +178,7 @@ def re_layer_norm(name: str) -> bool:
     return module in ("ln0", "ln1", "layernorm_embedding", "final_ln") or module.endswith("layer_norm")
 
 
-def random_detoker_state_dict(
+def random_taming_vqgan_state_dict(
     vocab_size: int = 2**14,
     embed_dim: int = 256,
     latent_channels: int = 256,
@@ -186,14 +186,17 @@ def random_detoker_state_dict(
     layers_per_block: int = 2,
     attention_levels: tuple[int, ...] = (4,),
     num_channels: int = 3,
+    with_encoder: bool = False,
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """Random weights in the layout of min-dalle's `detoker.pt` (the decoder side of a taming-transformers VQGAN:
-    `embedding`, `post_quant_conv`, `decoder.*`); the defaults are its one size (46.7M parameters). Decoder level `i`
-    (taming's `up.{i}`, 0 = full resolution) has `block_out_channels[i]` channels and attention if `i` is in
-    `attention_levels`. GroupNorm weights are 1 + N(0, 0.1), biases N(0, 0.1), convolutions N(0, 1 / fan_in)."""
+    """Random weights of a taming-transformers VQGAN (`VQModel`) in taming's layout: the codebook
+    (`quantize.embedding`), `post_quant_conv` and `decoder.*`, plus `quant_conv` and `encoder.*` with `with_encoder`.
+    The defaults are dalle-mini's VQGAN f16 16384 (the decoder alone: min-dalle's `detoker.pt`, 46.7M parameters, once
+    its codebook is renamed `embedding`). Level `i` (taming's `down.{i}` / `up.{i}`, 0 = full resolution) has
+    `block_out_channels[i]` channels and attention if `i` is in `attention_levels`. GroupNorm weights are
+    1 + N(0, 0.1), biases N(0, 0.1), convolutions N(0, 1 / fan_in), so a converter that drops or swaps one is caught."""
     generator = torch.Generator().manual_seed(seed)
-    shapes: dict[str, tuple[int, ...]] = {"embedding.weight": (vocab_size, embed_dim)}
+    shapes: dict[str, tuple[int, ...]] = {"quantize.embedding.weight": (vocab_size, embed_dim)}
 
     def conv(name: str, out: int, inp: int, kernel: int) -> None:
         shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (out, inp, kernel, kernel), (out,)
@@ -214,12 +217,30 @@ def random_detoker_state_dict(
         for part in ("q", "k", "v", "proj_out"):
             conv(f"{name}.{part}", channels, channels, 1)
 
+    def middle(prefix: str, width: int) -> None:
+        resnet(f"{prefix}.mid.block_1", width, width)
+        attention(f"{prefix}.mid.attn_1", width)
+        resnet(f"{prefix}.mid.block_2", width, width)
+
+    if with_encoder:
+        width = block_out_channels[0]
+        conv("encoder.conv_in", width, num_channels, 3)
+        for level, out in enumerate(block_out_channels):
+            for block in range(layers_per_block):
+                resnet(f"encoder.down.{level}.block.{block}", width, out)
+                width = out
+                if level in attention_levels:
+                    attention(f"encoder.down.{level}.attn.{block}", out)
+            if level != len(block_out_channels) - 1:
+                conv(f"encoder.down.{level}.downsample.conv", out, out, 3)
+        middle("encoder", width)
+        norm("encoder.norm_out", width)
+        conv("encoder.conv_out", latent_channels, width, 3)
+        conv("quant_conv", embed_dim, latent_channels, 1)
     conv("post_quant_conv", latent_channels, embed_dim, 1)
     width = block_out_channels[-1]
     conv("decoder.conv_in", width, latent_channels, 3)
-    resnet("decoder.mid.block_1", width, width)
-    attention("decoder.mid.attn_1", width)
-    resnet("decoder.mid.block_2", width, width)
+    middle("decoder", width)
     for level in reversed(range(len(block_out_channels))):
         out = block_out_channels[level]
         for block in range(layers_per_block + 1):
@@ -240,8 +261,30 @@ def random_detoker_state_dict(
         elif len(shape) == 4:
             state_dict[name] = noise / (shape[1] * shape[2] * shape[3]) ** 0.5
         else:
-            state_dict[name] = 0.1 * noise if name != "embedding.weight" else noise
+            state_dict[name] = 0.1 * noise if name != "quantize.embedding.weight" else noise
     return state_dict
+
+
+def detoker_state_dict(taming_state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The decoder side of a taming VQGAN state dict in min-dalle's `detoker.pt` layout (codebook `embedding`)."""
+    return {
+        ("embedding.weight" if key == "quantize.embedding.weight" else key): value
+        for key, value in taming_state_dict.items()
+        if not key.startswith(("encoder.", "quant_conv."))
+    }
+
+
+def small_vqgan_sizes(config) -> dict:
+    """Sizes of a small VQGAN for the codes of a (small) [`DalleBartConfig`]: 4x upsampling, attention at the
+    lowest level; the arguments of [`random_taming_vqgan_state_dict`]."""
+    return {
+        "vocab_size": config.image_vocab_size,
+        "embed_dim": 32,
+        "latent_channels": 32,
+        "block_out_channels": (32, 32, 64),
+        "layers_per_block": 1,
+        "attention_levels": (2,),
+    }
 
 
 def train_bart_style_bpe(texts: list[str], vocab_size: int = 400) -> tuple[dict[str, int], list[str]]:
@@ -290,14 +333,6 @@ def write_min_dalle_models_root(
     (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     (folder / "merges.txt").write_text("\n".join(merges) + "\n", encoding="utf-8")
     if detoker is None:
-        detoker = random_detoker_state_dict(
-            vocab_size=config.image_vocab_size,
-            embed_dim=32,
-            latent_channels=32,
-            block_out_channels=(32, 32, 64),
-            layers_per_block=1,
-            attention_levels=(2,),
-            seed=seed + 1,
-        )
+        detoker = detoker_state_dict(random_taming_vqgan_state_dict(**small_vqgan_sizes(config), seed=seed + 1))
     torch.save(detoker, vqgan / "detoker.pt")
     return decoder

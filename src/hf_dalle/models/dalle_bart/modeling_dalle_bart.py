@@ -419,9 +419,6 @@ class DalleBartForImageGeneration(DalleBartPreTrainedModel, GenerationMixin):
         self.model = DalleBartModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.decoder_vocab_size, bias=False)
         self.post_init()
-        if self.generation_config is not None:
-            # A code stream is complete after image_grid_size**2 codes (from_pretrained reads generation_config.json).
-            self.generation_config.max_new_tokens = config.image_seq_length
 
     def get_encoder(self) -> DalleBartEncoder:
         return self.model.encoder
@@ -486,7 +483,8 @@ class DalleBartForImageGeneration(DalleBartPreTrainedModel, GenerationMixin):
           models; MusicGen batches the guidance in its own `generate`, which this follows.)
         - A `SuppressTokensLogitsProcessor` on the head's rows past the image codes, after the guidance mix (a -inf
           there before it would turn the mix into NaN).
-        - The default cache is [`~DalleBartForImageGeneration.make_cache`] for greedy and sampled generation.
+        - The default cache is [`~DalleBartForImageGeneration.make_cache`] for greedy and sampled generation, and
+          the default length a whole image (`max_new_tokens=image_grid_size ** 2`).
         """
         defaults = generation_config if generation_config is not None else self.generation_config
         guidance_scale = kwargs.pop("guidance_scale", defaults.guidance_scale)
@@ -525,6 +523,8 @@ class DalleBartForImageGeneration(DalleBartPreTrainedModel, GenerationMixin):
             # `generate` takes its batch size from `input_ids` and, given `encoder_outputs`, does not run the encoder.
             kwargs["attention_mask"] = attention_mask
             kwargs["guided"] = True
+        if "max_length" not in kwargs and kwargs.get("max_new_tokens", defaults.max_new_tokens) is None:
+            kwargs["max_new_tokens"] = config.image_seq_length  # a whole image, rather than generate's 20 tokens
         if generate_takes_prefix_cache(defaults, kwargs):
             kwargs[CACHE_NAME] = self.make_cache()
         return super().generate(input_ids, generation_config, logits_processor=processors, **kwargs)

@@ -14,19 +14,19 @@ from hf_dalle.testing_utils import random_min_dalle_state_dicts
 
 
 def tiny_config(**overrides) -> DalleBartConfig:
-    sizes = dict(
-        text_vocab_size=64,
-        image_vocab_size=32,
-        decoder_vocab_size=35,
-        max_text_length=8,
-        image_grid_size=4,
-        hidden_size=32,
-        encoder_layers=2,
-        decoder_layers=2,
-        num_attention_heads=4,
-        intermediate_size=48,
-        decoder_start_token_id=31,
-    )
+    sizes = {
+        "text_vocab_size": 64,
+        "image_vocab_size": 32,
+        "decoder_vocab_size": 35,
+        "max_text_length": 8,
+        "image_grid_size": 4,
+        "hidden_size": 32,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 48,
+        "decoder_start_token_id": 31,
+    }
     return DalleBartConfig(**{**sizes, **overrides})
 
 

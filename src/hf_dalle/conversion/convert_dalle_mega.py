@@ -185,6 +185,14 @@ def check_tensor(tensor: torch.Tensor, name: str, source: str) -> None:
         raise ValueError(f"{source}: {name!r} holds NaN or infinite values.")
 
 
+def min_dalle_location(name: str) -> tuple[str, str]:
+    """Where a [`DalleBartForImageGeneration`] parameter lies in min-dalle's files: `(file, key)`."""
+    if name == "lm_head.weight":
+        return "decoder.pt", name
+    part, key = name.removeprefix("model.").split(".", 1)
+    return f"{part}.pt", key
+
+
 def dalle_bart_tensors(
     encoder: dict[str, torch.Tensor], decoder: dict[str, torch.Tensor], config: DalleBartConfig
 ) -> dict[str, torch.Tensor]:
@@ -196,24 +204,22 @@ def dalle_bart_tensors(
     """
     with torch.device("meta"):
         expected = DalleBartForImageGeneration(config).state_dict()
-    sources = {}
-    for source, state_dict, prefix in (
-        ("encoder.pt", encoder, "model.encoder."),
-        ("decoder.pt", decoder, "model.decoder."),
-    ):
-        for key, tensor in state_dict.items():
-            name = "lm_head.weight" if source == "decoder.pt" and key == "lm_head.weight" else prefix + key
-            sources[name] = (source, key, tensor)
-    missing = [name for name in expected if name not in sources]
+    files = {"encoder.pt": encoder, "decoder.pt": decoder}
+    missing = [f"{source}: {key}" for source, key in map(min_dalle_location, expected) if key not in files[source]]
     if missing:
-        names = [
-            f"{'decoder.pt' if n.startswith(('model.decoder.', 'lm_head')) else 'encoder.pt'}: {n.split('.', 2)[-1] if n.startswith('model.') else n}"
-            for n in missing
-        ]
         raise ValueError(
             f"min-dalle's files lack {len(missing)} tensors of a {config.encoder_layers} + {config.decoder_layers} "
-            f"layer model: {names[:6]}{' ...' if len(names) > 6 else ''}."
+            f"layer model: {missing[:6]}{' ...' if len(missing) > 6 else ''}."
         )
+    sources = {
+        ("lm_head.weight" if (source, key) == ("decoder.pt", "lm_head.weight") else f"model.{source[:-3]}.{key}"): (
+            source,
+            key,
+            tensor,
+        )
+        for source, state_dict in files.items()
+        for key, tensor in state_dict.items()
+    }
     unused = [f"{source}: {key}" for name, (source, key, _) in sources.items() if name not in expected]
     if unused:
         logger.warning("Tensors of min-dalle's files that the model has no place for, left out: %s", unused)
@@ -590,6 +596,7 @@ __all__ = [
     "image_grid_size_of",
     "min_dalle_files",
     "min_dalle_generation_config",
+    "min_dalle_location",
     "pipeline_model_index",
     "read_flax_msgpack",
     "vqgan_config_from_taming_state_dict",

@@ -39,10 +39,12 @@ def min_dalle_generate_codes(
     supercondition_factor: float = 16.0,
     temperature: float = 1.0,
     seed: int = 0,
+    num_codes: int | None = None,
 ) -> torch.LongTensor:
     """`MinDalle.generate_raw_image_stream`'s decoding, step for step: the encoder over the two text rows, each row
     repeated `image_count` times (unconditional rows first), an attention state of zeros, the image tokens started
-    at 2**14 - 1, and `decoder.sample_tokens` at every one of the 256 positions. Returns `[image_count, 256]`."""
+    at 2**14 - 1, and `decoder.sample_tokens` at each of the 256 positions (the first `num_codes` only, if given).
+    Returns `[image_count, num_codes or 256]`."""
     image_token_count = decoder.embed_positions.weight.shape[0]
     layer_count = len(decoder.layers)
     embed_count = decoder.embed_tokens.weight.shape[1]
@@ -56,7 +58,7 @@ def min_dalle_generate_codes(
     torch.manual_seed(seed)
     token_indices = torch.arange(image_token_count)
     settings = torch.tensor([temperature, top_k, supercondition_factor], dtype=torch.float32)
-    for i in range(image_token_count):
+    for i in range(num_codes or image_token_count):
         image_tokens[:, i + 1], attention_state = decoder.sample_tokens(
             settings=settings,
             attention_mask=attention_mask,
@@ -65,7 +67,7 @@ def min_dalle_generate_codes(
             prev_tokens=image_tokens[:, [i]],
             token_index=token_indices[[i]],
         )
-    return image_tokens[:, 1:]
+    return image_tokens[:, 1 : 1 + (num_codes or image_token_count)]
 
 
 def perturb_(module: torch.nn.Module, seed: int, scale: float = 0.05) -> None:

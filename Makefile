@@ -145,9 +145,11 @@ device-kit:
 	rm -rf .whl && mv .whl.tmp .whl
 
 # The benchmarks on this machine's CPU; results in benchmarks/*.md and *.json (see README "Performance"). The VQGAN and
-# ruDALL-E ones time taming-transformers and ruDALL-E's own generation loop, which live in the reference venv.
+# ruDALL-E ones time taming-transformers and ruDALL-E's own generation loop, and the DALL·E Mega one min-dalle's, which
+# live in the reference venv.
 benchmark: bench-env ref-env
 	$(BENCH_VENV)/bin/python scripts/benchmark_generation.py $(BENCH_ARGS)
 	$(BENCH_VENV)/bin/python scripts/benchmark_training.py $(BENCH_ARGS)
 	$(REF_VENV)/bin/python scripts/benchmark_vqgan.py $(VQGAN_BENCH_ARGS)
 	$(REF_VENV)/bin/python scripts/benchmark_rudalle_generation.py $(RUDALLE_BENCH_ARGS)
+	$(REF_VENV)/bin/python scripts/benchmark_dalle_mega_generation.py $(DALLE_MEGA_BENCH_ARGS)

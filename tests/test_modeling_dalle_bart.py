@@ -166,6 +166,12 @@ def test_decoding_step_by_step_with_the_cache_equals_one_pass():
         for i in range(6)
     ]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+    # A primed start: several codes at once into a fresh cache (causal among themselves), then one at a time.
+    cache = model.make_cache()
+    kwargs = {"attention_mask": mask, "encoder_outputs": encoder_outputs, "past_key_values": cache, "use_cache": True}
+    primed = [model(decoder_input_ids=decoder_ids[:, :4], **kwargs).logits]
+    primed += [model(decoder_input_ids=decoder_ids[:, i : i + 1], **kwargs).logits for i in (4, 5)]
+    torch.testing.assert_close(torch.cat(primed, dim=1), full, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="positions for image_grid_size"):
         model(
             attention_mask=mask,
@@ -186,7 +192,12 @@ def test_loss_is_the_cross_entropy_of_the_shifted_codes():
     expected = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
     torch.testing.assert_close(output.loss, expected)
     output.loss.backward()
-    assert model.model.encoder.layers[0].glu.fc0.weight.grad.abs().sum() > 0
+    gradient = model.model.encoder.layers[0].glu.fc0.weight.grad.clone()
+    assert gradient.abs().sum() > 0
+    model.zero_grad()
+    model.gradient_checkpointing_enable()
+    model(CAPTIONS, labels=labels).loss.backward()
+    torch.testing.assert_close(model.model.encoder.layers[0].glu.fc0.weight.grad, gradient)
 
 
 def test_save_and_load_through_the_auto_classes(tmp_path):

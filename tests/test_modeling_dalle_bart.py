@@ -195,7 +195,7 @@ def test_loss_is_the_cross_entropy_of_the_shifted_codes():
     gradient = model.model.encoder.layers[0].glu.fc0.weight.grad.clone()
     assert gradient.abs().sum() > 0
     model.zero_grad()
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     model(CAPTIONS, labels=labels).loss.backward()
     torch.testing.assert_close(model.model.encoder.layers[0].glu.fc0.weight.grad, gradient)
 

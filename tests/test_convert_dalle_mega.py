@@ -243,6 +243,20 @@ def test_bad_files_get_clear_errors_and_nothing_is_written(tmp_path, kind, capsy
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_tensors_of_no_use_are_left_out_with_a_warning(tmp_path, caplog):
+    """min-dalle loads its files with `strict=False`: a tensor the model has no place for is named, not fatal."""
+    write_min_dalle_models_root(tmp_path / "root", tiny_config(), "mega")
+    path = tmp_path / "root" / "dalle_bart_mega" / "encoder.pt"
+    torch.save({**torch.load(path), "pose_tokens": torch.zeros(2, 16)}, path)
+    with caplog.at_level("WARNING"):
+        convert_dalle_mega(tmp_path / "out", "mega", tmp_path / "root", num_attention_heads=4)
+    assert "('encoder.pt', 'pose_tokens')" in caplog.text
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "out" / "transformer" / "model.safetensors", "pt") as weights:
+        assert "model.encoder.embed_tokens.weight" in weights.keys() and "pose_tokens" not in str(weights.keys())
+
+
 # ---------------------------------------------------------------------------------- the VQGAN's encoder
 
 

@@ -205,27 +205,20 @@ def dalle_bart_tensors(
     with torch.device("meta"):
         expected = DalleBartForImageGeneration(config).state_dict()
     files = {"encoder.pt": encoder, "decoder.pt": decoder}
-    missing = [f"{source}: {key}" for source, key in map(min_dalle_location, expected) if key not in files[source]]
+    locations = {name: min_dalle_location(name) for name in expected}
+    missing = [f"{source}: {key}" for source, key in locations.values() if key not in files[source]]
     if missing:
         raise ValueError(
             f"min-dalle's files lack {len(missing)} tensors of a {config.encoder_layers} + {config.decoder_layers} "
             f"layer model: {missing[:6]}{' ...' if len(missing) > 6 else ''}."
         )
-    sources = {
-        ("lm_head.weight" if (source, key) == ("decoder.pt", "lm_head.weight") else f"model.{source[:-3]}.{key}"): (
-            source,
-            key,
-            tensor,
-        )
-        for source, state_dict in files.items()
-        for key, tensor in state_dict.items()
-    }
-    unused = [f"{source}: {key}" for name, (source, key, _) in sources.items() if name not in expected]
+    unused = sorted({(s, k) for s, state_dict in files.items() for k in state_dict} - set(locations.values()))
     if unused:
         logger.warning("Tensors of min-dalle's files that the model has no place for, left out: %s", unused)
     tensors = {}
     for name, target in expected.items():
-        source, key, tensor = sources[name]
+        source, key = locations[name]
+        tensor = files[source][key]
         if tuple(tensor.shape) != tuple(target.shape):
             raise ValueError(
                 f"{source}: {key!r} has shape {tuple(tensor.shape)}, but the model read from the other tensors' "

@@ -19,7 +19,8 @@ def load(name: str):
         sys.path.remove(str(SCRIPTS))
 
 
-def test_conversion_benchmark_writes_its_results(tmp_path):
+def test_conversion_benchmark_writes_its_results(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPTS))  # its file-writing child process imports the script by name
     script = load("benchmark_dalle_mega_conversion")
     stem = tmp_path / "conversion"
     script.main(

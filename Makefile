@@ -57,7 +57,7 @@ style: $(VENV)/.installed-ruff
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# The parity tests (marker `parity`) need the original ruDALL-E / taming / ruCLIP / youtokentome code: they run in
+# The parity tests (marker `parity`) need the original ruDALL-E / taming / ruCLIP / youtokentome / min-dalle code: they run in
 # the reference venv (`make test-parity`), not here.
 test: install-test
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow and not parity" $(PYTEST_ARGS)
@@ -68,7 +68,9 @@ test-slow: install-test
 # The reference venv for the parity tests against ruDALL-E's originals (../shared/RUDALLE.md): their packages no longer
 # install with their declared pins (no cp311 wheels, transformers~=4.10), so they go in --no-deps next to the few
 # libraries their model code imports. torch first (the CPU wheel); youtokentome 1.0.6 builds from source and its
-# setup.py imports Cython (< 3) without declaring it; then our package with its test extra.
+# setup.py imports Cython (< 3) without declaring it; min-dalle 0.4.11 (DALL·E Mini / Mega, ../shared/DALLE_MEGA.md)
+# with its light dependencies (numpy, pillow, requests, emoji), torch pinned on the same line so nothing replaces it;
+# then our package with its test extra.
 REF_VENV ?= .venv-ref
 REF_PIP := $(REF_VENV)/bin/python -m pip
 
@@ -80,6 +82,7 @@ $(REF_VENV)/.installed: setup.cfg pyproject.toml
 	$(REF_PIP) install -q --no-build-isolation youtokentome==1.0.6
 	$(REF_PIP) install -q --no-deps rudalle==1.1.3 taming-transformers==0.0.1 ruclip==0.0.2
 	$(REF_PIP) install -q einops==0.3.2 omegaconf PyWavelets
+	$(REF_PIP) install -q min-dalle==0.4.11 torch==2.13.0
 	$(REF_PIP) install -q -e ".[test]"
 	touch $@
 
@@ -142,9 +145,11 @@ device-kit:
 	rm -rf .whl && mv .whl.tmp .whl
 
 # The benchmarks on this machine's CPU; results in benchmarks/*.md and *.json (see README "Performance"). The VQGAN and
-# ruDALL-E ones time taming-transformers and ruDALL-E's own generation loop, which live in the reference venv.
+# ruDALL-E ones time taming-transformers and ruDALL-E's own generation loop, and the DALL·E Mega one min-dalle's, which
+# live in the reference venv.
 benchmark: bench-env ref-env
 	$(BENCH_VENV)/bin/python scripts/benchmark_generation.py $(BENCH_ARGS)
 	$(BENCH_VENV)/bin/python scripts/benchmark_training.py $(BENCH_ARGS)
 	$(REF_VENV)/bin/python scripts/benchmark_vqgan.py $(VQGAN_BENCH_ARGS)
 	$(REF_VENV)/bin/python scripts/benchmark_rudalle_generation.py $(RUDALLE_BENCH_ARGS)
+	$(REF_VENV)/bin/python scripts/benchmark_dalle_mega_generation.py $(DALLE_MEGA_BENCH_ARGS)

@@ -8,6 +8,7 @@ import importlib
 
 from .demo import DEMO_MODEL_DIR
 from .models.dalle import DalleConfig, DalleForImageGeneration, DalleModel, DalleStreamLogitsProcessor
+from .models.dalle_bart import DalleBartConfig, DalleBartForImageGeneration
 from .models.dalle_vae import DalleVAE, DalleVAEConfig, map_pixels, unmap_pixels
 from .models.dalle_vqgan import DalleVQGAN, DalleVQGANConfig
 from .pipelines import DallePipeline, DallePipelineOutput
@@ -22,6 +23,7 @@ _CONVERTERS = {
     "convert_ruclip": "convert_ruclip",
     "convert_sber_vqgan": "convert_rudalle_vqgan",
     "convert_yttm_to_tokenizer": "convert_yttm",
+    "convert_dalle_mega": "convert_dalle_mega",
 }
 
 
@@ -37,6 +39,8 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "DEMO_MODEL_DIR",
+    "DalleBartConfig",
+    "DalleBartForImageGeneration",
     "DalleConfig",
     "DalleForImageGeneration",
     "DalleModel",
@@ -48,6 +52,7 @@ __all__ = [
     "DalleVAEConfig",
     "DalleVQGAN",
     "DalleVQGANConfig",
+    "convert_dalle_mega",
     "convert_openai_dvae",
     "convert_rudalle",
     "convert_ruclip",

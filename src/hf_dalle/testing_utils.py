@@ -1,6 +1,8 @@
 """Tiny random models for tests and smoke runs: a complete DallePipeline (tokenizer, transformer, dVAE or VQGAN, CLIP)
 that builds in about a second, with no download."""
 
+import json
+
 import torch
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
@@ -134,3 +136,203 @@ def random_rudalle_state_dict(params: dict, seed: int = 0) -> dict[str, torch.Te
     state_dict = {name: torch.randn(shape, generator=generator, dtype=torch.float16) for name, shape in shapes.items()}
     state_dict["transformer.row_mask"] = torch.ones(4, 4, dtype=torch.bool)  # ignored: the config gives the masks
     return state_dict
+
+
+# ---------------------------------------------------------------------------------------- min-dalle's file layouts
+
+
+def random_min_dalle_state_dicts(
+    config, dtype: torch.dtype = torch.float32, seed: int = 0
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Random weights of a [`DalleBartConfig`] in min-dalle's layout: `(encoder.pt's, decoder.pt's)` state dicts (the
+    model's own names without `model.encoder.` / `model.decoder.`; the head is decoder.pt's `lm_head.weight`). Every
+    tensor is off its initial value: weights and embeddings N(0, 0.02), LayerNorm weights 1 + N(0, 0.1), LayerNorm
+    biases N(0, 0.1), so a converter that drops or swaps one is caught. Made tensor by tensor from the shapes of a
+    model on the meta device, so that even Mega's shapes need no model in memory."""
+    from .models.dalle_bart import DalleBartForImageGeneration
+
+    with torch.device("meta"):
+        shapes = {name: tensor.shape for name, tensor in DalleBartForImageGeneration(config).state_dict().items()}
+    generator = torch.Generator().manual_seed(seed)
+    encoder, decoder = {}, {}
+    for name, shape in shapes.items():
+        noise = torch.randn(shape, generator=generator)
+        is_norm = re_layer_norm(name)
+        if is_norm and name.endswith(".weight"):
+            tensor = 1 + 0.1 * noise
+        elif is_norm:
+            tensor = 0.1 * noise
+        else:
+            tensor = 0.02 * noise
+        tensor = tensor.to(dtype)
+        if name.startswith("model.encoder."):
+            encoder[name.removeprefix("model.encoder.")] = tensor
+        else:
+            decoder[name.removeprefix("model.decoder.")] = tensor
+    return encoder, decoder
+
+
+def re_layer_norm(name: str) -> bool:
+    """Whether a DalleBart parameter belongs to a LayerNorm (min-dalle's names)."""
+    module = name.rsplit(".", 2)[-2]
+    return module in ("ln0", "ln1", "layernorm_embedding", "final_ln") or module.endswith("layer_norm")
+
+
+def random_taming_vqgan_state_dict(
+    vocab_size: int = 2**14,
+    embed_dim: int = 256,
+    latent_channels: int = 256,
+    block_out_channels: tuple[int, ...] = (128, 128, 256, 256, 512),
+    layers_per_block: int = 2,
+    attention_levels: tuple[int, ...] = (4,),
+    num_channels: int = 3,
+    with_encoder: bool = False,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Random weights of a taming-transformers VQGAN (`VQModel`) in taming's layout: the codebook
+    (`quantize.embedding`), `post_quant_conv` and `decoder.*`, plus `quant_conv` and `encoder.*` with `with_encoder`.
+    The defaults are dalle-mini's VQGAN f16 16384 (the decoder alone: min-dalle's `detoker.pt`, 46.7M parameters, once
+    its codebook is renamed `embedding`). Level `i` (taming's `down.{i}` / `up.{i}`, 0 = full resolution) has
+    `block_out_channels[i]` channels and attention if `i` is in `attention_levels`. GroupNorm weights are
+    1 + N(0, 0.1), biases N(0, 0.1), convolutions N(0, 1 / fan_in), so a converter that drops or swaps one is caught."""
+    generator = torch.Generator().manual_seed(seed)
+    shapes: dict[str, tuple[int, ...]] = {"quantize.embedding.weight": (vocab_size, embed_dim)}
+
+    def conv(name: str, out: int, inp: int, kernel: int) -> None:
+        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (out, inp, kernel, kernel), (out,)
+
+    def norm(name: str, channels: int) -> None:
+        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (channels,), (channels,)
+
+    def resnet(name: str, inp: int, out: int) -> None:
+        norm(f"{name}.norm1", inp)
+        conv(f"{name}.conv1", out, inp, 3)
+        norm(f"{name}.norm2", out)
+        conv(f"{name}.conv2", out, out, 3)
+        if inp != out:
+            conv(f"{name}.nin_shortcut", out, inp, 1)
+
+    def attention(name: str, channels: int) -> None:
+        norm(f"{name}.norm", channels)
+        for part in ("q", "k", "v", "proj_out"):
+            conv(f"{name}.{part}", channels, channels, 1)
+
+    def middle(prefix: str, width: int) -> None:
+        resnet(f"{prefix}.mid.block_1", width, width)
+        attention(f"{prefix}.mid.attn_1", width)
+        resnet(f"{prefix}.mid.block_2", width, width)
+
+    if with_encoder:
+        width = block_out_channels[0]
+        conv("encoder.conv_in", width, num_channels, 3)
+        for level, out in enumerate(block_out_channels):
+            for block in range(layers_per_block):
+                resnet(f"encoder.down.{level}.block.{block}", width, out)
+                width = out
+                if level in attention_levels:
+                    attention(f"encoder.down.{level}.attn.{block}", out)
+            if level != len(block_out_channels) - 1:
+                conv(f"encoder.down.{level}.downsample.conv", out, out, 3)
+        middle("encoder", width)
+        norm("encoder.norm_out", width)
+        conv("encoder.conv_out", latent_channels, width, 3)
+        conv("quant_conv", embed_dim, latent_channels, 1)
+    conv("post_quant_conv", latent_channels, embed_dim, 1)
+    width = block_out_channels[-1]
+    conv("decoder.conv_in", width, latent_channels, 3)
+    middle("decoder", width)
+    for level in reversed(range(len(block_out_channels))):
+        out = block_out_channels[level]
+        for block in range(layers_per_block + 1):
+            resnet(f"decoder.up.{level}.block.{block}", width, out)
+            width = out
+            if level in attention_levels:
+                attention(f"decoder.up.{level}.attn.{block}", out)
+        if level != 0:
+            conv(f"decoder.up.{level}.upsample.conv", out, out, 3)
+    norm("decoder.norm_out", width)
+    conv("decoder.conv_out", num_channels, width, 3)
+
+    state_dict = {}
+    for name, shape in shapes.items():
+        noise = torch.randn(shape, generator=generator)
+        if "norm" in name.rsplit(".", 2)[-2]:
+            state_dict[name] = 1 + 0.1 * noise if name.endswith(".weight") else 0.1 * noise
+        elif len(shape) == 4:
+            state_dict[name] = noise / (shape[1] * shape[2] * shape[3]) ** 0.5
+        else:
+            state_dict[name] = 0.1 * noise if name != "quantize.embedding.weight" else noise
+    return state_dict
+
+
+def detoker_state_dict(taming_state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The decoder side of a taming VQGAN state dict in min-dalle's `detoker.pt` layout (codebook `embedding`)."""
+    return {
+        ("embedding.weight" if key == "quantize.embedding.weight" else key): value
+        for key, value in taming_state_dict.items()
+        if not key.startswith(("encoder.", "quant_conv."))
+    }
+
+
+def small_vqgan_sizes(config) -> dict:
+    """Sizes of a small VQGAN for the codes of a (small) [`DalleBartConfig`]: 4x upsampling, attention at the
+    lowest level; the arguments of [`random_taming_vqgan_state_dict`]."""
+    return {
+        "vocab_size": config.image_vocab_size,
+        "embed_dim": 32,
+        "latent_channels": 32,
+        "block_out_channels": (32, 32, 64),
+        "layers_per_block": 1,
+        "attention_levels": (2,),
+    }
+
+
+def train_bart_style_bpe(texts: list[str], vocab_size: int = 400) -> tuple[dict[str, int], list[str]]:
+    """A small BPE in the format of BART's (and dalle-mini's) `vocab.json` + `merges.txt`: byte-level symbols, `Ġ`
+    before each word, `<s>` 0, `<pad>` 1, `</s>` 2, `<unk>` 3. Returns the vocabulary and the lines of merges.txt
+    (header first)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    state = json.loads(backend.to_str())["model"]
+    merges = [" ".join(pair) if isinstance(pair, list) else pair for pair in state["merges"]]
+    return state["vocab"], ["#version: 0.2", *merges]
+
+
+def write_min_dalle_models_root(
+    root,
+    config,
+    model_name: str = "mega",
+    texts: list[str] | None = None,
+    detoker: dict[str, torch.Tensor] | None = None,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Write min-dalle's `models_root` layout under `root` for a (small) [`DalleBartConfig`]: `dalle_bart_{model_name}/`
+    with random `encoder.pt` / `decoder.pt` ([`random_min_dalle_state_dicts`]) and a BPE trained on `texts`
+    (`vocab.json`, `merges.txt`; at most `config.text_vocab_size` tokens), and `vqgan/detoker.pt` (`detoker`, by
+    default a small random one for a 4x upsampling decoder). Returns the decoder's state dict."""
+    from pathlib import Path
+
+    root = Path(root)
+    folder, vqgan = root / f"dalle_bart_{model_name}", root / "vqgan"
+    folder.mkdir(parents=True, exist_ok=True)
+    vqgan.mkdir(parents=True, exist_ok=True)
+    encoder, decoder = random_min_dalle_state_dicts(config, dtype, seed)
+    torch.save(encoder, folder / "encoder.pt")
+    torch.save(decoder, folder / "decoder.pt")
+    vocab, merges = train_bart_style_bpe(texts or CAPTIONS * 4, vocab_size=min(config.text_vocab_size, 400))
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("\n".join(merges) + "\n", encoding="utf-8")
+    if detoker is None:
+        detoker = detoker_state_dict(random_taming_vqgan_state_dict(**small_vqgan_sizes(config), seed=seed + 1))
+    torch.save(detoker, vqgan / "detoker.pt")
+    return decoder

@@ -1,8 +1,12 @@
 """The key/value cache that `DalleForImageGeneration.generate` uses by default: buffers of the whole stream, filled in
 place, of which attention reads the written prefix."""
 
+import copy
+
 import torch
+from transformers import GenerationConfig
 from transformers.cache_utils import Cache, CacheLayerMixin
+from transformers.generation import GenerationMode
 
 from .configuration_dalle import DalleConfig
 
@@ -69,4 +73,24 @@ class DallePrefixCache(Cache):
         super().__init__(layers=[PrefixLayer(max_cache_len) for _ in range(config.num_hidden_layers)])
 
 
-__all__ = ["DallePrefixCache", "PrefixLayer"]
+def generate_takes_prefix_cache(generation_config: GenerationConfig, kwargs: dict) -> bool:
+    """Whether a `generate` call with `generation_config` and the keyword arguments `kwargs` may get a cache of
+    [`PrefixLayer`]s as its default: the caller passed no cache (for example the one a previous call returned, to
+    continue its streams), no `cache_implementation` and no custom decoding, and decodes greedily or by sampling (the
+    modes that never reorder or roll back the cache)."""
+    if kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None:
+        return False
+    if kwargs.get("custom_generate") is not None:
+        return False
+    config = copy.deepcopy(generation_config)
+    config.update(**kwargs)
+    return (
+        config.use_cache is not False
+        and config.cache_implementation in (None, "dynamic")
+        and not config.is_assistant
+        and config.get_generation_mode(kwargs.get("assistant_model"))
+        in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE)
+    )
+
+
+__all__ = ["DallePrefixCache", "PrefixLayer", "generate_takes_prefix_cache"]

@@ -1,7 +1,6 @@
 """The DALL-E transformer prior (stage 2): a decoder-only transformer over captions followed by dVAE image codes,
 with the paper's sparse row / column / convolutional image attention (masks in `masking_dalle.py`)."""
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -11,14 +10,13 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.generation import GenerationMode
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging
 from transformers.utils.deprecation import deprecate_kwarg
 
-from .cache_dalle import DallePrefixCache
+from .cache_dalle import DallePrefixCache, generate_takes_prefix_cache
 from .configuration_dalle import DalleConfig
 from .gradient_scaling_dalle import DalleResblockGradientScaler, resblock_gradient_scaler
 from .masking_dalle import DalleAttentionMasks, LayerAttention
@@ -474,17 +472,8 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
         return super().generate(inputs, generation_config, **kwargs)
 
     def _takes_prefix_cache(self, generation_config, kwargs: dict) -> bool:
-        if kwargs.get("cache") is not None or kwargs.get("custom_generate") is not None:
-            return False
-        config = copy.deepcopy(generation_config if generation_config is not None else self.generation_config)
-        config.update(**kwargs)
-        return (
-            config.use_cache is not False
-            and config.cache_implementation in (None, "dynamic")
-            and not config.is_assistant
-            and config.get_generation_mode(kwargs.get("assistant_model"))
-            in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE)
-        )
+        config = generation_config if generation_config is not None else self.generation_config
+        return generate_takes_prefix_cache(config, kwargs)
 
     def prepare_input_ids(
         self, text_input_ids: torch.LongTensor, image_codes: torch.LongTensor | None = None

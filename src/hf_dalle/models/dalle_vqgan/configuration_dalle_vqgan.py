@@ -5,6 +5,7 @@ from transformers import PreTrainedConfig
 
 
 QUANTIZERS = ("gumbel", "nearest")
+PIXEL_RANGES = ("[-1, 1]", "[0, 1]")
 
 
 @strict
@@ -42,6 +43,14 @@ class DalleVQGANConfig(PreTrainedConfig):
         wavelet_decoder (`bool`, defaults to `False`):
             The decoder predicts `4 * num_channels` Haar wavelet coefficients per position and an inverse Haar
             transform doubles the side (ruDALL-E's `dwt=True`: 512x512 images from a 32x32 grid).
+        pixel_range (`str`, defaults to `"[-1, 1]"`):
+            The pixel values the network reads and writes: `"[-1, 1]"` (taming-transformers, ruDALL-E: images are
+            mapped to [-1, 1] before the encoder and the decoder's output `x` back with `(x + 1) / 2`) or `"[0, 1]"`
+            (dalle-mini's VQGAN, which DALL·E Mini / Mega were trained with: images go in as they are and the decoder's
+            output is clipped to [0, 1], as min-dalle does). `encode` and `decode` take and return [0, 1] either way.
+        has_encoder (`bool`, defaults to `True`):
+            Whether the model holds the encoder (and `quant_conv`). `False` for a decoder-only VQGAN such as
+            min-dalle's `detoker.pt`: it decodes codes, and `encode` raises.
     """
 
     model_type = "dalle_vqgan"
@@ -57,6 +66,8 @@ class DalleVQGANConfig(PreTrainedConfig):
     image_size: int = 256
     quantizer: str = "gumbel"
     wavelet_decoder: bool = False
+    pixel_range: str = "[-1, 1]"
+    has_encoder: bool = True
 
     def __post_init__(self, **kwargs):
         if self.block_out_channels is None:
@@ -99,6 +110,10 @@ class DalleVQGANConfig(PreTrainedConfig):
             raise ValueError(f"`image_size` must be a multiple of {self.downsample_factor}, got {self.image_size}.")
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"`quantizer` must be one of {list(QUANTIZERS)}, got {self.quantizer!r}.")
+        if self.pixel_range not in PIXEL_RANGES:
+            raise ValueError(f"`pixel_range` must be one of {list(PIXEL_RANGES)}, got {self.pixel_range!r}.")
+        if self.quantizer == "gumbel" and not self.has_encoder:
+            raise ValueError("`quantizer='gumbel'` is an encoder's projection: a decoder-only VQGAN uses 'nearest'.")
 
 
 __all__ = ["DalleVQGANConfig"]

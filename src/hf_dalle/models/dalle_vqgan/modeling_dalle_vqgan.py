@@ -79,6 +79,10 @@ class DalleVQGAN(DalleVQGANPreTrainedModel):
             vq_embed_dim=config.embed_dim,
             sample_size=config.image_size,
         )
+        if not config.has_encoder:
+            # A decoder-only VQGAN (min-dalle's detoker.pt) has no weights for these.
+            self.vqgan.encoder = None
+            self.vqgan.quant_conv = None
         self.gumbel_projection = (
             nn.Conv2d(config.embed_dim, config.vocab_size, 1) if config.quantizer == "gumbel" else None
         )
@@ -88,8 +92,19 @@ class DalleVQGAN(DalleVQGANPreTrainedModel):
         """Encode images (floats in [0, 1], shape [B, C, H, W]) into codes [B, H/f, W/f] (`indices`), f =
         `config.downsample_factor`. With the Gumbel quantizer `logits` [B, vocab, H/f, W/f] are the projection whose
         argmax the codes are; the nearest-neighbour quantizer has none (`None`)."""
+        if not self.config.has_encoder:
+            raise ValueError(
+                "This VQGAN has no encoder (`config.has_encoder=False`): it was converted from a decoder alone, such as "
+                "min-dalle's detoker.pt, and can only decode. Encoding images (priming, fine-tuning data) needs the "
+                "encoder of the same VQGAN: convert it with the decoder, e.g. `scripts/convert_dalle_mega.py "
+                "--vqgan_flax_checkpoint flax_model.msgpack` (dalle-mini's vqgan_imagenet_f16_16384, flax_model.msgpack) or "
+                "`--vqgan_checkpoint last.ckpt --vqgan_config model.yaml` (a taming-transformers checkpoint)."
+            )
         check_pixel_values(pixel_values, self.config.num_channels, self.config.downsample_factor)
-        latents = self.vqgan.encode(2 * pixel_values.to(self.dtype) - 1).latents
+        pixel_values = pixel_values.to(self.dtype)
+        if self.config.pixel_range == "[-1, 1]":
+            pixel_values = 2 * pixel_values - 1
+        latents = self.vqgan.encode(pixel_values).latents
         if self.gumbel_projection is not None:
             logits = self.gumbel_projection(latents)
             indices = logits.argmax(dim=1)
@@ -109,7 +124,10 @@ class DalleVQGAN(DalleVQGANPreTrainedModel):
         decoded = self.vqgan.decode(codes, force_not_quantize=True).sample
         if self.config.wavelet_decoder:
             decoded = inverse_haar_wavelet(decoded)
-        sample = (decoded.float().clamp(-1, 1) + 1) / 2
+        if self.config.pixel_range == "[-1, 1]":
+            sample = (decoded.float().clamp(-1, 1) + 1) / 2
+        else:
+            sample = decoded.float().clamp(0, 1)
         return DalleVAEDecoderOutput(sample=sample) if return_dict else (sample,)
 
     def forward(self, pixel_values: torch.Tensor, return_dict: bool = True) -> DalleVAEDecoderOutput | tuple:

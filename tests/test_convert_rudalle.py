@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from checkpoint_layouts import random_ruclip_state_dict, random_taming_vqgan_state_dict
 from PIL import Image
 from reference_models import import_reference
 from rudalle_reference import (
@@ -39,7 +38,12 @@ from hf_dalle.conversion.convert_rudalle import (
 )
 from hf_dalle.conversion.convert_rudalle_vqgan import convert_sber_vqgan
 from hf_dalle.models.dalle.masking_dalle import build_attention_masks
-from hf_dalle.testing_utils import make_tiny_pipeline, random_rudalle_state_dict
+from hf_dalle.testing_utils import (
+    make_tiny_pipeline,
+    random_ruclip_state_dict,
+    random_rudalle_state_dict,
+    random_taming_vqgan_state_dict,
+)
 from hf_dalle.training import image_to_tensor, load_pretokenized_dataset
 
 
@@ -238,7 +242,11 @@ def test_script_writes_a_complete_pipeline(hub_server, tmp_path):
     (tmp_path / "params.json").write_text(json.dumps(params))
     (tmp_path / "vqgan.yml").write_text(yaml.safe_dump(small_taming_config()))
     vqgan_filename = RUDALLE_VQGAN_FILENAMES[False]
-    torch.save({"state_dict": random_taming_vqgan_state_dict(small_taming_config())}, tmp_path / vqgan_filename)
+    taming = random_taming_vqgan_state_dict(  # small_taming_config's sizes, as ruDALL-E's GumbelVQ lays them out
+        vocab_size=64, embed_dim=32, latent_channels=32, block_out_channels=(32, 64, 64), layers_per_block=1,
+        attention_levels=(2,), with_encoder=True, gumbel=True,
+    )  # fmt: skip
+    torch.save({"state_dict": taming}, tmp_path / vqgan_filename)
     ruclip_dir = tmp_path / "ruclip"
     ruclip_dir.mkdir()
     write_model(ruclip_dir / "bpe.model", {"\u2581": 4, "к": 5, "о": 6, "т": 7}, [(4, 5, 8), (6, 7, 9), (8, 9, 10)])

@@ -160,7 +160,7 @@ def test_decoding_step_by_step_with_the_cache_equals_one_pass():
             attention_mask=mask,
             decoder_input_ids=decoder_ids[:, i : i + 1],
             encoder_outputs=encoder_outputs,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
         ).logits
         for i in range(6)
@@ -168,7 +168,7 @@ def test_decoding_step_by_step_with_the_cache_equals_one_pass():
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
     # A primed start: several codes at once into a fresh cache (causal among themselves), then one at a time.
     cache = model.make_cache()
-    kwargs = {"attention_mask": mask, "encoder_outputs": encoder_outputs, "past_key_values": cache, "use_cache": True}
+    kwargs = {"attention_mask": mask, "encoder_outputs": encoder_outputs, "cache": cache, "use_cache": True}
     primed = [model(decoder_input_ids=decoder_ids[:, :4], **kwargs).logits]
     primed += [model(decoder_input_ids=decoder_ids[:, i : i + 1], **kwargs).logits for i in (4, 5)]
     torch.testing.assert_close(torch.cat(primed, dim=1), full, rtol=1e-5, atol=1e-5)
@@ -177,7 +177,7 @@ def test_decoding_step_by_step_with_the_cache_equals_one_pass():
             attention_mask=mask,
             decoder_input_ids=torch.ones(2, 11, dtype=torch.long),
             encoder_outputs=encoder_outputs,
-            past_key_values=cache,
+            cache=cache,
         )
 
 

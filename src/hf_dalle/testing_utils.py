@@ -187,16 +187,19 @@ def random_taming_vqgan_state_dict(
     attention_levels: tuple[int, ...] = (4,),
     num_channels: int = 3,
     with_encoder: bool = False,
+    gumbel: bool = False,
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Random weights of a taming-transformers VQGAN (`VQModel`) in taming's layout: the codebook
-    (`quantize.embedding`), `post_quant_conv` and `decoder.*`, plus `quant_conv` and `encoder.*` with `with_encoder`.
+    (`quantize.embedding`), `post_quant_conv` and `decoder.*`, plus `quant_conv` and `encoder.*` with `with_encoder`;
+    with `gumbel`, a `GumbelVQ` (ruDALL-E's Sber VQGAN): codebook `quantize.embed` and the projection `quantize.proj`.
     The defaults are dalle-mini's VQGAN f16 16384 (the decoder alone: min-dalle's `detoker.pt`, 46.7M parameters, once
     its codebook is renamed `embedding`). Level `i` (taming's `down.{i}` / `up.{i}`, 0 = full resolution) has
     `block_out_channels[i]` channels and attention if `i` is in `attention_levels`. GroupNorm weights are
     1 + N(0, 0.1), biases N(0, 0.1), convolutions N(0, 1 / fan_in), so a converter that drops or swaps one is caught."""
     generator = torch.Generator().manual_seed(seed)
-    shapes: dict[str, tuple[int, ...]] = {"quantize.embedding.weight": (vocab_size, embed_dim)}
+    codebook = "quantize.embed.weight" if gumbel else "quantize.embedding.weight"
+    shapes: dict[str, tuple[int, ...]] = {codebook: (vocab_size, embed_dim)}
 
     def conv(name: str, out: int, inp: int, kernel: int) -> None:
         shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (out, inp, kernel, kernel), (out,)
@@ -237,6 +240,8 @@ def random_taming_vqgan_state_dict(
         norm("encoder.norm_out", width)
         conv("encoder.conv_out", latent_channels, width, 3)
         conv("quant_conv", embed_dim, latent_channels, 1)
+        if gumbel:
+            conv("quantize.proj", vocab_size, latent_channels, 1)
     conv("post_quant_conv", latent_channels, embed_dim, 1)
     width = block_out_channels[-1]
     conv("decoder.conv_in", width, latent_channels, 3)
@@ -261,8 +266,45 @@ def random_taming_vqgan_state_dict(
         elif len(shape) == 4:
             state_dict[name] = noise / (shape[1] * shape[2] * shape[3]) ** 0.5
         else:
-            state_dict[name] = 0.1 * noise if name != "quantize.embedding.weight" else noise
+            state_dict[name] = 0.1 * noise if name != codebook else noise
     return state_dict
+
+
+def random_ruclip_state_dict(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random ruCLIP `pytorch_model.bin` state dict (OpenAI CLIP's layout) for a ruCLIP `config.json`."""
+    generator = torch.Generator().manual_seed(seed)
+    width, vision_width = config["transformer_width"], config["vision_width"]
+    patch, grid = config["vision_patch_size"], config["image_resolution"] // config["vision_patch_size"]
+    shapes = {
+        "logit_scale": (),
+        "text_projection": (width, config["embed_dim"]),
+        "token_embedding.weight": (config["vocab_size"], width),
+        "positional_embedding": (config["context_length"], width),
+        "ln_final.weight": (width,),
+        "ln_final.bias": (width,),
+        "visual.proj": (vision_width, config["embed_dim"]),
+        "visual.conv1.weight": (vision_width, 3, patch, patch),
+        "visual.class_embedding": (vision_width,),
+        "visual.positional_embedding": (grid * grid + 1, vision_width),
+        **{f"visual.{norm}.{kind}": (vision_width,) for norm in ("ln_pre", "ln_post") for kind in ("weight", "bias")},
+    }
+    for prefix, layers, size in (
+        ("transformer", config["transformer_layers"], width),
+        ("visual.transformer", config["vision_layers"], vision_width),
+    ):
+        for layer in range(layers):
+            block = f"{prefix}.resblocks.{layer}"
+            shapes |= {
+                f"{block}.attn.in_proj_weight": (3 * size, size),
+                f"{block}.attn.in_proj_bias": (3 * size,),
+                f"{block}.attn.out_proj.weight": (size, size),
+                f"{block}.mlp.c_fc.weight": (4 * size, size),
+                f"{block}.mlp.c_fc.bias": (4 * size,),
+                f"{block}.mlp.c_proj.weight": (size, 4 * size),
+                **{f"{block}.{name}.bias": (size,) for name in ("attn.out_proj", "mlp.c_proj")},
+                **{f"{block}.{norm}.{kind}": (size,) for norm in ("ln_1", "ln_2") for kind in ("weight", "bias")},
+            }
+    return {name: 0.1 * torch.randn(shape, generator=generator) for name, shape in shapes.items()}
 
 
 def detoker_state_dict(taming_state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -37,17 +37,14 @@ import torch
 from huggingface_hub import ModelCardData, hf_hub_download
 from transformers import GenerationConfig
 
-from ..convert_rudalle import save_sharded_safetensors
-from ..convert_rudalle_vqgan import (
-    convert_sber_vqgan,
-    load_torch_checkpoint_state_dict,
-    taming_to_dalle_vqgan_state_dict,
-)
 from ..hub_utils import path_for_card, render_model_card, sha256_of
+from ..io_utils import write_folder_atomically
 from ..models.dalle_bart import DalleBartConfig, DalleBartForImageGeneration
 from ..models.dalle_vqgan import DalleVQGAN, DalleVQGANConfig
 from ..tokenization_dalle_bart import DalleBartTokenizer
-from ..training.outputs import write_folder_atomically
+from .checkpoints import load_torch_checkpoint_state_dict
+from .convert_rudalle import save_sharded_safetensors
+from .convert_rudalle_vqgan import convert_sber_vqgan, taming_to_dalle_vqgan_state_dict
 
 
 logger = logging.getLogger(__name__)

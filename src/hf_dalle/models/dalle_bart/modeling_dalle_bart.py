@@ -19,9 +19,9 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPastAndCrossAttentions, Seq2SeqLMOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging
+from transformers.utils.deprecation import deprecate_kwarg
 
 from ..dalle.cache_dalle import PrefixLayer, generate_takes_prefix_cache
-from ..dalle.modeling_dalle import CACHE_NAME, cache_argument
 from .configuration_dalle_bart import DalleBartConfig
 
 
@@ -313,7 +313,7 @@ class DalleBartDecoder(DalleBartPreTrainedModel):
             hidden_states=all_hidden_states,
             attentions=all_attentions,
             cross_attentions=all_cross_attentions,
-            **{CACHE_NAME: cache},
+            cache=cache,
         )
         return output if return_dict is not False else output.to_tuple()
 
@@ -333,6 +333,7 @@ class DalleBartModel(DalleBartPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding):
         self.encoder.embed_tokens = value
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache", raise_if_both_names=True)
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -382,7 +383,7 @@ class DalleBartForImageGeneration(DalleBartPreTrainedModel, GenerationMixin):
     **Inputs**: `input_ids` are caption ids `[B, <= max_text_length]` (`DalleBartTokenizer.encode_captions`), whose pads
     are masked out of every attention (`attention_mask` defaults to `input_ids != config.text_pad_token_id`);
     `decoder_input_ids` are the start token followed by the codes so far. `forward` takes the decoder's cache as
-    `cache` or `past_key_values` and returns it under the name of the installed transformers.
+    `cache` (the older name `past_key_values` still works, with a deprecation warning) and returns it as `cache`.
 
     **Generation**: `generate(input_ids, attention_mask=..., do_sample=True, top_k=256, guidance_scale=16)` returns
     `[B, 1 + n]` decoder ids, the start token then `n` codes (`max_new_tokens` defaults to `image_grid_size ** 2`);
@@ -526,7 +527,7 @@ class DalleBartForImageGeneration(DalleBartPreTrainedModel, GenerationMixin):
         if "max_length" not in kwargs and kwargs.get("max_new_tokens", defaults.max_new_tokens) is None:
             kwargs["max_new_tokens"] = config.image_seq_length  # a whole image, rather than generate's 20 tokens
         if generate_takes_prefix_cache(defaults, kwargs):
-            kwargs[CACHE_NAME] = self.make_cache()
+            kwargs["cache"] = self.make_cache()
         return super().generate(input_ids, generation_config, logits_processor=processors, **kwargs)
 
     def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, guided: bool = False, **kwargs) -> dict:
@@ -537,6 +538,7 @@ class DalleBartForImageGeneration(DalleBartPreTrainedModel, GenerationMixin):
             inputs["decoder_input_ids"] = inputs["decoder_input_ids"].repeat(2, 1)
         return inputs
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache", raise_if_both_names=True)
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -550,7 +552,6 @@ class DalleBartForImageGeneration(DalleBartPreTrainedModel, GenerationMixin):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        past_key_values: Cache | None = None,
     ) -> Seq2SeqLMOutput | tuple:
         r"""
         Args:
@@ -566,9 +567,7 @@ class DalleBartForImageGeneration(DalleBartPreTrainedModel, GenerationMixin):
                 creates one.
             labels (`torch.LongTensor` of shape `(batch, n)`): the codes to predict; -100 is ignored.
             logits_to_keep (`int`): compute logits for the last `logits_to_keep` positions only (0 = all).
-            past_key_values (`Cache`): the cache under its name before transformers 5.24 (pass one of the two).
         """
-        cache = cache_argument(cache, past_key_values)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if labels is not None:
             use_cache = False
@@ -606,7 +605,7 @@ class DalleBartForImageGeneration(DalleBartPreTrainedModel, GenerationMixin):
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
             encoder_hidden_states=encoder_outputs.hidden_states,
             encoder_attentions=encoder_outputs.attentions,
-            **{CACHE_NAME: cache if use_cache else None},
+            cache=cache if use_cache else None,
         )
         return output if return_dict else output.to_tuple()
 

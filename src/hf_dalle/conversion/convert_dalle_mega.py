@@ -42,6 +42,7 @@ from ..io_utils import write_folder_atomically
 from ..models.dalle_bart import DalleBartConfig, DalleBartForImageGeneration
 from ..models.dalle_vqgan import DalleVQGAN, DalleVQGANConfig
 from ..tokenization_dalle_bart import DalleBartTokenizer
+from ..version import __version__
 from .checkpoints import load_torch_checkpoint_state_dict
 from .convert_rudalle import save_sharded_safetensors
 from .convert_rudalle_vqgan import convert_sber_vqgan, taming_to_dalle_vqgan_state_dict
@@ -545,8 +546,6 @@ def dalle_mega_model_card(
 ):
     """The model card (`model_cards/dalle_mega.md`) of a converted folder: what it holds, how to use it, the
     architecture, and the conversion's provenance (the source files with their SHA-256, the command)."""
-    from .. import __version__
-
     with torch.device("meta"):
         num_parameters = DalleBartForImageGeneration(config).num_parameters()
     return render_model_card(

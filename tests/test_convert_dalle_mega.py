@@ -202,13 +202,13 @@ def break_file(root: Path, kind: str) -> str:
     state_dict = torch.load(folder / "decoder.pt")
     if kind == "wrong shape":
         state_dict["layers.1.glu.fc2.weight"] = torch.zeros(32, 40)
-        message = r"decoder\.pt: 'layers\.1\.glu\.fc2\.weight' has shape \(32, 40\).*needs \(32, 48\)"
+        message = r"decoder\.pt: 'layers\.1\.glu\.fc2\.weight' has shape \(32, 40\).*gives \(32, 48\)"
     elif kind == "nan":
         state_dict["layers.0.encoder_attn.v_proj.weight"][3, 5] = float("nan")
         message = r"decoder\.pt: 'layers\.0\.encoder_attn\.v_proj\.weight' holds NaN"
     elif kind == "missing tensor":
         del state_dict["layers.1.glu.ln1.bias"]
-        message = r"lack 1 tensors.*'decoder\.pt: layers\.1\.glu\.ln1\.bias'"
+        message = r"decoder\.pt does not hold the tensors of .*: missing \['layers\.1\.glu\.ln1\.bias'\]"
     elif kind == "integer tensor":
         state_dict["final_ln.weight"] = torch.ones(32, dtype=torch.long)
         message = r"'final_ln\.weight' holds torch\.int64 values"
@@ -216,7 +216,7 @@ def break_file(root: Path, kind: str) -> str:
         detoker = torch.load(root / "vqgan" / "detoker.pt")
         detoker["decoder.conv_out.bias"][0] = float("inf")
         torch.save(detoker, root / "vqgan" / "detoker.pt")
-        return r"detoker\.pt: 'decoder\.conv_out\.bias' holds NaN or infinite"
+        return r"detoker\.pt: 'vqgan\.decoder\.conv_out\.bias' holds NaN or infinite"
     torch.save(state_dict, folder / "decoder.pt")
     return message
 

@@ -29,6 +29,7 @@ from transformers import (
 
 from ..hub_utils import hub_repo_id
 from ..image_utils import to_rgb
+from ..loading_utils import load_complete_model
 from ..lora import load_lora_adapter, remove_lora_adapters
 from ..models import IMAGE_TOKENIZER_CLASSES
 from ..models.dalle import DalleForImageGeneration, DallePrefixCache
@@ -292,7 +293,15 @@ class DallePipeline(DiffusionPipeline):
             pretrained_model_name_or_path = snapshot_download(
                 repo_id, allow_patterns=["model_index.json", *folders], **download_kwargs
             )
-        cls._check_pipeline_folder(pretrained_model_name_or_path, passed=kwargs)
+        components = cls._check_pipeline_folder(pretrained_model_name_or_path, passed=kwargs)
+        dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+        dtype_kwargs = {"dtype": dtype} if dtype is not None else {}
+        if "clip_model" in components and "clip_model" not in kwargs:
+            # Loaded here, where its loading report can be checked (our models' own `from_pretrained` checks theirs):
+            # a CLIP folder that lacks weights is refused, never filled at random.
+            kwargs["clip_model"] = load_complete_model(
+                CLIPModel.from_pretrained, pretrained_model_name_or_path, subfolder="clip_model", **dtype_kwargs
+            )
         device_map = kwargs.get("device_map")
         quantization_config = kwargs.get("quantization_config")
         per_module_map = device_map == "auto" or isinstance(device_map, dict)
@@ -303,31 +312,31 @@ class DallePipeline(DiffusionPipeline):
             transformer_keys = ["max_memory", "offload_folder"] if per_module_map else []
             transformer_keys += ["device_map"] if per_module_map else []
             transformer_keys += ["quantization_config"] if transformers_quantization else []
-            transformer_kwargs = {key: kwargs.pop(key) for key in transformer_keys if key in kwargs}
-            dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
-            if dtype is not None:
-                transformer_kwargs["dtype"] = dtype
+            transformer_kwargs = {key: kwargs.pop(key) for key in transformer_keys if key in kwargs} | dtype_kwargs
             kwargs["transformer"] = DalleForImageGeneration.from_pretrained(
                 pretrained_model_name_or_path, subfolder="transformer", **transformer_kwargs
             )
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @staticmethod
-    def _check_pipeline_folder(folder: str | os.PathLike, passed: dict) -> None:
+    def _check_pipeline_folder(folder: str | os.PathLike, passed: dict) -> list[str]:
         """Name what is missing from a pipeline folder before diffusers trips over it: model_index.json, or the
-        subfolder of a component it lists (unless that component is passed in `passed`)."""
+        subfolder of a component it lists (unless that component is passed in `passed`). Returns the components it
+        lists."""
         index_path = os.path.join(folder, "model_index.json")
         if not os.path.isfile(index_path):
             raise FileNotFoundError(
                 f"{os.fspath(folder)!r} is not a pipeline folder: it has no model_index.json (save one with "
                 "`DallePipeline.save_pretrained`)."
             )
-        for name in _pipeline_components(_read_model_index(index_path)):
+        components = _pipeline_components(_read_model_index(index_path))
+        for name in components:
             if name not in passed and not os.path.isdir(os.path.join(folder, name)):
                 raise FileNotFoundError(
                     f"The pipeline folder {os.fspath(folder)!r} has no {name}/ subfolder, though its model_index.json "
                     f"lists the component {name!r}."
                 )
+        return components
 
     def load_lora_weights(
         self, pretrained_model_name_or_path: str | os.PathLike, adapter_name: str = "default", **kwargs

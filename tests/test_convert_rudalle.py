@@ -183,7 +183,9 @@ def test_conversion_errors_name_the_problem(tmp_path):
     torch.save(random_rudalle_state_dict(params), tmp_path / "ok.bin")
     with pytest.raises(ValueError, match=r"unexpected \['transformer.layers.3"):
         convert_rudalle(tmp_path / "ok.bin", {**params, "num_layers": 3}, tmp_path / "out")
-    with pytest.raises(ValueError, match=r"ok.bin.: .text_embeddings.weight. has shape \(24, 32\), but the ruDALL-E config"):
+    with pytest.raises(
+        ValueError, match=r"ok.bin.: .text_embeddings.weight. has shape \(24, 32\), but the ruDALL-E config"
+    ):
         convert_rudalle(tmp_path / "ok.bin", {**params, "vocab_size": 30}, tmp_path / "out")
     (tmp_path / "junk.bin").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="is not a PyTorch checkpoint"):

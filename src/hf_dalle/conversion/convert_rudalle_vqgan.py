@@ -34,7 +34,16 @@ ATTENTION_NAMES = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", 
 
 # What `vqgan_config_from_taming` reads: taming's `model.params` and its `ddconfig`.
 TAMING_PARAMS = ("n_embed", "embed_dim", "ddconfig")
-TAMING_DDCONFIG = ("z_channels", "ch", "ch_mult", "num_res_blocks", "attn_resolutions", "in_channels", "out_ch", "resolution")
+TAMING_DDCONFIG = (
+    "z_channels",
+    "ch",
+    "ch_mult",
+    "num_res_blocks",
+    "attn_resolutions",
+    "in_channels",
+    "out_ch",
+    "resolution",
+)
 
 
 def vqgan_config_from_taming(
@@ -61,7 +70,9 @@ def vqgan_config_from_taming(
         return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
     sizes = {key: params[key] for key in ("n_embed", "embed_dim")}
-    sizes |= {key: ddconfig[key] for key in ("z_channels", "ch", "num_res_blocks", "in_channels", "out_ch", "resolution")}
+    sizes |= {
+        key: ddconfig[key] for key in ("z_channels", "ch", "num_res_blocks", "in_channels", "out_ch", "resolution")
+    }
     wrong = [f"{key}={value!r}" for key, value in sizes.items() if not positive(value)]
     for key in ("ch_mult", "attn_resolutions"):
         if not isinstance(ddconfig[key], list) or not all(positive(v) for v in ddconfig[key]):

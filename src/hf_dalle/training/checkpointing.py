@@ -101,7 +101,11 @@ def _damaged_files(checkpoint: Path) -> tuple[str | None, list[str], list[str]]:
         sizes = {str(name): int(size) for name, size in files.items()}
         checksums = {str(name): str(digest) for name, digest in checksums.items()}
     except FileNotFoundError:
-        return f"it has no {COMPLETE_MARKER} (not a checkpoint of these scripts, or a save that did not finish)", [], []
+        return (
+            f"it has no {COMPLETE_MARKER} (not a checkpoint of these scripts, or a save that did not finish)",
+            [],
+            [],
+        )
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         return f"its {COMPLETE_MARKER} is damaged ({error!r})", [], []
     missing, damaged = [], []
@@ -244,7 +248,9 @@ def _tensors(value) -> list[torch.Tensor]:
     return []
 
 
-def verify_checkpoint(checkpoint: str | os.PathLike, process_index: int = 0, allow_inexact_resume: bool = False) -> dict:
+def verify_checkpoint(
+    checkpoint: str | os.PathLike, process_index: int = 0, allow_inexact_resume: bool = False
+) -> dict:
     """
     Check every state a resume restores from `checkpoint`, before any is restored (see the module docstring), and
     return the saved `TrainingState` fields. Raises a `ValueError` that names the file and what is wrong with it. With
@@ -282,9 +288,7 @@ def verify_checkpoint(checkpoint: str | os.PathLike, process_index: int = 0, all
     steps = {"its " + COMPLETE_MARKER: marker_step, "the folder's name": int(named[1]) if named else None}
     for where, step in steps.items():
         if step is not None and step != saved_state["global_step"]:
-            raise refuse(
-                f"{TRAINING_STATE_FILE} says step {saved_state['global_step']}, but {where} says step {step}"
-            )
+            raise refuse(f"{TRAINING_STATE_FILE} says step {saved_state['global_step']}, but {where} says step {step}")
 
     # The weights (model, EMA): finite.
     for path in sorted(checkpoint.glob("*.safetensors")):

@@ -84,8 +84,8 @@ def save_lora_adapter(
 def check_lora_config(config, adapter_weights: dict[str, torch.Tensor], source: str) -> None:
     """Refuse an adapter config that does not fit its weights, before anything is built from it: ranks (`r`,
     `rank_pattern`) above the weights' (peft allocates `r` rows per adapted layer), a scale `lora_alpha / r` (or
-    `/ sqrt(r)` with rsLoRA) that is not a finite number in (0, `MAX_LORA_SCALE`], and `modules_to_save` (whole modules,
-    which an adapter of this transformer never holds)."""
+    `/ sqrt(r)` with rsLoRA) that is not a finite number in (0, `MAX_LORA_SCALE`], and `modules_to_save` (whole
+    modules, which an adapter of this transformer never holds)."""
     ranks = {t.shape[0] for k, t in adapter_weights.items() if "lora_A" in k and t.ndim == 2}
     ranks |= {t.shape[1] for k, t in adapter_weights.items() if "lora_B" in k and t.ndim == 2}
     if not ranks:
@@ -171,7 +171,8 @@ def load_lora_adapter(
     except (RuntimeError, KeyError, ValueError, TypeError) as error:  # peft's own complaints (size mismatches, ...)
         remove_lora_adapters(model, adapter_name)
         raise ValueError(
-            f"The LoRA adapter {source} does not match this transformer ({str(error).strip()[:500]}); it is not loaded."
+            f"The LoRA adapter {source} does not match this transformer ({str(error).strip()[:500]}); it is not "
+            "loaded."
         ) from None
 
 

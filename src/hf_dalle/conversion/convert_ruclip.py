@@ -192,8 +192,8 @@ def convert_ruclip(
     Convert a ruCLIP folder (`config.json`, `pytorch_model.bin`, `bpe.model`, as `ai-forever/ruclip-vit-*` on the Hub)
     into a `CLIPModel` and its `CLIPProcessor`. The weights are read with `torch.load(weights_only=True)` from a memory
     map and every tensor is checked against `config.json` ([`check_state_dict`]) before the model is allocated, so a
-    config cannot ask for more than its weights hold. The image processor resizes the shorter side to `image_resolution` (bilinear) and centre-crops, as ruCLIP's
-    torchvision transform does.
+    config cannot ask for more than its weights hold. The image processor resizes the shorter side to
+    `image_resolution` (bilinear) and centre-crops, as ruCLIP's torchvision transform does.
     """
     folder = os.fspath(folder)
     paths = {name: os.path.join(folder, name) for name in ("config.json", "pytorch_model.bin", "bpe.model")}

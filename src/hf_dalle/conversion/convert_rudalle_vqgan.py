@@ -47,10 +47,14 @@ TAMING_DDCONFIG = (
 
 
 def vqgan_config_from_taming(
-    taming_config: dict, wavelet_decoder: bool = False, source: str = "The taming config"
+    taming_config: dict,
+    wavelet_decoder: bool = False,
+    source: str = "The taming config",
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> DalleVQGANConfig:
     """A [`DalleVQGANConfig`] from taming's model config (the parsed YAML, e.g. `vqgan.gumbelf8-sber.config.yml`);
-    `source` names the file in errors."""
+    `source` names the file in errors. With the checkpoint's `state_dict`, the levels and residual blocks the config
+    asks for are bounded by those it holds ([`check_taming_layout`]) before anything is built from them."""
     try:
         model = taming_config["model"]
         params, target = model["params"], model["target"]
@@ -88,6 +92,8 @@ def vqgan_config_from_taming(
             f"got double_z={ddconfig.get('double_z')}, in_channels={ddconfig['in_channels']}, "
             f"out_ch={ddconfig['out_ch']}."
         )
+    if state_dict is not None:
+        check_taming_layout(ddconfig, state_dict, source)
     return DalleVQGANConfig(
         vocab_size=params["n_embed"],
         embed_dim=params["embed_dim"],
@@ -102,17 +108,18 @@ def vqgan_config_from_taming(
     )
 
 
-def check_taming_layout(config: DalleVQGANConfig, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Refuse a config that asks for more levels or residual blocks than the checkpoint's tensors hold, before a model
-    of that size is built: a few bytes of YAML must not make the converter build millions of modules."""
+def check_taming_layout(ddconfig: dict, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse a taming `ddconfig` (checked sizes) that asks for more levels or residual blocks than the checkpoint's
+    tensors hold, before a model of that size is built: a few bytes of YAML must not make the converter build
+    millions of modules. `source` names the config."""
     found = [re.search(r"(?:^|\.)(?:down|up)\.(\d+)\.block\.(\d+)\.", key) for key in state_dict]
     levels = max((int(match[1]) + 1 for match in found if match), default=0)
     blocks = max((int(match[2]) + 1 for match in found if match), default=0)  # the decoder's: layers_per_block + 1
-    if len(config.block_out_channels) > levels or config.layers_per_block >= blocks:
+    if len(ddconfig["ch_mult"]) > levels or ddconfig["num_res_blocks"] >= blocks:
         raise ValueError(
-            f"The config asks for {len(config.block_out_channels)} levels of {config.layers_per_block} residual "
-            f"blocks, but {source} holds {levels} levels of at most {max(blocks - 1, 0)} (+1 in the decoder): not "
-            "the config of this checkpoint."
+            f"{source} asks for {len(ddconfig['ch_mult'])} levels of {ddconfig['num_res_blocks']} residual blocks, "
+            f"but the checkpoint holds {levels} levels of at most {max(blocks - 1, 0)} (+1 in the decoder): not the "
+            "config of this checkpoint."
         )
 
 
@@ -223,8 +230,7 @@ def convert_sber_vqgan(
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         raise ValueError(f"Cannot read the VQGAN config {os.fspath(config_path)!r}: {error}") from None
     wavelet_decoder = any(key.startswith(("decoder.decoder.", "model.decoder.decoder.")) for key in state_dict)
-    config = vqgan_config_from_taming(taming_config, wavelet_decoder, repr(os.fspath(config_path)))
-    check_taming_layout(config, state_dict, source)
+    config = vqgan_config_from_taming(taming_config, wavelet_decoder, repr(os.fspath(config_path)), state_dict)
     with torch.device("meta"):  # the config's sizes, checked against the tensors before any weight is allocated
         model = DalleVQGAN(config)
     model.load_state_dict(taming_to_dalle_vqgan_state_dict(state_dict, model, source), assign=True)

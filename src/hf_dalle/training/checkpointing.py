@@ -11,9 +11,9 @@ A checkpoint is saved into a hidden temporary folder (`io_utils`) and renamed wh
 saving leaves the previous checkpoints intact; old checkpoints are pruned only after the new one is in place.
 (Accelerate's `automatic_checkpoint_naming` writes in place and prunes before saving, so a kill during the save could
 leave no loadable checkpoint: naming and pruning are done here instead.) The last file written is
-`checkpoint_complete.json`, the size and SHA-256 of every other file: a checkpoint is complete when that marker is there
-and every file it lists has its size and checksum (markers of older versions hold sizes only). `--resume_from_checkpoint
-latest` takes the newest complete checkpoint, passing over damaged ones.
+`checkpoint_complete.json`, the size and SHA-256 of every other file: a checkpoint is complete when that marker is
+there and every file it lists has its size and checksum (markers of older versions hold sizes only).
+`--resume_from_checkpoint latest` takes the newest complete checkpoint, passing over damaged ones.
 
 Resuming verifies every state before it is restored ([`verify_checkpoint`]): the files against the marker, the
 progress in `training_state.json` against the checkpoint's step, the weights, the EMA and the optimizer state finite,

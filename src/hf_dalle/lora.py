@@ -171,7 +171,7 @@ def load_lora_adapter(
     except (RuntimeError, KeyError, ValueError, TypeError) as error:  # peft's own complaints (size mismatches, ...)
         remove_lora_adapters(model, adapter_name)
         raise ValueError(
-            f"The LoRA adapter {source} does not match this transformer ({str(error).strip()[:500]}); it is not "
+            f"The LoRA adapter {source} does not match this transformer ({' '.join(str(error).split())[:500]}); it is not "
             "loaded."
         ) from None
 
@@ -184,6 +184,8 @@ def remove_lora_adapters(model: DalleForImageGeneration, *adapter_names: str) ->
     for name in adapter_names or list(getattr(model, "peft_config", {})):
         delete_adapter(model, adapter_name=name, prefix="lora_")
         getattr(model, "peft_config", {}).pop(name, None)  # absent when injecting it failed
+    if getattr(model, "peft_config", None) == {}:
+        del model.peft_config  # no adapter left: the model as it was (peft warns when it finds an empty one)
 
 
 __all__ = [

@@ -497,6 +497,37 @@ def test_image_prompt_fixes_codes_at_any_grid_position(monkeypatch):
         pipe("a red circle", num_candidates=1, image_prompt_mask=mask)
 
 
+def test_image_prompt_mask_takes_booleans_or_zeros_and_ones_only():
+    """A 0/1 integer mask (list, NumPy, tensor) is the boolean one; a float mask has no one reading (0.5? NaN would
+    be True and fix the whole image), a string is no mask: both refused before anything is sampled."""
+    pipe = make_tiny_pipeline(with_clip=False)
+    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[:, 0] = True
+
+    def images(prompt_mask):
+        generator = torch.Generator().manual_seed(1)
+        return pipe(
+            "a red circle", num_candidates=1, image=image, image_prompt_mask=prompt_mask, generator=generator,
+            output_type="pt",
+        ).images  # fmt: skip
+
+    expected = images(mask)
+    for integers in (mask.int().tolist(), mask.numpy().astype(np.uint8), mask.long()):
+        assert torch.equal(images(integers), expected)
+    for bad, kind in (
+        ("all", "str"),
+        (torch.full((4, 4), 0.5), "Tensor of torch.float32"),
+        (np.full((4, 4), np.nan), "ndarray of torch.float64"),
+        ([[1.0] * 4] * 4, "list of torch.float64"),
+        (-torch.ones(4, 4, dtype=torch.long), "other integers"),
+        (2 * mask.int(), "other integers"),
+    ):
+        with pytest.raises(ValueError, match=rf"`image_prompt_mask` must hold booleans \(or the integers 0 and 1\), got "
+                           rf"(a )?{kind}"):  # fmt: skip
+            images(bad)
+
+
 def test_rerank_by_the_transformers_perplexity(monkeypatch):
     pipe = make_tiny_pipeline(with_clip=False)
     captured = capture_codes(pipe, monkeypatch)

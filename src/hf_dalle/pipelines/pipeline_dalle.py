@@ -78,6 +78,23 @@ def _is_integer(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _as_bool_mask(value, name: str) -> torch.BoolTensor:
+    """`value` (a tensor, array or nested lists of booleans, or of the integers 0 and 1) as a boolean tensor. Anything
+    else raises, naming `name`: a float mask has no one reading (0.5? NaN?), and a string is not a mask at all."""
+    try:
+        mask = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    except (TypeError, ValueError, RuntimeError):  # strings, ragged lists, objects
+        mask = None
+    if mask is None or mask.is_floating_point() or mask.is_complex():
+        kind = type(value).__name__ if mask is None else f"{type(value).__name__} of {mask.dtype}"
+        raise ValueError(f"`{name}` must hold booleans (or the integers 0 and 1), got a {kind}.")
+    if mask.dtype != torch.bool:
+        if not ((mask == 0) | (mask == 1)).all():
+            raise ValueError(f"`{name}` must hold booleans (or the integers 0 and 1), got other integers.")
+        mask = mask.bool()
+    return mask
+
+
 def _read_model_index(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as file:
@@ -515,7 +532,7 @@ class DallePipeline(DiffusionPipeline):
             mask = torch.zeros(grid, grid, dtype=torch.bool)
             mask[:num_prime_rows] = True
         else:
-            mask = torch.as_tensor(image_prompt_mask, dtype=torch.bool)
+            mask = _as_bool_mask(image_prompt_mask, "image_prompt_mask")
             if (
                 mask.shape[-2:] != (grid, grid)
                 or mask.ndim not in (2, 3)

@@ -127,12 +127,12 @@ def demo(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     """Serve the Gradio web demo (`hf_dalle.app`) on one pipeline until interrupted."""
     try:
-        from .app import LAUNCH_LIMITS, create_demo
+        from .app import create_demo, launch_demo
     except ModuleNotFoundError as error:
         if error.name != "gradio":
             raise
         raise SystemExit("`hf-dalle serve` needs Gradio: pip install 'hf_dalle[web]'.") from error
-    create_demo(args.model).launch(server_name=args.host, server_port=args.port, **LAUNCH_LIMITS)
+    launch_demo(create_demo(args.model), args.trusted_proxy, server_name=args.host, server_port=args.port)
     return 0
 
 
@@ -242,6 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--model", default=None, help="Pipeline directory or Hub id (default: the bundled demo model).")
     web.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: 127.0.0.1; 0.0.0.0 for all).")
     web.add_argument("--port", type=int, default=7860, help="Port (default: 7860).")
+    web.add_argument(
+        "--trusted-proxy",
+        action="append",
+        metavar="ADDRESS",
+        help="A reverse proxy in front (IP address or network, e.g. 10.0.0.2 or 10.0.0.0/8; repeat for several) whose "
+        "X-Forwarded-For header names the client. Without it, forwarded headers are never believed (unless the "
+        "FORWARDED_ALLOW_IPS environment variable names proxies) and the one-request-per-client limit counts the "
+        "address that connects: behind a proxy not named, all users share the proxy's one slot.",
+    )
     web.set_defaults(func=serve)
 
     mem = commands.add_parser("estimate-memory", help="Parameter and KV-cache memory of a transformer, per dtype.")

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from .demo import DEMO_PROMPTS, load_pipeline
-from .io_utils import write_file_atomically
+from .io_utils import check_output_dir, write_file_atomically
 
 
 def _save_png(image, path: Path) -> None:
@@ -35,20 +35,6 @@ def reconstruct(args: argparse.Namespace) -> int:
         _save_png(Image.fromarray((sample.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)), out)
         print(f"{out}  ({codes.shape[-2]}x{codes.shape[-1]} codes, {codes.unique().numel()} distinct)")
     return 0
-
-
-def _check_output_dir(output_dir: str) -> Path:
-    """Create `--output-dir` (before any work) or say why it cannot be written to (a `ValueError`)."""
-    import os
-
-    path = Path(output_dir)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ValueError(f"--output-dir {output_dir!r} cannot be created: {error.strerror}.") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ValueError(f"--output-dir {output_dir!r} is not writable.")
-    return path
 
 
 def _image_paths(output_dir: Path, prompts: list[str], num_images: int) -> list[Path]:
@@ -108,7 +94,7 @@ def _check_generation_arguments(prompts: list[str], args: argparse.Namespace) ->
             f"--seed must be between 0 and {max_seed} (candidate i uses seed + i, and torch seeds end at 2**64 - 1), "
             f"got {args.seed}."
         )
-    _check_output_dir(args.output_dir)
+    check_output_dir(args.output_dir, "--output-dir")
 
 
 def generate(args: argparse.Namespace) -> int:

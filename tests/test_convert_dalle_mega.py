@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 from min_dalle_reference import min_dalle_generate_codes, min_dalle_models, min_dalle_text_tokens, perturb_
+from safetensors.torch import load_file
 
 import hf_dalle
 from hf_dalle import DalleBartConfig, DalleBartForImageGeneration, DalleVQGAN
@@ -108,6 +109,9 @@ def test_conversion_writes_a_pipeline_folder(tmp_path):
 
     card = (output / "README.md").read_text()
     assert "DALL·E Mega" in card and "decoder only" in card and "starts from code 16383" in card
+    (shard, *_) = sorted((output / "transformer").glob("*.safetensors"))
+    weights_dtype = next(iter(load_file(shard).values())).dtype
+    assert f"safetensors, {str(weights_dtype).removeprefix('torch.')})" in card  # the files' dtype, not "None"
     import hashlib
 
     assert hashlib.sha256((folder / "encoder.pt").read_bytes()).hexdigest() in card

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPModel, CLIPProcessor
 
 from hf_dalle.io_utils import check_output_dir, write_folder_atomically
+from hf_dalle.loading_utils import load_complete_model
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -94,8 +95,11 @@ def load_clip(name_or_path: str) -> tuple[CLIPModel, CLIPProcessor]:
     """A CLIP model and processor from a Hub id or folder, or a pipeline folder's clip_model/ + clip_processor/."""
     path = Path(name_or_path)
     if (path / "model_index.json").is_file():
-        return CLIPModel.from_pretrained(path / "clip_model"), CLIPProcessor.from_pretrained(path / "clip_processor")
-    return CLIPModel.from_pretrained(name_or_path), CLIPProcessor.from_pretrained(name_or_path)
+        return (
+            load_complete_model(CLIPModel.from_pretrained, path / "clip_model"),
+            CLIPProcessor.from_pretrained(path / "clip_processor"),
+        )
+    return load_complete_model(CLIPModel.from_pretrained, name_or_path), CLIPProcessor.from_pretrained(name_or_path)
 
 
 class ProjectedCLIP(torch.nn.Module):

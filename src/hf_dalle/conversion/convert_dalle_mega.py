@@ -39,6 +39,7 @@ from transformers import GenerationConfig
 
 from ..hub_utils import path_for_card, render_model_card, sha256_of
 from ..io_utils import write_folder_atomically
+from ..loading_utils import load_complete_model
 from ..models.dalle_bart import DalleBartConfig, DalleBartForImageGeneration
 from ..models.dalle_vqgan import DalleVQGAN, DalleVQGANConfig
 from ..tokenization_dalle_bart import DalleBartTokenizer
@@ -479,7 +480,7 @@ def convert_dalle_mega(
     if clip_model is not None:
         from transformers import CLIPModel, CLIPProcessor
 
-        clip = CLIPModel.from_pretrained(clip_model), CLIPProcessor.from_pretrained(clip_model)
+        clip = load_complete_model(CLIPModel.from_pretrained, clip_model), CLIPProcessor.from_pretrained(clip_model)
     sources = [paths[kind] for kind in MIN_DALLE_FILES] + [
         Path(p) for p in (vqgan_flax_checkpoint, vqgan_checkpoint) if p is not None
     ]

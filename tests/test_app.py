@@ -4,6 +4,8 @@ app served on 127.0.0.1 (queue, progress, bad requests) through gradio_client; b
 import os
 import runpy
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -319,7 +321,13 @@ def test_a_trusted_proxy_that_is_no_address_is_refused(pipe, monkeypatch):
     parser = build_parser()
     args = parser.parse_args(["serve", "--trusted-proxy", "10.0.0.2", "--trusted-proxy", "10.1.0.0/16"])
     assert args.trusted_proxy == ["10.0.0.2", "10.1.0.0/16"]
-    assert "X-Forwarded-For" in parser._subparsers._group_actions[0].choices["serve"].format_help()
+    # The command line, as a user runs it: refused before the model is loaded, with the message and no traceback.
+    command = [sys.executable, "-m", "hf_dalle.cli", "serve", "--model", "/no/such/model", "--trusted-proxy", "x.y"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "hf-dalle serve: error: A trusted proxy must be an IP address or network" in result.stderr
+    help_text = subprocess.run([*command[:4], "--help"], capture_output=True, text=True, timeout=300).stdout
+    assert "--trusted-proxy ADDRESS" in help_text and "X-Forwarded-For" in help_text
 
 
 def _post(base: str, prompt: str, num_candidates: int = 4) -> httpx.Response:

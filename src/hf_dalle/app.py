@@ -352,18 +352,13 @@ def create_demo(
     return demo
 
 
-def launch_demo(demo: gr.Blocks, trusted_proxies: Sequence[str] | None = None, **launch_kwargs):
-    """
-    `demo.launch(**LAUNCH_LIMITS, **launch_kwargs)`, with the per-client limit counting the address that connects.
-    uvicorn (under Gradio's launch) would otherwise take the client's address from an `X-Forwarded-For` header sent
-    from 127.0.0.1, so that any local process, or a local proxy that passes the header on, could name a new client
-    with each request. The header is believed only from `trusted_proxies`: IP addresses or networks (`"10.0.0.0/8"`)
-    of the reverse proxies in front, or `["*"]` for any; `None` takes those the operator named in the
-    `FORWARDED_ALLOW_IPS` environment variable, and none if it is unset.
-    """
-    if trusted_proxies is None:
-        trusted_proxies = [p.strip() for p in os.environ.get(FORWARDED_ALLOW_IPS, "").split(",") if p.strip()]
-    for proxy in trusted_proxies:
+def trusted_proxies_from(proxies: Sequence[str] | None) -> list[str]:
+    """The reverse proxies whose `X-Forwarded-For` to believe (see [`launch_demo`]): `proxies`, or for `None` those the
+    operator named in the `FORWARDED_ALLOW_IPS` environment variable (none if it is unset). A `ValueError` for an
+    entry that is not an IP address or network or `"*"` (uvicorn would take it silently and never match it)."""
+    if proxies is None:
+        proxies = [proxy.strip() for proxy in os.environ.get(FORWARDED_ALLOW_IPS, "").split(",") if proxy.strip()]
+    for proxy in proxies:
         if proxy != "*":
             try:
                 ipaddress.ip_network(proxy, strict=False)
@@ -372,6 +367,19 @@ def launch_demo(demo: gr.Blocks, trusted_proxies: Sequence[str] | None = None, *
                     f"A trusted proxy must be an IP address or network (e.g. 10.0.0.2, 10.0.0.0/8) or '*', got "
                     f"{proxy!r}."
                 ) from None
+    return list(proxies)
+
+
+def launch_demo(demo: gr.Blocks, trusted_proxies: Sequence[str] | None = None, **launch_kwargs):
+    """
+    `demo.launch(**LAUNCH_LIMITS, **launch_kwargs)`, with the per-client limit counting the address that connects.
+    uvicorn (under Gradio's launch) would otherwise take the client's address from an `X-Forwarded-For` header sent
+    from 127.0.0.1, so that any local process, or a local proxy that passes the header on, could name a new client
+    with each request. The header is believed only from `trusted_proxies`: IP addresses or networks (`"10.0.0.0/8"`)
+    of the reverse proxies in front, or `["*"]` for any; `None` takes those the operator named in the
+    `FORWARDED_ALLOW_IPS` environment variable, and none if it is unset ([`trusted_proxies_from`]).
+    """
+    trusted_proxies = trusted_proxies_from(trusted_proxies)
     previous = os.environ.get(FORWARDED_ALLOW_IPS)
     os.environ[FORWARDED_ALLOW_IPS] = ",".join(trusted_proxies)  # "" trusts no address
     try:
@@ -405,4 +413,5 @@ __all__ = [
     "generate_images",
     "generate_images_progressively",
     "launch_demo",
+    "trusted_proxies_from",
 ]

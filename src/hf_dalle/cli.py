@@ -113,12 +113,13 @@ def demo(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     """Serve the Gradio web demo (`hf_dalle.app`) on one pipeline until interrupted."""
     try:
-        from .app import create_demo, launch_demo
+        from .app import create_demo, launch_demo, trusted_proxies_from
     except ModuleNotFoundError as error:
         if error.name != "gradio":
             raise
         raise SystemExit("`hf-dalle serve` needs Gradio: pip install 'hf_dalle[web]'.") from error
-    launch_demo(create_demo(args.model), args.trusted_proxy, server_name=args.host, server_port=args.port)
+    trusted_proxies = trusted_proxies_from(args.trusted_proxy)  # checked before the model is loaded
+    launch_demo(create_demo(args.model), trusted_proxies, server_name=args.host, server_port=args.port)
     return 0
 
 

@@ -4,7 +4,7 @@ A `torch.save` file is a pickle, and unpickling can import anything and run it. 
 `torch.load(weights_only=True)`, which allows only tensors, numbers, strings and containers; the few classes a released
 file names besides (OpenAI's pickled `dall_e` modules, Lightning's `ModelCheckpoint` key) are mapped to inert stand-ins
 ([`stand_in`]) that only receive the pickled attributes. Anything else refuses the file with the reason
-([`unpickling_reason`]), never with torch's advice to load it unsafely.
+(`loading_utils.unpickling_reason`), never with torch's advice to load it unsafely.
 
 Every converter then checks all the tensors it read against the model they fill ([`check_state_dict`]: names, shapes,
 floating point, finite) before it allocates or writes anything.
@@ -153,5 +153,4 @@ __all__ = [
     "pickled_module_tensors",
     "safe_torch_load",
     "stand_in",
-    "unpickling_reason",
 ]

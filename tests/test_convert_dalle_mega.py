@@ -2,22 +2,20 @@
 (marker `parity`, in the reference venv), and without it: the folder written, the script as a subprocess (local files,
 and `--from_hub` / `--push_to_hub` on the loopback Hub), bad files, the VQGAN's encoder from a Flax or taming file."""
 
+import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
-import msgpack
-import numpy as np
 import pytest
 import torch
 import yaml
 from min_dalle_reference import min_dalle_generate_codes, min_dalle_models, min_dalle_text_tokens, perturb_
 
 import hf_dalle
-from hf_dalle import DalleBartConfig, DalleBartForImageGeneration, DalleVQGAN
+from hf_dalle import DalleBartConfig, DalleBartForImageGeneration, DallePipeline, DalleVQGAN
 from hf_dalle.conversion.convert_dalle_mega import (
     convert_dalle_mega,
     convert_min_dalle_vqgan,
@@ -27,6 +25,7 @@ from hf_dalle.testing_utils import (
     detoker_state_dict,
     random_taming_vqgan_state_dict,
     small_vqgan_sizes,
+    write_flax_vqgan_checkpoint,
     write_min_dalle_models_root,
 )
 from hf_dalle.tokenization_dalle_bart import DalleBartTokenizer
@@ -106,11 +105,10 @@ def test_conversion_writes_a_pipeline_folder(tmp_path):
     with pytest.raises(ValueError, match="has no encoder.*--vqgan_flax_checkpoint"):
         vae.encode(images)
 
-    card = (output / "README.md").read_text()
-    assert "DALL·E Mega" in card and "decoder only" in card and "starts from code 16383" in card
-    import hashlib
-
-    assert hashlib.sha256((folder / "encoder.pt").read_bytes()).hexdigest() in card
+    # model_index.json as the pipeline writes it: the folder loads as a DallePipeline with min-dalle's defaults.
+    pipe = DallePipeline.from_pretrained(output)
+    assert isinstance(pipe.transformer, DalleBartForImageGeneration) and pipe.config.default_guidance_scale == 16.0
+    assert not (output / "README.md").exists()  # the script writes the card
 
 
 def test_import_hf_dalle_leaves_the_converter_unimported():
@@ -142,6 +140,9 @@ def test_script_converts_mini_from_a_models_root(tmp_path):
     assert (
         "python scripts/convert_dalle_mega.py --min_dalle_dir" in card and "starts from token 64, dalle-mini's" in card
     )
+    assert "DALL·E Mini" in card and "**decoder only**" in card and "not reranked" in card
+    encoder_file = tmp_path / "root" / "dalle_bart_mini" / "encoder.pt"
+    assert f"| `encoder.pt` | `{hashlib.sha256(encoder_file.read_bytes()).hexdigest()}` |" in card
     # Heads that do not divide the width.
     result = run_script(
         "--min_dalle_dir", str(tmp_path / "root"), "--model_name", "mini", "--num_attention_heads", "5",
@@ -260,35 +261,10 @@ def test_tensors_of_no_use_are_left_out_with_a_warning(tmp_path, caplog):
 # ---------------------------------------------------------------------------------- the VQGAN's encoder
 
 
-def write_flax_msgpack(path: Path, taming_state_dict: dict[str, torch.Tensor]) -> None:
-    """A Flax checkpoint as vqgan-jax's `convert_pt_model_to_jax.py` + `save_pretrained` write one: keys renamed
-    `down.0` -> `down_0` (every `name.N`; the middle block's `block_1` stays), norm weights as `scale`, convolution
-    weights as `kernel` `[h, w, in, out]`, the codebook as `quantize/embedding/embedding`; serialized as flax does
-    (msgpack, arrays as extension 1 holding `(shape, dtype name, bytes)`)."""
-    tree: dict = {}
-    for key, tensor in taming_state_dict.items():
-        key = re.sub(r"(\w+)\.(\d+)", r"\1_\2", key)
-        *modules, leaf = key.split(".")
-        array = tensor.numpy()
-        if modules == ["quantize", "embedding"]:
-            leaf = "embedding"
-        elif leaf == "weight" and "norm" in modules[-1]:
-            leaf = "scale"
-        elif leaf == "weight":
-            leaf, array = "kernel", np.ascontiguousarray(array.transpose(2, 3, 1, 0))
-        node = tree
-        for module in modules:
-            node = node.setdefault(module, {})
-        node[leaf] = msgpack.ExtType(
-            1, msgpack.packb((array.shape, array.dtype.name, array.tobytes()), use_bin_type=True)
-        )
-    path.write_bytes(msgpack.packb(tree, use_bin_type=True))
-
-
 def test_flax_and_taming_vqgans_add_the_encoder(tmp_path):
     taming = random_taming_vqgan_state_dict(**small_vqgan_sizes(tiny_config()), with_encoder=True, seed=3)
     torch.save(detoker_state_dict(taming), tmp_path / "detoker.pt")
-    write_flax_msgpack(tmp_path / "flax_model.msgpack", taming)
+    write_flax_vqgan_checkpoint(tmp_path / "flax_model.msgpack", taming)
     vqgan = convert_min_dalle_vqgan(
         tmp_path / "detoker.pt", latent_size=4, flax_checkpoint=tmp_path / "flax_model.msgpack"
     )
@@ -337,7 +313,7 @@ def test_flax_and_taming_vqgans_add_the_encoder(tmp_path):
 
     # A VQGAN with another codebook than detoker.pt's is not the one the transformer was trained with.
     other = random_taming_vqgan_state_dict(**sizes, with_encoder=True, seed=4)
-    write_flax_msgpack(tmp_path / "other.msgpack", other)
+    write_flax_vqgan_checkpoint(tmp_path / "other.msgpack", other)
     with pytest.raises(ValueError, match="another codebook than min-dalle's detoker.pt"):
         convert_min_dalle_vqgan(tmp_path / "detoker.pt", 4, flax_checkpoint=tmp_path / "other.msgpack")
     (tmp_path / "junk.msgpack").write_bytes(b"\x93\x01\x02")

@@ -105,5 +105,6 @@ def main(argv=None):
         ),
     )
 
+
 if __name__ == "__main__":
     main()

@@ -28,10 +28,18 @@ import torch
 from huggingface_hub import ModelCardData
 from transformers import CLIPModel, CLIPProcessor
 
-from hf_dalle import DalleConfig, DalleForImageGeneration, DallePipeline, DalleTokenizer, DalleVAE, DalleVQGAN
+from hf_dalle import (
+    DalleBartForImageGeneration,
+    DalleConfig,
+    DalleForImageGeneration,
+    DallePipeline,
+    DalleTokenizer,
+    DalleVAE,
+    DalleVQGAN,
+)
 from hf_dalle.hub_utils import path_for_card, write_card_and_push
 from hf_dalle.io_utils import write_folder_atomically
-from hf_dalle.lora import LORA_TARGET_MODULES, add_lora_adapter, save_lora_adapter
+from hf_dalle.lora import add_lora_adapter, save_lora_adapter
 from hf_dalle.training import (
     NON_EMA_VARIANT,
     RunFolder,
@@ -116,8 +124,10 @@ def parse_args(argv=None):
     lora.add_argument(
         "--lora_target_modules",
         nargs="+",
-        default=list(LORA_TARGET_MODULES),
-        help=f"Linear layers that get an adapter (default: {' '.join(LORA_TARGET_MODULES)}).",
+        default=None,
+        help="Linear layers that get an adapter (default: the transformer's attention and feed-forward projections: "
+        f"{' '.join(DalleForImageGeneration.lora_target_modules)} for DALL-E, "
+        f"{' '.join(DalleBartForImageGeneration.lora_target_modules)} for DALL·E Mini / Mega).",
     )
     parser.set_defaults(adam_beta2=0.96, adam_weight_decay=4.5e-2, max_grad_norm=4.0)
     args = parser.parse_args(argv)

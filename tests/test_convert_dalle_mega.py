@@ -388,6 +388,14 @@ def test_converted_model_matches_min_dalle(tmp_path):
     torch.testing.assert_close(image, reference_image, rtol=0, atol=1e-3)
     assert reference_image.std() > 0.05  # an image, not a constant
 
+    # The converted folder as a pipeline, with its own defaults (super-conditioning 16) and top-k 1: min-dalle's codes
+    # and image, through the pipeline's sampling loop (caption encoded once, cached cross-attention, guidance halves).
+    pipe = DallePipeline.from_pretrained(tmp_path / "out")
+    latents = pipe(caption, top_k=1, num_candidates=1, output_type="latent")
+    assert torch.equal(latents.images.flatten(1), reference_codes)
+    images = pipe(caption, top_k=1, num_candidates=1, output_type="pt").images
+    torch.testing.assert_close(images[0].permute(1, 2, 0), reference_image, rtol=0, atol=1e-3)
+
 
 def import_text_tokenizer(folder: Path):
     from min_dalle_reference import min_dalle_text_tokenizer

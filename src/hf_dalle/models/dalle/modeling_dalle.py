@@ -190,6 +190,9 @@ class DallePreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _no_split_modules = ["DalleBlock"]
+    # The Linear layers that get a LoRA adapter by default (`hf_dalle.lora.add_lora_adapter`): the attention and MLP
+    # projections of every block.
+    lora_target_modules = ("qkv_proj", "out_proj", "fc_in", "fc_out")
     _skip_keys_device_placement = ["cache"]
     _supports_sdpa = True
     _supports_flex_attn = True

@@ -189,6 +189,9 @@ class DalleBartPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _no_split_modules = ["DalleBartEncoderLayer", "DalleBartDecoderLayer"]
+    # The Linear layers that get a LoRA adapter by default (`hf_dalle.lora.add_lora_adapter`): the self- and
+    # cross-attention projections and the GLU of every encoder and decoder layer.
+    lora_target_modules = ("q_proj", "k_proj", "v_proj", "out_proj", "fc0", "fc1", "fc2")
     _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_sdpa = True
 

@@ -11,13 +11,14 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from dalle_mega_utils import make_tiny_dalle_bart_pipeline
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from hf_dalle import app
 from hf_dalle.cli import build_parser
 from hf_dalle.data import RELATIONS, caption_split, parse_caption
-from hf_dalle.testing_utils import make_tiny_dalle_bart_pipeline, make_tiny_pipeline
+from hf_dalle.testing_utils import make_tiny_pipeline
 
 
 @pytest.fixture(scope="module", autouse=True)

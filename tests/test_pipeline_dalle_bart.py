@@ -6,9 +6,9 @@ Fine-tuning is in test_training_dalle_mega.py, parity with min-dalle's own loop 
 import pytest
 import torch
 import torch.nn.functional as F
+from dalle_mega_utils import make_tiny_dalle_bart_pipeline
 
 from hf_dalle import DalleBartForImageGeneration, DallePipeline
-from hf_dalle.testing_utils import make_tiny_dalle_bart_pipeline
 
 
 GRID_CODES = 16  # 4x4 codes of 64; 16x16 images

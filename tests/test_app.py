@@ -180,8 +180,12 @@ def test_served_app_queues_reports_progress_and_survives_bad_requests(pipe, monk
             for unit in [*(job.status().progress_data or []), *(second.status().progress_data or [])]:
                 progress.add((unit.index, unit.length, unit.unit))
             time.sleep(0.005)
-        gallery, status = job.result()
+        gallery, previews, status = job.result()
         assert len(gallery) == 3 and gallery[0]["caption"].startswith("#1 · CLIP score ")
+        assert previews == ""  # the previews made way for the result
+        # Before it, the previews of each batch's candidates as their codes arrived: inline images, not cached files.
+        shown = [update[1] for update in job.outputs()[:-1] if isinstance(update[1], str)]
+        assert len(shown) == 4 * 3 and all(html.count('src="data:image/png;base64,') == 3 for html in shown)
         assert status.startswith("Sampled 32 candidates in ")
         assert len(second.result()[0]) == 2
         assert progress and {length for _, length, _ in progress} == {4 * 16}
@@ -228,21 +232,19 @@ def test_limits_of_one_request(pipe):
     steps = list(
         app.generate_images_progressively(pipe, "a red circle", num_candidates=40, num_images=2, max_seconds=0)
     )
-    gallery, status = steps[-1]
+    gallery, _, status = steps[-1]
     assert [_kind(step) for step in steps] == ["preview"] * 3 + ["gallery"] and len(gallery) == 2
     assert status.startswith("Sampled 16 candidates in ") and "Stopped at the time limit of 0 s per request" in status
     # Without a limit: the previews of each batch, an update after each batch but the last, then the gallery.
     steps = list(app.generate_images_progressively(pipe, "a red circle", num_candidates=40, num_images=2))
     batch = ["preview"] * 3
     assert [_kind(step) for step in steps] == [*batch, "status", *batch, "status", *batch, "gallery"]
-    assert steps[3][1].startswith("Sampled 16 of 40 candidates in ")
+    assert steps[3][2].startswith("Sampled 16 of 40 candidates in ")
 
 
 def _kind(step) -> str:
-    gallery, _ = step
-    if gallery is None:
-        return "status"
-    return "preview" if gallery[0][1].startswith("candidate ") else "gallery"
+    gallery, previews, _ = step
+    return "gallery" if gallery is not None else "preview" if previews is not None else "status"
 
 
 def test_previews_redraw_the_batch_after_every_row_of_codes(pipe):
@@ -258,7 +260,7 @@ def test_previews_redraw_the_batch_after_every_row_of_codes(pipe):
         generator=[torch.Generator().manual_seed(3 + i) for i in range(6)],
     )  # fmt: skip
     in_sampling_order = codes.images[torch.tensor(codes.candidate_indices).argsort()].flatten(1)
-    previews = [gallery for gallery, _ in steps if _kind((gallery, None)) == "preview"]
+    previews = [previews for _, previews, _ in steps if previews is not None]
     grid = pipe.transformer.config.image_grid_size
     expected = [(first, rows) for first in (0, 4) for rows in range(1, grid)]  # two batches: 4 + 2 candidates
     assert len(previews) == len(expected)

@@ -53,7 +53,9 @@ def test_pretokenize_and_fine_tune_a_converted_dalle_mega(tmp_path):
     with torch.no_grad():
         codes = base.vae.encode(torch.stack([image_to_tensor(image, 16) for image in images])).indices.flatten(1)
     assert torch.tensor(rows["image_codes"]).tolist() == codes.tolist()
-    assert torch.tensor(rows["text_input_ids"]).tolist() == base.tokenizer.encode_captions(list(rows["caption"])).tolist()
+    assert (
+        torch.tensor(rows["text_input_ids"]).tolist() == base.tokenizer.encode_captions(list(rows["caption"])).tolist()
+    )
 
     common = [
         "--pretrained_model_name_or_path", str(base_dir), "--pretokenized_dataset", str(tokens),

@@ -6,8 +6,8 @@ first access, for a Hugging Face Space's `app.py`.
 
 One pipeline stays in memory and requests queue for it one at a time; each request samples its candidates
 `candidate_batch_size` at a time and keeps only the best images, so even `num_candidates=512` runs in bounded memory.
-While a batch is sampled the gallery previews its first candidates, redrawn after every row of codes (as min-dalle's
-demo shows DALL·E Mega's images grow).
+While a batch is sampled, previews of its first candidates are redrawn after every row of codes (as min-dalle's demo
+shows DALL·E Mega's images grow).
 
 Limits, so that no client can monopolise the one pipeline: captions of at most `MAX_PROMPT_CHARS` characters; at most
 `max_candidates` candidates and `max_request_seconds` of sampling per request (then the best so far are shown);
@@ -17,7 +17,10 @@ most `MAX_UPLOAD_SIZE` (the app takes none; Gradio's upload route is open); the 
 galleries deleted after `CACHE_SECONDS`.
 """
 
+import base64
 import contextlib
+import html
+import io
 import os
 import reprlib
 import threading
@@ -152,13 +155,14 @@ def generate_images_progressively(
     candidate_batch_size: int = MAX_CANDIDATE_BATCH_SIZE,
     max_candidates: int = MAX_CANDIDATES,
     max_seconds: float = MAX_REQUEST_SECONDS,
-) -> Iterator[tuple[list[tuple] | None, str]]:
+) -> Iterator[tuple[list[tuple] | None, list[tuple] | None, str]]:
     """
     Run `pipeline` for one caption with the page's settings, `candidate_batch_size` candidates at a time (one
-    `pipeline.generate_progressively` call). Yields, while it samples, `(previews, status)` after every row of codes
-    of a batch (the batch's first `num_images` candidates so far, `pipeline.decode_partial`: the rows not yet sampled
-    are gray) and `(None, status)` after each batch but the last; finally `(gallery, status)`: the gallery is
-    `(image, caption)` pairs, best first, captioned with rank and CLIP score. Gradio stops iterating when the client
+    `pipeline.generate_progressively` call). Yields `(gallery, previews, status)`: while it samples, `(None, previews,
+    status)` after every row of codes of a batch (the batch's first `num_images` candidates so far as `(image,
+    caption)` pairs, `pipeline.decode_partial`: the rows not yet sampled are gray) and `(None, None, status)` after
+    each batch but the last; finally `(gallery, None, status)`: the gallery is `(image, caption)` pairs, best first,
+    captioned with rank and CLIP score. Gradio stops iterating when the client
     goes away, so the remaining codes are not sampled; after `max_seconds` no further batch is begun and the best
     candidates so far are shown. `guidance_scale` and `top_k` (0: all codes) default to the pipeline's (DALL·E Mega:
     16 and 256).
@@ -197,6 +201,7 @@ def generate_images_progressively(
                 if progress.codes is not None:
                     if progress.codes.shape[1] % grid == 0:  # a row of codes done: redraw the previews
                         yield (
+                            None,
                             _previews(pipeline, progress, num_images),
                             (
                                 f"Sampled {progress.num_sampled} of {num_candidates} candidates in {seconds:.1f} s; "
@@ -209,7 +214,11 @@ def generate_images_progressively(
                 if seconds > max_seconds:
                     pipeline._interrupt = True  # no further batch: the pipeline returns the best so far
                     continue
-                yield None, f"Sampled {progress.num_sampled} of {num_candidates} candidates in {seconds:.1f} s..."
+                yield (
+                    None,
+                    None,
+                    f"Sampled {progress.num_sampled} of {num_candidates} candidates in {seconds:.1f} s...",
+                )
         except ValueError as error:  # the pipeline's own input checks (temperature, guidance scale, ...)
             raise gr.Error(str(error)) from error
     output, sampled = progress.output, progress.num_sampled
@@ -223,7 +232,7 @@ def generate_images_progressively(
     if sampled < num_candidates:
         status += f" Stopped at the time limit of {max_seconds:g} s per request, before {num_candidates}."
     note = _caption_note(prompt)
-    yield gallery, f"{status}\n\n*{prompt}*: {note}." if note else status
+    yield gallery, None, f"{status}\n\n*{prompt}*: {note}." if note else status
 
 
 def _previews(pipeline: DallePipeline, progress: DallePipelineProgress, num_images: int) -> list[tuple]:
@@ -234,10 +243,25 @@ def _previews(pipeline: DallePipeline, progress: DallePipelineProgress, num_imag
     return [(image, f"candidate {i + 1}: {done}") for image, i in zip(images, progress.candidate_index.tolist())]
 
 
+def _previews_html(previews: list[tuple]) -> str:
+    """Previews as inline images (`data:` URLs): Gradio does not delete the cached files of a generator's intermediate
+    outputs (only the final ones'), so previews never become files."""
+    figures = []
+    for image, caption in previews:
+        png = io.BytesIO()
+        image.save(png, format="PNG")
+        source = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii")
+        figures.append(
+            f'<figure style="display:inline-block;margin:4px"><img src="{source}" alt="{html.escape(caption)}" '
+            f'width="{image.width}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+        )
+    return "".join(figures)
+
+
 def generate_images(pipeline: DallePipeline, prompt: str, *args, **kwargs) -> tuple[list[tuple], str]:
     """`generate_images_progressively` run to the end: the gallery and the status line."""
-    *_, result = generate_images_progressively(pipeline, prompt, *args, **kwargs)
-    return result
+    *_, (gallery, _, status) = generate_images_progressively(pipeline, prompt, *args, **kwargs)
+    return gallery, status
 
 
 def _load(pipeline_or_path) -> tuple[DallePipeline, str]:
@@ -307,13 +331,15 @@ def create_demo(
     ):  # fmt: skip
         client = _client(request)
         try:
-            for gallery_or_none, message in generate_images_progressively(
+            for gallery, previews, message in generate_images_progressively(
                 pipeline, prompt, negative_prompt, num_candidates, num_images, guidance_scale, temperature, top_k,
                 seed, candidate_batch_size=candidate_batch_size, max_candidates=max_candidates,
                 max_seconds=max_request_seconds,
             ):  # fmt: skip
-                # Between two batches the gallery keeps the last previews.
-                yield gr.skip() if gallery_or_none is None else gallery_or_none, message
+                if gallery is not None:  # the result: the previews make way for it
+                    yield gallery, "", message
+                else:  # between two batches the last previews stay
+                    yield None, gr.skip() if previews is None else _previews_html(previews), message
         finally:  # also when Gradio closes the generator: the client cancelled or went away
             if client is not None:
                 limiter.release(client)
@@ -359,6 +385,7 @@ def create_demo(
                     )
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=3):
+                previews = gr.HTML(elem_id="previews")  # the candidates being sampled, as their codes arrive
                 gallery = gr.Gallery(label="Best candidates", columns=4, format="png", elem_id="gallery")
                 status = gr.Markdown(elem_id="status")
         examples = example_captions()
@@ -370,7 +397,7 @@ def create_demo(
         )
         inputs = [prompt, negative_prompt, num_candidates, num_images, guidance_scale, temperature, top_k, seed]
         gr.on(
-            [button.click, prompt.submit], generate, inputs=inputs, outputs=[gallery, status], api_name="generate",
+            [button.click, prompt.submit], generate, inputs=inputs, outputs=[gallery, previews, status], api_name="generate",
             validator=admit,
         )  # fmt: skip
     # One pipeline in memory: requests run one at a time, the rest wait in a bounded queue.

@@ -25,8 +25,10 @@ from hf_dalle.testing_utils import (
     detoker_state_dict,
     random_taming_vqgan_state_dict,
     small_vqgan_sizes,
+    tiny_dalle_bart_config,
     write_flax_vqgan_checkpoint,
     write_min_dalle_models_root,
+    write_tiny_dalle_mega_sources,
 )
 from hf_dalle.tokenization_dalle_bart import DalleBartTokenizer
 
@@ -60,6 +62,31 @@ def run_script(*args: str, env: dict | None = None) -> subprocess.CompletedProce
         env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
         timeout=600,
     )
+
+
+def taming_vqgan_yaml(sizes: dict) -> dict:
+    """The taming-transformers `model.yaml` of `random_taming_vqgan_state_dict(**sizes)`."""
+    return {
+        "model": {
+            "target": "taming.models.vqgan.VQModel",
+            "params": {
+                "embed_dim": sizes["embed_dim"],
+                "n_embed": sizes["vocab_size"],
+                "ddconfig": {
+                    "double_z": False,
+                    "z_channels": sizes["latent_channels"],
+                    "resolution": 16,
+                    "in_channels": 3,
+                    "out_ch": 3,
+                    "ch": 32,
+                    "ch_mult": [1, 1, 2],
+                    "num_res_blocks": 1,
+                    "attn_resolutions": [4],
+                    "dropout": 0.0,
+                },  # fmt: skip
+            },
+        }
+    }
 
 
 def test_conversion_writes_a_pipeline_folder(tmp_path):
@@ -151,6 +178,39 @@ def test_script_converts_mini_from_a_models_root(tmp_path):
     assert result.returncode != 0 and "not a multiple of num_attention_heads=5" in result.stderr
 
 
+def test_script_converts_the_taming_vqgan_and_a_clip_into_a_pipeline(tmp_path):
+    """The documented command line with every local source: min-dalle's models root, the whole VQGAN as a taming
+    checkpoint + YAML, a CLIP folder. The folder loads as a pipeline that primes with the encoder and reranks."""
+    config = tiny_dalle_bart_config()
+    paths = write_tiny_dalle_mega_sources(tmp_path / "sources", config)
+    sizes = small_vqgan_sizes(config)
+    taming = random_taming_vqgan_state_dict(**sizes, with_encoder=True, seed=1)  # the VQGAN of the sources
+    torch.save({"state_dict": taming}, tmp_path / "last.ckpt")
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(taming_vqgan_yaml(sizes)))
+    output = tmp_path / "dalle-mega-tiny"
+    result = run_script(
+        "--min_dalle_dir", str(paths["models_root"]), "--model_name", "mega", "--vqgan_checkpoint",
+        str(tmp_path / "last.ckpt"), "--vqgan_config", str(tmp_path / "model.yaml"), "--clip_model",
+        str(paths["clip_model"]), "--output_dir", str(output),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    pipe = DallePipeline.from_pretrained(output)
+    assert pipe.vae.config.has_encoder and pipe.clip_model is not None
+    # The encoder is the sources' VQGAN's: the codes of the same VQGAN read from its Flax checkpoint.
+    flax = convert_min_dalle_vqgan(
+        paths["models_root"] / "vqgan" / "detoker.pt", 4, flax_checkpoint=paths["vqgan_flax_checkpoint"]
+    )
+    image = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    codes = pipe.vae.encode(image[None]).indices.flatten()
+    assert torch.equal(codes, flax.encode(image[None]).indices.flatten())
+    output = pipe(
+        "a red circle", image=image, num_prime_rows=1, num_candidates=3, num_images_per_prompt=2, output_type="latent",
+        generator=[torch.Generator().manual_seed(i) for i in range(3)],
+    )  # fmt: skip
+    assert len(output.scores) == 2 and output.scores[0] >= output.scores[1]  # reranked by the CLIP
+    assert (output.images.flatten(1)[:, :4] == codes[:4]).all()  # primed with the image's top row
+
+
 def test_script_converts_from_the_hub_and_pushes(hub_server, tmp_path):
     """`--from_hub` downloads kuprel/min-dalle's files under their Hub names (Mega's have no suffix), here from the
     loopback Hub, in a subprocess that reaches it through HF_ENDPOINT; `--push_to_hub` uploads the folder."""
@@ -176,6 +236,8 @@ def test_script_converts_from_the_hub_and_pushes(hub_server, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (output / "transformer" / "generation_config.json").is_file()
+    pipe = DallePipeline.from_pretrained(output)  # the folder written is a pipeline, with min-dalle's defaults
+    assert isinstance(pipe.transformer, DalleBartForImageGeneration) and pipe.config.default_guidance_scale == 16.0
     pushed = hub_server.files("hf-dalle-tester/dalle-mega-tiny")
     assert {"model_index.json", "README.md", "transformer/config.json", "tokenizer/tokenizer.json"} <= set(pushed)
     assert "vae/model.safetensors" in pushed
@@ -282,28 +344,7 @@ def test_flax_and_taming_vqgans_add_the_encoder(tmp_path):
 
     # The same VQGAN as a taming checkpoint + YAML.
     sizes = small_vqgan_sizes(tiny_config())
-    taming_yaml = {
-        "model": {
-            "target": "taming.models.vqgan.VQModel",
-            "params": {
-                "embed_dim": sizes["embed_dim"],
-                "n_embed": sizes["vocab_size"],
-                "ddconfig": {
-                    "double_z": False,
-                    "z_channels": sizes["latent_channels"],
-                    "resolution": 16,
-                    "in_channels": 3,
-                    "out_ch": 3,
-                    "ch": 32,
-                    "ch_mult": [1, 1, 2],
-                    "num_res_blocks": 1,
-                    "attn_resolutions": [4],
-                    "dropout": 0.0,
-                },  # fmt: skip
-            },
-        }
-    }
-    (tmp_path / "model.yaml").write_text(yaml.safe_dump(taming_yaml))
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(taming_vqgan_yaml(sizes)))
     torch.save({"state_dict": taming}, tmp_path / "last.ckpt")
     from_taming = convert_min_dalle_vqgan(
         tmp_path / "detoker.pt", 4, taming_checkpoint=tmp_path / "last.ckpt", taming_config=tmp_path / "model.yaml"

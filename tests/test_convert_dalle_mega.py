@@ -168,6 +168,8 @@ def test_script_converts_mini_from_a_models_root(tmp_path):
         "python scripts/convert_dalle_mega.py --min_dalle_dir" in card and "starts from token 64, dalle-mini's" in card
     )
     assert "DALL·E Mini" in card and "**decoder only**" in card and "not reranked" in card
+    assert "--lora_rank 8" in card and "decoder-only VQGAN cannot do" in card  # fine-tuning needs the encoder
+    assert "hf-dalle estimate-memory --config" in card
     encoder_file = tmp_path / "root" / "dalle_bart_mini" / "encoder.pt"
     assert f"| `encoder.pt` | `{hashlib.sha256(encoder_file.read_bytes()).hexdigest()}` |" in card
     # Heads that do not divide the width.

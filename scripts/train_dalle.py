@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train (or fine-tune) the DALL-E transformer prior (stage 2) on pre-tokenized pairs, with Accelerate.
 
-    python scripts/pretokenize.py --train_data_dir my_images --pretrained_model_name_or_path PIPELINE \
+    python scripts/pretokenize.py --train_data_dir my_images --pretrained_model_name_or_path PIPELINE \\
         --output_dir tokens
     accelerate launch scripts/train_dalle.py --pretrained_model_name_or_path PIPELINE --pretokenized_dataset tokens \\
         --use_ema --max_train_steps 2000 --output_dir my-dalle

@@ -84,6 +84,7 @@ def build_models(num_layers: int, hidden_size: int, heads: int, glu: int, seed: 
     return encoder, decoder, ours, bart
 
 
+@torch.no_grad()  # not torch.set_grad_enabled(False): the tests run main() in their process
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num_layers", type=int, default=2, help="Encoder and decoder layers (Mega: 24).")
@@ -97,7 +98,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)
-    torch.set_grad_enabled(False)
     encoder, decoder, ours, bart = build_models(
         args.num_layers, args.hidden_size, args.num_attention_heads, args.intermediate_size
     )

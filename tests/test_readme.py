@@ -1,60 +1,48 @@
 """Every snippet of README.md runs, and does what it says.
 
-Each fenced block of README.md in Python (```python) or shell (```bash, ```sh) is a test (`test_readme_block`, one per
-block, named after its section), run in a subprocess as a user would paste it (tests/doc_snippets.py: a fresh
-working folder that looks like a checkout, the Hub pointed at a loopback server, tiny stand-ins for files no test
-machine can have, training steps cut to 2). Python blocks run as one script; shell blocks under `bash -e`, one
-command after another. Each must exit with 0, and every file or folder it says it writes (`--output_dir X`,
-`--output-dir X`, `save_pretrained("X")`, `.save("X")`, `> X`, and the `expect` paths below) must exist and be valid: an
-image that opens, JSON that parses, a pipeline folder with the components its model_index.json lists. A Python block
-that uses only real models (no stand-in) also has its shape comments checked: `x = ...  # [1, 8, 8]` asserts
-`x.shape == (1, 8, 8)` where the dimensions are numbers.
+Each fenced Python (```python) or shell (```bash) block of README.md is a test (`test_readme_block`, named after its
+section), run in a subprocess as a user would paste it, in a fresh folder that looks like a checkout, with tiny
+stand-ins for files no test machine has (tests/doc_snippets.py). Python blocks run as one script, shell blocks under
+`bash -e`. Each must exit with 0, and every file or folder it says it writes (`--output_dir X`, `--output-dir X`,
+`save_pretrained("X")`, `.save("X")`, `> X`, and the `expect` paths below) must exist and be valid. A Python block
+that uses no stand-in also has its shape comments checked: `x = ...  # [1, 8, 8]` asserts `x.shape == (1, 8, 8)`.
 
 Markers, an HTML comment right before a block, `<!-- test: MARKER; MARKER ... -->`:
 
-- `slow`: runs only with `-m slow` (`make test-slow`): a recipe that trains, converts or serves, over a minute.
+- `slow`: runs only with `-m slow` (`make test-slow`): a recipe that trains, converts or serves.
 - `gpu`: needs a CUDA device; skipped without one.
 - `skip REASON`: never run, for the reason given (data or weights from the network, the test suites themselves).
-- `drop COMMAND (REASON)`: the shell block's commands that start with COMMAND are left out, for the reason given.
-- `serve`: each command is a server: it is started on a free port (`7860` in the command, and make's `SERVE_ARGS`,
-  become that port), must answer http://127.0.0.1:PORT/ with a page, and is stopped.
+- `drop COMMAND (REASON)`: the shell block's lines that start with COMMAND are left out.
+- `serve`: each command is a server: started on a free port (`7860` in the command, and make's `SERVE_ARGS`), it must
+  answer http://127.0.0.1:PORT/ with a Gradio page, then is stopped.
 - `expect PATH ...`: files the block must leave besides those its command lines name.
 - `prints`: the block's standard output must be the ```text block that follows it.
 
-Blocks without a marker run in the default suite (a few minutes in all). Other checks of the README itself: its links
-point at files in the repository, and the names it gives (scripts, `hf-dalle` commands, make targets, extras, the
-diffusers arguments that do not apply) exist or, for the last, are refused.
+The other tests check the README itself: its links point at files in the repository, and the names it gives
+(scripts, `hf-dalle` commands, make targets, extras, the diffusers arguments that do not apply) exist or, for the
+last, are refused.
 """
 
+import configparser
 import inspect
 import re
+import socket
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
-from doc_snippets import (
-    REPO_ROOT,
-    World,
-    check_output,
-    free_port,
-    make_checkout,
-    outputs_of,
-    prepare,
-    run,
-    serve_until_answered,
-    shell_commands,
-    snippet_environment,
-    tiny,
-)
+from doc_snippets import REPO_ROOT, World, check_output, make_checkout, outputs_of, prepare, serve_until_answered, tiny
 from hub_server import LocalHub
 
 
 README = REPO_ROOT / "README.md"
-LANGUAGES = {"python": "python", "py": "python", "bash": "bash", "sh": "bash", "shell": "bash"}
+LANGUAGES = {"python": "python", "bash": "bash", "sh": "bash"}
 _FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
-_MARKER = re.compile(r"<!--\s*test:\s*(.*?)\s*-->", re.S)
+_MARKER = re.compile(r"<!--\s*test:\s*(.*?)\s*-->\s*$", re.S)
+MARKERS = {"slow", "gpu", "skip", "drop", "serve", "expect", "prints"}
 
 
 @dataclass
@@ -63,25 +51,13 @@ class Block:
     language: str
     text: str
     line: int
-    markers: dict = field(default_factory=dict)  # name -> argument ("" if none)
+    markers: dict = field(default_factory=dict)  # name -> argument ("" if none); `drop` -> a list of commands
     expected_stdout: str | None = None
 
 
 def slug(heading: str) -> str:
     """GitHub's anchor for a heading."""
-    text = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
-    return text.replace(" ", "-")
-
-
-def parse_markers(comment: str) -> dict:
-    markers = {}
-    for part in filter(None, (p.strip() for p in comment.split(";"))):
-        name, _, argument = part.partition(" ")
-        if name in markers and name == "drop":
-            markers[name] += ";" + argument
-        else:
-            markers[name] = argument.strip()
-    return markers
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
 def readme_blocks(path: Path = README) -> list[Block]:
@@ -94,20 +70,24 @@ def readme_blocks(path: Path = README) -> list[Block]:
         if language is None:
             continue
         before = text[: fence.start()]
+        line = before.count("\n") + 1
         headings = re.findall(r"^#{2,3} (.+)$", before, re.M)
         section = slug(headings[-1]) if headings else "top"
         counts[section] = counts.get(section, 0) + 1
-        tail, markers = before.rstrip(), {}
-        if tail.endswith("-->"):
-            marker = _MARKER.fullmatch(tail[tail.rindex("<!--") :])
-            markers = parse_markers(marker.group(1)) if marker else {}
-        unknown = set(markers) - {"slow", "gpu", "skip", "drop", "serve", "expect", "prints"}
-        assert not unknown, f"README line {before.count(chr(10)) + 1}: unknown test markers {unknown}"
-        block = Block(f"{section}-{counts[section]}", language, fence.group(2), before.count("\n") + 1, markers)
+        markers = {}
+        if marker := _MARKER.search(before[before.rfind("<!--") :] if before.rstrip().endswith("-->") else ""):
+            for part in filter(None, (p.strip() for p in marker.group(1).split(";"))):
+                name, _, argument = part.partition(" ")
+                if name == "drop":
+                    markers.setdefault("drop", []).append(re.sub(r"\s*\(.*\)$", "", argument).strip())
+                else:
+                    markers[name] = argument.strip()
+        assert set(markers) <= MARKERS, f"README line {line}: unknown test markers {set(markers) - MARKERS}"
+        block = Block(f"{section}-{counts[section]}", language, fence.group(2), line, markers)
         if "prints" in markers:
             following = fences[index + 1] if index + 1 < len(fences) else None
             assert following is not None and following.group(1) == "text", (
-                f"README line {block.line}: `prints` needs a ```text block right after the block"
+                f"README line {line}: `prints` needs a ```text block right after the block"
             )
             block.expected_stdout = following.group(2)
         blocks.append(block)
@@ -128,25 +108,14 @@ def block_params() -> list:
     return params
 
 
-@pytest.fixture(scope="module")
-def loopback_hub(tmp_path_factory):
-    with LocalHub(tmp_path_factory.mktemp("readme_hub")) as hub:
-        yield hub
-
-
-def dropped(block: Block) -> tuple[str, list[str]]:
-    """The block's text without the commands its `drop` markers name; the commands left out."""
-    if "drop" not in block.markers:
-        return block.text, []
-    prefixes = [re.sub(r"\s*\(.*\)\s*$", "", p).strip() for p in block.markers["drop"].split(";")]
-    kept, left_out = [], []
-    for line in block.text.splitlines():
-        if any(line.strip().startswith(prefix) for prefix in prefixes):
-            left_out.append(line)
-        else:
-            kept.append(line)
-    assert left_out, f"`drop {prefixes}` matches no command of the block"
-    return "\n".join(kept) + "\n", left_out
+def runnable_text(block: Block) -> str:
+    """The block as it runs: without the commands its `drop` markers name, training steps cut to 2."""
+    lines = block.text.splitlines()
+    for prefix in block.markers.get("drop", []):
+        kept = [line for line in lines if not line.strip().startswith(prefix)]
+        assert len(kept) < len(lines), f"README line {block.line}: `drop {prefix}` matches no command of the block"
+        lines = kept
+    return tiny("\n".join(lines) + "\n")
 
 
 _SHAPE_COMMENT = re.compile(r"^(\s*)(\w+) = .*#\s*\[([\d,\s]+)\]", re.M)
@@ -157,26 +126,41 @@ def with_shape_checks(source: str) -> str:
     lines = []
     for line in source.splitlines():
         lines.append(line)
-        match = _SHAPE_COMMENT.match(line)
-        if match and not line.rstrip().endswith(("(", "[", ",")):
+        if match := _SHAPE_COMMENT.match(line):
             indent, name, dims = match.groups()
-            shape = tuple(int(d) for d in dims.split(",") if d.strip())
+            shape = [int(d) for d in dims.split(",")]
             lines.append(
-                f"{indent}assert tuple({name}.shape) == {shape}, "
-                f"f'README promises {name} of shape {list(shape)}, got {{list({name}.shape)}}'"
+                f"{indent}assert list({name}.shape) == {shape}, f'README: {name} of shape {shape}, got {{list({name}.shape)}}'"
             )
     return "\n".join(lines) + "\n"
+
+
+def shell_commands(text: str) -> list[str]:
+    """The commands of a shell block: continuation lines joined, comments and blank lines left out."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    return [line.strip() for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def loopback_hub(tmp_path_factory):
+    with LocalHub(tmp_path_factory.mktemp("readme_hub")) as hub:
+        yield hub
 
 
 @pytest.mark.parametrize("block", block_params())
 def test_readme_block(block, tmp_path, loopback_hub):
     folder = tmp_path / "checkout"
-    make_checkout(folder)
-    world = World(folder, loopback_hub.endpoint)
-    text, _ = dropped(block)
-    text = tiny(text)
-    stand_ins = prepare(text, world, block.language)
-    env = snippet_environment(folder, loopback_hub.endpoint, world.env)
+    env = make_checkout(folder, loopback_hub)
+    world = World(folder, loopback_hub, env={})
+    text = runnable_text(block)
+    stand_ins = prepare(text, world)
+    env |= world.env
     where = f"README line {block.line} ({block.id}), stand-ins {stand_ins or 'none'}"
 
     if "serve" in block.markers:
@@ -189,20 +173,19 @@ def test_readme_block(block, tmp_path, loopback_hub):
         return
 
     if block.language == "python":
-        source = text if stand_ins else with_shape_checks(text)
-        (folder / "snippet.py").write_text(source, encoding="utf-8")
-        result = run([sys.executable, "snippet.py"], folder, env)
+        (folder / "snippet.py").write_text(text if stand_ins else with_shape_checks(text), encoding="utf-8")
+        command = [sys.executable, "snippet.py"]
     else:
         (folder / "snippet.sh").write_text("set -euo pipefail\n" + text, encoding="utf-8")
-        result = run(["bash", "snippet.sh"], folder, env)
+        command = ["bash", "snippet.sh"]
+    result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{where} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
 
     if block.expected_stdout is not None:
         assert result.stdout.strip().splitlines() == block.expected_stdout.strip().splitlines(), (
             f"{where}: the README shows another output than the command prints:\n{result.stdout}"
         )
-    promised = outputs_of(text, block.language) + block.markers.get("expect", "").split()
-    for path in promised:
+    for path in outputs_of(text) + block.markers.get("expect", "").split():
         check_output(folder / path)
 
 
@@ -251,10 +234,14 @@ def test_no_file_outside_the_repository_is_named():
         p
         for folder in ("src", "scripts", "tests", "benchmarks", "configs", ".ci")
         for p in (REPO_ROOT / folder).rglob("*")
-        if p.is_file() and p.suffix in (".py", ".md", ".sh", ".yaml", ".yml", ".txt", "") and "__pycache__" not in p.parts
+        if p.is_file()
+        and p.suffix in (".py", ".md", ".sh", ".yaml", ".yml", ".txt", "")
+        and "__pycache__" not in p.parts
     ]
     tracked += [REPO_ROOT / name for name in ("README.md", "Makefile", "setup.cfg", "pyproject.toml", "app.py")]
-    pattern = re.compile(r"\.\./shared/|/work/(?:shared|wt|main)\b|(?<![\w/])(?:DESIGN|NOTES_HF|RUDALLE|DALLE_MEGA)\.md")
+    pattern = re.compile(
+        r"\.\./shared/|/work/(?:shared|wt|main)\b|(?<![\w/])(?:DESIGN|NOTES_HF|RUDALLE|DALLE_MEGA)\.md"
+    )
     offenders = [
         f"{p.relative_to(REPO_ROOT)}: {m.group(0)}"
         for p in tracked
@@ -276,8 +263,6 @@ def test_named_scripts_commands_targets_and_extras_exist():
     makefile = (REPO_ROOT / "Makefile").read_text()
     for target in set(re.findall(r"^make ([\w-]+)", "\n".join(b.text for b in readme_blocks()), re.M)):
         assert re.search(rf"^{re.escape(target)}:", makefile, re.M), f"README runs `make {target}`"
-    import configparser
-
     setup = configparser.ConfigParser()
     setup.read(REPO_ROOT / "setup.cfg")
     extras = set(setup["options.extras_require"])

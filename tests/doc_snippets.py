@@ -300,7 +300,7 @@ def prepare(text: str, world: World) -> list[str]:
 
 def check_output(path: Path) -> None:
     """A file or folder a snippet promised: it exists and is what its name says (an image opens, JSON parses, a
-    pipeline folder loads, a folder is not empty)."""
+    pipeline folder has the components its model_index.json lists, a folder is not empty)."""
     assert path.exists(), f"{path.name} was not written"
     if path.is_dir():
         files = [p for p in path.rglob("*") if p.is_file()]
@@ -309,9 +309,13 @@ def check_output(path: Path) -> None:
             if file.suffix in (".json", ".png", ".jpg"):
                 check_output(file)
         if (path / "model_index.json").is_file():
-            from hf_dalle import DallePipeline
-
-            DallePipeline.from_pretrained(path)
+            for name, value in json.loads((path / "model_index.json").read_text()).items():
+                if isinstance(value, list) and str(value[0]).split(".")[0] in (
+                    "transformers",
+                    "diffusers",
+                    "hf_dalle",
+                ):
+                    assert (path / name).is_dir(), f"{path.name}/model_index.json lists {name} but {name}/ is missing"
     elif path.suffix in (".png", ".jpg"):
         with Image.open(path) as image:
             image.verify()

@@ -1,8 +1,11 @@
 """The Gradio web demo (hf_dalle.app) on a tiny random pipeline: the generate function's values and errors, and the
 app served on 127.0.0.1 (queue, progress, bad requests) through gradio_client; browser test: test_app_browser.py."""
 
+import os
 import runpy
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -319,13 +322,72 @@ def test_demo_settings_bound_the_cache_and_uploads(pipe):
     assert app.LAUNCH_LIMITS == {"max_file_size": app.MAX_UPLOAD_SIZE}
     textboxes = [block for block in demo.blocks.values() if isinstance(block, gr.Textbox)]
     assert [box.max_length for box in textboxes] == [app.MAX_PROMPT_CHARS] * 2
-    assert (Path(__file__).resolve().parent.parent / "app.py").read_text().count("demo.launch(**LAUNCH_LIMITS)") == 1
+    assert (Path(__file__).resolve().parent.parent / "app.py").read_text().count("launch_demo(demo)") == 1
 
 
-def _serve(demo) -> str:
+def _serve(demo, trusted_proxies=None) -> str:
     port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.LAUNCH_LIMITS)
+    app.launch_demo(
+        demo, trusted_proxies, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True
+    )
     return f"http://127.0.0.1:{port}/gradio_api"
+
+
+@pytest.mark.parametrize(
+    "trusted_proxies, environment, counted",
+    [
+        (None, None, ["127.0.0.1"] * 3),  # uvicorn alone would believe the header from 127.0.0.1
+        ([], "127.0.0.1", ["127.0.0.1"] * 3),
+        (["127.0.0.1"], None, ["203.0.113.1", "203.0.113.2", "203.0.113.3"]),
+        (None, "127.0.0.0/8", ["203.0.113.1", "203.0.113.2", "203.0.113.3"]),  # named by the operator
+    ],
+)
+def test_forwarded_headers_are_believed_only_from_the_named_proxies(pipe, monkeypatch, trusted_proxies, environment,
+                                                                    counted):  # fmt: skip
+    """A client that sends a new X-Forwarded-For with each request must not get a new slot each time."""
+    if environment is None:
+        monkeypatch.delenv(app.FORWARDED_ALLOW_IPS, raising=False)
+    else:
+        monkeypatch.setenv(app.FORWARDED_ALLOW_IPS, environment)
+    demo = app.create_demo(pipe)
+    clients = []
+
+    def refuse(client):  # record who the limiter counts, and run nothing
+        clients.append(client)
+        raise gr.Error("refused for the test")
+
+    monkeypatch.setattr(demo.client_limiter, "admit", refuse)
+    base = _serve(demo, trusted_proxies)
+    try:
+        for index in range(1, 4):
+            response = httpx.post(
+                f"{base}/call/generate", headers={"X-Forwarded-For": f"203.0.113.{index}"},
+                json={"data": ["a red circle", "", 4, 2, 1.0, 1.0, 0, 0]},
+            )  # fmt: skip
+            assert response.status_code == 422
+    finally:
+        demo.close()
+    assert clients == counted
+    assert os.environ.get(app.FORWARDED_ALLOW_IPS) == environment  # the process's environment left as it was
+
+
+def test_a_trusted_proxy_that_is_no_address_is_refused(pipe, monkeypatch):
+    launched = []
+    demo = app.create_demo(pipe)
+    monkeypatch.setattr(demo, "launch", lambda **kwargs: launched.append(kwargs))
+    with pytest.raises(ValueError, match=r"must be an IP address or network .* got 'proxy.example'"):
+        app.launch_demo(demo, ["10.0.0.2", "proxy.example"])
+    assert not launched
+    parser = build_parser()
+    args = parser.parse_args(["serve", "--trusted-proxy", "10.0.0.2", "--trusted-proxy", "10.1.0.0/16"])
+    assert args.trusted_proxy == ["10.0.0.2", "10.1.0.0/16"]
+    # The command line, as a user runs it: refused before the model is loaded, with the message and no traceback.
+    command = [sys.executable, "-m", "hf_dalle.cli", "serve", "--model", "/no/such/model", "--trusted-proxy", "x.y"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "hf-dalle serve: error: A trusted proxy must be an IP address or network" in result.stderr
+    help_text = subprocess.run([*command[:4], "--help"], capture_output=True, text=True, timeout=300).stdout
+    assert "--trusted-proxy ADDRESS" in help_text and "X-Forwarded-For" in help_text
 
 
 def _post(base: str, prompt: str, num_candidates: int = 4) -> httpx.Response:

@@ -170,6 +170,7 @@ def test_script_converts_mini_from_a_models_root(tmp_path):
     assert "DALL·E Mini" in card and "**decoder only**" in card and "not reranked" in card
     assert "--lora_rank 8" in card and "decoder-only VQGAN cannot do" in card  # fine-tuning needs the encoder
     assert "hf-dalle estimate-memory --config" in card
+    assert f"safetensors, {converted['dtype']})" in card and converted["dtype"] in ("float16", "float32")  # not "None"
     encoder_file = tmp_path / "root" / "dalle_bart_mini" / "encoder.pt"
     assert f"| `encoder.pt` | `{hashlib.sha256(encoder_file.read_bytes()).hexdigest()}` |" in card
     # Heads that do not divide the width.
@@ -267,13 +268,13 @@ def break_file(root: Path, kind: str) -> str:
     state_dict = torch.load(folder / "decoder.pt")
     if kind == "wrong shape":
         state_dict["layers.1.glu.fc2.weight"] = torch.zeros(32, 40)
-        message = r"decoder\.pt: 'layers\.1\.glu\.fc2\.weight' has shape \(32, 40\).*needs \(32, 48\)"
+        message = r"decoder\.pt: 'layers\.1\.glu\.fc2\.weight' has shape \(32, 40\).*gives \(32, 48\)"
     elif kind == "nan":
         state_dict["layers.0.encoder_attn.v_proj.weight"][3, 5] = float("nan")
         message = r"decoder\.pt: 'layers\.0\.encoder_attn\.v_proj\.weight' holds NaN"
     elif kind == "missing tensor":
         del state_dict["layers.1.glu.ln1.bias"]
-        message = r"lack 1 tensors.*'decoder\.pt: layers\.1\.glu\.ln1\.bias'"
+        message = r"decoder\.pt does not hold the tensors of .*: missing \['layers\.1\.glu\.ln1\.bias'\]"
     elif kind == "integer tensor":
         state_dict["final_ln.weight"] = torch.ones(32, dtype=torch.long)
         message = r"'final_ln\.weight' holds torch\.int64 values"
@@ -281,7 +282,7 @@ def break_file(root: Path, kind: str) -> str:
         detoker = torch.load(root / "vqgan" / "detoker.pt")
         detoker["decoder.conv_out.bias"][0] = float("inf")
         torch.save(detoker, root / "vqgan" / "detoker.pt")
-        return r"detoker\.pt: 'decoder\.conv_out\.bias' holds NaN or infinite"
+        return r"detoker\.pt: 'vqgan\.decoder\.conv_out\.bias' holds NaN or infinite"
     torch.save(state_dict, folder / "decoder.pt")
     return message
 

@@ -4,7 +4,6 @@ EMA outputs, mixed precision, errors. Tiny models, a few steps each."""
 import json
 import logging
 import math
-import pickle
 import signal
 import subprocess
 import sys
@@ -271,15 +270,95 @@ def test_a_crafted_checkpoint_runs_no_code(shapes_dir, tmp_path, victim):
             return exec, (f"open({str(pwned)!r}, 'w').write('ran')",)
 
     torch.save(Payload(), checkpoint / victim)
-    if victim != "custom_checkpoint_0.pkl":  # a payload sized to match the marker: the loader itself must refuse
-        marker = json.loads((checkpoint / "checkpoint_complete.json").read_text())
-        marker["files"][victim] = (checkpoint / victim).stat().st_size
-        (checkpoint / "checkpoint_complete.json").write_text(json.dumps(marker))
-    with pytest.raises(
-        (ValueError, pickle.UnpicklingError), match="pickled states|Weights only load failed|is not JSON"
-    ):
+    if victim != "custom_checkpoint_0.pkl":  # the marker rewritten to match: the loader itself must refuse
+        reseal(checkpoint)
+    refusals = {
+        "custom_checkpoint_0.pkl": r"pickled states \['custom_checkpoint_0.pkl'\]",
+        "training_state.json": r"training_state.json is not a saved TrainingState",
+        "optimizer.bin": r"optimizer.bin holds objects other than tensors and plain data, and is not loaded for safety",
+    }
+    with pytest.raises(ValueError, match=refusals[victim]) as refusal:
         load_script("train_vae").main([*args, "--resume_from_checkpoint", str(checkpoint)])
+    assert "weights_only" not in str(refusal.value)  # torch's advice to load it unsafely never reaches the user
     assert not pwned.exists()
+
+
+def reseal(checkpoint: Path) -> None:
+    """Rewrite the completion marker to match the files as they are now (what a crafted checkpoint comes with)."""
+    from hf_dalle.hub_utils import sha256_of
+
+    files = [p for p in sorted(checkpoint.iterdir()) if p.is_file() and p.name != "checkpoint_complete.json"]
+    marker = json.loads((checkpoint / "checkpoint_complete.json").read_text())
+    marker["files"] = {p.name: p.stat().st_size for p in files}
+    marker["sha256"] = {p.name: sha256_of(p) for p in files}
+    (checkpoint / "checkpoint_complete.json").write_text(json.dumps(marker))
+
+
+def test_a_damaged_random_state_of_the_same_size_is_refused_unless_allowed(shapes_dir, tmp_path, caplog):
+    """Bytes of random_states_0.pkl overwritten, its size kept (Accelerate would catch the load error and log it at
+    info level): the checksum in the marker refuses it, and --allow_inexact_resume resumes with a warning."""
+    output_dir = tmp_path / "run"
+    args = _checkpointed_run(shapes_dir, output_dir, 2)
+    checkpoint = output_dir / "checkpoints" / "checkpoint-2"
+    damaged = checkpoint / "random_states_0.pkl"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
+    damaged.write_bytes(bytes(data))
+    more = [*args[:-4], "--max_train_steps", "3", *args[-2:]]
+    assert more.count("--max_train_steps") == 1, more
+    with pytest.raises(
+        ValueError,
+        match=r"of the wrong size or SHA-256 \(damaged since they were saved\): \['random_states_0.pkl'\].*--allow_inexact_resume",
+    ):
+        load_script("train_vae").main([*more, "--resume_from_checkpoint", str(checkpoint)])
+    with caplog.at_level(logging.WARNING, logger="hf_dalle.training.checkpointing"):
+        state = load_script("train_vae").main(
+            [*more, "--resume_from_checkpoint", str(checkpoint), "--allow_inexact_resume"]
+        )
+    assert state.global_step == 3
+    assert "with a damaged random_states_0.pkl: not exact" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "field, value, refusal",
+    [
+        ("global_step", -5, r"global_step=-5 \(counts are never negative\)"),
+        (
+            "global_step",
+            10**12,
+            r"training_state.json says step 1000000000000, but its checkpoint_complete.json says step 2",
+        ),
+        ("batches_in_epoch", 10**9, r"at batch 1000000000 of its epoch, but the data has 5 batches per epoch"),
+    ],
+)
+def test_a_crafted_training_state_is_refused(shapes_dir, tmp_path, field, value, refusal):
+    output_dir = tmp_path / "run"
+    args = _checkpointed_run(shapes_dir, output_dir, 2)
+    checkpoint = output_dir / "checkpoints" / "checkpoint-2"
+    saved = json.loads((checkpoint / "training_state.json").read_text())
+    (checkpoint / "training_state.json").write_text(json.dumps({**saved, field: value}))
+    reseal(checkpoint)
+    with pytest.raises(ValueError, match=refusal):
+        load_script("train_vae").main([*args, "--resume_from_checkpoint", str(checkpoint)])
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused(shapes_dir, tmp_path):
+    """A NaN in the saved moving average (or the model, or the optimizer state): refused, never trained on."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    output_dir = tmp_path / "run"
+    args = _checkpointed_run(shapes_dir, output_dir, 2, "--use_ema")
+    checkpoint = output_dir / "checkpoints" / "checkpoint-2"
+    ema_file = checkpoint / "ema.safetensors"
+    with safe_open(ema_file, "pt") as file:
+        metadata = file.metadata()
+    tensors = load_file(ema_file)
+    tensors["shadow_params.0"][0] = float("nan")
+    save_file(tensors, ema_file, metadata=metadata)
+    reseal(checkpoint)
+    with pytest.raises(ValueError, match=r"ema.safetensors holds NaN or infinite values in 'shadow_params.0'"):
+        load_script("train_vae").main([*args, "--resume_from_checkpoint", str(checkpoint)])
 
 
 def test_resume_from_a_folder_that_is_no_checkpoint_names_it(shapes_dir, tmp_path):
@@ -318,7 +397,8 @@ def test_latest_passes_over_a_damaged_checkpoint(shapes_dir, tmp_path, caplog):
     )
     assert state.global_step == 6
     assert (
-        "Passing over the damaged checkpoint" in caplog.text and "of the wrong size: ['optimizer.bin']" in caplog.text
+        "Passing over the damaged checkpoint" in caplog.text
+        and "of the wrong size or SHA-256 (damaged since they were saved): ['optimizer.bin']" in caplog.text
     )
     assert "Resumed from " + str(output_dir / "checkpoints" / "checkpoint-2") in caplog.text
     _checkpointed_run(shapes_dir, tmp_path / "straight", 6)

@@ -14,18 +14,20 @@ Limits, so that no client can monopolise the one pipeline: captions of at most `
 `max_requests_per_client` requests queued or running per client address (more are refused when posted); a request
 whose client went away stops at its next batch of candidates; `MAX_QUEUE_SIZE` requests waiting in all; uploads of at
 most `MAX_UPLOAD_SIZE` (the app takes none; Gradio's upload route is open); the images Gradio caches for the
-galleries deleted after `CACHE_SECONDS`.
+galleries deleted after `CACHE_SECONDS`. [`launch_demo`] serves it with these limits, and counts each client by the
+address that connects unless the operator names the reverse proxies whose `X-Forwarded-For` to believe.
 """
 
 import base64
 import contextlib
 import html
 import io
+import ipaddress
 import os
 import reprlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import gradio as gr
 import torch
@@ -48,8 +50,10 @@ MAX_REQUESTS_PER_CLIENT = 1
 CLIENT_SLOT_SECONDS = 900.0
 MAX_UPLOAD_SIZE = "1mb"
 CACHE_SECONDS = 1800  # gallery images in Gradio's cache are deleted this long after they were written
-# For `demo.launch(**LAUNCH_LIMITS)` (`hf-dalle serve`, the Space's app.py): launch() is where Gradio takes them.
+# For `demo.launch(**LAUNCH_LIMITS)` ([`launch_demo`]): launch() is where Gradio takes them.
 LAUNCH_LIMITS = {"max_file_size": MAX_UPLOAD_SIZE}
+# uvicorn's setting (read when Gradio's launch() builds the server) of the addresses whose X-Forwarded-For it believes.
+FORWARDED_ALLOW_IPS = "FORWARDED_ALLOW_IPS"
 _SHORT = reprlib.Repr()
 _SHORT.maxstring = _SHORT.maxother = 40  # bad values are quoted in messages, never 1 MB of them
 _short_repr = _SHORT.repr
@@ -137,8 +141,8 @@ class ClientLimiter:
 
 
 def _client(request: gr.Request | None) -> str | None:
-    # The address uvicorn reports: behind a reverse proxy, that is the proxy's unless uvicorn is told to trust its
-    # X-Forwarded-For (the FORWARDED_ALLOW_IPS environment variable), and all users would share one client's limit.
+    # The address uvicorn reports: the one that connects, or that of X-Forwarded-For from a proxy named to
+    # launch_demo (behind a proxy not named, all users share the proxy's limit).
     return getattr(getattr(request, "client", None), "host", None)
 
 
@@ -406,6 +410,45 @@ def create_demo(
     return demo
 
 
+def trusted_proxies_from(proxies: Sequence[str] | None) -> list[str]:
+    """The reverse proxies whose `X-Forwarded-For` to believe (see [`launch_demo`]): `proxies`, or for `None` those the
+    operator named in the `FORWARDED_ALLOW_IPS` environment variable (none if it is unset). A `ValueError` for an
+    entry that is not an IP address or network or `"*"` (uvicorn would take it silently and never match it)."""
+    if proxies is None:
+        proxies = [proxy.strip() for proxy in os.environ.get(FORWARDED_ALLOW_IPS, "").split(",") if proxy.strip()]
+    for proxy in proxies:
+        if proxy != "*":
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"A trusted proxy must be an IP address or network (e.g. 10.0.0.2, 10.0.0.0/8) or '*', got "
+                    f"{proxy!r}."
+                ) from None
+    return list(proxies)
+
+
+def launch_demo(demo: gr.Blocks, trusted_proxies: Sequence[str] | None = None, **launch_kwargs):
+    """
+    `demo.launch(**LAUNCH_LIMITS, **launch_kwargs)`, with the per-client limit counting the address that connects.
+    uvicorn (under Gradio's launch) would otherwise take the client's address from an `X-Forwarded-For` header sent
+    from 127.0.0.1, so that any local process, or a local proxy that passes the header on, could name a new client
+    with each request. The header is believed only from `trusted_proxies`: IP addresses or networks (`"10.0.0.0/8"`)
+    of the reverse proxies in front, or `["*"]` for any; `None` takes those the operator named in the
+    `FORWARDED_ALLOW_IPS` environment variable, and none if it is unset ([`trusted_proxies_from`]).
+    """
+    trusted_proxies = trusted_proxies_from(trusted_proxies)
+    previous = os.environ.get(FORWARDED_ALLOW_IPS)
+    os.environ[FORWARDED_ALLOW_IPS] = ",".join(trusted_proxies)  # "" trusts no address
+    try:
+        return demo.launch(**{**LAUNCH_LIMITS, **launch_kwargs})
+    finally:  # read once, when the server was built: the process's environment is left as it was
+        if previous is None:
+            del os.environ[FORWARDED_ALLOW_IPS]
+        else:
+            os.environ[FORWARDED_ALLOW_IPS] = previous
+
+
 def __getattr__(name: str):
     # `from hf_dalle.app import demo` (a Space's app.py) builds the app on first access, not on import.
     if name == "demo":
@@ -427,4 +470,6 @@ __all__ = [
     "example_captions",
     "generate_images",
     "generate_images_progressively",
+    "launch_demo",
+    "trusted_proxies_from",
 ]

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from .demo import DEMO_PROMPTS, load_pipeline
-from .io_utils import write_file_atomically
+from .io_utils import check_output_dir, write_file_atomically
 
 
 def _save_png(image, path: Path) -> None:
@@ -35,20 +35,6 @@ def reconstruct(args: argparse.Namespace) -> int:
         _save_png(Image.fromarray((sample.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)), out)
         print(f"{out}  ({codes.shape[-2]}x{codes.shape[-1]} codes, {codes.unique().numel()} distinct)")
     return 0
-
-
-def _check_output_dir(output_dir: str) -> Path:
-    """Create `--output-dir` (before any work) or say why it cannot be written to (a `ValueError`)."""
-    import os
-
-    path = Path(output_dir)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ValueError(f"--output-dir {output_dir!r} cannot be created: {error.strerror}.") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ValueError(f"--output-dir {output_dir!r} is not writable.")
-    return path
 
 
 def _image_paths(output_dir: Path, prompts: list[str], num_images: int) -> list[Path]:
@@ -108,7 +94,7 @@ def _check_generation_arguments(prompts: list[str], args: argparse.Namespace) ->
             f"--seed must be between 0 and {max_seed} (candidate i uses seed + i, and torch seeds end at 2**64 - 1), "
             f"got {args.seed}."
         )
-    _check_output_dir(args.output_dir)
+    check_output_dir(args.output_dir, "--output-dir")
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -127,12 +113,13 @@ def demo(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     """Serve the Gradio web demo (`hf_dalle.app`) on one pipeline until interrupted."""
     try:
-        from .app import LAUNCH_LIMITS, create_demo
+        from .app import create_demo, launch_demo, trusted_proxies_from
     except ModuleNotFoundError as error:
         if error.name != "gradio":
             raise
         raise SystemExit("`hf-dalle serve` needs Gradio: pip install 'hf_dalle[web]'.") from error
-    create_demo(args.model).launch(server_name=args.host, server_port=args.port, **LAUNCH_LIMITS)
+    trusted_proxies = trusted_proxies_from(args.trusted_proxy)  # checked before the model is loaded
+    launch_demo(create_demo(args.model), trusted_proxies, server_name=args.host, server_port=args.port)
     return 0
 
 
@@ -247,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--model", default=None, help="Pipeline directory or Hub id (default: the bundled demo model).")
     web.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: 127.0.0.1; 0.0.0.0 for all).")
     web.add_argument("--port", type=int, default=7860, help="Port (default: 7860).")
+    web.add_argument(
+        "--trusted-proxy",
+        action="append",
+        metavar="ADDRESS",
+        help="A reverse proxy in front (IP address or network, e.g. 10.0.0.2 or 10.0.0.0/8; repeat for several) whose "
+        "X-Forwarded-For header names the client. Without it, forwarded headers are never believed (unless the "
+        "FORWARDED_ALLOW_IPS environment variable names proxies) and the one-request-per-client limit counts the "
+        "address that connects: behind a proxy not named, all users share the proxy's one slot.",
+    )
     web.set_defaults(func=serve)
 
     mem = commands.add_parser("estimate-memory", help="Parameter and KV-cache memory of a transformer, per dtype.")

@@ -39,12 +39,13 @@ from transformers import GenerationConfig
 
 from ..hub_utils import path_for_card, sha256_of
 from ..io_utils import write_folder_atomically
+from ..loading_utils import load_complete_model
 from ..models.dalle_bart import DalleBartConfig, DalleBartForImageGeneration
 from ..models.dalle_vqgan import DalleVQGAN, DalleVQGANConfig
 from ..pipelines import DallePipeline
 from ..tokenization_dalle_bart import DalleBartTokenizer
 from ..version import __version__
-from .checkpoints import load_torch_checkpoint_state_dict
+from .checkpoints import check_state_dict, load_torch_checkpoint_state_dict
 from .convert_rudalle import save_sharded_safetensors
 from .convert_rudalle_vqgan import convert_sber_vqgan, taming_to_dalle_vqgan_state_dict
 
@@ -176,14 +177,6 @@ def dalle_bart_config_from_state_dicts(
     )
 
 
-def check_tensor(tensor: torch.Tensor, name: str, source: str) -> None:
-    """Raise if `tensor` is not a floating-point tensor of finite values."""
-    if not tensor.is_floating_point():
-        raise ValueError(f"{source}: {name!r} holds {tensor.dtype} values, not floating-point weights.")
-    if not torch.isfinite(tensor).all():
-        raise ValueError(f"{source}: {name!r} holds NaN or infinite values.")
-
-
 def min_dalle_location(name: str) -> tuple[str, str]:
     """Where a [`DalleBartForImageGeneration`] parameter lies in min-dalle's files: `(file, key)`."""
     if name == "lm_head.weight":
@@ -197,35 +190,22 @@ def dalle_bart_tensors(
 ) -> dict[str, torch.Tensor]:
     """
     The converted model's state dict, views of min-dalle's (memory-mapped) tensors: `encoder.pt`'s under
-    `model.encoder.`, `decoder.pt`'s under `model.decoder.` (its head as `lm_head.weight`). Checked first against the
-    model of `config`: every tensor present, of its shape, floating-point and finite; tensors of no use are left out
-    with a warning (min-dalle loads these files with `strict=False`).
+    `model.encoder.`, `decoder.pt`'s under `model.decoder.` (its head as `lm_head.weight`). Each file is checked first
+    against the model of `config` ([`check_state_dict`]: every tensor present, of its shape, floating-point and
+    finite); tensors of no use are left out with a warning (min-dalle loads these files with `strict=False`).
     """
     with torch.device("meta"):
         expected = DalleBartForImageGeneration(config).state_dict()
     files = {"encoder.pt": encoder, "decoder.pt": decoder}
     locations = {name: min_dalle_location(name) for name in expected}
-    missing = [f"{source}: {key}" for source, key in locations.values() if key not in files[source]]
-    if missing:
-        raise ValueError(
-            f"min-dalle's files lack {len(missing)} tensors of a {config.encoder_layers} + {config.decoder_layers} "
-            f"layer model: {missing[:6]}{' ...' if len(missing) > 6 else ''}."
-        )
+    model = f"a {config.encoder_layers} + {config.decoder_layers} layer model read from the tensors' shapes"
+    for source, state_dict in files.items():
+        shapes = {key: tuple(expected[name].shape) for name, (file, key) in locations.items() if file == source}
+        check_state_dict(state_dict, shapes, source, model, ignore_unexpected=True)
     unused = sorted({(s, k) for s, state_dict in files.items() for k in state_dict} - set(locations.values()))
     if unused:
         logger.warning("Tensors of min-dalle's files that the model has no place for, left out: %s", unused)
-    tensors = {}
-    for name, target in expected.items():
-        source, key = locations[name]
-        tensor = files[source][key]
-        if tuple(tensor.shape) != tuple(target.shape):
-            raise ValueError(
-                f"{source}: {key!r} has shape {tuple(tensor.shape)}, but the model read from the other tensors' "
-                f"shapes needs {tuple(target.shape)}."
-            )
-        check_tensor(tensor, key, source)
-        tensors[name] = tensor
-    return tensors
+    return {name: files[source][key] for name, (source, key) in locations.items()}
 
 
 # ------------------------------------------------------------------------------------------------------ the VQGAN
@@ -349,16 +329,10 @@ def dalle_vqgan_from_taming_state_dict(
     state_dict: dict[str, torch.Tensor], latent_size: int, source: str
 ) -> DalleVQGAN:
     """A [`DalleVQGAN`] holding a taming-layout state dict (decoder-only or whole), every tensor checked."""
-    for key, tensor in state_dict.items():
-        check_tensor(tensor, key, source)
     config = vqgan_config_from_taming_state_dict(state_dict, latent_size)
     with torch.device("meta"):
         model = DalleVQGAN(config)
-    try:
-        converted = taming_to_dalle_vqgan_state_dict(state_dict, model)
-    except ValueError as error:
-        raise ValueError(f"{source}: {error}") from None
-    model.load_state_dict(converted, assign=True)
+    model.load_state_dict(taming_to_dalle_vqgan_state_dict(state_dict, model, source), assign=True)
     return model.float().eval()
 
 
@@ -394,8 +368,6 @@ def convert_min_dalle_vqgan(
     elif taming_checkpoint is not None:
         vqgan = convert_sber_vqgan(taming_checkpoint, taming_config)
         vqgan.config.pixel_range = "[0, 1]"  # dalle-mini's VQGAN: see the module docstring
-        for key, tensor in vqgan.state_dict().items():
-            check_tensor(tensor, key, os.path.basename(taming_checkpoint))
     elif decoder_only is not None:
         return decoder_only
     else:
@@ -491,7 +463,7 @@ def convert_dalle_mega(
     if clip_model is not None:
         from transformers import CLIPModel, CLIPProcessor
 
-        clip = CLIPModel.from_pretrained(clip_model), CLIPProcessor.from_pretrained(clip_model)
+        clip = load_complete_model(CLIPModel.from_pretrained, clip_model), CLIPProcessor.from_pretrained(clip_model)
 
     def write(folder: Path) -> None:
         (folder / "transformer").mkdir()
@@ -550,7 +522,6 @@ __all__ = [
     "MIN_DALLE_MODELS",
     "MIN_DALLE_TOP_K",
     "MinDalleModel",
-    "check_tensor",
     "convert_dalle_mega",
     "convert_min_dalle_vqgan",
     "dalle_bart_config_from_state_dicts",

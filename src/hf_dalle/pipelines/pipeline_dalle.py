@@ -31,6 +31,7 @@ from transformers.cache_utils import Cache
 
 from ..hub_utils import hub_repo_id
 from ..image_utils import to_rgb
+from ..loading_utils import load_complete_model
 from ..lora import load_lora_adapter, remove_lora_adapters
 from ..models import IMAGE_TOKENIZER_CLASSES, TRANSFORMER_CLASSES
 from ..models.dalle import DalleForImageGeneration
@@ -81,6 +82,23 @@ def _is_real(value) -> bool:
 
 def _is_integer(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _as_bool_mask(value, name: str) -> torch.BoolTensor:
+    """`value` (a tensor, array or nested lists of booleans, or of the integers 0 and 1) as a boolean tensor. Anything
+    else raises, naming `name`: a float mask has no one reading (0.5? NaN?), and a string is not a mask at all."""
+    try:
+        mask = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    except (TypeError, ValueError, RuntimeError):  # strings, ragged lists, objects
+        mask = None
+    if mask is None or mask.is_floating_point() or mask.is_complex():
+        kind = type(value).__name__ if mask is None else f"{type(value).__name__} of {mask.dtype}"
+        raise ValueError(f"`{name}` must hold booleans (or the integers 0 and 1), got a {kind}.")
+    if mask.dtype != torch.bool:
+        if not ((mask == 0) | (mask == 1)).all():
+            raise ValueError(f"`{name}` must hold booleans (or the integers 0 and 1), got other integers.")
+        mask = mask.bool()
+    return mask
 
 
 def _transformer_class(folder: str | os.PathLike) -> type:
@@ -338,7 +356,15 @@ class DallePipeline(DiffusionPipeline):
             pretrained_model_name_or_path = snapshot_download(
                 repo_id, allow_patterns=["model_index.json", *folders], **download_kwargs
             )
-        cls._check_pipeline_folder(pretrained_model_name_or_path, passed=kwargs)
+        components = cls._check_pipeline_folder(pretrained_model_name_or_path, passed=kwargs)
+        dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+        dtype_kwargs = {"dtype": dtype} if dtype is not None else {}
+        if "clip_model" in components and "clip_model" not in kwargs:
+            # Loaded here, where its loading report can be checked (our models' own `from_pretrained` checks theirs):
+            # a CLIP folder that lacks weights is refused, never filled at random.
+            kwargs["clip_model"] = load_complete_model(
+                CLIPModel.from_pretrained, pretrained_model_name_or_path, subfolder="clip_model", **dtype_kwargs
+            )
         device_map = kwargs.get("device_map")
         quantization_config = kwargs.get("quantization_config")
         per_module_map = device_map == "auto" or isinstance(device_map, dict)
@@ -349,10 +375,7 @@ class DallePipeline(DiffusionPipeline):
             transformer_keys = ["max_memory", "offload_folder"] if per_module_map else []
             transformer_keys += ["device_map"] if per_module_map else []
             transformer_keys += ["quantization_config"] if transformers_quantization else []
-            transformer_kwargs = {key: kwargs.pop(key) for key in transformer_keys if key in kwargs}
-            dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
-            if dtype is not None:
-                transformer_kwargs["dtype"] = dtype
+            transformer_kwargs = {key: kwargs.pop(key) for key in transformer_keys if key in kwargs} | dtype_kwargs
             transformer_class = _transformer_class(pretrained_model_name_or_path)
             kwargs["transformer"] = transformer_class.from_pretrained(
                 pretrained_model_name_or_path, subfolder="transformer", **transformer_kwargs
@@ -360,21 +383,24 @@ class DallePipeline(DiffusionPipeline):
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @staticmethod
-    def _check_pipeline_folder(folder: str | os.PathLike, passed: dict) -> None:
+    def _check_pipeline_folder(folder: str | os.PathLike, passed: dict) -> list[str]:
         """Name what is missing from a pipeline folder before diffusers trips over it: model_index.json, or the
-        subfolder of a component it lists (unless that component is passed in `passed`)."""
+        subfolder of a component it lists (unless that component is passed in `passed`). Returns the components it
+        lists."""
         index_path = os.path.join(folder, "model_index.json")
         if not os.path.isfile(index_path):
             raise FileNotFoundError(
                 f"{os.fspath(folder)!r} is not a pipeline folder: it has no model_index.json (save one with "
                 "`DallePipeline.save_pretrained`)."
             )
-        for name in _pipeline_components(_read_model_index(index_path)):
+        components = _pipeline_components(_read_model_index(index_path))
+        for name in components:
             if name not in passed and not os.path.isdir(os.path.join(folder, name)):
                 raise FileNotFoundError(
                     f"The pipeline folder {os.fspath(folder)!r} has no {name}/ subfolder, though its model_index.json "
                     f"lists the component {name!r}."
                 )
+        return components
 
     def load_lora_weights(
         self, pretrained_model_name_or_path: str | os.PathLike, adapter_name: str = "default", **kwargs
@@ -553,7 +579,7 @@ class DallePipeline(DiffusionPipeline):
             mask = torch.zeros(grid, grid, dtype=torch.bool)
             mask[:num_prime_rows] = True
         else:
-            mask = torch.as_tensor(image_prompt_mask, dtype=torch.bool)
+            mask = _as_bool_mask(image_prompt_mask, "image_prompt_mask")
             if (
                 mask.shape[-2:] != (grid, grid)
                 or mask.ndim not in (2, 3)

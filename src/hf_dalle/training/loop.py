@@ -216,15 +216,31 @@ def _resume(
     state: TrainingState,
     ema: EMAModel | None,
     metrics: MetricsLogger,
+    train_dataloader,
 ) -> None:
     """`--resume_from_checkpoint`: load the checkpoint into the prepared objects, `state` and `ema`, and drop the
-    metrics logged after it ('latest' with no checkpoint yet starts again from step 0)."""
+    metrics logged after it ('latest' with no checkpoint yet starts again from step 0). A checkpoint whose progress
+    does not fit this run (past --max_train_steps, or further into an epoch than the data has batches) is refused."""
     if config.resume_from_checkpoint is None:
         return
     allow_inexact = config.allow_inexact_resume
     checkpoint = resolve_checkpoint(config.output_dir, config.resume_from_checkpoint, allow_inexact)
     if checkpoint is not None:
         load_checkpoint(accelerator, checkpoint, state, ema, allow_inexact)
+        try:
+            batches_per_epoch = len(train_dataloader)
+        except TypeError:  # a streamed dataset: no length
+            batches_per_epoch = None
+        if state.global_step > config.max_train_steps:
+            raise ValueError(
+                f"{checkpoint} is at step {state.global_step}, past --max_train_steps {config.max_train_steps}."
+            )
+        if batches_per_epoch is not None and state.batches_in_epoch > batches_per_epoch:
+            raise ValueError(
+                f"{checkpoint} is at batch {state.batches_in_epoch} of its epoch, but the data has "
+                f"{batches_per_epoch} batches per epoch: resume with the data and --train_batch_size it was saved "
+                "with."
+            )
         logger.info(
             "Resumed from %s at step %d (epoch %d, batch %d).",
             checkpoint,
@@ -344,7 +360,7 @@ def train(
         run.remove_stale_temporaries()  # of a final save or a checkpoint killed in a past run
     state = TrainingState()  # saved with the EMA by save_checkpoint, as JSON and safetensors (not pickles)
     metrics = MetricsLogger(accelerator, run.metrics_file)
-    _resume(config, accelerator, state, ema, metrics)
+    _resume(config, accelerator, state, ema, metrics, train_dataloader)
 
     # 4. A batch at a time; an optimizer step once `gradient_accumulation_steps` batches are accumulated.
     max_grad_norm = config.max_grad_norm if config.max_grad_norm is not None else math.inf

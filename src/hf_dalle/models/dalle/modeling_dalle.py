@@ -16,6 +16,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging
 from transformers.utils.deprecation import deprecate_kwarg
 
+from ...loading_utils import CompleteWeightsMixin
 from .cache_dalle import DallePrefixCache, generate_takes_prefix_cache
 from .configuration_dalle import DalleConfig
 from .gradient_scaling_dalle import DalleResblockGradientScaler, resblock_gradient_scaler
@@ -184,7 +185,7 @@ class DalleBlock(GradientCheckpointingLayer):
         return hidden_states, weights
 
 
-class DallePreTrainedModel(PreTrainedModel):
+class DallePreTrainedModel(CompleteWeightsMixin, PreTrainedModel):
     config_class = DalleConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"

@@ -21,6 +21,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging
 from transformers.utils.deprecation import deprecate_kwarg
 
+from ...loading_utils import CompleteWeightsMixin
 from ..dalle.cache_dalle import PrefixLayer, generate_takes_prefix_cache
 from .configuration_dalle_bart import DalleBartConfig
 
@@ -183,7 +184,7 @@ class DalleBartDecoderLayer(GradientCheckpointingLayer):
         return hidden_states + self.dropout(self.glu(hidden_states)), self_weights, cross_weights
 
 
-class DalleBartPreTrainedModel(PreTrainedModel):
+class DalleBartPreTrainedModel(CompleteWeightsMixin, PreTrainedModel):
     config_class = DalleBartConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"

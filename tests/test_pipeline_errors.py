@@ -13,11 +13,13 @@ import PIL.Image
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import CLIPModel
 
 from hf_dalle import DallePipeline
 from hf_dalle.cli import main as cli_main
 from hf_dalle.models.dalle import DalleConfig, DalleForImageGeneration
 from hf_dalle.testing_utils import make_tiny_pipeline
+from hf_dalle.training.loading import load_component
 
 
 @pytest.fixture(scope="module")
@@ -392,6 +394,9 @@ def test_a_pipeline_whose_weights_lack_a_tensor_is_refused(pipe, tmp_path, compo
     save_file(weights, weights_file, metadata={"format": "pt"})
     with pytest.raises(ValueError, match=rf"'.*{component}' lack 1 tensors of \w+: \['{re.escape(tensor)}'\]\. The "):
         DallePipeline.from_pretrained(tmp_path / "pipeline")
+    if component == "clip_model":  # the training scripts load it on their own (train_clip, train_dalle's validation)
+        with pytest.raises(ValueError, match=rf"lack 1 tensors of CLIPModel: \['{re.escape(tensor)}'\]"):
+            load_component(CLIPModel, str(tmp_path / "pipeline"), "clip_model")
 
 
 def test_a_pickled_component_is_refused_without_torchs_advice(pipe, tmp_path):

@@ -218,9 +218,8 @@ def generate_images(pipeline: DallePipeline, prompt: str, *args, **kwargs) -> tu
 def _load(pipeline_or_path) -> tuple[DallePipeline, str]:
     if isinstance(pipeline_or_path, DallePipeline):
         return pipeline_or_path, pipeline_or_path.name_or_path or "a DallePipeline"
-    pipeline = load_pipeline(None if pipeline_or_path is None else str(pipeline_or_path))  # default: the demo model
-    if torch.cuda.is_available():
-        pipeline.to("cuda")
+    # Default: the demo model, on the best device in the precision it computes fast (hf_dalle.device_utils).
+    pipeline = load_pipeline(None if pipeline_or_path is None else str(pipeline_or_path))
     return pipeline, pipeline.name_or_path
 
 

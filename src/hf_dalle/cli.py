@@ -1,10 +1,12 @@
-"""The `hf-dalle` command line: one subcommand per job, each importing only what it needs."""
+"""The `hf-dalle` command line: one subcommand per job, each importing only what it needs (torch and transformers
+load when a command runs, not for `--help` or a usage error)."""
 
 import argparse
 import sys
 from pathlib import Path
 
 from .demo import DEMO_PROMPTS, load_pipeline
+from .device_utils import DEVICE_NAMES, DTYPE_NAMES
 from .io_utils import write_file_atomically
 
 
@@ -114,14 +116,14 @@ def _check_generation_arguments(prompts: list[str], args: argparse.Namespace) ->
 def generate(args: argparse.Namespace) -> int:
     """Caption(s) in, reranked PNGs and a grid out."""
     _check_generation_arguments(args.prompts, args)
-    return _generate_and_save(load_pipeline(args.model), args.prompts, args)
+    return _generate_and_save(load_pipeline(args.model, args.device, args.dtype), args.prompts, args)
 
 
 def demo(args: argparse.Namespace) -> int:
     """The bundled demo model on demo-world captions (seen and held out)."""
     prompts = list(args.prompts or DEMO_PROMPTS)
     _check_generation_arguments(prompts, args)
-    return _generate_and_save(load_pipeline(None), prompts, args)
+    return _generate_and_save(load_pipeline(None, args.device, args.dtype), prompts, args)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -132,7 +134,9 @@ def serve(args: argparse.Namespace) -> int:
         if error.name != "gradio":
             raise
         raise SystemExit("`hf-dalle serve` needs Gradio: pip install 'hf_dalle[web]'.") from error
-    create_demo(args.model).launch(server_name=args.host, server_port=args.port, **LAUNCH_LIMITS)
+    create_demo(load_pipeline(args.model, args.device, args.dtype)).launch(
+        server_name=args.host, server_port=args.port, **LAUNCH_LIMITS
+    )
     return 0
 
 
@@ -216,6 +220,21 @@ def add_generation_arguments(parser: argparse.ArgumentParser, num_candidates: in
     parser.add_argument("--output-dir", default="outputs", help="Where the PNGs go (default: outputs).")
 
 
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help=f"Where the model runs: {', '.join(DEVICE_NAMES)} or e.g. cuda:1 (default: auto, the best available).",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPE_NAMES,
+        help="Precision of the weights (default: auto: bfloat16 on CUDA, float16 on GPUs without bfloat16, "
+        "float32 on a CPU, where half precision is many times slower).",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-dalle", description="DALL-E on the Hugging Face stack.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -224,11 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompts", nargs="+", help="Caption(s), e.g. 'a red circle above a blue square'.")
     gen.add_argument("--model", default=None, help="Pipeline directory or Hub id (default: the bundled demo model).")
     add_generation_arguments(gen, num_candidates=16, num_images=4)
+    add_device_arguments(gen)
     gen.set_defaults(func=generate)
 
     dem = commands.add_parser("demo", help="Generate images for demo-world captions with the bundled demo model.")
     dem.add_argument("prompts", nargs="*", help="Captions (default: two seen and two held-out demo-world captions).")
     add_generation_arguments(dem, num_candidates=16, num_images=4)
+    add_device_arguments(dem)
     dem.set_defaults(func=demo)
 
     rec = commands.add_parser("reconstruct", help="Round-trip images through a dVAE (encode to codes, decode).")
@@ -242,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--model", default=None, help="Pipeline directory or Hub id (default: the bundled demo model).")
     web.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: 127.0.0.1; 0.0.0.0 for all).")
     web.add_argument("--port", type=int, default=7860, help="Port (default: 7860).")
+    add_device_arguments(web)
     web.set_defaults(func=serve)
 
     mem = commands.add_parser("estimate-memory", help="Parameter and KV-cache memory of a transformer, per dtype.")

@@ -1,5 +1,6 @@
 """DallePipeline: caption in, CLIP-reranked images out (DALL-E, Ramesh et al. 2021, section 2.5)."""
 
+import functools
 import inspect
 import json
 import numbers
@@ -27,6 +28,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from ..device_utils import slow_half_precision_warning
 from ..hub_utils import hub_repo_id
 from ..image_utils import to_rgb
 from ..lora import load_lora_adapter, remove_lora_adapters
@@ -86,6 +88,12 @@ def _read_model_index(path: str) -> dict:
     if not isinstance(model_index, dict):
         raise ValueError(f"{path} is not a valid model_index.json: expected a JSON object.")
     return model_index
+
+
+@functools.cache
+def _warn_once(message: str | None) -> None:
+    if message is not None:
+        logger.warning(message)
 
 
 @dataclass
@@ -280,7 +288,13 @@ class DallePipeline(DiffusionPipeline):
         - `quantization_config`: a transformers quantization config, e.g.
           `TorchAoConfig(Int8WeightOnlyConfig())` (CPU or GPU) or `BitsAndBytesConfig(load_in_8bit=True)` (GPU).
           A diffusers `PipelineQuantizationConfig` is passed on to diffusers unchanged.
+
+        The weights load in float32 unless `dtype` (or `torch_dtype`) says otherwise, as in diffusers, whatever dtype
+        they are stored in (a converted ruDALL-E's are float16): half precision is for devices that compute it fast
+        (`hf_dalle.device_utils`).
         """
+        if "dtype" not in kwargs and "torch_dtype" not in kwargs:
+            kwargs["dtype"] = torch.float32
         if not os.path.isdir(pretrained_model_name_or_path):
             # diffusers refuses, before downloading, repos whose `model_index.json` names components from libraries
             # other than diffusers/transformers (ours are `hf_dalle` classes), but loads such a folder from disk. Only
@@ -304,9 +318,7 @@ class DallePipeline(DiffusionPipeline):
             transformer_keys += ["device_map"] if per_module_map else []
             transformer_keys += ["quantization_config"] if transformers_quantization else []
             transformer_kwargs = {key: kwargs.pop(key) for key in transformer_keys if key in kwargs}
-            dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
-            if dtype is not None:
-                transformer_kwargs["dtype"] = dtype
+            transformer_kwargs["dtype"] = kwargs.get("dtype", kwargs.get("torch_dtype"))
             kwargs["transformer"] = DalleForImageGeneration.from_pretrained(
                 pretrained_model_name_or_path, subfolder="transformer", **transformer_kwargs
             )
@@ -920,6 +932,7 @@ class DallePipeline(DiffusionPipeline):
             logger.warning("No CLIP model in this pipeline: returning the first candidates without reranking.")
         device = self._execution_device
         config = self.transformer.config
+        _warn_once(slow_half_precision_warning(device, self.transformer.dtype))
 
         # 2. Encode the prompts (and the unconditional captions for guidance), the priming image, CLIP's text side
         text_ids, uncond_ids = self.encode_prompt(prompts, negative_prompts, self.do_classifier_free_guidance, device)

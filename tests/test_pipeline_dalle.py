@@ -324,7 +324,13 @@ def test_cli_generate_writes_files(pipe, tmp_path, capsys):
         "a_red_circle_1.png",
         "grid.png",
     ]
-    assert PIL.Image.open(out_dir / "grid.png").size == (64, 64)
+    grid = np.asarray(PIL.Image.open(out_dir / "grid.png"))
+    assert grid.shape[0] == 64 and grid.shape[1] > 64  # two rows of two 32x32 images, their captions to the left
+    images = np.asarray(PIL.Image.open(out_dir / "a_blue_square_1.png"))
+    assert np.array_equal(grid[32:, -32:], images)
+    captions = grid[:, : grid.shape[1] - 64]
+    assert (captions[:32] < 128).any() and (captions[32:] < 128).any()  # each row has its caption's text
+    assert not np.array_equal(captions[:32], captions[32:])
     printed = capsys.readouterr().out
     assert printed.count("score=") == 4
     # The files are the pipeline's images for the per-candidate seeds 7, 8, ...
@@ -332,3 +338,15 @@ def test_cli_generate_writes_files(pipe, tmp_path, capsys):
         ["a red circle", "a blue square"], num_candidates=3, num_images_per_prompt=2, generator=seeded(6, offset=7)
     )
     assert np.array_equal(np.asarray(PIL.Image.open(out_dir / "a_blue_square_1.png")), np.asarray(expected.images[3]))
+
+
+def test_progress_bar_says_what_it_counts(pipe, capsys):
+    pipe("a red circle", num_candidates=2, generator=seeded(2))
+    err = capsys.readouterr().err
+    assert "Sampling image codes" in err and "code/s" in err
+    pipe.set_progress_bar_config(desc="mine")
+    try:
+        pipe("a red circle", num_candidates=1, generator=seeded(1))
+        assert "mine" in capsys.readouterr().err
+    finally:
+        pipe.set_progress_bar_config()

@@ -358,6 +358,16 @@ class DallePipeline(DiffusionPipeline):
         """Remove every LoRA adapter from the transformer: it computes exactly its base weights' outputs again."""
         remove_lora_adapters(self.transformer)
 
+    def progress_bar(self, iterable=None, total=None):
+        """diffusers' bar, labelled with what its steps are here (image codes; one step samples one code of each
+        candidate of a chunk) unless `set_progress_bar_config` names them."""
+        config = getattr(self, "_progress_bar_config", {})
+        self._progress_bar_config = {"desc": "Sampling image codes", "unit": "code", **config}
+        try:
+            return super().progress_bar(iterable=iterable, total=total)
+        finally:
+            self._progress_bar_config = config
+
     @property
     def image_size(self) -> int:
         """Side of the generated images: `prime_image_size`, times 2 for a wavelet decoder (`decoder_upscale`)."""

@@ -109,3 +109,13 @@ def test_reconstruct_takes_a_pipeline_folder(tmp_path, capsys):
     assert main(argv) == 0
     assert "4x4 codes" in capsys.readouterr().out
     assert Image.open(tmp_path / "in_reconstruction.png").size == (32, 32)
+
+
+def test_generate_prints_what_the_model_did_not_read(tmp_path, capsys):
+    assert (
+        main(["demo", "a photo of a cat", "--num-candidates", "1", "--num-images", "1", "--output-dir", str(tmp_path)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "note: 'a photo of a cat': Words the model's tokenizer does not know" in printed
+    assert "'photo', 'cat'" in printed

@@ -205,6 +205,8 @@ def generate_images_progressively(
     status = f"Sampled {sampled} candidates in {seconds:.1f} s; showing the {len(gallery)} {kept}."
     if sampled < num_candidates:
         status += f" Stopped at the time limit of {max_seconds:g} s per request, before {num_candidates}."
+    if output.prompt_warnings[0] is not None:  # words the model does not know, or text it does not read
+        status += f"\n\n**Note:** {output.prompt_warnings[0]}"
     note = _caption_note(prompt)
     yield gallery, f"{status}\n\n*{prompt}*: {note}." if note else status
 

@@ -113,6 +113,9 @@ def _generate_and_save(pipe, prompts: list[str], args: argparse.Namespace) -> in
         _save_png(image, path)
         score = f"{output.scores[index]:.4f}" if output.scores is not None else "n/a (no CLIP model)"
         print(f"{path}  score={score}  prompt={prompt!r}")
+    for prompt, warning in zip(prompts, output.prompt_warnings):
+        if warning is not None:
+            print(f"note: {prompt!r}: {warning}")
     _save_png(captioned_grid(output.images, prompts, cols=args.num_images), output_dir / "grid.png")
     print(f"{output_dir / 'grid.png'}  ({len(prompts)} prompts x {args.num_images} images)")
     return 0

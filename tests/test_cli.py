@@ -74,6 +74,7 @@ def test_reconstruct_round_trips_through_the_dvae(tmp_path, capsys):
         (["--num-images", "two"], "argument --num-images: must be a positive whole number, got 'two'"),
         (["--top-p", "2"], "argument --top-p: must be in (0, 1], got '2'"),
         (["--temperature", "0"], "argument --temperature: must be a number > 0, got '0'"),
+        (["--temperature", "nan"], "argument --temperature: must be a number > 0, got 'nan'"),
         (["--guidance-scale", "0.5"], "argument --guidance-scale: must be a number >= 1 (1 = off), got '0.5'"),
         (["--top-k", "-1"], "argument --top-k: must be a whole number >= 0 (0 = all codes), got '-1'"),
     ],

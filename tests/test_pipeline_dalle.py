@@ -176,15 +176,12 @@ def test_output_says_what_the_model_did_not_read(pipe, caplog):
     with caplog.at_level(logging.WARNING):
         out = pipe([fits, too_long, unknown], num_candidates=1, generator=seeded(3))
     assert out.prompt_warnings[0] is None
-    assert (
-        out.prompt_warnings[1]
-        == f"The model reads {max_length} tokens; the rest is ignored: 'a blue square above a blue squ…'."
-    )
-    assert (
-        out.prompt_warnings[2].startswith("Words the model's tokenizer does not know")
-        and "'zyzzyva'" in out.prompt_warnings[2]
-    )
-    assert "'red'" not in out.prompt_warnings[2]
+    prefix = f"The model reads {max_length} tokens; the rest is ignored: '"
+    assert out.prompt_warnings[1].startswith(prefix) and out.prompt_warnings[1].endswith("…'.")
+    dropped = out.prompt_warnings[1][len(prefix) : -len("…'.")]
+    assert len(dropped) < 40 and dropped in too_long[len(fits) :]  # the start of what was cut, shortened
+    assert out.prompt_warnings[2].startswith("Words the model's tokenizer does not know")
+    assert "'zyzzyva'" in out.prompt_warnings[2] and "'red'" not in out.prompt_warnings[2]
     assert len(caplog.text) < 600  # the 4,000-character prompt is not repeated
     assert "is ignored" in caplog.text and "zyzzyva" in caplog.text
 

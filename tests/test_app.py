@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from dalle_mega_utils import make_tiny_dalle_bart_pipeline
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
@@ -160,7 +161,7 @@ def test_served_app_queues_reports_progress_and_survives_bad_requests(pipe, monk
 
     def recording(self, prompt, **kwargs):
         for progress in generate_progressively(self, prompt, **kwargs):
-            if progress.output is None:  # after a batch
+            if progress.output is None and progress.codes is None:  # after a batch (not a decode step in it)
                 batches.append(prompt)
             yield progress
 
@@ -186,8 +187,12 @@ def test_served_app_queues_reports_progress_and_survives_bad_requests(pipe, monk
             for unit in [*(job.status().progress_data or []), *(second.status().progress_data or [])]:
                 progress.add((unit.index, unit.length, unit.unit))
             time.sleep(0.005)
-        gallery, status = job.result()
+        gallery, previews, status = job.result()
         assert len(gallery) == 3 and gallery[0]["caption"].startswith("#1 · CLIP score ")
+        assert previews == ""  # the previews made way for the result
+        # Before it, the previews of each batch's candidates as their codes arrived: inline images, not cached files.
+        shown = [update[1] for update in job.outputs()[:-1] if isinstance(update[1], str)]
+        assert len(shown) == 4 * 3 and all(html.count('src="data:image/png;base64,') == 3 for html in shown)
         assert status.startswith("Sampled 32 candidates in ")
         assert len(second.result()[0]) == 2
         assert progress and {length for _, length, _ in progress} == {4 * 16}
@@ -230,17 +235,72 @@ def test_limits_of_one_request(pipe):
     with pytest.raises(gr.Error, match="Seed must be a whole number") as error:
         app.generate_images(pipe, "a red circle", seed="9" * 1_000_000 + "x")
     assert len(str(error.value)) < 200
-    # The time limit: after the first batch of 16 the request stops and shows the best so far.
+    # The time limit: after the first batch of 16 (previewed row by row) the request stops and shows the best so far.
     steps = list(
         app.generate_images_progressively(pipe, "a red circle", num_candidates=40, num_images=2, max_seconds=0)
     )
-    gallery, status = steps[-1]
-    assert len(steps) == 1 and len(gallery) == 2
+    gallery, _, status = steps[-1]
+    assert [_kind(step) for step in steps] == ["preview"] * 3 + ["gallery"] and len(gallery) == 2
     assert status.startswith("Sampled 16 candidates in ") and "Stopped at the time limit of 0 s per request" in status
-    # Without a limit: an update after each batch but the last, then the gallery.
+    # Without a limit: the previews of each batch, an update after each batch but the last, then the gallery.
     steps = list(app.generate_images_progressively(pipe, "a red circle", num_candidates=40, num_images=2))
-    assert [gallery is None for gallery, _ in steps] == [True, True, False]
-    assert steps[0][1].startswith("Sampled 16 of 40 candidates in ")
+    batch = ["preview"] * 3
+    assert [_kind(step) for step in steps] == [*batch, "status", *batch, "status", *batch, "gallery"]
+    assert steps[3][2].startswith("Sampled 16 of 40 candidates in ")
+
+
+def _kind(step) -> str:
+    gallery, previews, _ = step
+    return "gallery" if gallery is not None else "preview" if previews is not None else "status"
+
+
+def test_previews_redraw_the_batch_after_every_row_of_codes(pipe):
+    """The previews are the batch's first candidates as far as they are drawn, after each of the grid's rows but the
+    last (then the batch is scored): the codes of the one pipeline call, the rows not yet sampled gray."""
+    steps = list(
+        app.generate_images_progressively(
+            pipe, "a red circle", num_candidates=6, num_images=2, seed=3, candidate_batch_size=4
+        )
+    )
+    codes = pipe(
+        "a red circle", num_candidates=6, num_images_per_prompt=6, output_type="latent",
+        generator=[torch.Generator().manual_seed(3 + i) for i in range(6)],
+    )  # fmt: skip
+    in_sampling_order = codes.images[torch.tensor(codes.candidate_indices).argsort()].flatten(1)
+    previews = [previews for _, previews, _ in steps if previews is not None]
+    grid = pipe.transformer.config.image_grid_size
+    expected = [(first, rows) for first in (0, 4) for rows in range(1, grid)]  # two batches: 4 + 2 candidates
+    assert len(previews) == len(expected)
+    for gallery, (first, rows) in zip(previews, expected):
+        images = pipe.image_processor.postprocess(
+            pipe.decode_partial(in_sampling_order[first : first + 2, : rows * grid]), output_type="pil"
+        )
+        assert [caption for _, caption in gallery] == [
+            f"candidate {first + i + 1}: {rows * grid} of {grid * grid} codes" for i in range(2)
+        ]
+        for (image, _), expected_image in zip(gallery, images):
+            np.testing.assert_array_equal(np.asarray(image), np.asarray(expected_image))
+    # The rows not yet sampled are gray: the first preview is gray below its first row, the last above it is not.
+    first_preview = np.asarray(previews[0][0][0])
+    row_height = first_preview.shape[0] // grid
+    assert (first_preview[row_height:] == 128).all() and not (first_preview[:row_height] == 128).all()
+
+
+def test_dalle_mega_in_the_app_samples_with_its_own_defaults(tmp_path):
+    """A converted DALL·E Mega: the page starts at its guidance 16 and top-k 256 (sliders wide enough), and a request
+    that leaves them to the pipeline gets the pipeline's own images."""
+    mega = make_tiny_dalle_bart_pipeline(tmp_path)
+    gallery, _ = app.generate_images(mega, "a red circle", num_candidates=3, num_images=2, seed=1)
+    expected = mega(
+        "a red circle", num_candidates=3, num_images_per_prompt=2,
+        generator=[torch.Generator().manual_seed(1 + i) for i in range(3)],
+    )  # fmt: skip
+    for (image, _), expected_image in zip(gallery, expected.images):
+        np.testing.assert_array_equal(np.asarray(image), np.asarray(expected_image))
+    demo = app.create_demo(mega)
+    sliders = {block.label: block for block in demo.blocks.values() if isinstance(block, gr.Slider)}
+    guidance, top_k = sliders["Guidance scale (1 = off)"], sliders["Top-k (0 = all codes)"]
+    assert (guidance.value, top_k.value) == (16.0, 256) and guidance.maximum >= 16
 
 
 def test_client_limiter(monkeypatch):

@@ -417,12 +417,13 @@ def test_pipeline_runs_a_converted_model_with_its_sampling_defaults(tmp_path):
 
 
 def capture_codes(pipe, monkeypatch) -> list:
-    """Record the code grids `pipe.sample_codes` returns."""
+    """Record the code grids `pipe.sample_codes` finishes (the last codes it yields)."""
     captured, sample_codes = [], pipe.sample_codes
 
     def recording(*args, **kwargs):
-        captured.append(sample_codes(*args, **kwargs))
-        return captured[-1]
+        for codes in sample_codes(*args, **kwargs):
+            yield codes
+        captured.append(codes)
 
     monkeypatch.setattr(pipe, "sample_codes", recording)
     return captured

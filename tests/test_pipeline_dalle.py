@@ -135,25 +135,51 @@ def test_best_candidates_merged_chunk_by_chunk_are_the_best_of_all():
         assert best.scores is None if descending is None else torch.equal(best.scores, scores[expected])
 
 
-def test_generate_progressively_yields_after_each_chunk_then_the_output(pipe):
+def test_generate_progressively_yields_after_each_step_and_chunk_then_the_output(pipe):
     kwargs = {"num_candidates": 5, "num_images_per_prompt": 2, "candidate_batch_size": 3, "output_type": "pt"}
     prompts = ["a red circle", "a blue square"]
     steps = list(pipe.generate_progressively(prompts, generator=seeded(10), **kwargs))
-    assert [(p.num_sampled, p.num_candidates) for p in steps] == [(3, 10), (6, 10), (9, 10), (10, 10), (10, 10)]
+    chunks = [p for p in steps if p.codes is None]
+    assert [(p.num_sampled, p.num_candidates) for p in chunks] == [(3, 10), (6, 10), (9, 10), (10, 10), (10, 10)]
     assert all(p.output is None for p in steps[:-1])
+    # Between two chunks, a progress after each of the 16 codes but the last, with the chunk's codes so far: each
+    # one the previous plus a code, ending in the chunk's candidates.
+    partial = [p for p in steps if p.codes is not None]
+    assert len(partial) == 4 * 15 and [p.codes.shape for p in partial[:15]] == [(3, n) for n in range(1, 16)]
+    assert all(torch.equal(b.codes[:, :-1], a.codes) for a, b in zip(partial[:14], partial[1:15]))
+    assert partial[0].prompt_index.tolist() == [0, 0, 0] and partial[-1].prompt_index.tolist() == [1]
+    assert partial[15].candidate_index.tolist() == [3, 4, 0]  # the second chunk spans the two prompts
+    last_codes = partial[14].codes
+    grids = pipe(prompts[0], generator=seeded(3), num_candidates=3, num_images_per_prompt=3, output_type="latent")
+    assert torch.equal(grids.images.flatten(1)[:, :15], last_codes[grids.candidate_indices])
     expected = pipe(prompts, generator=seeded(10), **kwargs)
     torch.testing.assert_close(steps[-1].output.images, expected.images)
     assert steps[-1].output.scores == expected.scores
     assert steps[-1].output.candidate_indices == expected.candidate_indices
-    # Interrupted between two chunks: the best of the candidates sampled by then.
-    steps = pipe.generate_progressively("a red circle", generator=seeded(5), **kwargs)
-    assert next(steps).num_sampled == 3
-    pipe._interrupt = True
-    last = next(steps)
-    assert last.num_sampled == 3
+    # Interrupted between two chunks, or in the middle of the second: the best of the candidates finished by then.
     first_three = pipe("a red circle", generator=seeded(3), **{**kwargs, "num_candidates": 3})
-    torch.testing.assert_close(last.output.images, first_three.images)
-    assert last.output.scores == first_three.scores
+    for partial_steps in (0, 5):
+        steps = pipe.generate_progressively("a red circle", generator=seeded(5), **kwargs)
+        while next(steps).codes is not None:  # the first chunk's codes
+            pass
+        for _ in range(partial_steps):
+            assert next(steps).codes.shape == (2, _ + 1)
+        pipe._interrupt = True
+        last = next(steps)
+        assert last.num_sampled == 3 and last.output is not None
+        torch.testing.assert_close(last.output.images, first_three.images)
+        assert last.output.scores == first_three.scores
+
+
+def test_decode_partial_draws_the_codes_so_far_and_grays_the_rest(pipe):
+    codes = torch.randint(0, 32, (2, 16), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(pipe.decode_partial(codes), pipe.decode(codes).float())
+    partial = pipe.decode_partial(codes[:, :6])  # the first row and two codes of the second (8x8 pixels a code)
+    assert (partial[:, :, 8:16, 16:] == 0.5).all() and (partial[:, :, 16:] == 0.5).all()
+    completed = pipe.decode(torch.nn.functional.pad(codes[:, :6], (0, 10)))  # the rest as code 0
+    torch.testing.assert_close(partial[:, :, :8], completed[:, :, :8])
+    torch.testing.assert_close(partial[:, :, 8:16, :16], completed[:, :, 8:16, :16])
+    assert not torch.allclose(completed[:, :, :8], pipe.decode(codes)[:, :, :8])  # codes below reach up: a preview
 
 
 def test_without_clip_returns_first_candidates_with_warning(pipe, caplog):

@@ -168,24 +168,27 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def _transformer_config(name: str):
-    """The `DalleConfig` that `estimate-memory --config` names: `12b`, a transformer folder, a pipeline folder (its
-    `transformer/`), or a Hub id of either; anything else, a `ValueError` saying what is wrong."""
+    """The `DalleConfig` or `DalleBartConfig` that `estimate-memory --config` names: `12b` (the paper's DALL-E),
+    `mega` (DALL·E Mega), a transformer folder, a pipeline folder (its `transformer/`), or a Hub id of either; anything
+    else, a `ValueError` saying what is wrong."""
     import os
 
     from transformers import PretrainedConfig
 
     from .hub_utils import hub_repo_id
     from .models.dalle import DalleConfig
+    from .models.dalle_bart import DalleBartConfig
 
-    if name == "12b":
-        return DalleConfig()
+    presets = {"12b": DalleConfig, "mega": DalleBartConfig}  # the defaults of each config are these models
+    if name in presets:
+        return presets[name]()
     if not os.path.isdir(name):
         hub_repo_id(name, "transformer or pipeline")
     subfolder = "transformer" if os.path.isfile(os.path.join(name, "model_index.json")) else ""
     if os.path.isdir(name) and not os.path.isfile(os.path.join(name, subfolder, "config.json")):
         raise ValueError(
-            f"--config {name!r} has no {os.path.join(subfolder, 'config.json')}: expected a DALL-E "
-            "transformer folder, a pipeline folder, a Hub id of either, or '12b'."
+            f"--config {name!r} has no {os.path.join(subfolder, 'config.json')}: expected a DALL-E or DALL·E Mini / "
+            "Mega transformer folder, a pipeline folder, a Hub id of either, '12b' or 'mega'."
         )
     try:
         try:
@@ -197,15 +200,17 @@ def _transformer_config(name: str):
             config_dict, _ = PretrainedConfig.get_config_dict(name, subfolder="transformer")
     except OSError as error:  # not JSON, or nothing found under that name
         raise ValueError(f"--config {name!r}: {error}") from None
-    if config_dict.get("model_type") != DalleConfig.model_type:
+    config_classes = {cls.model_type: cls for cls in presets.values()}
+    config_class = config_classes.get(config_dict.get("model_type"))
+    if config_class is None:
         raise ValueError(
             f"--config {name!r} is the config of a {config_dict.get('model_type')!r} model, not of a "
-            f"DALL-E transformer (model_type {DalleConfig.model_type!r})."
+            f"DALL-E transformer (model_type {' or '.join(repr(t) for t in config_classes)})."
         )
     try:
-        return DalleConfig.from_dict(config_dict)
+        return config_class.from_dict(config_dict)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"--config {name!r} is not a valid DALL-E config: {error}") from None
+        raise ValueError(f"--config {name!r} is not a valid {config_class.__name__}: {error}") from None
 
 
 def estimate_memory(args: argparse.Namespace) -> int:
@@ -326,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument(
         "--config",
         default="12b",
-        help="'12b' (the paper's model, default), or a transformer/pipeline directory or Hub id.",
+        help="'12b' (the paper's model, default), 'mega' (DALL·E Mega), or a transformer/pipeline directory or Hub id.",
     )
     mem.add_argument("--batch-size", type=int, default=1, help="Images generated together (default: 1).")
     mem.add_argument(

@@ -1,4 +1,4 @@
-"""LoRA (Hu et al. 2021) on the DALL-E transformer with `peft`'s public integration API (`peft.functional`): only the
+"""LoRA (Hu et al. 2021) on the transformer of a pipeline (DALL-E's or DALL·E Mini / Mega's) with `peft`'s public integration API (`peft.functional`): only the
 low-rank adapters train, [`save_lora_adapter`] writes `adapter_model.safetensors` + `adapter_config.json` (the layout
 transformers' and peft's own `save_pretrained` write), and [`load_lora_adapter`] / `DallePipeline.load_lora_weights`
 load them back from a folder or the Hub. (transformers' own PEFT integration would do the same, but from
@@ -11,36 +11,36 @@ import torch
 from huggingface_hub import hf_hub_download
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import PreTrainedModel
 
 from .hub_utils import hub_repo_id
 from .io_utils import write_folder_atomically
-from .models.dalle import DalleForImageGeneration
 
 
-# The attention and MLP projections of every block.
-LORA_TARGET_MODULES = ("qkv_proj", "out_proj", "fc_in", "fc_out")
 ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
 
 
 def add_lora_adapter(
-    model: DalleForImageGeneration,
+    model: PreTrainedModel,
     rank: int,
     alpha: float | None = None,
-    target_modules: list[str] | tuple[str, ...] = LORA_TARGET_MODULES,
+    target_modules: list[str] | tuple[str, ...] | None = None,
     dropout: float = 0.0,
     adapter_name: str = "default",
 ):
     """
     Add a LoRA adapter of rank `rank` to the `nn.Linear` layers of `model` whose name ends with one of
-    `target_modules` (default: the attention and MLP projections), freeze every other parameter, and return the
-    `peft.LoraConfig` (also in `model.peft_config[adapter_name]`). `alpha` defaults to `rank` (adapter scale
-    `alpha / rank` = 1). The adapter's B matrices start at zero, so the model's outputs are unchanged until it trains.
+    `target_modules` (default: the model class's `lora_target_modules`, its attention and feed-forward projections),
+    freeze every other parameter, and return the `peft.LoraConfig` (also in `model.peft_config[adapter_name]`).
+    `alpha` defaults to `rank` (adapter scale `alpha / rank` = 1). The adapter's B matrices start at zero, so the model's outputs are unchanged until it trains.
     """
     from peft import LoraConfig  # optional dependency: only LoRA training and loading need it
     from peft.functional import inject_adapter_in_model
 
     if not isinstance(rank, int) or rank < 1:
         raise ValueError(f"`rank` must be a positive integer, got {rank!r}.")
+    if target_modules is None:
+        target_modules = model.lora_target_modules
     linear_names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     unknown = sorted(set(target_modules) - linear_names)
     if not target_modules or unknown:
@@ -58,9 +58,7 @@ def add_lora_adapter(
     return config
 
 
-def save_lora_adapter(
-    model: DalleForImageGeneration, save_directory: str | os.PathLike, adapter_name: str = "default"
-):
+def save_lora_adapter(model: PreTrainedModel, save_directory: str | os.PathLike, adapter_name: str = "default"):
     """Write the adapter `adapter_name` of `model` (its config and weights only) into `save_directory`."""
     from peft.functional import get_peft_model_state_dict
 
@@ -78,7 +76,7 @@ def save_lora_adapter(
 
 
 def load_lora_adapter(
-    model: DalleForImageGeneration,
+    model: PreTrainedModel,
     pretrained_model_name_or_path: str | os.PathLike,
     adapter_name: str = "default",
     **kwargs,
@@ -128,7 +126,7 @@ def load_lora_adapter(
     set_adapter(model, adapter_name, inference_mode=True)
 
 
-def remove_lora_adapters(model: DalleForImageGeneration, *adapter_names: str) -> None:
+def remove_lora_adapters(model: PreTrainedModel, *adapter_names: str) -> None:
     """Remove the LoRA adapters `adapter_names` (default: every one) from `model`; without any it computes exactly
     its base weights' outputs again."""
     from peft.functional import delete_adapter
@@ -138,4 +136,4 @@ def remove_lora_adapters(model: DalleForImageGeneration, *adapter_names: str) ->
         del model.peft_config[name]
 
 
-__all__ = ["LORA_TARGET_MODULES", "add_lora_adapter", "load_lora_adapter", "remove_lora_adapters", "save_lora_adapter"]
+__all__ = ["add_lora_adapter", "load_lora_adapter", "remove_lora_adapters", "save_lora_adapter"]

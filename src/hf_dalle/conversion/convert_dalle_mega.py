@@ -1,6 +1,6 @@
 """
 Convert DALL·E Mini / Mega as min-dalle ships them (its `models_root`, or the Hub repo `kuprel/min-dalle`) into a
-`DallePipeline`-style folder: the transformer as a [`DalleBartForImageGeneration`] (sharded safetensors, with
+`DallePipeline` folder: the transformer as a [`DalleBartForImageGeneration`] (sharded safetensors, with
 min-dalle's sampling defaults in its generation config), BART's caption files as a [`DalleBartTokenizer`] with
 min-dalle's ids, the VQGAN as a [`DalleVQGAN`] in [0, 1] pixels, and optionally a CLIP reranker.
 
@@ -24,7 +24,6 @@ the converted decoder keeps (diffusers' `VQModel`): decoded pixels differ from m
 parity tests measure it).
 """
 
-import json
 import logging
 import math
 import os
@@ -34,13 +33,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from huggingface_hub import ModelCardData, hf_hub_download
+from accelerate import init_empty_weights
+from huggingface_hub import hf_hub_download
 from transformers import GenerationConfig
 
-from ..hub_utils import path_for_card, render_model_card, sha256_of
+from ..hub_utils import path_for_card, sha256_of
 from ..io_utils import write_folder_atomically
 from ..models.dalle_bart import DalleBartConfig, DalleBartForImageGeneration
 from ..models.dalle_vqgan import DalleVQGAN, DalleVQGANConfig
+from ..pipelines import DallePipeline
 from ..tokenization_dalle_bart import DalleBartTokenizer
 from ..version import __version__
 from .checkpoints import load_torch_checkpoint_state_dict
@@ -426,23 +427,6 @@ def min_dalle_generation_config(config: DalleBartConfig) -> GenerationConfig:
     )
 
 
-def pipeline_model_index(has_clip: bool) -> dict:
-    """The `model_index.json` of a converted folder, in the layout `DallePipeline.save_pretrained` writes."""
-    import diffusers
-
-    clip = {"clip_model": ["transformers", "CLIPModel"], "clip_processor": ["transformers", "CLIPProcessor"]}
-    return {
-        "_class_name": "DallePipeline",
-        "_diffusers_version": diffusers.__version__,
-        "clip_model": clip["clip_model"] if has_clip else [None, None],
-        "clip_processor": clip["clip_processor"] if has_clip else [None, None],
-        "default_guidance_scale": MIN_DALLE_GUIDANCE_SCALE,
-        "tokenizer": ["hf_dalle.tokenization_dalle_bart", "DalleBartTokenizer"],
-        "transformer": ["hf_dalle.models.dalle_bart.modeling_dalle_bart", "DalleBartForImageGeneration"],
-        "vae": ["hf_dalle.models.dalle_vqgan.modeling_dalle_vqgan", "DalleVQGAN"],
-    }
-
-
 def convert_dalle_mega(
     output_dir: str | os.PathLike,
     model_name: str = "mega",
@@ -455,16 +439,15 @@ def convert_dalle_mega(
     clip_model: str | os.PathLike | None = None,
     decoder_start: str = "min-dalle",
     max_shard_bytes: int = 500 * 2**20,
-    repo_id: str | None = None,
-    command: str | None = None,
 ) -> DalleBartConfig:
     """
-    Convert min-dalle's DALL·E Mega (`model_name="mega"`) or Mini (`"mini"`) into `output_dir`, a `DallePipeline`
-    folder: `transformer/` ([`DalleBartForImageGeneration`], safetensors shards of at most `max_shard_bytes` in the
-    files' dtype, min-dalle's sampling defaults in `generation_config.json`), `tokenizer/` ([`DalleBartTokenizer`]),
-    `vae/` ([`DalleVQGAN`]), with `clip_model` (a folder or Hub id of a transformers `CLIPModel` + `CLIPProcessor`)
-    `clip_model/` and `clip_processor/`, `model_index.json` and a model card (`README.md`; `repo_id` and `command`
-    fill its usage and provenance). Returns the transformer's config.
+    Convert min-dalle's DALL·E Mega (`model_name="mega"`) or Mini (`"mini"`) into `output_dir`, a complete
+    [`DallePipeline`] folder: `transformer/` ([`DalleBartForImageGeneration`], safetensors shards of at most
+    `max_shard_bytes` in the files' dtype, min-dalle's sampling defaults in `generation_config.json`), `tokenizer/`
+    ([`DalleBartTokenizer`]), `vae/` ([`DalleVQGAN`]), with `clip_model` (a folder or Hub id of a transformers
+    `CLIPModel` + `CLIPProcessor`) `clip_model/` and `clip_processor/`, and `model_index.json` written by the pipeline
+    itself (guidance scale 16 by default). Returns the transformer's config. `scripts/convert_dalle_mega.py` adds the
+    model card ([`dalle_mega_card_values`]).
 
     Args:
         min_dalle_dir / from_hub: min-dalle's `models_root` folder, or download `kuprel/min-dalle`'s files.
@@ -504,17 +487,11 @@ def convert_dalle_mega(
             f"{paths['vocab'].name} has ids up to {max(tokenizer.get_vocab().values())}, but the encoder's table has "
             f"{config.text_vocab_size} rows: not the vocabulary of this model."
         )
-    clip = None
+    clip = (None, None)
     if clip_model is not None:
         from transformers import CLIPModel, CLIPProcessor
 
         clip = CLIPModel.from_pretrained(clip_model), CLIPProcessor.from_pretrained(clip_model)
-    sources = [paths[kind] for kind in MIN_DALLE_FILES] + [
-        Path(p) for p in (vqgan_flax_checkpoint, vqgan_checkpoint) if p is not None
-    ]
-    card = dalle_mega_model_card(
-        config, model_name, vqgan, clip_model, sources, repo_id or path_for_card(output_dir), command
-    )
 
     def write(folder: Path) -> None:
         (folder / "transformer").mkdir()
@@ -523,49 +500,47 @@ def convert_dalle_mega(
         save_sharded_safetensors(iter(makers.items()), sizes, folder / "transformer", max_shard_bytes)
         config.save_pretrained(folder / "transformer")
         min_dalle_generation_config(config).save_pretrained(folder / "transformer")
-        tokenizer.save_pretrained(folder / "tokenizer")
-        vqgan.save_pretrained(folder / "vae")
-        if clip is not None:
-            clip[0].save_pretrained(folder / "clip_model")
-            clip[1].save_pretrained(folder / "clip_processor")
-        (folder / "model_index.json").write_text(json.dumps(pipeline_model_index(clip is not None), indent=2) + "\n")
-        (folder / "README.md").write_text(str(card), encoding="utf-8")
+        # The other components and model_index.json through the pipeline, around a transformer on the meta device.
+        with init_empty_weights():
+            transformer = DalleBartForImageGeneration(config)
+        pipe = DallePipeline(tokenizer, transformer, vqgan, *clip, default_guidance_scale=MIN_DALLE_GUIDANCE_SCALE)
+        for name in ("tokenizer", "vae", "clip_model", "clip_processor"):
+            if getattr(pipe, name) is not None:
+                getattr(pipe, name).save_pretrained(folder / name)
+        pipe.save_config(folder)
 
     write_folder_atomically(output_dir, write)
     return config
 
 
-def dalle_mega_model_card(
+def dalle_mega_card_values(
     config: DalleBartConfig,
     model_name: str,
-    vqgan: DalleVQGAN,
+    vqgan_has_encoder: bool,
     clip_model: str | os.PathLike | None,
-    sources: list[Path],
-    repo_id: str,
+    sources: list[str | os.PathLike],
     command: str | None = None,
-):
-    """The model card (`model_cards/dalle_mega.md`) of a converted folder: what it holds, how to use it, the
-    architecture, and the conversion's provenance (the source files with their SHA-256, the command)."""
+) -> dict:
+    """The values of the model card template `model_cards/dalle_mega.md` (for `write_card_and_push`) of a converted
+    folder: what it holds, the architecture, and the conversion's provenance (the source files with their SHA-256,
+    the command)."""
     with torch.device("meta"):
         num_parameters = DalleBartForImageGeneration(config).num_parameters()
-    return render_model_card(
-        "dalle_mega",
-        ModelCardData(license="apache-2.0", tags=["dall-e", "dalle-mini", "text-to-image"], language=["en"]),
-        model_name=f"{MIN_DALLE_MODELS[model_name].display_name} (hf_dalle)",
-        display_name=MIN_DALLE_MODELS[model_name].display_name,
-        repo_id=repo_id,
-        config=config,
-        num_parameters=num_parameters,
-        dtype=str(config.dtype).removeprefix("torch."),
-        vqgan_has_encoder=vqgan.config.has_encoder,
-        clip_model=path_for_card(clip_model),
-        top_k=MIN_DALLE_TOP_K,
-        guidance_scale=MIN_DALLE_GUIDANCE_SCALE,
-        min_dalle_start=config.decoder_start_token_id == config.image_vocab_size - 1,
-        sources=[{"name": path.name, "sha256": sha256_of(path)} for path in sources],
-        hf_dalle_version=__version__,
-        command=command,
-    )
+    return {
+        "model_name": f"{MIN_DALLE_MODELS[model_name].display_name} (hf_dalle)",
+        "display_name": MIN_DALLE_MODELS[model_name].display_name,
+        "config": config,
+        "num_parameters": num_parameters,
+        "dtype": str(config.dtype).removeprefix("torch."),
+        "vqgan_has_encoder": vqgan_has_encoder,
+        "clip_model": path_for_card(clip_model),
+        "top_k": MIN_DALLE_TOP_K,
+        "guidance_scale": MIN_DALLE_GUIDANCE_SCALE,
+        "min_dalle_start": config.decoder_start_token_id == config.image_vocab_size - 1,
+        "sources": [{"name": Path(path).name, "sha256": sha256_of(path)} for path in sources],
+        "hf_dalle_version": __version__,
+        "command": command,
+    }
 
 
 __all__ = [
@@ -580,13 +555,12 @@ __all__ = [
     "convert_min_dalle_vqgan",
     "dalle_bart_config_from_state_dicts",
     "dalle_bart_tensors",
-    "dalle_mega_model_card",
+    "dalle_mega_card_values",
     "flax_vqgan_to_taming_state_dict",
     "image_grid_size_of",
     "min_dalle_files",
     "min_dalle_generation_config",
     "min_dalle_location",
-    "pipeline_model_index",
     "read_flax_msgpack",
     "vqgan_config_from_taming_state_dict",
 ]

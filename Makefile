@@ -65,12 +65,12 @@ test: install-test
 test-slow: install-test
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "slow and not parity" $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]  # 5: no slow test collected
 
-# The reference venv for the parity tests against ruDALL-E's originals (../shared/RUDALLE.md): their packages no longer
-# install with their declared pins (no cp311 wheels, transformers~=4.10), so they go in --no-deps next to the few
-# libraries their model code imports. torch first (the CPU wheel); youtokentome 1.0.6 builds from source and its
-# setup.py imports Cython (< 3) without declaring it; min-dalle 0.4.11 (DALL·E Mini / Mega, ../shared/DALLE_MEGA.md)
-# with its light dependencies (numpy, pillow, requests, emoji), torch pinned on the same line so nothing replaces it;
-# then our package with its test extra.
+# The reference venv for the parity tests against the original ruDALL-E 1.1.3, taming-transformers 0.0.1, ruCLIP 0.0.2
+# and youtokentome 1.0.6 code: their packages no longer install with their declared pins (no cp311 wheels,
+# transformers~=4.10), so they go in --no-deps next to the few libraries their model code imports (einops, omegaconf,
+# PyWavelets). torch first (the CPU wheel); youtokentome 1.0.6 builds from source and its setup.py imports Cython (< 3)
+# without declaring it; min-dalle 0.4.11 (DALL·E Mini / Mega) with its light dependencies (numpy, pillow, requests,
+# emoji), torch pinned on the same line so nothing replaces it; then our package with its test extra.
 REF_VENV ?= .venv-ref
 REF_PIP := $(REF_VENV)/bin/python -m pip
 
@@ -109,10 +109,11 @@ test-oldest: $(OLDEST_VENV)/.installed-test
 	HF_HUB_OFFLINE=1 $(OLDEST_VENV)/bin/python -m pytest -m "not slow and not parity" $(PYTEST_ARGS)
 
 # Benchmarks (scripts/benchmark_*.py) compare against reference implementations that are not package dependencies:
-# they go into their own venv. torch first (the CPU wheel), then DALLE-pytorch 1.6.6 as ../shared/REFERENCES.md
-# describes (youtokentome needs cython without build isolation; torch pinned on the same line so nothing replaces it;
-# torchvision's python parts only; pkg_resources still imported), OpenAI's dall_e (--no-deps: its declared
-# dependencies pull a CUDA torch), then our package, editable.
+# they go into their own venv. torch first (the CPU wheel), then DALLE-pytorch 1.6.6: youtokentome needs Cython and
+# no build isolation; torch is pinned on the same line so nothing replaces it; pytorch-lightning 1.9.5 and torchmetrics
+# 1.3.2 are the last its taming import works with; torchvision 0.15.2 --no-deps for its Python parts only (its compiled
+# ops are unused); setuptools < 81 because pkg_resources is still imported. Then OpenAI's dall_e (--no-deps: its
+# declared dependencies pull a CUDA torch; attrs is its undeclared one), then our package, editable.
 BENCH_VENV ?= .venv-bench
 BENCH_PIP := $(BENCH_VENV)/bin/python -m pip
 

@@ -132,7 +132,8 @@ def ours_generate(model: DalleForImageGeneration, text: torch.Tensor, top_k: int
     num_tokens = model.config.image_seq_length
     extra = {}
     if variant == OURS_COMPILED:
-        # On CPU, generate() compiles the decode step only when asked explicitly (see NOTES_HF.md).
+        # On CPU, generate() compiles the decode step only when given a CompileConfig explicitly (it never
+        # auto-compiles there).
         compile_config = CompileConfig(fullgraph=True, mode="reduce-overhead" if text.is_cuda else "default")
         compile_config._compile_all_devices = True
         extra = {"cache_implementation": "static", "compile_config": compile_config}

@@ -69,6 +69,16 @@ class LocalHub:
     def repo_dir(self, repo_id: str, repo_type: str = "model") -> Path:
         return self.root / f"{repo_type}s" / repo_id
 
+    def add_files(self, repo_id: str, files: dict[str, Path], repo_type: str = "model") -> None:
+        """Put files in a repo (created if needed) without going through HTTP: fixtures for downloads."""
+        with self._lock:
+            repo_dir = self.repo_dir(repo_id, repo_type)
+            for path_in_repo, source in files.items():
+                target = self._file_path(repo_dir, path_in_repo)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+            self._heads[(repo_type, repo_id)] = hashlib.sha1(f"{repo_id} {sorted(files)}".encode()).hexdigest()
+
     def files(self, repo_id: str, repo_type: str = "model") -> dict[str, bytes]:
         """Every file of the repo, by path in the repo."""
         repo_dir = self.repo_dir(repo_id, repo_type)

@@ -1,4 +1,4 @@
-"""The package's layout (DESIGN.md): imports point one way, from higher layers to lower ones, with no cycle; the
+"""The package's layout (the layers in LAYERS below): imports point one way, from higher layers to lower ones, with no cycle; the
 converters load lazily."""
 
 import ast
@@ -116,7 +116,7 @@ def test_imports_point_one_way_and_never_in_a_circle():
             sideways = target_layer == layer and target_group != group and (group, target_group) not in SIDEWAYS
             if upward or sideways:
                 wrong.append(f"{module} ({group}) imports {target} ({target_group})")
-    assert not wrong, "imports against the layers of DESIGN.md:\n" + "\n".join(wrong)
+    assert not wrong, "imports against the layers of LAYERS:\n" + "\n".join(wrong)
     assert cycles(graph) == []
 
 

@@ -1,10 +1,10 @@
-"""The procedural shapes world of the bundled demo model (`../shared/DESIGN.md`, "The demo world").
+"""The procedural shapes world of the bundled demo model (`hf_dalle.DEMO_MODEL_DIR`; its model card describes it).
 
 Captions follow a two-sentence grammar, always lowercase:
 
 - one object: `a {color} {shape}`, e.g. `a red circle`
 - two objects: `a {color} {shape} {relation} a {color} {shape}`, e.g. `a blue square above a green triangle`;
-  the two objects of a caption always have different colors. The article is always `a`, as in the design's grammar
+  the two objects of a caption always have different colors. The article is always `a`, even before a vowel
   (`a orange circle`), so every caption has the same word structure.
 
 with the colors of `PALETTE`, the shapes `circle`, `square`, `triangle` (filled; the triangle stands upright, apex at

@@ -42,13 +42,13 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from hf_dalle import DEMO_MODEL_DIR, DallePipeline
+from hf_dalle.device_utils import DTYPE_NAMES, resolve_device_and_dtype
 from hf_dalle.io_utils import write_file_atomically, write_folder_atomically
 
 
 logger = logging.getLogger(__name__)
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Settings that change what is generated: a rerun into the same folder must use the same ones.
 GENERATION_SETTINGS = (
     "model",
@@ -97,7 +97,12 @@ def parse_args(argv=None):
         default=None,
         help="Classifier-free guidance scale (default: the pipeline's default_guidance_scale; 1 = off).",
     )
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="Model dtype (default: float32).")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPE_NAMES,
+        help="Model dtype (default: auto: bfloat16 on CUDA, float32 on a CPU, where half precision is many times slower).",
+    )
     args = parser.parse_args(argv)
     if args.num_candidates < 1 or not 1 <= args.num_images_per_prompt <= args.num_candidates:
         parser.error(
@@ -353,7 +358,8 @@ def main(argv=None) -> int:
         check_or_write_settings(output_dir, job_settings(args, captions))
     accelerator.wait_for_everyone()
 
-    pipe = DallePipeline.from_pretrained(args.model, dtype=DTYPES[args.dtype]).to(accelerator.device)
+    device, dtype = resolve_device_and_dtype(accelerator.device, args.dtype)
+    pipe = DallePipeline.from_pretrained(args.model, dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     finished = read_parts(output_dir, len(captions), args.num_images_per_prompt)
     pending = [(i, item["caption"]) for i, item in enumerate(captions) if i not in finished]

@@ -50,6 +50,7 @@ from hf_dalle.training import (
     TrainingConfig,
     add_common_arguments,
     averaged_weights,
+    check_batch_size,
     check_common_arguments,
     create_accelerator,
     create_ema,
@@ -250,10 +251,11 @@ def main(argv=None):
     args = parse_args(argv)
     training_config = TrainingConfig.from_args(args)
     accelerator = create_accelerator(training_config)
-    tokenizer, vae, info = load_parts(args)
     dataset = load_pretokenized_dataset(
         args.pretokenized_dataset, streaming=args.streaming, max_samples=args.max_train_samples
     )
+    check_batch_size(dataset, args.train_batch_size, accelerator.num_processes)
+    tokenizer, vae, info = load_parts(args)
     first = next(iter(dataset))
     text_length, num_codes = first["text_input_ids"].numel(), first["image_codes"].numel()
     grid = int(round(num_codes**0.5))

@@ -63,6 +63,13 @@ def test_generate_images_returns_the_pipelines_best_images_with_their_scores(pip
     assert "a training caption of the demo world" in status
 
 
+def test_status_says_which_words_the_model_does_not_know(pipe):
+    _, status = app.generate_images(pipe, "a red zyzzyva", "", num_candidates=2, num_images=1)
+    assert "**Note:** Words the model's tokenizer does not know" in status and "'zyzzyva'" in status
+    _, status = app.generate_images(pipe, "a red circle", "", num_candidates=2, num_images=1)
+    assert "Note:" not in status
+
+
 def test_generate_images_settings_reach_the_pipeline(pipe):
     """Seed, temperature, top-k, guidance and the negative caption change the images exactly as in the pipeline."""
     settings = {"negative_prompt": "a blue square", "guidance_scale": 3.0, "temperature": 0.7, "top_k": 5, "seed": 11}
@@ -192,7 +199,7 @@ def test_served_app_queues_reports_progress_and_survives_bad_requests(pipe, monk
         assert status.startswith("Sampled 32 candidates in ")
         assert len(second.result()[0]) == 2
         assert progress and {length for _, length, _ in progress} == {4 * 16}
-        assert {unit for _, _, unit in progress} == {"steps"}
+        assert {unit for _, _, unit in progress} == {"code"}  # the pipeline's bar counts image codes
 
         # One request at a time on the one pipeline: the two requests' batches never interleave (the two posts may
         # reach the queue in either order).

@@ -192,17 +192,33 @@ def test_without_clip_returns_first_candidates_with_warning(pipe, caplog):
     torch.testing.assert_close(out.images, candidates[:2])
 
 
-def test_a_prompt_longer_than_the_text_length_is_truncated_with_a_warning(pipe, caplog):
+def test_output_says_what_the_model_did_not_read(pipe, caplog):
+    """A caption cut at the text length, or with words the tokenizer does not know: a short message per prompt, in the
+    output and the log (not the whole prompt again, never half a character)."""
     max_length = pipe.transformer.config.max_text_length
     fits = "a red circle"
-    too_long = fits + " above a blue square" * max_length
-    assert len(pipe.tokenizer.tokenize(too_long)) > max_length
+    too_long = fits + " above a blue square" * 200
+    unknown = "a red zyzzyva"
     with caplog.at_level(logging.WARNING):
-        pipe(fits, num_candidates=1, generator=seeded(1))
-    assert "truncated" not in caplog.text
-    with caplog.at_level(logging.WARNING):
-        pipe(too_long, num_candidates=1, generator=seeded(1))
-    assert f"reads {max_length}; it is truncated" in caplog.text and "blue square'" in caplog.text
+        out = pipe([fits, too_long, unknown], num_candidates=1, generator=seeded(3))
+    assert out.prompt_warnings[0] is None
+    prefix = f"The model reads {max_length} tokens; the rest is ignored: '"
+    assert out.prompt_warnings[1].startswith(prefix) and out.prompt_warnings[1].endswith("…'.")
+    dropped = out.prompt_warnings[1][len(prefix) : -len("…'.")]
+    assert len(dropped) < 40 and dropped in too_long[len(fits) :]  # the start of what was cut, shortened
+    assert out.prompt_warnings[2].startswith("Words the model's tokenizer does not know")
+    assert "'zyzzyva'" in out.prompt_warnings[2] and "'red'" not in out.prompt_warnings[2]
+    assert len(caplog.text) < 600  # the 4,000-character prompt is not repeated
+    assert "is ignored" in caplog.text and "zyzzyva" in caplog.text
+
+
+def test_truncation_never_cuts_a_character_in_half(pipe):
+    max_length = pipe.transformer.config.max_text_length
+    # Each emoji is 4 bytes, several byte-level tokens: the cut falls inside one.
+    prompt = "a red circle" + " 🐱" * max_length
+    warning = pipe.prompt_warning(prompt)
+    dropped = warning.split("ignored: ", 1)[1]
+    assert "\ufffd" not in dropped and dropped.strip("'.").replace("🐱", "").strip(" …") == ""
 
 
 def test_guidance_with_prompt_as_negative_equals_no_guidance(pipe):
@@ -350,11 +366,29 @@ def test_cli_generate_writes_files(pipe, tmp_path, capsys):
         "a_red_circle_1.png",
         "grid.png",
     ]
-    assert PIL.Image.open(out_dir / "grid.png").size == (64, 64)
+    grid = np.asarray(PIL.Image.open(out_dir / "grid.png"))
+    assert grid.shape[0] == 64 and grid.shape[1] > 64  # two rows of two 32x32 images, their captions to the left
+    images = np.asarray(PIL.Image.open(out_dir / "a_blue_square_1.png"))
+    assert np.array_equal(grid[32:, -32:], images)
+    captions = grid[:, : grid.shape[1] - 64]
+    assert (captions[:32] < 128).any() and (captions[32:] < 128).any()  # each row has its caption's text
+    assert not np.array_equal(captions[:32], captions[32:])
     printed = capsys.readouterr().out
-    assert printed.count("score=") == 4
+    assert printed.count("score=") == 4 and "note:" not in printed
     # The files are the pipeline's images for the per-candidate seeds 7, 8, ...
     expected = pipe(
         ["a red circle", "a blue square"], num_candidates=3, num_images_per_prompt=2, generator=seeded(6, offset=7)
     )
     assert np.array_equal(np.asarray(PIL.Image.open(out_dir / "a_blue_square_1.png")), np.asarray(expected.images[3]))
+
+
+def test_progress_bar_says_what_it_counts(pipe, capsys):
+    pipe("a red circle", num_candidates=2, generator=seeded(2))
+    err = capsys.readouterr().err
+    assert "Sampling image codes" in err and "code/s" in err
+    pipe.set_progress_bar_config(desc="mine")
+    try:
+        pipe("a red circle", num_candidates=1, generator=seeded(1))
+        assert "mine" in capsys.readouterr().err
+    finally:
+        pipe.set_progress_bar_config()

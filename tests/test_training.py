@@ -4,6 +4,7 @@ EMA outputs, mixed precision, errors. Tiny models, a few steps each."""
 import json
 import logging
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from training_utils import (  # noqa: F401 (training_environment: autouse fixture)
+    REPO_ROOT,
     Interrupt,
     assert_same_weights,
     interrupt_on_call,
@@ -106,9 +108,9 @@ def test_vae_resume_is_exact(shapes_dir, tmp_path, monkeypatch):
     ema, raw = load_file(straight / "model.safetensors"), load_file(straight / "model.non_ema.safetensors")
     assert any(not torch.equal(ema[name], raw[name]) for name in ema)  # the average is not the raw weights
     straight_logs, resumed_logs = training_logs(straight), training_logs(resumed)
-    assert [log["step"] for log in straight_logs] == [2, 4, 6, 8]
-    assert [log["step"] for log in resumed_logs] == [2, 4, 6, 8]  # step 4 (logged before the kill) not twice
-    for a, b in zip(straight_logs[2:], resumed_logs[-2:]):  # steps 6 and 8, both after the resume point
+    assert [log["step"] for log in straight_logs] == [1, 2, 4, 6, 8]  # the first step, then every 2
+    assert [log["step"] for log in resumed_logs] == [1, 2, 4, 6, 8]  # step 4 (logged before the kill) not twice
+    for a, b in zip(straight_logs[-2:], resumed_logs[-2:]):  # steps 6 and 8, both after the resume point
         assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
 
 
@@ -206,8 +208,8 @@ def test_nonfinite_loss_steps_are_skipped_then_training_stops(shapes_dir, tmp_pa
     assert not torch.equal(calls[0], calls[1]) and not torch.equal(calls[3], calls[4])  # finite steps update
     assert all(torch.isfinite(weights).all() for weights in calls)
     logs = training_logs(tmp_path / "run")
-    assert [(log["step"], log["skipped_steps"]) for log in logs] == [(2, 2)]
-    assert math.isfinite(logs[0]["loss"])  # the averages leave the skipped batches out
+    assert [(log["step"], log["skipped_steps"]) for log in logs] == [(1, 0), (2, 2)]
+    assert math.isfinite(logs[1]["loss"])  # the averages leave the skipped batches out
 
 
 def test_processes_that_accelerate_does_not_connect_are_refused(shapes_dir, tmp_path, monkeypatch):
@@ -403,7 +405,7 @@ def test_latest_passes_over_a_damaged_checkpoint(shapes_dir, tmp_path, caplog):
     assert "Resumed from " + str(output_dir / "checkpoints" / "checkpoint-2") in caplog.text
     _checkpointed_run(shapes_dir, tmp_path / "straight", 6)
     assert_same_weights(tmp_path / "straight", output_dir)
-    assert [log["step"] for log in training_logs(output_dir)] == [2, 4, 6]
+    assert [log["step"] for log in training_logs(output_dir)] == [1, 2, 4, 6]
 
 
 def test_a_kill_during_the_final_save_leaves_no_temporary_folder(shapes_dir, tmp_path):
@@ -556,3 +558,72 @@ def test_a_run_folder_left_by_older_scripts_resumes(shapes_dir, tmp_path):
     assert not any(folder.exists() for folder in left)
     assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-2", "checkpoint-4"]
     assert sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+
+
+def run_script(name: str, args: list[str]) -> subprocess.CompletedProcess:
+    """`python scripts/{name}.py ARGS` as a user runs it, single-threaded on this shared machine."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, str(REPO_ROOT / "scripts" / f"{name}.py"), *args]
+    result = subprocess.run(command, capture_output=True, timeout=600, env=env)
+    # Decoded here: text=True would turn tqdm's carriage returns into line breaks.
+    result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
+    return result
+
+
+def test_training_shows_progress_and_logs_the_first_step(shapes_dir, tmp_path):
+    """A short run says at once how it goes: a tqdm bar (steps, rate, time left, loss) and the first step's metrics,
+    though --logging_steps is longer than the run."""
+    output_dir = tmp_path / "run"
+    args = vae_args(shapes_dir, output_dir, "--max_train_steps", "3", "--checkpointing_steps", "100")
+    args[args.index("--logging_steps") + 1] = "100"
+    result = run_script("train_vae", args)
+    assert result.returncode == 0, result.stderr
+    bar = [line for line in result.stderr.split("\r") if line.startswith("Training: ")]  # tqdm's refreshes
+    assert bar[0].startswith("Training:   0%") and "0/3 [" in bar[0]
+    assert bar[-1].startswith("Training: 100%") and "3/3 [" in bar[-1] and "loss=" in bar[-1]
+    assert "step/s" in bar[-1] or "s/step" in bar[-1]
+    assert "step 1: " in result.stderr  # the first step's log line
+    assert [log["step"] for log in training_logs(output_dir)] == [1, 3]
+
+
+def test_a_used_output_folder_is_refused_unless_resumed_or_overwritten(shapes_dir, tmp_path):
+    output_dir = tmp_path / "run"
+    load_script("train_vae").main(
+        vae_args(shapes_dir, output_dir, "--max_train_steps", "2", "--checkpointing_steps", "1")
+    )
+    again = vae_args(shapes_dir, output_dir, "--max_train_steps", "1", "--checkpointing_steps", "1")
+    refused = run_script("train_vae", again)
+    assert refused.returncode != 0
+    assert f"--output_dir '{output_dir}' is not empty. Pass --resume_from_checkpoint latest" in refused.stderr
+    assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-1", "checkpoint-2"]  # untouched
+
+    overwritten = run_script("train_vae", [*again, "--overwrite_output_dir"])
+    assert overwritten.returncode == 0, overwritten.stderr
+    # Only the new run's checkpoints and metrics: `latest` would resume this run, not the old one.
+    assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-1"]
+    assert [log["step"] for log in training_logs(output_dir)] == [1]
+    assert not [p for p in tmp_path.iterdir() if p.name != "run"]  # the old run's temporary is gone too
+
+
+def test_overwrite_deletes_only_a_run_folder(shapes_dir, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    args = vae_args(shapes_dir, tmp_path, "--max_train_steps", "1", "--overwrite_output_dir")
+    with pytest.raises(ValueError, match="--overwrite_output_dir deletes only a training run's folder"):
+        load_script("train_vae").parse_args(args)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    with pytest.raises(ValueError, match="either --resume_from_checkpoint or --overwrite_output_dir"):
+        load_script("train_vae").parse_args([*args, "--resume_from_checkpoint", "latest"])
+
+
+def test_a_batch_larger_than_the_data_is_refused_before_anything_is_built(shapes_dir, tmp_path, monkeypatch):
+    """train_clip.py's default batch (64) on 20 images: refused at once, not after building the models."""
+    result = run_script("train_clip", ["--dataset_name", str(shapes_dir), "--output_dir", str(tmp_path / "clip")])
+    assert result.returncode != 0
+    message = "--train_batch_size 64 needs at least 64 training examples, but the data has 20"
+    assert message in result.stderr
+    train_vae = load_script("train_vae")
+    monkeypatch.setattr(train_vae, "build_vae", lambda args: pytest.fail("built before the data was checked"))
+    args = vae_args(shapes_dir, tmp_path / "vae", "--max_train_steps", "1")
+    args[args.index("--train_batch_size") + 1] = "32"
+    with pytest.raises(ValueError, match="--train_batch_size 32 needs at least 32 training examples"):
+        train_vae.main(args)

@@ -235,6 +235,8 @@ def generate_images_progressively(
     status = f"Sampled {sampled} candidates in {seconds:.1f} s; showing the {len(gallery)} {kept}."
     if sampled < num_candidates:
         status += f" Stopped at the time limit of {max_seconds:g} s per request, before {num_candidates}."
+    if output.prompt_warnings[0] is not None:  # words the model does not know, or text it does not read
+        status += f"\n\n**Note:** {output.prompt_warnings[0]}"
     note = _caption_note(prompt)
     yield gallery, None, f"{status}\n\n*{prompt}*: {note}." if note else status
 
@@ -271,9 +273,8 @@ def generate_images(pipeline: DallePipeline, prompt: str, *args, **kwargs) -> tu
 def _load(pipeline_or_path) -> tuple[DallePipeline, str]:
     if isinstance(pipeline_or_path, DallePipeline):
         return pipeline_or_path, pipeline_or_path.name_or_path or "a DallePipeline"
-    pipeline = load_pipeline(None if pipeline_or_path is None else str(pipeline_or_path))  # default: the demo model
-    if torch.cuda.is_available():
-        pipeline.to("cuda")
+    # Default: the demo model, on the best device in the precision it computes fast (hf_dalle.device_utils).
+    pipeline = load_pipeline(None if pipeline_or_path is None else str(pipeline_or_path))
     return pipeline, pipeline.name_or_path
 
 

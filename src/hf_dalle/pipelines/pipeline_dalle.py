@@ -1,5 +1,6 @@
 """DallePipeline: caption in, CLIP-reranked images out (DALL-E, Ramesh et al. 2021, section 2.5)."""
 
+import functools
 import inspect
 import json
 import numbers
@@ -29,6 +30,7 @@ from transformers import (
 )
 from transformers.cache_utils import Cache
 
+from ..device_utils import slow_half_precision_warning
 from ..hub_utils import hub_repo_id
 from ..image_utils import to_rgb
 from ..loading_utils import load_complete_model
@@ -130,6 +132,17 @@ def _read_model_index(path: str) -> dict:
     return model_index
 
 
+def _shorten(text: str, length: int) -> str:
+    """`text` cut to `length` characters, with an ellipsis where it was cut."""
+    return text if len(text) <= length else text[: length - 1].rstrip() + "…"
+
+
+@functools.cache
+def _warn_once(message: str | None) -> None:
+    if message is not None:
+        logger.warning(message)
+
+
 @dataclass
 class DallePipelineOutput(BaseOutput):
     """
@@ -146,11 +159,15 @@ class DallePipelineOutput(BaseOutput):
             and no `rerank`: then the images are the first candidates).
         candidate_indices (`list[int]`, *optional*):
             Which candidate of its prompt each image is: `i` was drawn from the prompt's `i`-th generator.
+        prompt_warnings (`list[str | None]`, *optional*):
+            One per prompt: what the model did not read of it, in a sentence (words its tokenizer does not know, text
+            cut at the model's text length), or `None` when it read the whole caption.
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     scores: list[float] | None
     candidate_indices: list[int] | None = None
+    prompt_warnings: list[str | None] | None = None
 
 
 @dataclass
@@ -344,7 +361,13 @@ class DallePipeline(DiffusionPipeline):
         - `quantization_config`: a transformers quantization config, e.g.
           `TorchAoConfig(Int8WeightOnlyConfig())` (CPU or GPU) or `BitsAndBytesConfig(load_in_8bit=True)` (GPU).
           A diffusers `PipelineQuantizationConfig` is passed on to diffusers unchanged.
+
+        The weights load in float32 unless `dtype` (or `torch_dtype`) says otherwise, as in diffusers, whatever dtype
+        they are stored in (a converted ruDALL-E's are float16): half precision is for devices that compute it fast
+        (`hf_dalle.device_utils`).
         """
+        if "dtype" not in kwargs and "torch_dtype" not in kwargs:
+            kwargs["dtype"] = torch.float32
         if not os.path.isdir(pretrained_model_name_or_path):
             # diffusers refuses, before downloading, repos whose `model_index.json` names components from libraries
             # other than diffusers/transformers (ours are `hf_dalle` classes), but loads such a folder from disk. Only
@@ -357,13 +380,12 @@ class DallePipeline(DiffusionPipeline):
                 repo_id, allow_patterns=["model_index.json", *folders], **download_kwargs
             )
         components = cls._check_pipeline_folder(pretrained_model_name_or_path, passed=kwargs)
-        dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
-        dtype_kwargs = {"dtype": dtype} if dtype is not None else {}
+        dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))  # float32 unless asked (set above)
         if "clip_model" in components and "clip_model" not in kwargs:
             # Loaded here, where its loading report can be checked (our models' own `from_pretrained` checks theirs):
             # a CLIP folder that lacks weights is refused, never filled at random.
             kwargs["clip_model"] = load_complete_model(
-                CLIPModel.from_pretrained, pretrained_model_name_or_path, subfolder="clip_model", **dtype_kwargs
+                CLIPModel.from_pretrained, pretrained_model_name_or_path, subfolder="clip_model", dtype=dtype
             )
         device_map = kwargs.get("device_map")
         quantization_config = kwargs.get("quantization_config")
@@ -375,7 +397,7 @@ class DallePipeline(DiffusionPipeline):
             transformer_keys = ["max_memory", "offload_folder"] if per_module_map else []
             transformer_keys += ["device_map"] if per_module_map else []
             transformer_keys += ["quantization_config"] if transformers_quantization else []
-            transformer_kwargs = {key: kwargs.pop(key) for key in transformer_keys if key in kwargs} | dtype_kwargs
+            transformer_kwargs = {key: kwargs.pop(key) for key in transformer_keys if key in kwargs} | {"dtype": dtype}
             transformer_class = _transformer_class(pretrained_model_name_or_path)
             kwargs["transformer"] = transformer_class.from_pretrained(
                 pretrained_model_name_or_path, subfolder="transformer", **transformer_kwargs
@@ -418,6 +440,16 @@ class DallePipeline(DiffusionPipeline):
     def unload_lora_weights(self) -> None:
         """Remove every LoRA adapter from the transformer: it computes exactly its base weights' outputs again."""
         remove_lora_adapters(self.transformer)
+
+    def progress_bar(self, iterable=None, total=None):
+        """diffusers' bar, labelled with what its steps are here (image codes; one step samples one code of each
+        candidate of a chunk) unless `set_progress_bar_config` names them."""
+        config = getattr(self, "_progress_bar_config", {})
+        self._progress_bar_config = {"desc": "Sampling image codes", "unit": "code", **config}
+        try:
+            return super().progress_bar(iterable=iterable, total=total)
+        finally:
+            self._progress_bar_config = config
 
     @property
     def image_size(self) -> int:
@@ -551,20 +583,46 @@ class DallePipeline(DiffusionPipeline):
         """The text part of the streams: caption ids `[P, max_text_length]`, and for guidance the unconditional
         (negative prompt, or empty = all pads) ids of the same shape, else `None` (on `device`)."""
         max_length = self.transformer.config.max_text_length
-        # As diffusers' pipelines do for CLIP's 77 tokens: say what was cut, since the image will not show it.
-        for prompt in prompts:
-            tokens = self.tokenizer.tokenize(prompt)
-            if len(tokens) > max_length:
-                cut = self.tokenizer.convert_tokens_to_string(tokens[max_length:]).strip()
-                logger.warning(
-                    f"This prompt is {len(tokens)} tokens long but the model reads {max_length}; it is truncated and "
-                    f"{cut!r} is ignored: {prompt!r}"
-                )
         text_ids = self.tokenizer.encode_captions(prompts, max_length=max_length).to(device)
         if not do_guidance:
             return text_ids, None
         uncond_ids = self.tokenizer.encode_captions(negative_prompts or [""] * len(prompts), max_length=max_length)
         return text_ids, uncond_ids.to(device)
+
+    def prompt_warning(self, prompt: str) -> str | None:
+        """
+        What the model will not read of `prompt`, in a sentence short enough for a status line, or `None`:
+
+        - words its tokenizer does not know: the byte-level BPE spells them mostly one character at a time (more than
+          half of their two or more pieces are single characters), so the model has most likely never seen them ("a
+          photo of a cat" to the shapes demo model); known words, even rare ones split into longer pieces, are not
+          flagged;
+        - the text past the model's `max_text_length` tokens, which is cut (as diffusers' pipelines say for CLIP's 77).
+        """
+        max_length = self.transformer.config.max_text_length
+        # verbose=False: no transformers warning that the caption is longer than the model reads; we say it below.
+        encoding = self.tokenizer(prompt, add_special_tokens=True, return_offsets_mapping=True, verbose=False)
+        pieces: dict[int, list[tuple[int, int]]] = {}
+        for word, span in zip(encoding.word_ids(), encoding["offset_mapping"]):
+            if word is not None:  # special tokens (a converted ruDALL-E's BOS / EOS) belong to no word
+                pieces.setdefault(word, []).append(span)
+        unknown = []
+        for spans in pieces.values():
+            single_characters = sum(len(prompt[start:end].strip()) <= 1 for start, end in spans)
+            if len(spans) > 1 and 2 * single_characters > len(spans):
+                word = prompt[spans[0][0] : spans[-1][1]].strip()
+                if word not in unknown:
+                    unknown.append(word)
+        notes = []
+        if unknown:
+            shown = ", ".join(repr(_shorten(word, 20)) for word in unknown[:4])
+            more = f" and {len(unknown) - 4} more" if len(unknown) > 4 else ""
+            notes.append(f"Words the model's tokenizer does not know (likely never seen in training): {shown}{more}.")
+        if len(encoding["input_ids"]) > max_length:
+            # Cut at the first dropped token's first character: never inside a character, whatever the bytes did.
+            dropped = prompt[encoding["offset_mapping"][max_length][0] :].strip()
+            notes.append(f"The model reads {max_length} tokens; the rest is ignored: {_shorten(dropped, 40)!r}.")
+        return " ".join(notes) or None
 
     def prepare_image_codes(
         self, image, num_prime_rows: int, image_prompt_mask, num_prompts: int, device: torch.device = None
@@ -1009,9 +1067,14 @@ class DallePipeline(DiffusionPipeline):
             logger.warning("No CLIP model in this pipeline: returning the first candidates without reranking.")
         device = self._execution_device
         config = self.transformer.config
+        _warn_once(slow_half_precision_warning(device, self.transformer.dtype))
 
         # 2. Encode the prompts (and the unconditional captions for guidance) once for all candidates, the priming
-        # image, CLIP's text side
+        # image, CLIP's text side; say what the model will not read of the prompts, since the images will not show it
+        prompt_warnings = [self.prompt_warning(prompt) for prompt in prompts]
+        for prompt, warning in zip(prompts, prompt_warnings):
+            if warning is not None:
+                logger.warning(f"{_shorten(prompt, 60)!r}: {warning}")
         text_ids, uncond_ids = self.encode_prompt(prompts, negative_prompts, self.do_classifier_free_guidance, device)
         guided = uncond_ids is not None
         captions = self.transformer.encode_captions(torch.cat([text_ids, uncond_ids]) if guided else text_ids)
@@ -1067,7 +1130,9 @@ class DallePipeline(DiffusionPipeline):
         if not return_dict:
             output = (images, scores)
         else:
-            output = DallePipelineOutput(images, scores, candidate_indices=best.candidate_index.tolist())
+            output = DallePipelineOutput(
+                images, scores, candidate_indices=best.candidate_index.tolist(), prompt_warnings=prompt_warnings
+            )
         yield DallePipelineProgress(num_sampled, num_rows, output)
 
     def __call__(self, *args, **kwargs) -> DallePipelineOutput | tuple:

@@ -14,9 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from ..io_utils import write_file_atomically
@@ -36,6 +37,12 @@ def create_accelerator(config: TrainingConfig) -> Accelerator:
     """An `Accelerator` for the common flags, seeded with `--seed` (same seed on every process: identical initial
     weights; each process still sees different data)."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if config.overwrite_output_dir and config.resume_from_checkpoint is None:
+        # Before Accelerate writes into it; one process deletes, the others wait (PartialState: no Accelerator yet).
+        processes = PartialState()
+        if processes.is_main_process:
+            RunFolder(config.output_dir).clear()
+        processes.wait_for_everyone()
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
@@ -367,6 +374,14 @@ def train(
     unwrapped = accelerator.unwrap_model(model)
     step_metrics = []  # of the batches of the current optimizer step; logged only if the step is taken
     batches = _epochs(accelerator, train_dataloader, state, config.train_batch_size)
+    # Steps, steps/s, time left and the last step's loss, on the local main process (Accelerate's convention).
+    progress_bar = tqdm(
+        total=config.max_train_steps,
+        initial=state.global_step,
+        desc="Training",
+        unit="step",
+        disable=not accelerator.is_local_main_process,
+    )
     model.train()
     while state.global_step < config.max_train_steps:
         batch = next(batches)  # before `accumulate`, which syncs the gradients early at the data loader's last batch
@@ -393,7 +408,11 @@ def train(
         metrics.add({"grad_norm": grad_norm})
         if ema is not None:
             ema.step(model.parameters())
-        if state.global_step % config.logging_steps == 0 or state.global_step == config.max_train_steps:
+        progress_bar.update()
+        if not progress_bar.disable:
+            progress_bar.set_postfix(loss=f"{taken_metrics[-1]['loss'].item():.4g}", refresh=False)
+        # The first step too: a long interval would otherwise say nothing for minutes.
+        if state.global_step in (1, config.max_train_steps) or state.global_step % config.logging_steps == 0:
             metrics.log(state.global_step, {"lr": lr_scheduler.get_last_lr()[0], "skipped_steps": state.skipped_steps})
         if state.global_step % config.checkpointing_steps == 0:
             save_checkpoint(accelerator, run.path, state, ema, config.checkpoints_total_limit)
@@ -403,6 +422,7 @@ def train(
                 metrics.log_validation(state.global_step, validation)
 
     # 6. The trained model.
+    progress_bar.close()
     accelerator.wait_for_everyone()
     model = _whole_model(accelerator, model)
     accelerator.end_training()

@@ -17,8 +17,16 @@ Flax checkpoint (--vqgan_flax_checkpoint) or a taming-transformers checkpoint + 
 import argparse
 from pathlib import Path
 
-from hf_dalle.conversion.convert_dalle_mega import DECODER_STARTS, MIN_DALLE_MODELS, convert_dalle_mega
-from hf_dalle.hub_utils import command_for_card, push_folder_to_hub
+from huggingface_hub import ModelCardData
+
+from hf_dalle.conversion.convert_dalle_mega import (
+    DECODER_STARTS,
+    MIN_DALLE_MODELS,
+    convert_dalle_mega,
+    dalle_mega_card_values,
+    min_dalle_files,
+)
+from hf_dalle.hub_utils import command_for_card, write_card_and_push
 
 
 def parse_args(argv=None):
@@ -56,7 +64,6 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
-    repo_id = args.hub_model_id or output_dir.name
     try:
         config = convert_dalle_mega(
             output_dir,
@@ -70,23 +77,33 @@ def main(argv=None):
             clip_model=args.clip_model,
             decoder_start=args.decoder_start,
             max_shard_bytes=args.max_shard_size_mb << 20,
-            repo_id=repo_id if args.push_to_hub else None,
-            command=command_for_card("convert_dalle_mega.py", argv),
         )
     except (ValueError, FileNotFoundError, ImportError) as error:
         raise SystemExit(f"error: {error}")
+    display_name = MIN_DALLE_MODELS[args.model_name].display_name
     print(
-        f"Converted {MIN_DALLE_MODELS[args.model_name].display_name} ({config.encoder_layers} + "
-        f"{config.decoder_layers} layers, width {config.hidden_size}, {config.dtype}) written to {output_dir}"
+        f"Converted {display_name} ({config.encoder_layers} + {config.decoder_layers} layers, width "
+        f"{config.hidden_size}, {config.dtype}) written to {output_dir}"
     )
-    if args.push_to_hub:
-        commit = push_folder_to_hub(
-            output_dir,
-            repo_id,
-            private=args.hub_private or None,
-            commit_message=f"Add {MIN_DALLE_MODELS[args.model_name].display_name} converted with hf_dalle",
-        )
-        print(f"Pushed to {commit.repo_url} ({commit.commit_url})")
+    vqgan_files = [path for path in (args.vqgan_flax_checkpoint, args.vqgan_checkpoint) if path is not None]
+    sources = [*min_dalle_files(args.model_name, args.min_dalle_dir, args.from_hub).values(), *vqgan_files]
+    write_card_and_push(
+        output_dir,
+        "dalle_mega",
+        ModelCardData(license="apache-2.0", tags=["dall-e", "dalle-mini", "text-to-image"], language=["en"]),
+        push_to_hub=args.push_to_hub,
+        hub_model_id=args.hub_model_id,
+        hub_private=args.hub_private,
+        commit_message=f"Add {display_name} converted with hf_dalle",
+        **dalle_mega_card_values(
+            config,
+            args.model_name,
+            vqgan_has_encoder=bool(vqgan_files),
+            clip_model=args.clip_model,
+            sources=sources,
+            command=command_for_card("convert_dalle_mega.py", argv),
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ from torchmetrics.multimodal.clip_score import CLIPScore
 from tqdm.auto import tqdm
 from transformers import CLIPModel, CLIPProcessor
 
-from hf_dalle.io_utils import write_folder_atomically
+from hf_dalle.io_utils import check_output_dir, write_folder_atomically
+from hf_dalle.loading_utils import load_complete_model
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -83,6 +84,10 @@ def parse_args(argv=None):
         parser.error(f"--blur_radii must be >= 0, got {args.blur_radii}.")
     if args.resolution < 1 or args.batch_size < 1:
         parser.error("--resolution and --batch_size must be positive.")
+    if args.max_reference_images is not None and args.max_reference_images < 2:
+        parser.error(
+            f"--max_reference_images must be at least 2 (FID needs 2 images a set), got {args.max_reference_images}."
+        )
     return args
 
 
@@ -90,8 +95,11 @@ def load_clip(name_or_path: str) -> tuple[CLIPModel, CLIPProcessor]:
     """A CLIP model and processor from a Hub id or folder, or a pipeline folder's clip_model/ + clip_processor/."""
     path = Path(name_or_path)
     if (path / "model_index.json").is_file():
-        return CLIPModel.from_pretrained(path / "clip_model"), CLIPProcessor.from_pretrained(path / "clip_processor")
-    return CLIPModel.from_pretrained(name_or_path), CLIPProcessor.from_pretrained(name_or_path)
+        return (
+            load_complete_model(CLIPModel.from_pretrained, path / "clip_model"),
+            CLIPProcessor.from_pretrained(path / "clip_processor"),
+        )
+    return load_complete_model(CLIPModel.from_pretrained, name_or_path), CLIPProcessor.from_pretrained(name_or_path)
 
 
 class ProjectedCLIP(torch.nn.Module):
@@ -215,7 +223,10 @@ def read_manifest(generated_dir: Path, select: str) -> list[dict]:
     path = generated_dir / "manifest.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{generated_dir} has no manifest.jsonl: run scripts/generate.py into it first.")
-    entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is damaged ({error}): run scripts/generate.py into the folder again.") from None
     if select == "all":
         return entries
     key = "rank" if select == "best" else "candidate"
@@ -229,20 +240,34 @@ def read_manifest(generated_dir: Path, select: str) -> list[dict]:
     return [chosen[i] for i in sorted(chosen)]
 
 
+def read_rgb(path: Path, what: str) -> Image.Image:
+    """The image at `path` in RGB; a `ValueError` naming it (`what`: "reference image", ...) if it does not decode (a
+    truncated or damaged file), where PIL would not say which."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as error:  # PIL's UnidentifiedImageError and "image file is truncated" are OSErrors
+        raise ValueError(f"The {what} {path} does not decode: {error}.") from None
+
+
+def reference_paths(args) -> list[Path]:
+    """The --reference_dir images to read (at most --max_reference_images), at least 2."""
+    paths = sorted(p for p in Path(args.reference_dir).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if len(paths) < 2:
+        raise ValueError(f"--reference_dir {args.reference_dir} holds {len(paths)} images; FID needs at least 2.")
+    return paths[: args.max_reference_images]
+
+
 def reference_images(args, entries: list[dict]) -> Iterator[Image.Image]:
     if args.reference_shapes:
         from hf_dalle.data import render_caption
 
-        size = Image.open(Path(args.generated_dir) / entries[0]["file"]).size[0]
+        size = read_rgb(Path(args.generated_dir) / entries[0]["file"], "generated image").size[0]
         drawings = (render_caption(e["caption"], args.reference_seed + i, size) for i, e in enumerate(entries))
         yield from (drawing for _, drawing in zip(range(args.max_reference_images or len(entries)), drawings))
         return
-    paths = sorted(p for p in Path(args.reference_dir).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if len(paths) < 2:
-        raise ValueError(f"--reference_dir {args.reference_dir} holds {len(paths)} images; FID needs at least 2.")
-    for path in paths[: args.max_reference_images]:
-        with Image.open(path) as image:
-            yield image.convert("RGB")
+    for path in reference_paths(args):
+        yield read_rgb(path, "reference image")
 
 
 def markdown_report(report: dict) -> str:
@@ -297,8 +322,25 @@ def plot_fid_vs_blur(results: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        return evaluate(args)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def evaluate(args) -> int:
     generated_dir = Path(args.generated_dir)
+    # What can fail is checked before the hours of work: the output folder, and 2 images a set (torchmetrics would
+    # fail on fewer only after both passes).
+    check_output_dir(args.output_dir)
     entries = read_manifest(generated_dir, args.select)
+    if len(entries) < 2:
+        raise ValueError(
+            f"--generated_dir {generated_dir} gives {len(entries)} image(s) with --select {args.select}; FID needs at "
+            "least 2."
+        )
+    if args.reference_dir:
+        reference_paths(args)
     config_path = generated_dir / "generation_config.json"
     generation = json.loads(config_path.read_text()) if config_path.is_file() else {}
 
@@ -320,8 +362,7 @@ def main(argv=None) -> int:
 
     def generated() -> Iterator[tuple[Image.Image, str]]:
         for entry in entries:
-            with Image.open(generated_dir / entry["file"]) as image:
-                yield image.convert("RGB"), entry["caption"]
+            yield read_rgb(generated_dir / entry["file"], "generated image"), entry["caption"]
 
     results = compute_metrics(
         reference_images(args, entries), generated(), args.blur_radii, args.resolution, fid_feature, is_feature,

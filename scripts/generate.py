@@ -29,6 +29,7 @@ there are few candidates) and only each caption's best images are kept.
 import argparse
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -41,10 +42,13 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from hf_dalle import DEMO_MODEL_DIR, DallePipeline
+from hf_dalle.device_utils import DTYPE_NAMES, resolve_device_and_dtype
 from hf_dalle.io_utils import write_file_atomically, write_folder_atomically
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+logger = logging.getLogger(__name__)
+
+
 # Settings that change what is generated: a rerun into the same folder must use the same ones.
 GENERATION_SETTINGS = (
     "model",
@@ -93,7 +97,12 @@ def parse_args(argv=None):
         default=None,
         help="Classifier-free guidance scale (default: the pipeline's default_guidance_scale; 1 = off).",
     )
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="Model dtype (default: float32).")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPE_NAMES,
+        help="Model dtype (default: auto: bfloat16 on CUDA, float32 on a CPU, where half precision is many times slower).",
+    )
     args = parser.parse_args(argv)
     if args.num_candidates < 1 or not 1 <= args.num_images_per_prompt <= args.num_candidates:
         parser.error(
@@ -129,23 +138,31 @@ def load_captions(args) -> list[dict]:
         column = args.caption_column if path.suffix == ".jsonl" else "caption"
         if not path.is_file():
             raise FileNotFoundError(f"--captions {path} is not a file.")
-        text = path.read_text(encoding="utf-8")
+        if path.suffix not in (".txt", ".jsonl", ".json"):
+            raise ValueError(f"--captions must be a .txt, .jsonl or MS-COCO .json file, got {path.name}.")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"--captions {path} is not UTF-8 text ({error}).") from None
         if path.suffix == ".txt":
             rows = [{"caption": line} for line in text.splitlines() if line.strip()]
         elif path.suffix == ".jsonl":
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        elif path.suffix == ".json":
-            annotations = json.loads(text)
-            if not isinstance(annotations, dict) or "annotations" not in annotations:
+            rows = [json_line(line, number, path) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+        else:
+            try:
+                annotations = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} is not JSON: {error}.") from None
+            if not isinstance(annotations, dict) or not isinstance(annotations.get("annotations"), list):
                 raise ValueError(f"{path} is not an MS-COCO captions file: it has no 'annotations' list.")
             rows = annotations["annotations"]
-        else:
-            raise ValueError(f"--captions must be a .txt, .jsonl or MS-COCO .json file, got {path.name}.")
     items = []
     for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"Caption {index} of {source} is not an object with a {column!r} field: {_short(row)}.")
         caption = row.get(column)
         if not isinstance(caption, str) or not caption.strip():
-            raise ValueError(f"Caption {index} of {source} is empty or missing (field {column!r}): {row!r}.")
+            raise ValueError(f"Caption {index} of {source} is empty or missing (field {column!r}): {_short(row)}.")
         item = {"caption": " ".join(caption.split()), "source_index": index}
         if "image_id" in row:
             item["image_id"] = row["image_id"]
@@ -156,6 +173,20 @@ def load_captions(args) -> list[dict]:
         keep = sorted(random.Random(args.seed).sample(range(len(items)), args.max_captions))
         items = [items[i] for i in keep]
     return items
+
+
+def json_line(line: str, number: int, path: Path):
+    """One line of a .jsonl file, parsed; a `ValueError` naming the file and the line (JSON's own position would say
+    line 1)."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}, line {number}: not JSON ({error.msg} at column {error.colno}).") from None
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def candidate_seed(seed: int, caption_index: int, candidate_index: int) -> int:
@@ -196,15 +227,33 @@ def generate_captions(pipe: DallePipeline, items: list[tuple[int, str]], args):
             yield index, [(candidate, caption_seeds[candidate], image, score) for candidate, image, score in best]
 
 
-def read_parts(parts_dir: Path) -> dict[int, dict]:
-    """The finished captions recorded in `parts_dir` by any earlier or concurrent process: caption index -> record.
-    A line cut short by a kill is not a record (its caption is generated again)."""
+def is_caption_record(record, num_captions: int, num_images: int) -> bool:
+    """Whether a parsed line of a part file is a finished caption's record, as `write_caption` returns it."""
+    index = record.get("caption_index") if isinstance(record, dict) else None
+    if type(index) is not int or not 0 <= index < num_captions or not isinstance(record.get("images"), list):
+        return False
+    files = [entry.get("file") if isinstance(entry, dict) else None for entry in record["images"]]
+    return files == [f"images/{index:06d}_{rank}.png" for rank in range(num_images)]
+
+
+def read_parts(output_dir: Path, num_captions: int, num_images: int) -> dict[int, dict]:
+    """The finished captions recorded in `output_dir`'s part files by any earlier or concurrent process: caption index
+    -> record. A line cut short by a kill is not a record, nor is a damaged one or one whose images are gone (deleted
+    since), which are warned about: their captions are generated again (the same images: the seeds are the
+    caption's)."""
     finished = {}
-    for part in sorted(parts_dir.glob("rank-*.jsonl")):
-        for line in part.read_text(encoding="utf-8").splitlines():
+    for part in sorted((output_dir / "manifest.parts").glob("rank-*.jsonl")):
+        for number, line in enumerate(part.read_bytes().splitlines(), 1):
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                continue  # cut short by a kill
+            if not is_caption_record(record, num_captions, num_images):
+                logger.warning("%s, line %d is not a caption's record: its caption is generated again.", part, number)
+                continue
+            missing = [entry["file"] for entry in record["images"] if not (output_dir / entry["file"]).is_file()]
+            if missing:
+                logger.warning("%s, line %d: %s are missing: generated again.", part, number, missing)
                 continue
             finished[record["caption_index"]] = record
     return finished
@@ -274,7 +323,15 @@ def check_or_write_settings(output_dir: Path, settings: dict) -> None:
     """Record the job's settings; a rerun into a folder that holds another job's images is refused."""
     path = output_dir / "generation_config.json"
     if path.is_file():
-        recorded = json.loads(path.read_text())
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise SystemExit(
+                f"{path} is damaged (not JSON: {error}), so the run in {output_dir} cannot be resumed safely; use "
+                "another --output_dir."
+            ) from None
+        if not isinstance(recorded, dict):
+            raise SystemExit(f"{path} is damaged (not a JSON object); use another --output_dir.")
         differing = sorted(key for key in settings if recorded.get(key) != settings[key])
         if differing:
             raise SystemExit(
@@ -290,7 +347,10 @@ def check_or_write_settings(output_dir: Path, settings: dict) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     accelerator = Accelerator()
-    captions = load_captions(args)
+    try:
+        captions = load_captions(args)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
     output_dir = Path(args.output_dir)
     parts_dir = output_dir / "manifest.parts"
     if accelerator.is_main_process:
@@ -298,9 +358,10 @@ def main(argv=None) -> int:
         check_or_write_settings(output_dir, job_settings(args, captions))
     accelerator.wait_for_everyone()
 
-    pipe = DallePipeline.from_pretrained(args.model, dtype=DTYPES[args.dtype]).to(accelerator.device)
+    device, dtype = resolve_device_and_dtype(accelerator.device, args.dtype)
+    pipe = DallePipeline.from_pretrained(args.model, dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
-    finished = read_parts(parts_dir)
+    finished = read_parts(output_dir, len(captions), args.num_images_per_prompt)
     pending = [(i, item["caption"]) for i, item in enumerate(captions) if i not in finished]
     progress = JobProgress(parts_dir, len(captions), len(finished), accelerator.is_main_process)
     accelerator.wait_for_everyone()  # everyone has read the parts before anyone appends to them
@@ -319,7 +380,7 @@ def main(argv=None) -> int:
     progress.close()
 
     if accelerator.is_main_process:
-        finished = read_parts(parts_dir)
+        finished = read_parts(output_dir, len(captions), args.num_images_per_prompt)
         missing = [i for i in range(len(captions)) if i not in finished]
         if missing:
             raise RuntimeError(f"{len(missing)} captions have no record in {parts_dir} (first: {missing[:5]}).")

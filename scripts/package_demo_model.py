@@ -20,7 +20,7 @@ from pathlib import Path
 from huggingface_hub import ModelCardData
 
 from hf_dalle import DallePipeline
-from hf_dalle.data import HELD_OUT_ARRANGEMENTS, HELD_OUT_COMBINATIONS, HELD_OUT_PAIRINGS
+from hf_dalle.data import HELD_OUT_ARRANGEMENTS, HELD_OUT_COMBINATIONS, HELD_OUT_PAIRINGS, all_captions
 from hf_dalle.hub_utils import render_model_card, write_model_card
 from hf_dalle.io_utils import replace_folder_atomically
 
@@ -45,6 +45,11 @@ def describe_objects(objects) -> str:
     return ", ".join(f"{color} {shape}" for color, shape in objects)
 
 
+def caption_words() -> list[str]:
+    """Every word of the shapes world's captions, in their order of first appearance."""
+    return list(dict.fromkeys(word for caption in all_captions() for word in caption.split()))
+
+
 def card_values(run_dir: Path, pipe: DallePipeline, evaluation: dict) -> dict:
     vae_evaluation = json.loads((run_dir / "vae_eval" / "evaluation.json").read_text())
     stage_lines = (run_dir / "stage_seconds.tsv").read_text().splitlines()
@@ -65,6 +70,7 @@ def card_values(run_dir: Path, pipe: DallePipeline, evaluation: dict) -> dict:
             sum(seconds for name, seconds in stage_seconds.items() if not name.startswith("CLIP")) / 60
         ),
         "image_size": pipe.image_size,
+        "words": ", ".join(f'"{word}"' for word in caption_words()),
         "held_out_pairings": describe_objects(HELD_OUT_PAIRINGS),
         "held_out_combinations": "; ".join(f"{describe_objects(pair)}" for pair in HELD_OUT_COMBINATIONS),
         "held_out_arrangements": "; ".join(

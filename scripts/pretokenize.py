@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Pre-tokenize image-caption pairs for the DALL-E transformer: images -> image codes (of the dVAE or a VQGAN),
-captions -> token ids, once.
+"""Pre-tokenize image-caption pairs for the DALL-E transformer (or a converted DALL·E Mini / Mega): images -> image
+codes (of the dVAE or a VQGAN), captions -> token ids, once.
 
     python scripts/pretokenize.py --train_data_dir my_images --pretrained_model_name_or_path src/hf_dalle/demo_model \\
         --output_dir my_images_tokens
@@ -21,9 +21,11 @@ from pathlib import Path
 
 import datasets
 import torch
+from transformers import AutoTokenizer
 
 from hf_dalle import DalleTokenizer, DalleVAE, DalleVQGAN
 from hf_dalle.io_utils import replace_folder_atomically
+from hf_dalle.tokenization_dalle_bart import DalleBartTokenizer
 from hf_dalle.training import (
     add_data_arguments,
     image_to_tensor,
@@ -90,7 +92,12 @@ class Pretokenizer:
     """The batched map function: `{"image": [...], "caption": [...]}` -> `text_input_ids`, `image_codes`, `caption`."""
 
     def __init__(
-        self, vae: DalleVAE | DalleVQGAN, tokenizer: DalleTokenizer, resolution: int, max_text_length: int, device: str
+        self,
+        vae: DalleVAE | DalleVQGAN,
+        tokenizer: DalleTokenizer | DalleBartTokenizer,
+        resolution: int,
+        max_text_length: int,
+        device: str,
     ):
         self.vae, self.tokenizer, self.resolution = vae, tokenizer, resolution
         self.max_text_length, self.device = max_text_length, device
@@ -110,7 +117,7 @@ def main(argv=None):
     vae_source = args.vae_model_name_or_path or args.pretrained_model_name_or_path
     tokenizer_source = args.tokenizer_name_or_path or args.pretrained_model_name_or_path
     vae = load_image_tokenizer(vae_source).to(args.device).eval()
-    tokenizer = load_component(DalleTokenizer, tokenizer_source, "tokenizer")
+    tokenizer = load_component(AutoTokenizer, tokenizer_source, "tokenizer")
     resolution = args.resolution or vae.config.image_size
     if resolution % vae.config.downsample_factor:
         raise ValueError(f"--resolution must be a multiple of {vae.config.downsample_factor}, got {resolution}.")

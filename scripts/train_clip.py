@@ -48,6 +48,7 @@ from hf_dalle.training import (
     add_common_arguments,
     add_data_arguments,
     averaged_weights,
+    check_batch_size,
     check_common_arguments,
     create_accelerator,
     create_ema,
@@ -279,6 +280,7 @@ def main(argv=None):
     training_config = TrainingConfig.from_args(args)
     accelerator = create_accelerator(training_config)
     dataset = load_image_caption_dataset(args)
+    check_batch_size(dataset, args.train_batch_size, accelerator.num_processes)
     if args.shape_swap_negatives and not args.streaming:
         # Redrawing reads each caption's objects: refuse other captions now, not at the first step that meets one.
         for caption in set(dataset["caption"]):

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Train (or fine-tune) the DALL-E transformer prior (stage 2) on pre-tokenized pairs, with Accelerate.
+"""Train (or fine-tune) the DALL-E transformer prior (stage 2) on pre-tokenized pairs, with Accelerate; or fine-tune
+a converted DALL·E Mini / Mega (scripts/convert_dalle_mega.py) the same way.
 
     python scripts/pretokenize.py --train_data_dir my_images --pretrained_model_name_or_path src/hf_dalle/demo_model \\
         --output_dir tokens
@@ -8,11 +9,12 @@
 
 From scratch, name the tokenizer and dVAE (or let the pre-tokenized data's hf_dalle_pretokenized.json name them) and
 the architecture with --model_config. The loss is the model's weighted cross-entropy (text 1/8, image 7/8 by
-default); --caption_dropout replaces a share of the captions by the empty (all-pad) caption, which teaches the
-unconditional stream that classifier-free guidance needs. Every --validation_steps the prompts are sampled to an
+default; DALL·E Mini / Mega has the image loss only); --caption_dropout replaces a share of the captions by the
+empty caption (as the pipeline encodes it for guidance), which teaches the unconditional stream that classifier-free
+guidance needs. Every --validation_steps the prompts are sampled to an
 image grid in OUTPUT_DIR/validation/. The output folder is a pipeline: transformer/ (with --use_ema the averaged
 weights, raw weights beside them as the non_ema variant), tokenizer/, vae/ and, if given, clip_model/ +
-clip_processor/, plus a model card.
+clip_processor/, plus a model card; the base pipeline's default guidance scale (a converted Mega's 16) carries over.
 
 With --lora_rank R (fine-tuning only) a peft LoRA adapter on the attention and MLP projections trains instead of all
 weights, with the same resume / EMA / validation / Hub machinery; the output folder is then the adapter
@@ -26,18 +28,29 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import ModelCardData
-from transformers import CLIPModel, CLIPProcessor
+from transformers import AutoConfig, AutoTokenizer, CLIPModel, CLIPProcessor
 
-from hf_dalle import DalleConfig, DalleForImageGeneration, DallePipeline, DalleTokenizer, DalleVAE, DalleVQGAN
+from hf_dalle import (
+    DalleBartForImageGeneration,
+    DalleConfig,
+    DalleForImageGeneration,
+    DallePipeline,
+    DalleTokenizer,
+    DalleVAE,
+    DalleVQGAN,
+)
 from hf_dalle.hub_utils import path_for_card, write_card_and_push
 from hf_dalle.io_utils import write_folder_atomically
-from hf_dalle.lora import LORA_TARGET_MODULES, add_lora_adapter, save_lora_adapter
+from hf_dalle.lora import add_lora_adapter, save_lora_adapter
+from hf_dalle.models import TRANSFORMER_CLASSES
+from hf_dalle.tokenization_dalle_bart import DalleBartTokenizer
 from hf_dalle.training import (
     NON_EMA_VARIANT,
     RunFolder,
     TrainingConfig,
     add_common_arguments,
     averaged_weights,
+    check_batch_size,
     check_common_arguments,
     create_accelerator,
     create_ema,
@@ -69,7 +82,9 @@ def parse_args(argv=None):
     parts = parser.add_argument_group(
         "pipeline parts (default: those of --pretrained_model_name_or_path, else those recorded by pretokenize.py)"
     )
-    parts.add_argument("--tokenizer_name_or_path", default=None, help="The DalleTokenizer.")
+    parts.add_argument(
+        "--tokenizer_name_or_path", default=None, help="The caption tokenizer (DalleTokenizer or DalleBartTokenizer)."
+    )
     parts.add_argument(
         "--vae_model_name_or_path",
         default=None,
@@ -116,8 +131,10 @@ def parse_args(argv=None):
     lora.add_argument(
         "--lora_target_modules",
         nargs="+",
-        default=list(LORA_TARGET_MODULES),
-        help=f"Linear layers that get an adapter (default: {' '.join(LORA_TARGET_MODULES)}).",
+        default=None,
+        help="Linear layers that get an adapter (default: the transformer's attention and feed-forward projections: "
+        f"{' '.join(DalleForImageGeneration.lora_target_modules)} for DALL-E, "
+        f"{' '.join(DalleBartForImageGeneration.lora_target_modules)} for DALL·E Mini / Mega).",
     )
     parser.set_defaults(adam_beta2=0.96, adam_weight_decay=4.5e-2, max_grad_norm=4.0)
     args = parser.parse_args(argv)
@@ -129,7 +146,7 @@ def parse_args(argv=None):
     return args
 
 
-def load_parts(args) -> tuple[DalleTokenizer, DalleVAE | DalleVQGAN, dict]:
+def load_parts(args) -> tuple[DalleTokenizer | DalleBartTokenizer, DalleVAE | DalleVQGAN, dict]:
     """The tokenizer and image tokenizer (dVAE or VQGAN) of the pipeline being trained, and the pre-tokenized data's info."""
     info = read_pretokenized_info(args.pretokenized_dataset)
     sources = {}
@@ -140,16 +157,24 @@ def load_parts(args) -> tuple[DalleTokenizer, DalleVAE | DalleVQGAN, dict]:
                 f"Which {name}? Pass --{name}{'_name_or_path' if name == 'tokenizer' else '_model_name_or_path'}, a "
                 "pipeline with --pretrained_model_name_or_path, or data made by scripts/pretokenize.py."
             )
-    tokenizer = load_component(DalleTokenizer, sources["tokenizer"], "tokenizer")
+    tokenizer = load_component(AutoTokenizer, sources["tokenizer"], "tokenizer")
     vae = load_image_tokenizer(sources["vae"]).eval().requires_grad_(False)
     return tokenizer, vae, info
 
 
 def build_transformer(
-    args, tokenizer: DalleTokenizer, vae: DalleVAE | DalleVQGAN, text_length: int, grid: int
-) -> DalleForImageGeneration:
+    args, tokenizer: DalleTokenizer | DalleBartTokenizer, vae: DalleVAE | DalleVQGAN, text_length: int, grid: int
+) -> DalleForImageGeneration | DalleBartForImageGeneration:
+    model_class = DalleForImageGeneration
     if args.pretrained_model_name_or_path is not None:
-        config = load_component(DalleConfig, args.pretrained_model_name_or_path, "transformer")
+        config = load_component(AutoConfig, args.pretrained_model_name_or_path, "transformer")
+        classes = {cls.config_class: cls for cls in TRANSFORMER_CLASSES}
+        if type(config) not in classes:
+            raise ValueError(
+                f"The transformer of {args.pretrained_model_name_or_path!r} is a {config.model_type!r} model, not one "
+                f"of {' or '.join(cls.__name__ for cls in TRANSFORMER_CLASSES)}."
+            )
+        model_class = classes[type(config)]
     else:
         config = DalleConfig(
             **{
@@ -181,15 +206,28 @@ def build_transformer(
             "dVAE of the pipeline (scripts/pretokenize.py --pretrained_model_name_or_path ...)."
         )
     if args.text_loss_weight is not None:
+        if not hasattr(config, "text_loss_weight"):
+            raise ValueError(f"--text_loss_weight: a {model_class.__name__} has no text loss (it reads the caption).")
         config.text_loss_weight = args.text_loss_weight
     if args.pretrained_model_name_or_path is not None:
         # Trainable weights in float32 whatever the checkpoint's dtype (a converted ruDALL-E is float16, where AdamW's
         # updates overflow); --mixed_precision sets the compute dtype.
         return load_component(
-            DalleForImageGeneration, args.pretrained_model_name_or_path, "transformer", config=config,
-            dtype=torch.float32,
-        )  # fmt: skip
+            model_class, args.pretrained_model_name_or_path, "transformer", config=config, dtype=torch.float32
+        )
     return DalleForImageGeneration(config)
+
+
+def base_pipeline_settings(args) -> dict:
+    """The sampling settings of the pipeline being fine-tuned (its `default_guidance_scale`, `clip_prompt_templates`),
+    for the pipeline saved: a fine-tuned DALL·E Mega still samples with guidance 16 unless told otherwise."""
+    if args.pretrained_model_name_or_path is None:
+        return {}
+    try:
+        config = DallePipeline.load_config(args.pretrained_model_name_or_path)
+    except (OSError, EnvironmentError):  # a transformer folder alone, not a pipeline
+        return {}
+    return {name: config[name] for name in ("default_guidance_scale", "clip_prompt_templates") if name in config}
 
 
 def load_clip(args) -> tuple[CLIPModel | None, CLIPProcessor | None]:
@@ -213,10 +251,11 @@ def main(argv=None):
     args = parse_args(argv)
     training_config = TrainingConfig.from_args(args)
     accelerator = create_accelerator(training_config)
-    tokenizer, vae, info = load_parts(args)
     dataset = load_pretokenized_dataset(
         args.pretokenized_dataset, streaming=args.streaming, max_samples=args.max_train_samples
     )
+    check_batch_size(dataset, args.train_batch_size, accelerator.num_processes)
+    tokenizer, vae, info = load_parts(args)
     first = next(iter(dataset))
     text_length, num_codes = first["text_input_ids"].numel(), first["image_codes"].numel()
     grid = int(round(num_codes**0.5))
@@ -241,30 +280,41 @@ def main(argv=None):
         dataset, args.train_batch_size, num_workers=args.dataloader_num_workers, seed=args.seed
     )
 
+    # The model's own layout of a training example (DALL-E's stream, DALL·E Mega's caption + codes); it reads only the
+    # config, so the unwrapped model's method serves whatever accelerate wraps the model in.
+    prepare_training_inputs = model.prepare_training_inputs
+    empty_caption = tokenizer.encode_captions([""], max_length=text_length)[0].to(accelerator.device)
+
     def loss_fn(model, batch, step):
         text = batch["text_input_ids"].long()
         if args.caption_dropout > 0:
             dropped = torch.rand(text.shape[0], device=text.device) < args.caption_dropout
-            text = text.masked_fill(dropped[:, None], config.text_pad_token_id)
-        input_ids = torch.cat([text, batch["image_codes"].long() + config.text_vocab_size], dim=1)
-        output = model(input_ids=input_ids, labels=input_ids, use_cache=False)
-        return {"loss": output.loss, "text_loss": output.text_loss, "image_loss": output.image_loss}
+            text = torch.where(dropped[:, None], empty_caption, text)
+        output = model(**prepare_training_inputs(text, batch["image_codes"].long()), use_cache=False)
+        losses = {"loss": output.loss}
+        for name in ("text_loss", "image_loss"):  # DALL-E's parts of the loss
+            if getattr(output, name, None) is not None:
+                losses[name] = getattr(output, name)
+        return losses
 
     before_optimizer_step = None
-    if config.resblock_gradient_scaling:  # the paper's per-resblock fp16 gradient scaling (after the all-reduce)
+    if getattr(
+        config, "resblock_gradient_scaling", False
+    ):  # the paper's per-resblock fp16 gradient scaling (after the all-reduce)
         before_optimizer_step = lambda model: model.update_resblock_gradient_scales()  # noqa: E731
 
     clip_model, clip_processor = load_clip(args)
+    pipeline_settings = base_pipeline_settings(args)
     if clip_model is not None:
         clip_model.to(accelerator.device).eval()
     grids = []
 
-    def validate(step: int, model: DalleForImageGeneration) -> dict[str, float] | None:
+    def validate(step: int, model: DalleForImageGeneration | DalleBartForImageGeneration) -> dict[str, float] | None:
         if not accelerator.is_main_process or (step % args.validation_steps and step != args.max_train_steps):
             return None
         with averaged_weights(ema, model):  # sample from what will be saved: the averaged weights
             model.eval()
-            pipeline = DallePipeline(tokenizer, model, vae, clip_model, clip_processor)
+            pipeline = DallePipeline(tokenizer, model, vae, clip_model, clip_processor, **pipeline_settings)
             pipeline.set_progress_bar_config(disable=True)
             # Seeded generators: the same noise at every validation, and the training RNG is left alone (a resumed
             # run must draw what an uninterrupted one draws).
@@ -310,7 +360,8 @@ def main(argv=None):
             if ema is not None:  # the raw weights beside the averaged ones, which the pipeline samples with
                 model.save_pretrained(folder / "transformer", variant=NON_EMA_VARIANT)
             with averaged_weights(ema, model):
-                DallePipeline(tokenizer, model, vae, clip_model, clip_processor).save_pretrained(folder)
+                pipeline = DallePipeline(tokenizer, model, vae, clip_model, clip_processor, **pipeline_settings)
+                pipeline.save_pretrained(folder)
 
         write_folder_atomically(args.output_dir, write_pipeline)
         summary = training_summary(

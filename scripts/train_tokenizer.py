@@ -78,6 +78,7 @@ def main(argv=None):
             vocab_size=args.vocab_size,
             max_text_length=args.max_text_length,
             min_frequency=args.min_frequency,
+            show_progress=True,  # the tokenizers trainer's own bars: counting pairs, computing merges
         )
     except ValueError as error:
         raise SystemExit(f"error: {error}")

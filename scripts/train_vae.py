@@ -30,6 +30,7 @@ from hf_dalle.training import (
     add_data_arguments,
     annealed_value,
     averaged_weights,
+    check_batch_size,
     check_common_arguments,
     create_accelerator,
     create_ema,
@@ -129,6 +130,8 @@ def main(argv=None):
     args = parse_args(argv)
     training_config = TrainingConfig.from_args(args)
     accelerator = create_accelerator(training_config)
+    dataset = load_image_caption_dataset(args)
+    check_batch_size(dataset, args.train_batch_size, accelerator.num_processes)
     vae = build_vae(args)
     if args.resolution % vae.config.downsample_factor:
         raise ValueError(f"--resolution must be a multiple of {vae.config.downsample_factor}, got {args.resolution}.")
@@ -136,7 +139,6 @@ def main(argv=None):
         vae.activation_checkpointing_enable()
     ema = create_ema(vae, args.ema_decay) if args.use_ema else None
 
-    dataset = load_image_caption_dataset(args)
     collate = ImageCaptionCollator(args.resolution)
     train_dataloader = make_dataloader(
         dataset, args.train_batch_size, collate, args.dataloader_num_workers, seed=args.seed

@@ -1,8 +1,11 @@
 """The Gradio web demo (hf_dalle.app) on a tiny random pipeline: the generate function's values and errors, and the
 app served on 127.0.0.1 (queue, progress, bad requests) through gradio_client; browser test: test_app_browser.py."""
 
+import os
 import runpy
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from dalle_mega_utils import make_tiny_dalle_bart_pipeline
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
@@ -57,6 +61,13 @@ def test_generate_images_returns_the_pipelines_best_images_with_their_scores(pip
     assert status.startswith("Sampled 8 candidates in ")
     assert "showing the 3 best by CLIP score" in status
     assert "a training caption of the demo world" in status
+
+
+def test_status_says_which_words_the_model_does_not_know(pipe):
+    _, status = app.generate_images(pipe, "a red zyzzyva", "", num_candidates=2, num_images=1)
+    assert "**Note:** Words the model's tokenizer does not know" in status and "'zyzzyva'" in status
+    _, status = app.generate_images(pipe, "a red circle", "", num_candidates=2, num_images=1)
+    assert "Note:" not in status
 
 
 def test_generate_images_settings_reach_the_pipeline(pipe):
@@ -153,7 +164,7 @@ def test_served_app_queues_reports_progress_and_survives_bad_requests(pipe, monk
 
     def recording(self, prompt, **kwargs):
         for progress in generate_progressively(self, prompt, **kwargs):
-            if progress.output is None:  # after a batch
+            if progress.output is None and progress.codes is None:  # after a batch (not a decode step in it)
                 batches.append(prompt)
             yield progress
 
@@ -179,12 +190,16 @@ def test_served_app_queues_reports_progress_and_survives_bad_requests(pipe, monk
             for unit in [*(job.status().progress_data or []), *(second.status().progress_data or [])]:
                 progress.add((unit.index, unit.length, unit.unit))
             time.sleep(0.005)
-        gallery, status = job.result()
+        gallery, previews, status = job.result()
         assert len(gallery) == 3 and gallery[0]["caption"].startswith("#1 · CLIP score ")
+        assert previews == ""  # the previews made way for the result
+        # Before it, the previews of each batch's candidates as their codes arrived: inline images, not cached files.
+        shown = [update[1] for update in job.outputs()[:-1] if isinstance(update[1], str)]
+        assert len(shown) == 4 * 3 and all(html.count('src="data:image/png;base64,') == 3 for html in shown)
         assert status.startswith("Sampled 32 candidates in ")
         assert len(second.result()[0]) == 2
         assert progress and {length for _, length, _ in progress} == {4 * 16}
-        assert {unit for _, _, unit in progress} == {"steps"}
+        assert {unit for _, _, unit in progress} == {"code"}  # the pipeline's bar counts image codes
 
         # One request at a time on the one pipeline: the two requests' batches never interleave (the two posts may
         # reach the queue in either order).
@@ -223,17 +238,72 @@ def test_limits_of_one_request(pipe):
     with pytest.raises(gr.Error, match="Seed must be a whole number") as error:
         app.generate_images(pipe, "a red circle", seed="9" * 1_000_000 + "x")
     assert len(str(error.value)) < 200
-    # The time limit: after the first batch of 16 the request stops and shows the best so far.
+    # The time limit: after the first batch of 16 (previewed row by row) the request stops and shows the best so far.
     steps = list(
         app.generate_images_progressively(pipe, "a red circle", num_candidates=40, num_images=2, max_seconds=0)
     )
-    gallery, status = steps[-1]
-    assert len(steps) == 1 and len(gallery) == 2
+    gallery, _, status = steps[-1]
+    assert [_kind(step) for step in steps] == ["preview"] * 3 + ["gallery"] and len(gallery) == 2
     assert status.startswith("Sampled 16 candidates in ") and "Stopped at the time limit of 0 s per request" in status
-    # Without a limit: an update after each batch but the last, then the gallery.
+    # Without a limit: the previews of each batch, an update after each batch but the last, then the gallery.
     steps = list(app.generate_images_progressively(pipe, "a red circle", num_candidates=40, num_images=2))
-    assert [gallery is None for gallery, _ in steps] == [True, True, False]
-    assert steps[0][1].startswith("Sampled 16 of 40 candidates in ")
+    batch = ["preview"] * 3
+    assert [_kind(step) for step in steps] == [*batch, "status", *batch, "status", *batch, "gallery"]
+    assert steps[3][2].startswith("Sampled 16 of 40 candidates in ")
+
+
+def _kind(step) -> str:
+    gallery, previews, _ = step
+    return "gallery" if gallery is not None else "preview" if previews is not None else "status"
+
+
+def test_previews_redraw_the_batch_after_every_row_of_codes(pipe):
+    """The previews are the batch's first candidates as far as they are drawn, after each of the grid's rows but the
+    last (then the batch is scored): the codes of the one pipeline call, the rows not yet sampled gray."""
+    steps = list(
+        app.generate_images_progressively(
+            pipe, "a red circle", num_candidates=6, num_images=2, seed=3, candidate_batch_size=4
+        )
+    )
+    codes = pipe(
+        "a red circle", num_candidates=6, num_images_per_prompt=6, output_type="latent",
+        generator=[torch.Generator().manual_seed(3 + i) for i in range(6)],
+    )  # fmt: skip
+    in_sampling_order = codes.images[torch.tensor(codes.candidate_indices).argsort()].flatten(1)
+    previews = [previews for _, previews, _ in steps if previews is not None]
+    grid = pipe.transformer.config.image_grid_size
+    expected = [(first, rows) for first in (0, 4) for rows in range(1, grid)]  # two batches: 4 + 2 candidates
+    assert len(previews) == len(expected)
+    for gallery, (first, rows) in zip(previews, expected):
+        images = pipe.image_processor.postprocess(
+            pipe.decode_partial(in_sampling_order[first : first + 2, : rows * grid]), output_type="pil"
+        )
+        assert [caption for _, caption in gallery] == [
+            f"candidate {first + i + 1}: {rows * grid} of {grid * grid} codes" for i in range(2)
+        ]
+        for (image, _), expected_image in zip(gallery, images):
+            np.testing.assert_array_equal(np.asarray(image), np.asarray(expected_image))
+    # The rows not yet sampled are gray: the first preview is gray below its first row, the last above it is not.
+    first_preview = np.asarray(previews[0][0][0])
+    row_height = first_preview.shape[0] // grid
+    assert (first_preview[row_height:] == 128).all() and not (first_preview[:row_height] == 128).all()
+
+
+def test_dalle_mega_in_the_app_samples_with_its_own_defaults(tmp_path):
+    """A converted DALL·E Mega: the page starts at its guidance 16 and top-k 256 (sliders wide enough), and a request
+    that leaves them to the pipeline gets the pipeline's own images."""
+    mega = make_tiny_dalle_bart_pipeline(tmp_path)
+    gallery, _ = app.generate_images(mega, "a red circle", num_candidates=3, num_images=2, seed=1)
+    expected = mega(
+        "a red circle", num_candidates=3, num_images_per_prompt=2,
+        generator=[torch.Generator().manual_seed(1 + i) for i in range(3)],
+    )  # fmt: skip
+    for (image, _), expected_image in zip(gallery, expected.images):
+        np.testing.assert_array_equal(np.asarray(image), np.asarray(expected_image))
+    demo = app.create_demo(mega)
+    sliders = {block.label: block for block in demo.blocks.values() if isinstance(block, gr.Slider)}
+    guidance, top_k = sliders["Guidance scale (1 = off)"], sliders["Top-k (0 = all codes)"]
+    assert (guidance.value, top_k.value) == (16.0, 256) and guidance.maximum >= 16
 
 
 def test_client_limiter(monkeypatch):
@@ -259,13 +329,72 @@ def test_demo_settings_bound_the_cache_and_uploads(pipe):
     assert app.LAUNCH_LIMITS == {"max_file_size": app.MAX_UPLOAD_SIZE}
     textboxes = [block for block in demo.blocks.values() if isinstance(block, gr.Textbox)]
     assert [box.max_length for box in textboxes] == [app.MAX_PROMPT_CHARS] * 2
-    assert (Path(__file__).resolve().parent.parent / "app.py").read_text().count("demo.launch(**LAUNCH_LIMITS)") == 1
+    assert (Path(__file__).resolve().parent.parent / "app.py").read_text().count("launch_demo(demo)") == 1
 
 
-def _serve(demo) -> str:
+def _serve(demo, trusted_proxies=None) -> str:
     port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.LAUNCH_LIMITS)
+    app.launch_demo(
+        demo, trusted_proxies, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True
+    )
     return f"http://127.0.0.1:{port}/gradio_api"
+
+
+@pytest.mark.parametrize(
+    "trusted_proxies, environment, counted",
+    [
+        (None, None, ["127.0.0.1"] * 3),  # uvicorn alone would believe the header from 127.0.0.1
+        ([], "127.0.0.1", ["127.0.0.1"] * 3),
+        (["127.0.0.1"], None, ["203.0.113.1", "203.0.113.2", "203.0.113.3"]),
+        (None, "127.0.0.0/8", ["203.0.113.1", "203.0.113.2", "203.0.113.3"]),  # named by the operator
+    ],
+)
+def test_forwarded_headers_are_believed_only_from_the_named_proxies(pipe, monkeypatch, trusted_proxies, environment,
+                                                                    counted):  # fmt: skip
+    """A client that sends a new X-Forwarded-For with each request must not get a new slot each time."""
+    if environment is None:
+        monkeypatch.delenv(app.FORWARDED_ALLOW_IPS, raising=False)
+    else:
+        monkeypatch.setenv(app.FORWARDED_ALLOW_IPS, environment)
+    demo = app.create_demo(pipe)
+    clients = []
+
+    def refuse(client):  # record who the limiter counts, and run nothing
+        clients.append(client)
+        raise gr.Error("refused for the test")
+
+    monkeypatch.setattr(demo.client_limiter, "admit", refuse)
+    base = _serve(demo, trusted_proxies)
+    try:
+        for index in range(1, 4):
+            response = httpx.post(
+                f"{base}/call/generate", headers={"X-Forwarded-For": f"203.0.113.{index}"},
+                json={"data": ["a red circle", "", 4, 2, 1.0, 1.0, 0, 0]},
+            )  # fmt: skip
+            assert response.status_code == 422
+    finally:
+        demo.close()
+    assert clients == counted
+    assert os.environ.get(app.FORWARDED_ALLOW_IPS) == environment  # the process's environment left as it was
+
+
+def test_a_trusted_proxy_that_is_no_address_is_refused(pipe, monkeypatch):
+    launched = []
+    demo = app.create_demo(pipe)
+    monkeypatch.setattr(demo, "launch", lambda **kwargs: launched.append(kwargs))
+    with pytest.raises(ValueError, match=r"must be an IP address or network .* got 'proxy.example'"):
+        app.launch_demo(demo, ["10.0.0.2", "proxy.example"])
+    assert not launched
+    parser = build_parser()
+    args = parser.parse_args(["serve", "--trusted-proxy", "10.0.0.2", "--trusted-proxy", "10.1.0.0/16"])
+    assert args.trusted_proxy == ["10.0.0.2", "10.1.0.0/16"]
+    # The command line, as a user runs it: refused before the model is loaded, with the message and no traceback.
+    command = [sys.executable, "-m", "hf_dalle.cli", "serve", "--model", "/no/such/model", "--trusted-proxy", "x.y"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "hf-dalle serve: error: A trusted proxy must be an IP address or network" in result.stderr
+    help_text = subprocess.run([*command[:4], "--help"], capture_output=True, text=True, timeout=300).stdout
+    assert "--trusted-proxy ADDRESS" in help_text and "X-Forwarded-For" in help_text
 
 
 def _post(base: str, prompt: str, num_candidates: int = 4) -> httpx.Response:

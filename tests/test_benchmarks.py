@@ -190,3 +190,20 @@ print(tuple(shipped.shape) == (3, 16), torch.equal(shipped, looped))
     result = subprocess.run([str(BENCH_PYTHON), "-W", "ignore", "-c", program], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-2:] == ["True", "True"]
+
+
+def test_cpu_precision_script_writes_the_dtype_table(tmp_path):
+    """`scripts/benchmark_cpu_precision.py`'s command line (tiny sizes): one row per workload, each dtype's time
+    against float32's."""
+    stem = tmp_path / "cpu_precision"
+    command = [
+        sys.executable, str(SCRIPTS / "benchmark_cpu_precision.py"), "--hidden-size", "32",
+        "--decode-rows", "2", "--batch-rows", "4", "--repeats", "1", "--output", str(stem),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(stem.with_suffix(".json").read_text())
+    assert list(data["results"]) == ["linear, 2 rows", "linear, 4 rows", "matmul, 2 rows"]
+    assert all(list(row) == ["float32", "bfloat16", "float16"] for row in data["results"].values())
+    table = stem.with_suffix(".md").read_text()
+    assert "| workload | float32 | bfloat16 | float16 |" in table and table.count("ms (1.0x)") == 3

@@ -3,8 +3,9 @@
 
 import pytest
 import torch
+from dalle_mega_utils import make_tiny_dalle_bart_pipeline
 
-from hf_dalle import DalleConfig, DalleForImageGeneration, DallePipeline
+from hf_dalle import DalleBartConfig, DalleBartForImageGeneration, DalleConfig, DalleForImageGeneration, DallePipeline
 from hf_dalle.cli import main as cli_main
 from hf_dalle.memory import estimate_memory
 from hf_dalle.testing_utils import make_tiny_pipeline
@@ -100,3 +101,29 @@ def test_estimate_memory_cli_reads_a_saved_pipeline(tmp_path, capsys):
     assert [line.split()[0] for line in out.splitlines()[2:-1]] == ["fp32"]  # only the asked-for dtype
     with pytest.raises(ValueError, match="batch_size"):
         estimate_memory(pipe.transformer.config, batch_size=0)
+
+
+def test_dalle_mega_estimate_matches_a_hand_count(capsys):
+    config = DalleBartConfig()  # DALL·E Mega's shapes
+    h, glu, layers = 2048, 4096, 24
+    with torch.device("meta"):
+        params = DalleBartForImageGeneration(config).num_parameters()
+    glu_weights = 3 * h * glu  # fc0, fc1, fc2
+    linear_weights = layers * (4 * h * h + glu_weights) + layers * (8 * h * h + glu_weights)  # + cross-attention
+    kv_entries = 2 * layers * (256 + 64) * h  # the codes' self-attention and the caption's cross-attention
+
+    fp32, bf16, int8 = estimate_memory(config, batch_size=2)
+    assert fp32.num_parameters == params and 2.55e9 < params < 2.65e9  # "Mega, ~2.6B parameters"
+    assert (fp32.parameter_bytes, bf16.parameter_bytes) == (4 * params, 2 * params)
+    assert int8.parameter_bytes == linear_weights + 2 * (params - linear_weights)
+    assert (fp32.kv_cache_bytes_per_image, int8.kv_cache_bytes_per_image) == (4 * kv_entries, 2 * kv_entries)
+    assert cli_main(["estimate-memory", "--config", "mega"]) == 0
+    assert f"DALL·E Mini / Mega transformer: {params:,} parameters, 24 + 24 layers" in capsys.readouterr().out
+
+
+def test_estimate_memory_cli_reads_a_converted_dalle_mega(tmp_path, capsys):
+    pipe = make_tiny_dalle_bart_pipeline(tmp_path, with_clip=False)
+    assert cli_main(["estimate-memory", "--config", str(tmp_path / "pipeline"), "--dtype", "fp32", "int8"]) == 0
+    out = capsys.readouterr().out
+    assert f"{pipe.transformer.num_parameters():,} parameters, 2 + 2 layers" in out
+    assert [line.split()[0] for line in out.splitlines()[2:-1]] == ["fp32", "int8"]

@@ -2,22 +2,20 @@
 (marker `parity`, in the reference venv), and without it: the folder written, the script as a subprocess (local files,
 and `--from_hub` / `--push_to_hub` on the loopback Hub), bad files, the VQGAN's encoder from a Flax or taming file."""
 
+import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
-import msgpack
-import numpy as np
 import pytest
 import torch
 import yaml
 from min_dalle_reference import min_dalle_generate_codes, min_dalle_models, min_dalle_text_tokens, perturb_
 
 import hf_dalle
-from hf_dalle import DalleBartConfig, DalleBartForImageGeneration, DalleVQGAN
+from hf_dalle import DalleBartConfig, DalleBartForImageGeneration, DallePipeline, DalleVQGAN
 from hf_dalle.conversion.convert_dalle_mega import (
     convert_dalle_mega,
     convert_min_dalle_vqgan,
@@ -27,7 +25,10 @@ from hf_dalle.testing_utils import (
     detoker_state_dict,
     random_taming_vqgan_state_dict,
     small_vqgan_sizes,
+    tiny_dalle_bart_config,
+    write_flax_vqgan_checkpoint,
     write_min_dalle_models_root,
+    write_tiny_dalle_mega_sources,
 )
 from hf_dalle.tokenization_dalle_bart import DalleBartTokenizer
 
@@ -61,6 +62,31 @@ def run_script(*args: str, env: dict | None = None) -> subprocess.CompletedProce
         env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
         timeout=600,
     )
+
+
+def taming_vqgan_yaml(sizes: dict) -> dict:
+    """The taming-transformers `model.yaml` of `random_taming_vqgan_state_dict(**sizes)`."""
+    return {
+        "model": {
+            "target": "taming.models.vqgan.VQModel",
+            "params": {
+                "embed_dim": sizes["embed_dim"],
+                "n_embed": sizes["vocab_size"],
+                "ddconfig": {
+                    "double_z": False,
+                    "z_channels": sizes["latent_channels"],
+                    "resolution": 16,
+                    "in_channels": 3,
+                    "out_ch": 3,
+                    "ch": 32,
+                    "ch_mult": [1, 1, 2],
+                    "num_res_blocks": 1,
+                    "attn_resolutions": [4],
+                    "dropout": 0.0,
+                },  # fmt: skip
+            },
+        }
+    }
 
 
 def test_conversion_writes_a_pipeline_folder(tmp_path):
@@ -106,11 +132,10 @@ def test_conversion_writes_a_pipeline_folder(tmp_path):
     with pytest.raises(ValueError, match="has no encoder.*--vqgan_flax_checkpoint"):
         vae.encode(images)
 
-    card = (output / "README.md").read_text()
-    assert "DALL·E Mega" in card and "decoder only" in card and "starts from code 16383" in card
-    import hashlib
-
-    assert hashlib.sha256((folder / "encoder.pt").read_bytes()).hexdigest() in card
+    # model_index.json as the pipeline writes it: the folder loads as a DallePipeline with min-dalle's defaults.
+    pipe = DallePipeline.from_pretrained(output)
+    assert isinstance(pipe.transformer, DalleBartForImageGeneration) and pipe.config.default_guidance_scale == 16.0
+    assert not (output / "README.md").exists()  # the script writes the card
 
 
 def test_import_hf_dalle_leaves_the_converter_unimported():
@@ -142,12 +167,51 @@ def test_script_converts_mini_from_a_models_root(tmp_path):
     assert (
         "python scripts/convert_dalle_mega.py --min_dalle_dir" in card and "starts from token 64, dalle-mini's" in card
     )
+    assert "DALL·E Mini" in card and "**decoder only**" in card and "not reranked" in card
+    assert "--lora_rank 8" in card and "decoder-only VQGAN cannot do" in card  # fine-tuning needs the encoder
+    assert "hf-dalle estimate-memory --config" in card
+    assert f"safetensors, {converted['dtype']})" in card and converted["dtype"] in ("float16", "float32")  # not "None"
+    encoder_file = tmp_path / "root" / "dalle_bart_mini" / "encoder.pt"
+    assert f"| `encoder.pt` | `{hashlib.sha256(encoder_file.read_bytes()).hexdigest()}` |" in card
     # Heads that do not divide the width.
     result = run_script(
         "--min_dalle_dir", str(tmp_path / "root"), "--model_name", "mini", "--num_attention_heads", "5",
         "--output_dir", str(tmp_path / "other"),
     )  # fmt: skip
     assert result.returncode != 0 and "not a multiple of num_attention_heads=5" in result.stderr
+
+
+def test_script_converts_the_taming_vqgan_and_a_clip_into_a_pipeline(tmp_path):
+    """The documented command line with every local source: min-dalle's models root, the whole VQGAN as a taming
+    checkpoint + YAML, a CLIP folder. The folder loads as a pipeline that primes with the encoder and reranks."""
+    config = tiny_dalle_bart_config()
+    paths = write_tiny_dalle_mega_sources(tmp_path / "sources", config)
+    sizes = small_vqgan_sizes(config)
+    taming = random_taming_vqgan_state_dict(**sizes, with_encoder=True, seed=1)  # the VQGAN of the sources
+    torch.save({"state_dict": taming}, tmp_path / "last.ckpt")
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(taming_vqgan_yaml(sizes)))
+    output = tmp_path / "dalle-mega-tiny"
+    result = run_script(
+        "--min_dalle_dir", str(paths["models_root"]), "--model_name", "mega", "--vqgan_checkpoint",
+        str(tmp_path / "last.ckpt"), "--vqgan_config", str(tmp_path / "model.yaml"), "--clip_model",
+        str(paths["clip_model"]), "--output_dir", str(output),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    pipe = DallePipeline.from_pretrained(output)
+    assert pipe.vae.config.has_encoder and pipe.clip_model is not None
+    # The encoder is the sources' VQGAN's: the codes of the same VQGAN read from its Flax checkpoint.
+    flax = convert_min_dalle_vqgan(
+        paths["models_root"] / "vqgan" / "detoker.pt", 4, flax_checkpoint=paths["vqgan_flax_checkpoint"]
+    )
+    image = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    codes = pipe.vae.encode(image[None]).indices.flatten()
+    assert torch.equal(codes, flax.encode(image[None]).indices.flatten())
+    output = pipe(
+        "a red circle", image=image, num_prime_rows=1, num_candidates=3, num_images_per_prompt=2, output_type="latent",
+        generator=[torch.Generator().manual_seed(i) for i in range(3)],
+    )  # fmt: skip
+    assert len(output.scores) == 2 and output.scores[0] >= output.scores[1]  # reranked by the CLIP
+    assert (output.images.flatten(1)[:, :4] == codes[:4]).all()  # primed with the image's top row
 
 
 def test_script_converts_from_the_hub_and_pushes(hub_server, tmp_path):
@@ -175,6 +239,8 @@ def test_script_converts_from_the_hub_and_pushes(hub_server, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (output / "transformer" / "generation_config.json").is_file()
+    pipe = DallePipeline.from_pretrained(output)  # the folder written is a pipeline, with min-dalle's defaults
+    assert isinstance(pipe.transformer, DalleBartForImageGeneration) and pipe.config.default_guidance_scale == 16.0
     pushed = hub_server.files("hf-dalle-tester/dalle-mega-tiny")
     assert {"model_index.json", "README.md", "transformer/config.json", "tokenizer/tokenizer.json"} <= set(pushed)
     assert "vae/model.safetensors" in pushed
@@ -202,13 +268,13 @@ def break_file(root: Path, kind: str) -> str:
     state_dict = torch.load(folder / "decoder.pt")
     if kind == "wrong shape":
         state_dict["layers.1.glu.fc2.weight"] = torch.zeros(32, 40)
-        message = r"decoder\.pt: 'layers\.1\.glu\.fc2\.weight' has shape \(32, 40\).*needs \(32, 48\)"
+        message = r"decoder\.pt: 'layers\.1\.glu\.fc2\.weight' has shape \(32, 40\).*gives \(32, 48\)"
     elif kind == "nan":
         state_dict["layers.0.encoder_attn.v_proj.weight"][3, 5] = float("nan")
         message = r"decoder\.pt: 'layers\.0\.encoder_attn\.v_proj\.weight' holds NaN"
     elif kind == "missing tensor":
         del state_dict["layers.1.glu.ln1.bias"]
-        message = r"lack 1 tensors.*'decoder\.pt: layers\.1\.glu\.ln1\.bias'"
+        message = r"decoder\.pt does not hold the tensors of .*: missing \['layers\.1\.glu\.ln1\.bias'\]"
     elif kind == "integer tensor":
         state_dict["final_ln.weight"] = torch.ones(32, dtype=torch.long)
         message = r"'final_ln\.weight' holds torch\.int64 values"
@@ -216,7 +282,7 @@ def break_file(root: Path, kind: str) -> str:
         detoker = torch.load(root / "vqgan" / "detoker.pt")
         detoker["decoder.conv_out.bias"][0] = float("inf")
         torch.save(detoker, root / "vqgan" / "detoker.pt")
-        return r"detoker\.pt: 'decoder\.conv_out\.bias' holds NaN or infinite"
+        return r"detoker\.pt: 'vqgan\.decoder\.conv_out\.bias' holds NaN or infinite"
     torch.save(state_dict, folder / "decoder.pt")
     return message
 
@@ -260,35 +326,10 @@ def test_tensors_of_no_use_are_left_out_with_a_warning(tmp_path, caplog):
 # ---------------------------------------------------------------------------------- the VQGAN's encoder
 
 
-def write_flax_msgpack(path: Path, taming_state_dict: dict[str, torch.Tensor]) -> None:
-    """A Flax checkpoint as vqgan-jax's `convert_pt_model_to_jax.py` + `save_pretrained` write one: keys renamed
-    `down.0` -> `down_0` (every `name.N`; the middle block's `block_1` stays), norm weights as `scale`, convolution
-    weights as `kernel` `[h, w, in, out]`, the codebook as `quantize/embedding/embedding`; serialized as flax does
-    (msgpack, arrays as extension 1 holding `(shape, dtype name, bytes)`)."""
-    tree: dict = {}
-    for key, tensor in taming_state_dict.items():
-        key = re.sub(r"(\w+)\.(\d+)", r"\1_\2", key)
-        *modules, leaf = key.split(".")
-        array = tensor.numpy()
-        if modules == ["quantize", "embedding"]:
-            leaf = "embedding"
-        elif leaf == "weight" and "norm" in modules[-1]:
-            leaf = "scale"
-        elif leaf == "weight":
-            leaf, array = "kernel", np.ascontiguousarray(array.transpose(2, 3, 1, 0))
-        node = tree
-        for module in modules:
-            node = node.setdefault(module, {})
-        node[leaf] = msgpack.ExtType(
-            1, msgpack.packb((array.shape, array.dtype.name, array.tobytes()), use_bin_type=True)
-        )
-    path.write_bytes(msgpack.packb(tree, use_bin_type=True))
-
-
 def test_flax_and_taming_vqgans_add_the_encoder(tmp_path):
     taming = random_taming_vqgan_state_dict(**small_vqgan_sizes(tiny_config()), with_encoder=True, seed=3)
     torch.save(detoker_state_dict(taming), tmp_path / "detoker.pt")
-    write_flax_msgpack(tmp_path / "flax_model.msgpack", taming)
+    write_flax_vqgan_checkpoint(tmp_path / "flax_model.msgpack", taming)
     vqgan = convert_min_dalle_vqgan(
         tmp_path / "detoker.pt", latent_size=4, flax_checkpoint=tmp_path / "flax_model.msgpack"
     )
@@ -306,28 +347,7 @@ def test_flax_and_taming_vqgans_add_the_encoder(tmp_path):
 
     # The same VQGAN as a taming checkpoint + YAML.
     sizes = small_vqgan_sizes(tiny_config())
-    taming_yaml = {
-        "model": {
-            "target": "taming.models.vqgan.VQModel",
-            "params": {
-                "embed_dim": sizes["embed_dim"],
-                "n_embed": sizes["vocab_size"],
-                "ddconfig": {
-                    "double_z": False,
-                    "z_channels": sizes["latent_channels"],
-                    "resolution": 16,
-                    "in_channels": 3,
-                    "out_ch": 3,
-                    "ch": 32,
-                    "ch_mult": [1, 1, 2],
-                    "num_res_blocks": 1,
-                    "attn_resolutions": [4],
-                    "dropout": 0.0,
-                },  # fmt: skip
-            },
-        }
-    }
-    (tmp_path / "model.yaml").write_text(yaml.safe_dump(taming_yaml))
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(taming_vqgan_yaml(sizes)))
     torch.save({"state_dict": taming}, tmp_path / "last.ckpt")
     from_taming = convert_min_dalle_vqgan(
         tmp_path / "detoker.pt", 4, taming_checkpoint=tmp_path / "last.ckpt", taming_config=tmp_path / "model.yaml"
@@ -337,7 +357,7 @@ def test_flax_and_taming_vqgans_add_the_encoder(tmp_path):
 
     # A VQGAN with another codebook than detoker.pt's is not the one the transformer was trained with.
     other = random_taming_vqgan_state_dict(**sizes, with_encoder=True, seed=4)
-    write_flax_msgpack(tmp_path / "other.msgpack", other)
+    write_flax_vqgan_checkpoint(tmp_path / "other.msgpack", other)
     with pytest.raises(ValueError, match="another codebook than min-dalle's detoker.pt"):
         convert_min_dalle_vqgan(tmp_path / "detoker.pt", 4, flax_checkpoint=tmp_path / "other.msgpack")
     (tmp_path / "junk.msgpack").write_bytes(b"\x93\x01\x02")
@@ -411,6 +431,14 @@ def test_converted_model_matches_min_dalle(tmp_path):
         image = vae.decode(codes).sample[0].permute(1, 2, 0)
     torch.testing.assert_close(image, reference_image, rtol=0, atol=1e-3)
     assert reference_image.std() > 0.05  # an image, not a constant
+
+    # The converted folder as a pipeline, with its own defaults (super-conditioning 16) and top-k 1: min-dalle's codes
+    # and image, through the pipeline's sampling loop (caption encoded once, cached cross-attention, guidance halves).
+    pipe = DallePipeline.from_pretrained(tmp_path / "out")
+    latents = pipe(caption, top_k=1, num_candidates=1, output_type="latent")
+    assert torch.equal(latents.images.flatten(1), reference_codes)
+    images = pipe(caption, top_k=1, num_candidates=1, output_type="pt").images
+    torch.testing.assert_close(images[0].permute(1, 2, 0), reference_image, rtol=0, atol=1e-3)
 
 
 def import_text_tokenizer(folder: Path):

@@ -112,3 +112,81 @@ def test_incomplete_folder_raises(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match=r"not a ruCLIP folder: it lacks \['pytorch_model.bin', 'bpe.model'\]"):
         convert_ruclip(tmp_path)
+
+
+@pytest.fixture
+def random_ruclip_folder(tmp_path):
+    """A tiny ruCLIP folder with random weights (no reference code needed), and its config."""
+    from test_convert_yttm import write_model
+
+    from hf_dalle.testing_utils import random_ruclip_state_dict
+
+    folder = tmp_path / "ruclip"
+    folder.mkdir()
+    write_model(folder / "bpe.model", {"\u2581": 4, "к": 5, "о": 6, "т": 7}, [(4, 5, 8), (6, 7, 9), (8, 9, 10)])
+    config = {**RUCLIP_CONFIG, "vocab_size": 11}
+    (folder / "config.json").write_text(json.dumps(config))
+    torch.save(random_ruclip_state_dict(config), folder / "pytorch_model.bin")
+    return folder, config
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            lambda sd: sd.update({"transformer.resblocks.1.mlp.c_proj.weight": torch.zeros(64, 128)}),
+            r"pytorch_model.bin': 'text_model.encoder.layers.1.mlp.fc2.weight' has shape \(64, 128\), but the CLIP of "
+            r".*config.json' gives \(64, 256\)",
+        ),
+        (
+            lambda sd: sd["visual.transformer.resblocks.0.ln_2.bias"].__setitem__(3, float("nan")),
+            r"'vision_model.encoder.layers.0.layer_norm2.bias' holds NaN or infinite values: the file is damaged",
+        ),
+        (
+            lambda sd: sd["logit_scale"].fill_(float("inf")),
+            r"'logit_scale' holds NaN or infinite values",
+        ),
+        (
+            lambda sd: sd.pop("visual.ln_post.bias"),
+            r"does not hold the tensors of the CLIP of .*: missing \['vision_model.post_layernorm.bias'\]",
+        ),
+    ],
+    ids=["wrong shape", "nan", "inf", "missing"],
+)
+def test_damaged_weights_are_refused_naming_the_tensor(random_ruclip_folder, damage, message):
+    folder, _ = random_ruclip_folder
+    state_dict = torch.load(folder / "pytorch_model.bin")
+    damage(state_dict)
+    torch.save(state_dict, folder / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=message):
+        convert_ruclip(folder)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"vision_width": 32}, r"vision_width must be a multiple of 64 \(ruCLIP's heads\), got 32"),
+        ({"transformer_heads": 0}, r"the sizes must be positive integers, got transformer_heads=0"),
+        ({"embed_dim": "32"}, r"the sizes must be positive integers, got embed_dim='32'"),
+        ({"transformer_heads": 3}, r"transformer_width \(64\) must be a multiple of transformer_heads \(3\)"),
+        ({"mean": [0.5, "x", 0.5]}, r"mean must be 3 finite numbers"),
+        # A few bytes asking for a model of terabytes: refused against the weights' shapes, before any allocation.
+        ({"vocab_size": 10**10}, r"'text_model.embeddings.token_embedding.weight' has shape \(11, 64\), but the CLIP"),
+        ({"transformer_layers": 10**6}, r"asks for 1000000 layers under `transformer.resblocks.`, but .* holds 2"),
+    ],
+)
+def test_bad_configs_are_refused_before_anything_is_built(random_ruclip_folder, changes, message):
+    folder, config = random_ruclip_folder
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    with pytest.raises(ValueError, match=message):
+        convert_ruclip(folder)
+
+
+def test_a_config_that_is_not_a_json_object_is_refused(random_ruclip_folder):
+    folder, _ = random_ruclip_folder
+    (folder / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"config.json' is not a ruCLIP config.json: it holds a list"):
+        convert_ruclip(folder)
+    (folder / "config.json").write_text("{")
+    with pytest.raises(ValueError, match=r"config.json' is not a ruCLIP config.json \(not JSON"):
+        convert_ruclip(folder)

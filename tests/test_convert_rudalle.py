@@ -183,13 +183,53 @@ def test_conversion_errors_name_the_problem(tmp_path):
     torch.save(random_rudalle_state_dict(params), tmp_path / "ok.bin")
     with pytest.raises(ValueError, match=r"unexpected \['transformer.layers.3"):
         convert_rudalle(tmp_path / "ok.bin", {**params, "num_layers": 3}, tmp_path / "out")
-    with pytest.raises(ValueError, match="text_embeddings.weight has shape"):
+    with pytest.raises(
+        ValueError, match=r"ok.bin.: .text_embeddings.weight. has shape \(24, 32\), but the ruDALL-E config"
+    ):
         convert_rudalle(tmp_path / "ok.bin", {**params, "vocab_size": 30}, tmp_path / "out")
     (tmp_path / "junk.bin").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="is not a PyTorch checkpoint"):
         convert_rudalle(tmp_path / "junk.bin", params, tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="Checkpoint not found"):
         convert_rudalle(tmp_path / "absent.bin", params, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            lambda sd: sd.update({"transformer.layers.1.mlp.dense_4h_to_h.weight": torch.zeros(32, 64)}),
+            r"'transformer.layers.1.mlp.dense_4h_to_h.weight' has shape \(32, 64\), but the ruDALL-E config \(4 layers, "
+            r"hidden size 32, sandwich LayerNorm True\) gives \(32, 128\)",
+        ),
+        (
+            lambda sd: sd["transformer.layers.2.attention.dense.weight"].__setitem__((0, 1), float("nan")),
+            r"'transformer.layers.2.attention.dense.weight' holds NaN or infinite values: the file is damaged",
+        ),
+        (
+            lambda sd: sd["image_embeddings.weight"].__setitem__((3, 0), float("-inf")),
+            r"'image_embeddings.weight' holds NaN or infinite values",
+        ),
+    ],
+    ids=["wrong shape", "nan", "inf"],
+)
+def test_every_tensor_is_checked_before_anything_is_written(tmp_path, damage, message):
+    params = tiny_params()
+    state_dict = random_rudalle_state_dict(params)
+    damage(state_dict)
+    torch.save(state_dict, tmp_path / "damaged.bin")
+    with pytest.raises(ValueError, match=message):
+        convert_rudalle(tmp_path / "damaged.bin", params, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_config_cannot_ask_for_more_layers_than_the_checkpoint_holds(tmp_path):
+    params = tiny_params()
+    torch.save(random_rudalle_state_dict(params), tmp_path / "ok.bin")
+    with pytest.raises(ValueError, match=r"asks for 1000000000 layers, but .*ok.bin' holds 4"):
+        convert_rudalle(tmp_path / "ok.bin", {**params, "num_layers": 10**9}, tmp_path / "out")
+    with pytest.raises(ValueError, match=r"sizes must be positive integers, got hidden_size=-32"):
+        convert_rudalle(tmp_path / "ok.bin", {**params, "hidden_size": -32}, tmp_path / "out")
 
 
 def test_script_converts_from_the_hub(hub_server, tmp_path, monkeypatch, capsys):
@@ -297,6 +337,15 @@ def test_script_rejects_bad_arguments(tmp_path):
     with pytest.raises(SystemExit, match="cannot read --rudalle_config"):
         convert_script.main(["--rudalle_config", str(tmp_path / "config.json"), "--checkpoint", "x.bin",
                              "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    # A tokenizer file that is no YouTokenToMe model (a surrogate code point): an error naming it, no traceback.
+    params = tiny_params()
+    (tmp_path / "params.json").write_text(json.dumps(params))
+    torch.save(random_rudalle_state_dict(params), tmp_path / "ok.bin")
+    write_model(tmp_path / "bpe.model", {"\u2581": 4, "\udfff": 5}, [])
+    with pytest.raises(SystemExit, match=r"error: .*bpe.model: character code 57343 is not a Unicode character"):
+        convert_script.main(["--rudalle_config", str(tmp_path / "params.json"), "--checkpoint", str(tmp_path / "ok.bin"),
+                             "--tokenizer", str(tmp_path / "bpe.model"), "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    assert not (tmp_path / "out").exists()
 
 
 def convert_reference(model, tmp_path) -> DalleForImageGeneration:
@@ -417,12 +466,13 @@ def test_pipeline_runs_a_converted_model_with_its_sampling_defaults(tmp_path):
 
 
 def capture_codes(pipe, monkeypatch) -> list:
-    """Record the code grids `pipe.sample_codes` returns."""
+    """Record the code grids `pipe.sample_codes` finishes (the last codes it yields)."""
     captured, sample_codes = [], pipe.sample_codes
 
     def recording(*args, **kwargs):
-        captured.append(sample_codes(*args, **kwargs))
-        return captured[-1]
+        for codes in sample_codes(*args, **kwargs):
+            yield codes
+        captured.append(codes)
 
     monkeypatch.setattr(pipe, "sample_codes", recording)
     return captured
@@ -446,6 +496,37 @@ def test_image_prompt_fixes_codes_at_any_grid_position(monkeypatch):
         pipe("a red circle", num_candidates=1, image=image, image_prompt_mask=torch.ones(3, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="needs an `image`"):
         pipe("a red circle", num_candidates=1, image_prompt_mask=mask)
+
+
+def test_image_prompt_mask_takes_booleans_or_zeros_and_ones_only():
+    """A 0/1 integer mask (list, NumPy, tensor) is the boolean one; a float mask has no one reading (0.5? NaN would
+    be True and fix the whole image), a string is no mask: both refused before anything is sampled."""
+    pipe = make_tiny_pipeline(with_clip=False)
+    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[:, 0] = True
+
+    def images(prompt_mask):
+        generator = torch.Generator().manual_seed(1)
+        return pipe(
+            "a red circle", num_candidates=1, image=image, image_prompt_mask=prompt_mask, generator=generator,
+            output_type="pt",
+        ).images  # fmt: skip
+
+    expected = images(mask)
+    for integers in (mask.int().tolist(), mask.numpy().astype(np.uint8), mask.long()):
+        assert torch.equal(images(integers), expected)
+    for bad, kind in (
+        ("all", "str"),
+        (torch.full((4, 4), 0.5), "Tensor of torch.float32"),
+        (np.full((4, 4), np.nan), "ndarray of torch.float64"),
+        ([[1.0] * 4] * 4, "list of torch.float64"),
+        (-torch.ones(4, 4, dtype=torch.long), "other integers"),
+        (2 * mask.int(), "other integers"),
+    ):
+        with pytest.raises(ValueError, match=rf"`image_prompt_mask` must hold booleans \(or the integers 0 and 1\), got "
+                           rf"(a )?{kind}"):  # fmt: skip
+            images(bad)
 
 
 def test_rerank_by_the_transformers_perplexity(monkeypatch):

@@ -76,6 +76,22 @@ def test_rules_with_undefined_ids_raise(tmp_path):
         convert_yttm_to_tokenizer(path)
 
 
+def test_a_surrogate_code_point_is_refused(tmp_path):
+    path = write_model(tmp_path / "surrogate.model", {"\u2581": 4, "\ud800": 5}, [])
+    with pytest.raises(ValueError, match=r"character code 55296 is not a Unicode character"):
+        convert_yttm_to_tokenizer(path)
+
+
+def test_merges_that_spell_more_than_the_file_holds_are_refused(tmp_path):
+    """30 lines that double a token line after line would build a token of 2**30 characters: refused from the lengths
+    the rules spell, before any string is built."""
+    rules = [(5, 5, 6)] + [(token, token, token + 1) for token in range(6, 35)]
+    path = write_model(tmp_path / "bomb.model", {"\u2581": 4, "a": 5}, rules)
+    assert path.stat().st_size < 400
+    with pytest.raises(ValueError, match=r"its merge rules spell more than \d+ characters in all by rule 1\d"):
+        read_yttm_model(path)
+
+
 # Parity with youtokentome itself (reference venv).
 
 WORDS = [

@@ -66,3 +66,14 @@ def test_lora_demo_refuses_a_new_word_that_would_cut_captions(pipe):
         lora_demo.check_captions_fit(pipe, [c.replace("green", "crimson") for c in green_captions], "crimson")
     with pytest.raises(ValueError, match="not a color or shape of the grammar"):
         lora_demo.parse_args(["--new-word", "blue"])
+
+
+def test_card_lists_the_words_and_the_pipeline_names_others(pipe):
+    from hf_dalle.data import all_captions
+
+    words = list(dict.fromkeys(word for caption in all_captions() for word in caption.split()))
+    card = (DEMO / "README.md").read_text()
+    assert all(f'"{word}"' in card for word in words)
+    assert all(pipe.prompt_warning(f"a {word}") is None for word in words)  # the card's words are all known
+    warning = pipe.prompt_warning("a photo of a cat")
+    assert "'photo', 'cat'" in warning and "'of'" not in warning

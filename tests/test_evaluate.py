@@ -4,6 +4,8 @@ the standard Inception cannot be downloaded here), CLIP score against the pipeli
 
 import json
 import random
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,10 +182,22 @@ def test_select_first_needs_every_candidate_0(tmp_path):
         evaluate.read_manifest(tmp_path / "missing", "best")
 
 
+def write_manifest(folder: Path, count: int) -> list[str]:
+    """A generate.py manifest of `count` captions with one image each (index images); returns the files."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    files = [f"images/{index:06d}_0.png" for index in range(count)]
+    for index, file in enumerate(files):
+        index_image(index, size=16).save(folder / file)
+    entries = [
+        {"caption_index": i, "caption": "a red circle", "rank": 0, "candidate": 0, "file": file}
+        for i, file in enumerate(files)
+    ]
+    (folder / "manifest.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    return files
+
+
 def test_inception_without_torch_fidelity_says_what_to_install(tmp_path, monkeypatch):
-    (tmp_path / "manifest.jsonl").write_text(
-        json.dumps({"caption_index": 0, "caption": "a red circle", "rank": 0, "candidate": 0, "file": "x.png"}) + "\n"
-    )
+    write_manifest(tmp_path, 2)
     find_spec = evaluate.importlib.util.find_spec
     monkeypatch.setattr(
         evaluate.importlib.util,
@@ -192,3 +206,55 @@ def test_inception_without_torch_fidelity_says_what_to_install(tmp_path, monkeyp
     )
     with pytest.raises(SystemExit, match="needs torch-fidelity .* --features clip --features_model M"):
         evaluate.main(["--generated_dir", str(tmp_path), "--reference_shapes", "--output_dir", str(tmp_path / "out")])
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fails the test if evaluate.py reaches the metrics or loads a model."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the work started before the arguments were checked")
+
+    monkeypatch.setattr(evaluate, "compute_metrics", refuse)
+    monkeypatch.setattr(evaluate, "load_clip", refuse)
+
+
+def clip_args(generated_dir: Path, output_dir: Path, *reference: str) -> list[str]:
+    return [
+        "--generated_dir", str(generated_dir), *(reference or ["--reference_shapes"]), "--features", "clip",
+        "--features_model", DEMO_MODEL_DIR, "--resolution", "16", "--output_dir", str(output_dir),
+    ]  # fmt: skip
+
+
+def test_the_output_dir_and_the_image_counts_are_checked_before_any_work(tmp_path, no_work):
+    write_manifest(tmp_path / "gen", 3)
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(SystemExit, match=r"error: --output_dir '.*file/eval' cannot be written to: Not a directory"):
+        evaluate.main(clip_args(tmp_path / "gen", tmp_path / "file" / "eval"))
+    write_manifest(tmp_path / "one", 1)
+    with pytest.raises(
+        SystemExit, match=r"error: --generated_dir .*one gives 1 image\(s\) with --select best; FID needs"
+    ):
+        evaluate.main(clip_args(tmp_path / "one", tmp_path / "eval"))
+    (tmp_path / "references").mkdir()
+    index_image(0).save(tmp_path / "references" / "0.png")
+    with pytest.raises(SystemExit, match=r"error: --reference_dir .*references holds 1 images; FID needs at least 2"):
+        evaluate.main(clip_args(tmp_path / "gen", tmp_path / "eval", "--reference_dir", str(tmp_path / "references")))
+    with pytest.raises(SystemExit):  # argparse: --max_reference_images must be at least 2
+        evaluate.main([*clip_args(tmp_path / "gen", tmp_path / "eval"), "--max_reference_images", "1"])
+
+
+@pytest.mark.parametrize("which", ["reference", "generated"])
+def test_an_image_that_does_not_decode_is_named(tmp_path, which):
+    files = write_manifest(tmp_path / "gen", 3)
+    references = tmp_path / "references"
+    references.mkdir()
+    for index in range(3):
+        index_image(index, size=16).save(references / f"{index}.png")
+    damaged = references / "1.png" if which == "reference" else tmp_path / "gen" / files[2]
+    noise = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(damaged)
+    damaged.write_bytes(damaged.read_bytes()[:300])  # a copy cut short
+    with pytest.raises(SystemExit, match=rf"error: The {which} image {re.escape(str(damaged))} does not decode: "):
+        evaluate.main(clip_args(tmp_path / "gen", tmp_path / "eval", "--reference_dir", str(references)))
+    assert not (tmp_path / "eval" / "evaluation.json").exists()

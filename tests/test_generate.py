@@ -160,6 +160,77 @@ def test_a_rerun_with_other_settings_is_refused(one_process_run, pipeline_dir, c
         generate.main([*args, "--num_candidates", "8"])
 
 
+def test_damaged_progress_is_generated_again(one_process_run, pipeline_dir, captions_file, tmp_path, monkeypatch,
+                                             caplog):  # fmt: skip
+    """A finished caption whose PNG was deleted, and lines of the part file that are JSON but no record: their
+    captions are generated again (with a warning), and the result is the undamaged run's."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(one_process_run, run)
+    (run / "manifest.jsonl").unlink()
+    (run / "images" / "000003_1.png").unlink()
+    part = run / "manifest.parts" / "rank-0.jsonl"
+    lines = part.read_text().splitlines()
+    lines[1] = json.dumps({**json.loads(lines[1]), "images": "images/000001_0.png"})  # caption 1's record, damaged
+    part.write_bytes("\n".join([*lines, "[1, 2]", '{"caption_index": 99}']).encode() + b"\n\xff\xfe\n")
+    prompts = []
+    call = DallePipeline.__call__
+
+    def counting_call(self, prompt, *a, **k):
+        prompts.extend(prompt)
+        return call(self, prompt, *a, **k)
+
+    monkeypatch.setattr(DallePipeline, "__call__", counting_call)
+    with caplog.at_level("WARNING"):
+        assert generate.main(job_args(pipeline_dir, captions_file, run, batch_size=3)) == 0
+    assert sorted(prompts) == sorted([CAPTIONS[1], CAPTIONS[3]])
+    assert "line 2 is not a caption's record" in caplog.text and "line 6 is not a caption's record" in caplog.text
+    assert "['images/000003_1.png'] are missing: generated again" in caplog.text
+    assert_same_job(one_process_run, run)
+
+
+def test_a_damaged_settings_file_is_refused(one_process_run, pipeline_dir, captions_file, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(one_process_run, run)
+    (run / "generation_config.json").write_text('{"model": ')
+    with pytest.raises(SystemExit, match=r"generation_config.json is damaged \(not JSON: .*use another --output_dir"):
+        generate.main(job_args(pipeline_dir, captions_file, run, batch_size=3))
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        (
+            "c.jsonl",
+            '{"caption": "a red circle"}\n{"caption": "a blue\n',
+            r"c.jsonl, line 2: not JSON \(Unterminated string",
+        ),
+        (
+            "c.jsonl",
+            '{"caption": "a red circle"}\n"a blue square"\n',
+            r"Caption 1 of .*c.jsonl is not an object with a 'caption' field: 'a blue square'",
+        ),
+        (
+            "c.json",
+            '{"annotations": ["a red circle"]}',
+            r"Caption 0 of .*c.json is not an object with a 'caption' field",
+        ),
+        ("c.json", '{"annotations": {"caption": "a red circle"}}', r"c.json is not an MS-COCO captions file"),
+        ("c.json", '{"annotations": [', r"c.json is not JSON: Expecting value"),
+        ("c.txt", b"a red circle\n\xff\n", r"--captions .*c.txt is not UTF-8 text"),
+    ],
+    ids=["jsonl not json", "jsonl string", "coco strings", "coco dict", "coco not json", "not utf-8"],
+)
+def test_malformed_caption_files_name_the_file_and_line(pipeline_dir, tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(SystemExit, match=f"error: .*{message}"):
+        generate.main(["--model", str(pipeline_dir), "--captions", str(path), "--output_dir", str(tmp_path / "out")])
+
+
 def test_caption_sources(tmp_path):
     """.txt, .jsonl (--caption_column), MS-COCO annotations and datasets folders give the same items; --max_captions
     samples in source order; an empty caption is refused by its index."""

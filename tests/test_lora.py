@@ -11,7 +11,7 @@ from training_utils import load_script, training_environment  # noqa: F401 (auto
 
 from hf_dalle import DallePipeline
 from hf_dalle.data import make_shapes_dataset
-from hf_dalle.lora import LORA_TARGET_MODULES, add_lora_adapter, save_lora_adapter
+from hf_dalle.lora import add_lora_adapter, save_lora_adapter
 from hf_dalle.testing_utils import make_tiny_pipeline
 
 
@@ -65,7 +65,7 @@ def test_adapter_targets_every_projection_and_saves_only_itself(trained_adapter)
     pipe = make_tiny_pipeline()
     pipe.load_lora_weights(trained_adapter["path"])
     wrapped = {name.rsplit(".", 1)[-1] for name, m in pipe.transformer.named_modules() if hasattr(m, "lora_A")}
-    assert wrapped == set(LORA_TARGET_MODULES)
+    assert wrapped == {"qkv_proj", "out_proj", "fc_in", "fc_out"} == set(pipe.transformer.lora_target_modules)
 
 
 def test_training_changes_outputs_and_loading_reproduces_them_exactly(trained_adapter):

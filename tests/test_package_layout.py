@@ -18,7 +18,18 @@ PACKAGE_DIR = Path(hf_dalle.__file__).parent
 # modules). A module imports from its own group and from lower layers; the groups of one layer do not import each
 # other except for the pairs in SIDEWAYS, and no module imports the package's `__init__`.
 LAYERS = [
-    {"utilities": ["io_utils", "image_utils", "hub_utils", "data", "version"]},
+    {
+        "utilities": [
+            "io_utils",
+            "image_utils",
+            "hub_utils",
+            "loading_utils",
+            "device_utils",
+            "import_utils",
+            "data",
+            "version",
+        ]
+    },
     {"models": ["models", "tokenization_dalle", "tokenization_dalle_bart", "memory"]},
     {"pipelines": ["pipelines"], "lora": ["lora"]},
     {"training": ["training"], "conversion": ["conversion"], "testing": ["testing_utils"]},

@@ -135,25 +135,51 @@ def test_best_candidates_merged_chunk_by_chunk_are_the_best_of_all():
         assert best.scores is None if descending is None else torch.equal(best.scores, scores[expected])
 
 
-def test_generate_progressively_yields_after_each_chunk_then_the_output(pipe):
+def test_generate_progressively_yields_after_each_step_and_chunk_then_the_output(pipe):
     kwargs = {"num_candidates": 5, "num_images_per_prompt": 2, "candidate_batch_size": 3, "output_type": "pt"}
     prompts = ["a red circle", "a blue square"]
     steps = list(pipe.generate_progressively(prompts, generator=seeded(10), **kwargs))
-    assert [(p.num_sampled, p.num_candidates) for p in steps] == [(3, 10), (6, 10), (9, 10), (10, 10), (10, 10)]
+    chunks = [p for p in steps if p.codes is None]
+    assert [(p.num_sampled, p.num_candidates) for p in chunks] == [(3, 10), (6, 10), (9, 10), (10, 10), (10, 10)]
     assert all(p.output is None for p in steps[:-1])
+    # Between two chunks, a progress after each of the 16 codes but the last, with the chunk's codes so far: each
+    # one the previous plus a code, ending in the chunk's candidates.
+    partial = [p for p in steps if p.codes is not None]
+    assert len(partial) == 4 * 15 and [p.codes.shape for p in partial[:15]] == [(3, n) for n in range(1, 16)]
+    assert all(torch.equal(b.codes[:, :-1], a.codes) for a, b in zip(partial[:14], partial[1:15]))
+    assert partial[0].prompt_index.tolist() == [0, 0, 0] and partial[-1].prompt_index.tolist() == [1]
+    assert partial[15].candidate_index.tolist() == [3, 4, 0]  # the second chunk spans the two prompts
+    last_codes = partial[14].codes
+    grids = pipe(prompts[0], generator=seeded(3), num_candidates=3, num_images_per_prompt=3, output_type="latent")
+    assert torch.equal(grids.images.flatten(1)[:, :15], last_codes[grids.candidate_indices])
     expected = pipe(prompts, generator=seeded(10), **kwargs)
     torch.testing.assert_close(steps[-1].output.images, expected.images)
     assert steps[-1].output.scores == expected.scores
     assert steps[-1].output.candidate_indices == expected.candidate_indices
-    # Interrupted between two chunks: the best of the candidates sampled by then.
-    steps = pipe.generate_progressively("a red circle", generator=seeded(5), **kwargs)
-    assert next(steps).num_sampled == 3
-    pipe._interrupt = True
-    last = next(steps)
-    assert last.num_sampled == 3
+    # Interrupted between two chunks, or in the middle of the second: the best of the candidates finished by then.
     first_three = pipe("a red circle", generator=seeded(3), **{**kwargs, "num_candidates": 3})
-    torch.testing.assert_close(last.output.images, first_three.images)
-    assert last.output.scores == first_three.scores
+    for partial_steps in (0, 5):
+        steps = pipe.generate_progressively("a red circle", generator=seeded(5), **kwargs)
+        while next(steps).codes is not None:  # the first chunk's codes
+            pass
+        for _ in range(partial_steps):
+            assert next(steps).codes.shape == (2, _ + 1)
+        pipe._interrupt = True
+        last = next(steps)
+        assert last.num_sampled == 3 and last.output is not None
+        torch.testing.assert_close(last.output.images, first_three.images)
+        assert last.output.scores == first_three.scores
+
+
+def test_decode_partial_draws_the_codes_so_far_and_grays_the_rest(pipe):
+    codes = torch.randint(0, 32, (2, 16), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(pipe.decode_partial(codes), pipe.decode(codes).float())
+    partial = pipe.decode_partial(codes[:, :6])  # the first row and two codes of the second (8x8 pixels a code)
+    assert (partial[:, :, 8:16, 16:] == 0.5).all() and (partial[:, :, 16:] == 0.5).all()
+    completed = pipe.decode(torch.nn.functional.pad(codes[:, :6], (0, 10)))  # the rest as code 0
+    torch.testing.assert_close(partial[:, :, :8], completed[:, :, :8])
+    torch.testing.assert_close(partial[:, :, 8:16, :16], completed[:, :, 8:16, :16])
+    assert not torch.allclose(completed[:, :, :8], pipe.decode(codes)[:, :, :8])  # codes below reach up: a preview
 
 
 def test_without_clip_returns_first_candidates_with_warning(pipe, caplog):
@@ -166,17 +192,33 @@ def test_without_clip_returns_first_candidates_with_warning(pipe, caplog):
     torch.testing.assert_close(out.images, candidates[:2])
 
 
-def test_a_prompt_longer_than_the_text_length_is_truncated_with_a_warning(pipe, caplog):
+def test_output_says_what_the_model_did_not_read(pipe, caplog):
+    """A caption cut at the text length, or with words the tokenizer does not know: a short message per prompt, in the
+    output and the log (not the whole prompt again, never half a character)."""
     max_length = pipe.transformer.config.max_text_length
     fits = "a red circle"
-    too_long = fits + " above a blue square" * max_length
-    assert len(pipe.tokenizer.tokenize(too_long)) > max_length
+    too_long = fits + " above a blue square" * 200
+    unknown = "a red zyzzyva"
     with caplog.at_level(logging.WARNING):
-        pipe(fits, num_candidates=1, generator=seeded(1))
-    assert "truncated" not in caplog.text
-    with caplog.at_level(logging.WARNING):
-        pipe(too_long, num_candidates=1, generator=seeded(1))
-    assert f"reads {max_length}; it is truncated" in caplog.text and "blue square'" in caplog.text
+        out = pipe([fits, too_long, unknown], num_candidates=1, generator=seeded(3))
+    assert out.prompt_warnings[0] is None
+    prefix = f"The model reads {max_length} tokens; the rest is ignored: '"
+    assert out.prompt_warnings[1].startswith(prefix) and out.prompt_warnings[1].endswith("…'.")
+    dropped = out.prompt_warnings[1][len(prefix) : -len("…'.")]
+    assert len(dropped) < 40 and dropped in too_long[len(fits) :]  # the start of what was cut, shortened
+    assert out.prompt_warnings[2].startswith("Words the model's tokenizer does not know")
+    assert "'zyzzyva'" in out.prompt_warnings[2] and "'red'" not in out.prompt_warnings[2]
+    assert len(caplog.text) < 600  # the 4,000-character prompt is not repeated
+    assert "is ignored" in caplog.text and "zyzzyva" in caplog.text
+
+
+def test_truncation_never_cuts_a_character_in_half(pipe):
+    max_length = pipe.transformer.config.max_text_length
+    # Each emoji is 4 bytes, several byte-level tokens: the cut falls inside one.
+    prompt = "a red circle" + " 🐱" * max_length
+    warning = pipe.prompt_warning(prompt)
+    dropped = warning.split("ignored: ", 1)[1]
+    assert "\ufffd" not in dropped and dropped.strip("'.").replace("🐱", "").strip(" …") == ""
 
 
 def test_guidance_with_prompt_as_negative_equals_no_guidance(pipe):
@@ -324,11 +366,29 @@ def test_cli_generate_writes_files(pipe, tmp_path, capsys):
         "a_red_circle_1.png",
         "grid.png",
     ]
-    assert PIL.Image.open(out_dir / "grid.png").size == (64, 64)
+    grid = np.asarray(PIL.Image.open(out_dir / "grid.png"))
+    assert grid.shape[0] == 64 and grid.shape[1] > 64  # two rows of two 32x32 images, their captions to the left
+    images = np.asarray(PIL.Image.open(out_dir / "a_blue_square_1.png"))
+    assert np.array_equal(grid[32:, -32:], images)
+    captions = grid[:, : grid.shape[1] - 64]
+    assert (captions[:32] < 128).any() and (captions[32:] < 128).any()  # each row has its caption's text
+    assert not np.array_equal(captions[:32], captions[32:])
     printed = capsys.readouterr().out
-    assert printed.count("score=") == 4
+    assert printed.count("score=") == 4 and "note:" not in printed
     # The files are the pipeline's images for the per-candidate seeds 7, 8, ...
     expected = pipe(
         ["a red circle", "a blue square"], num_candidates=3, num_images_per_prompt=2, generator=seeded(6, offset=7)
     )
     assert np.array_equal(np.asarray(PIL.Image.open(out_dir / "a_blue_square_1.png")), np.asarray(expected.images[3]))
+
+
+def test_progress_bar_says_what_it_counts(pipe, capsys):
+    pipe("a red circle", num_candidates=2, generator=seeded(2))
+    err = capsys.readouterr().err
+    assert "Sampling image codes" in err and "code/s" in err
+    pipe.set_progress_bar_config(desc="mine")
+    try:
+        pipe("a red circle", num_candidates=1, generator=seeded(1))
+        assert "mine" in capsys.readouterr().err
+    finally:
+        pipe.set_progress_bar_config()

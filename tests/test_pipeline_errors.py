@@ -3,6 +3,7 @@ result), never a flat gray image, an overwritten file or a half-done run."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +13,13 @@ import PIL.Image
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import CLIPModel
 
 from hf_dalle import DallePipeline
 from hf_dalle.cli import main as cli_main
 from hf_dalle.models.dalle import DalleConfig, DalleForImageGeneration
 from hf_dalle.testing_utils import make_tiny_pipeline
+from hf_dalle.training.loading import load_component
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +86,8 @@ def test_cli_guidance_scale_inf_exits_non_zero_and_writes_nothing(pipeline_dir, 
     result = run_cli("generate", "a red circle", "--model", pipeline_dir, "--guidance-scale", "inf",
                      "--num-candidates", "1", "--num-images", "1", "--output-dir", tmp_path / "out")  # fmt: skip
     assert result.returncode != 0
-    assert "guidance_scale` must be a finite number" in result.stderr and "Traceback" not in result.stderr
+    assert "argument --guidance-scale: must be a number >= 1 (1 = off), got 'inf'" in result.stderr
+    assert "Traceback" not in result.stderr
     assert not list((tmp_path / "out").glob("*.png"))
 
 
@@ -136,10 +140,42 @@ def test_adapter_with_unmatched_weights_is_refused_and_unloaded(adapter_dir):
     rewrite_adapter(adapter_dir, rename_one)
     pipe = make_tiny_pipeline()
     base = logits(pipe)
-    with pytest.raises(ValueError, match=r"does not match this transformer: the weights \[.*layers\.[17]"):
+    with pytest.raises(ValueError, match=r"does not match this transformer \(the weights \[.*layers\.[17]"):
         pipe.load_lora_weights(adapter_dir)
     assert torch.equal(logits(pipe), base)
     assert not any(".default." in name for name, _ in pipe.transformer.named_parameters())
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        # Bounded by the weights before peft allocates anything (r rows per adapted layer).
+        ({"r": 7}, r"its config asks for ranks \[7\], but its weights are of rank \[4\]"),
+        ({"r": 2_000_000}, r"asks for ranks \[2000000\]"),
+        ({"r": 4.0}, r"asks for ranks \[4.0\]"),
+        ({"lora_alpha": float("inf")}, r"lora_alpha must be a finite number > 0, got \[inf\]"),
+        ({"lora_alpha": float("nan")}, r"lora_alpha must be a finite number > 0, got \[nan\]"),
+        ({"lora_alpha": 1e30}, r"lora_alpha 1e\+30 at rank 4 scales the adapter by 2.5e\+29, more than 10000"),
+        ({"modules_to_save": ["lm_head"]}, r"lists modules_to_save \['lm_head'\]: whole modules"),
+        # Passes the checks, fails inside peft (rank-1 layers for rank-4 weights): peft's error, nothing attached.
+        ({"r": 1}, r"does not match this transformer \(.*size mismatch"),
+    ],
+    ids=["r 7", "r 2e6", "r float", "alpha inf", "alpha nan", "alpha 1e30", "modules_to_save", "peft fails"],
+)
+def test_adapter_config_that_does_not_fit_its_weights_is_refused_and_nothing_loaded(adapter_dir, changes, message):
+    config_file = adapter_dir / "adapter_config.json"
+    saved = config_file.read_text()
+    config_file.write_text(json.dumps({**json.loads(saved), **changes}))
+    pipe = make_tiny_pipeline()
+    base = logits(pipe)
+    with pytest.raises(ValueError, match=message):
+        pipe.load_lora_weights(adapter_dir)
+    assert not hasattr(pipe.transformer, "peft_config")
+    assert not any("lora_" in name for name, _ in pipe.transformer.named_parameters())
+    assert torch.equal(logits(pipe), base)
+    config_file.write_text(saved)
+    pipe.load_lora_weights(adapter_dir)  # the model takes the adapter with its own config afterwards
+    assert not torch.equal(logits(pipe), base)
 
 
 def test_load_lora_weights_from_a_missing_folder(pipe, tmp_path):
@@ -264,8 +300,6 @@ def test_cli_output_files_never_overwrite_each_other(pipeline_dir, tmp_path, cap
     [
         (["--seed", str(2**64 - 1)], "--seed must be between 0 and"),
         (["--seed", "-1"], "--seed must be between 0 and"),
-        (["--num-candidates", "0"], "num_candidates` must be a positive integer"),
-        (["--temperature", "nan"], "temperature` must be a finite number"),
         (["--model", "/nonexistent"], "No such pipeline folder: '/nonexistent'"),
     ],
 )
@@ -344,6 +378,50 @@ def test_from_pretrained_names_what_is_missing(pipe, tmp_path):
     assert loaded.vae is pipe.vae
 
 
+@pytest.mark.parametrize(
+    "component, tensor",
+    [("vae", "decoder.blocks.output.conv.bias"), ("transformer", "model.layers.1.mlp.fc_in.weight"),
+     ("clip_model", "text_model.final_layer_norm.bias")],
+)  # fmt: skip
+def test_a_pipeline_whose_weights_lack_a_tensor_is_refused(pipe, tmp_path, component, tensor):
+    """transformers would fill a missing weight at random and only log it: a damaged model, refused by name."""
+    pipe.save_pretrained(tmp_path / "pipeline")
+    (weights_file,) = (tmp_path / "pipeline" / component).glob("*.safetensors")
+    weights = load_file(weights_file)
+    assert tensor in weights
+    del weights[tensor]
+    save_file(weights, weights_file, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=rf"'.*{component}' lack 1 tensors of \w+: \['{re.escape(tensor)}'\]\. The "):
+        DallePipeline.from_pretrained(tmp_path / "pipeline")
+    if component == "clip_model":  # the training scripts load it on their own (train_clip, train_dalle's validation)
+        with pytest.raises(ValueError, match=rf"lack 1 tensors of CLIPModel: \['{re.escape(tensor)}'\]"):
+            load_component(CLIPModel, str(tmp_path / "pipeline"), "clip_model")
+
+
+def test_a_pickled_component_is_refused_without_torchs_advice(pipe, tmp_path):
+    from test_convert_openai_dvae import WritesAFile
+
+    pipe.save_pretrained(tmp_path / "pipeline")
+    vae_folder = tmp_path / "pipeline" / "vae"
+    weights = load_file(vae_folder / "model.safetensors")
+    (vae_folder / "model.safetensors").unlink()
+    marker = tmp_path / "pwned"
+    torch.save({**weights, "payload": WritesAFile(marker)}, vae_folder / "pytorch_model.bin")
+    with pytest.raises(
+        ValueError, match=r"'.*vae' \(a pickled pytorch_model.bin\) hold objects other than tensors"
+    ) as error:
+        DallePipeline.from_pretrained(tmp_path / "pipeline")
+    assert "weights_only" not in str(error.value) and not marker.exists()
+
+
+def test_a_model_folder_that_does_not_exist_is_named(tmp_path):
+    from hf_dalle import DalleVAE
+
+    for model_class in (DalleVAE, DalleForImageGeneration):
+        with pytest.raises(FileNotFoundError, match=rf"No such model folder: '{tmp_path}/absent'"):
+            model_class.from_pretrained(tmp_path / "absent")
+
+
 def test_from_pretrained_downloads_only_the_pipelines_files(pipe, hub_server, tmp_path):
     from huggingface_hub import upload_file
 
@@ -395,7 +473,10 @@ def test_converter_refuses_non_finite_weights_and_never_advises_weights_only_fal
     with torch.no_grad():
         decoder.blocks.input.b[0] = float("inf")
     encoder_path, decoder_path = save_openai_dvae(encoder, decoder, tmp_path, "state_dict")
-    with pytest.raises(ValueError, match=r"non-finite \(NaN or infinite\) weights in \['decoder.blocks.input.bias'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"decoder.pkl': 'decoder.blocks.input.bias' holds NaN or infinite values: the file is damaged",
+    ):
         convert_openai_dvae(encoder_path, decoder_path)
 
     marker = tmp_path / "pwned"

@@ -4,7 +4,7 @@ EMA outputs, mixed precision, errors. Tiny models, a few steps each."""
 import json
 import logging
 import math
-import pickle
+import os
 import signal
 import subprocess
 import sys
@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from training_utils import (  # noqa: F401 (training_environment: autouse fixture)
+    REPO_ROOT,
     Interrupt,
     assert_same_weights,
     interrupt_on_call,
@@ -107,9 +108,9 @@ def test_vae_resume_is_exact(shapes_dir, tmp_path, monkeypatch):
     ema, raw = load_file(straight / "model.safetensors"), load_file(straight / "model.non_ema.safetensors")
     assert any(not torch.equal(ema[name], raw[name]) for name in ema)  # the average is not the raw weights
     straight_logs, resumed_logs = training_logs(straight), training_logs(resumed)
-    assert [log["step"] for log in straight_logs] == [2, 4, 6, 8]
-    assert [log["step"] for log in resumed_logs] == [2, 4, 6, 8]  # step 4 (logged before the kill) not twice
-    for a, b in zip(straight_logs[2:], resumed_logs[-2:]):  # steps 6 and 8, both after the resume point
+    assert [log["step"] for log in straight_logs] == [1, 2, 4, 6, 8]  # the first step, then every 2
+    assert [log["step"] for log in resumed_logs] == [1, 2, 4, 6, 8]  # step 4 (logged before the kill) not twice
+    for a, b in zip(straight_logs[-2:], resumed_logs[-2:]):  # steps 6 and 8, both after the resume point
         assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
 
 
@@ -207,8 +208,8 @@ def test_nonfinite_loss_steps_are_skipped_then_training_stops(shapes_dir, tmp_pa
     assert not torch.equal(calls[0], calls[1]) and not torch.equal(calls[3], calls[4])  # finite steps update
     assert all(torch.isfinite(weights).all() for weights in calls)
     logs = training_logs(tmp_path / "run")
-    assert [(log["step"], log["skipped_steps"]) for log in logs] == [(2, 2)]
-    assert math.isfinite(logs[0]["loss"])  # the averages leave the skipped batches out
+    assert [(log["step"], log["skipped_steps"]) for log in logs] == [(1, 0), (2, 2)]
+    assert math.isfinite(logs[1]["loss"])  # the averages leave the skipped batches out
 
 
 def test_processes_that_accelerate_does_not_connect_are_refused(shapes_dir, tmp_path, monkeypatch):
@@ -271,15 +272,95 @@ def test_a_crafted_checkpoint_runs_no_code(shapes_dir, tmp_path, victim):
             return exec, (f"open({str(pwned)!r}, 'w').write('ran')",)
 
     torch.save(Payload(), checkpoint / victim)
-    if victim != "custom_checkpoint_0.pkl":  # a payload sized to match the marker: the loader itself must refuse
-        marker = json.loads((checkpoint / "checkpoint_complete.json").read_text())
-        marker["files"][victim] = (checkpoint / victim).stat().st_size
-        (checkpoint / "checkpoint_complete.json").write_text(json.dumps(marker))
-    with pytest.raises(
-        (ValueError, pickle.UnpicklingError), match="pickled states|Weights only load failed|is not JSON"
-    ):
+    if victim != "custom_checkpoint_0.pkl":  # the marker rewritten to match: the loader itself must refuse
+        reseal(checkpoint)
+    refusals = {
+        "custom_checkpoint_0.pkl": r"pickled states \['custom_checkpoint_0.pkl'\]",
+        "training_state.json": r"training_state.json is not a saved TrainingState",
+        "optimizer.bin": r"optimizer.bin holds objects other than tensors and plain data, and is not loaded for safety",
+    }
+    with pytest.raises(ValueError, match=refusals[victim]) as refusal:
         load_script("train_vae").main([*args, "--resume_from_checkpoint", str(checkpoint)])
+    assert "weights_only" not in str(refusal.value)  # torch's advice to load it unsafely never reaches the user
     assert not pwned.exists()
+
+
+def reseal(checkpoint: Path) -> None:
+    """Rewrite the completion marker to match the files as they are now (what a crafted checkpoint comes with)."""
+    from hf_dalle.hub_utils import sha256_of
+
+    files = [p for p in sorted(checkpoint.iterdir()) if p.is_file() and p.name != "checkpoint_complete.json"]
+    marker = json.loads((checkpoint / "checkpoint_complete.json").read_text())
+    marker["files"] = {p.name: p.stat().st_size for p in files}
+    marker["sha256"] = {p.name: sha256_of(p) for p in files}
+    (checkpoint / "checkpoint_complete.json").write_text(json.dumps(marker))
+
+
+def test_a_damaged_random_state_of_the_same_size_is_refused_unless_allowed(shapes_dir, tmp_path, caplog):
+    """Bytes of random_states_0.pkl overwritten, its size kept (Accelerate would catch the load error and log it at
+    info level): the checksum in the marker refuses it, and --allow_inexact_resume resumes with a warning."""
+    output_dir = tmp_path / "run"
+    args = _checkpointed_run(shapes_dir, output_dir, 2)
+    checkpoint = output_dir / "checkpoints" / "checkpoint-2"
+    damaged = checkpoint / "random_states_0.pkl"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
+    damaged.write_bytes(bytes(data))
+    more = [*args[:-4], "--max_train_steps", "3", *args[-2:]]
+    assert more.count("--max_train_steps") == 1, more
+    with pytest.raises(
+        ValueError,
+        match=r"of the wrong size or SHA-256 \(damaged since they were saved\): \['random_states_0.pkl'\].*--allow_inexact_resume",
+    ):
+        load_script("train_vae").main([*more, "--resume_from_checkpoint", str(checkpoint)])
+    with caplog.at_level(logging.WARNING, logger="hf_dalle.training.checkpointing"):
+        state = load_script("train_vae").main(
+            [*more, "--resume_from_checkpoint", str(checkpoint), "--allow_inexact_resume"]
+        )
+    assert state.global_step == 3
+    assert "with a damaged random_states_0.pkl: not exact" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "field, value, refusal",
+    [
+        ("global_step", -5, r"global_step=-5 \(counts are never negative\)"),
+        (
+            "global_step",
+            10**12,
+            r"training_state.json says step 1000000000000, but its checkpoint_complete.json says step 2",
+        ),
+        ("batches_in_epoch", 10**9, r"at batch 1000000000 of its epoch, but the data has 5 batches per epoch"),
+    ],
+)
+def test_a_crafted_training_state_is_refused(shapes_dir, tmp_path, field, value, refusal):
+    output_dir = tmp_path / "run"
+    args = _checkpointed_run(shapes_dir, output_dir, 2)
+    checkpoint = output_dir / "checkpoints" / "checkpoint-2"
+    saved = json.loads((checkpoint / "training_state.json").read_text())
+    (checkpoint / "training_state.json").write_text(json.dumps({**saved, field: value}))
+    reseal(checkpoint)
+    with pytest.raises(ValueError, match=refusal):
+        load_script("train_vae").main([*args, "--resume_from_checkpoint", str(checkpoint)])
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused(shapes_dir, tmp_path):
+    """A NaN in the saved moving average (or the model, or the optimizer state): refused, never trained on."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    output_dir = tmp_path / "run"
+    args = _checkpointed_run(shapes_dir, output_dir, 2, "--use_ema")
+    checkpoint = output_dir / "checkpoints" / "checkpoint-2"
+    ema_file = checkpoint / "ema.safetensors"
+    with safe_open(ema_file, "pt") as file:
+        metadata = file.metadata()
+    tensors = load_file(ema_file)
+    tensors["shadow_params.0"][0] = float("nan")
+    save_file(tensors, ema_file, metadata=metadata)
+    reseal(checkpoint)
+    with pytest.raises(ValueError, match=r"ema.safetensors holds NaN or infinite values in 'shadow_params.0'"):
+        load_script("train_vae").main([*args, "--resume_from_checkpoint", str(checkpoint)])
 
 
 def test_resume_from_a_folder_that_is_no_checkpoint_names_it(shapes_dir, tmp_path):
@@ -318,12 +399,13 @@ def test_latest_passes_over_a_damaged_checkpoint(shapes_dir, tmp_path, caplog):
     )
     assert state.global_step == 6
     assert (
-        "Passing over the damaged checkpoint" in caplog.text and "of the wrong size: ['optimizer.bin']" in caplog.text
+        "Passing over the damaged checkpoint" in caplog.text
+        and "of the wrong size or SHA-256 (damaged since they were saved): ['optimizer.bin']" in caplog.text
     )
     assert "Resumed from " + str(output_dir / "checkpoints" / "checkpoint-2") in caplog.text
     _checkpointed_run(shapes_dir, tmp_path / "straight", 6)
     assert_same_weights(tmp_path / "straight", output_dir)
-    assert [log["step"] for log in training_logs(output_dir)] == [2, 4, 6]
+    assert [log["step"] for log in training_logs(output_dir)] == [1, 2, 4, 6]
 
 
 def test_a_kill_during_the_final_save_leaves_no_temporary_folder(shapes_dir, tmp_path):
@@ -476,3 +558,72 @@ def test_a_run_folder_left_by_older_scripts_resumes(shapes_dir, tmp_path):
     assert not any(folder.exists() for folder in left)
     assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-2", "checkpoint-4"]
     assert sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+
+
+def run_script(name: str, args: list[str]) -> subprocess.CompletedProcess:
+    """`python scripts/{name}.py ARGS` as a user runs it, single-threaded on this shared machine."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, str(REPO_ROOT / "scripts" / f"{name}.py"), *args]
+    result = subprocess.run(command, capture_output=True, timeout=600, env=env)
+    # Decoded here: text=True would turn tqdm's carriage returns into line breaks.
+    result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
+    return result
+
+
+def test_training_shows_progress_and_logs_the_first_step(shapes_dir, tmp_path):
+    """A short run says at once how it goes: a tqdm bar (steps, rate, time left, loss) and the first step's metrics,
+    though --logging_steps is longer than the run."""
+    output_dir = tmp_path / "run"
+    args = vae_args(shapes_dir, output_dir, "--max_train_steps", "3", "--checkpointing_steps", "100")
+    args[args.index("--logging_steps") + 1] = "100"
+    result = run_script("train_vae", args)
+    assert result.returncode == 0, result.stderr
+    bar = [line for line in result.stderr.split("\r") if line.startswith("Training: ")]  # tqdm's refreshes
+    assert bar[0].startswith("Training:   0%") and "0/3 [" in bar[0]
+    assert bar[-1].startswith("Training: 100%") and "3/3 [" in bar[-1] and "loss=" in bar[-1]
+    assert "step/s" in bar[-1] or "s/step" in bar[-1]
+    assert "step 1: " in result.stderr  # the first step's log line
+    assert [log["step"] for log in training_logs(output_dir)] == [1, 3]
+
+
+def test_a_used_output_folder_is_refused_unless_resumed_or_overwritten(shapes_dir, tmp_path):
+    output_dir = tmp_path / "run"
+    load_script("train_vae").main(
+        vae_args(shapes_dir, output_dir, "--max_train_steps", "2", "--checkpointing_steps", "1")
+    )
+    again = vae_args(shapes_dir, output_dir, "--max_train_steps", "1", "--checkpointing_steps", "1")
+    refused = run_script("train_vae", again)
+    assert refused.returncode != 0
+    assert f"--output_dir '{output_dir}' is not empty. Pass --resume_from_checkpoint latest" in refused.stderr
+    assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-1", "checkpoint-2"]  # untouched
+
+    overwritten = run_script("train_vae", [*again, "--overwrite_output_dir"])
+    assert overwritten.returncode == 0, overwritten.stderr
+    # Only the new run's checkpoints and metrics: `latest` would resume this run, not the old one.
+    assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-1"]
+    assert [log["step"] for log in training_logs(output_dir)] == [1]
+    assert not [p for p in tmp_path.iterdir() if p.name != "run"]  # the old run's temporary is gone too
+
+
+def test_overwrite_deletes_only_a_run_folder(shapes_dir, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    args = vae_args(shapes_dir, tmp_path, "--max_train_steps", "1", "--overwrite_output_dir")
+    with pytest.raises(ValueError, match="--overwrite_output_dir deletes only a training run's folder"):
+        load_script("train_vae").parse_args(args)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    with pytest.raises(ValueError, match="either --resume_from_checkpoint or --overwrite_output_dir"):
+        load_script("train_vae").parse_args([*args, "--resume_from_checkpoint", "latest"])
+
+
+def test_a_batch_larger_than_the_data_is_refused_before_anything_is_built(shapes_dir, tmp_path, monkeypatch):
+    """train_clip.py's default batch (64) on 20 images: refused at once, not after building the models."""
+    result = run_script("train_clip", ["--dataset_name", str(shapes_dir), "--output_dir", str(tmp_path / "clip")])
+    assert result.returncode != 0
+    message = "--train_batch_size 64 needs at least 64 training examples, but the data has 20"
+    assert message in result.stderr
+    train_vae = load_script("train_vae")
+    monkeypatch.setattr(train_vae, "build_vae", lambda args: pytest.fail("built before the data was checked"))
+    args = vae_args(shapes_dir, tmp_path / "vae", "--max_train_steps", "1")
+    args[args.index("--train_batch_size") + 1] = "32"
+    with pytest.raises(ValueError, match="--train_batch_size 32 needs at least 32 training examples"):
+        train_vae.main(args)

@@ -125,7 +125,7 @@ def test_train_vae_output(trained):
     # 4 validation images above their reconstructions.
     assert Image.open(trained["vae"] / "reconstructions" / grids[-1]).size == (4 * 32, 2 * 32)
     logs = [json.loads(line) for line in (trained["vae"] / "logs" / "metrics.jsonl").read_text().splitlines()]
-    assert [log["step"] for log in logs] == [2, 2, 4, 4]  # training averages, then the validation metrics
+    assert [log["step"] for log in logs] == [1, 2, 2, 4, 4]  # training averages (the first step too), validations
     training_metrics = {"reconstruction_loss", "kl_loss", "codes_used", "perplexity", "temperature", "kl_weight"}
     assert training_metrics <= logs[-2].keys()
     assert 1 <= logs[-1]["validation_codes_used"] <= 16 and logs[-1]["validation_mse"] > 0
@@ -342,6 +342,8 @@ def test_errors_name_the_problem(trained, tmp_path):
                 str(trained["tokens"]),
                 "--model_config",
                 '{"image_vocab_size": 32}',
+                "--train_batch_size",
+                "8",
                 "--output_dir",
                 str(tmp_path / "y"),
             ]
@@ -382,6 +384,8 @@ def test_push_to_hub(trained, tmp_path, hub_server):
     load_script("train_dalle").main(
         [
             *COMMON,
+            "--resume_from_checkpoint",  # the folder is not empty: train there (no checkpoint yet: from step 0)
+            "latest",
             "--pretrained_model_name_or_path",
             str(trained["pipeline"]),
             "--pretokenized_dataset",

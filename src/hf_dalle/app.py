@@ -6,28 +6,35 @@ first access, for a Hugging Face Space's `app.py`.
 
 One pipeline stays in memory and requests queue for it one at a time; each request samples its candidates
 `candidate_batch_size` at a time and keeps only the best images, so even `num_candidates=512` runs in bounded memory.
+While a batch is sampled, previews of its first candidates are redrawn after every row of codes (as min-dalle's demo
+shows DALL·E Mega's images grow).
 
 Limits, so that no client can monopolise the one pipeline: captions of at most `MAX_PROMPT_CHARS` characters; at most
 `max_candidates` candidates and `max_request_seconds` of sampling per request (then the best so far are shown);
 `max_requests_per_client` requests queued or running per client address (more are refused when posted); a request
 whose client went away stops at its next batch of candidates; `MAX_QUEUE_SIZE` requests waiting in all; uploads of at
 most `MAX_UPLOAD_SIZE` (the app takes none; Gradio's upload route is open); the images Gradio caches for the
-galleries deleted after `CACHE_SECONDS`.
+galleries deleted after `CACHE_SECONDS`. [`launch_demo`] serves it with these limits, and counts each client by the
+address that connects unless the operator names the reverse proxies whose `X-Forwarded-For` to believe.
 """
 
+import base64
 import contextlib
+import html
+import io
+import ipaddress
 import os
 import reprlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import gradio as gr
 import torch
 
 from .data import RELATIONS, caption_split, parse_caption, split_captions
 from .demo import load_pipeline
-from .pipelines import DallePipeline
+from .pipelines import DallePipeline, DallePipelineProgress
 
 
 MAX_CANDIDATES = 512  # the paper's N
@@ -43,8 +50,10 @@ MAX_REQUESTS_PER_CLIENT = 1
 CLIENT_SLOT_SECONDS = 900.0
 MAX_UPLOAD_SIZE = "1mb"
 CACHE_SECONDS = 1800  # gallery images in Gradio's cache are deleted this long after they were written
-# For `demo.launch(**LAUNCH_LIMITS)` (`hf-dalle serve`, the Space's app.py): launch() is where Gradio takes them.
+# For `demo.launch(**LAUNCH_LIMITS)` ([`launch_demo`]): launch() is where Gradio takes them.
 LAUNCH_LIMITS = {"max_file_size": MAX_UPLOAD_SIZE}
+# uvicorn's setting (read when Gradio's launch() builds the server) of the addresses whose X-Forwarded-For it believes.
+FORWARDED_ALLOW_IPS = "FORWARDED_ALLOW_IPS"
 _SHORT = reprlib.Repr()
 _SHORT.maxstring = _SHORT.maxother = 40  # bad values are quoted in messages, never 1 MB of them
 _short_repr = _SHORT.repr
@@ -132,8 +141,8 @@ class ClientLimiter:
 
 
 def _client(request: gr.Request | None) -> str | None:
-    # The address uvicorn reports: behind a reverse proxy, that is the proxy's unless uvicorn is told to trust its
-    # X-Forwarded-For (the FORWARDED_ALLOW_IPS environment variable), and all users would share one client's limit.
+    # The address uvicorn reports: the one that connects, or that of X-Forwarded-For from a proxy named to
+    # launch_demo (behind a proxy not named, all users share the proxy's limit).
     return getattr(getattr(request, "client", None), "host", None)
 
 
@@ -145,18 +154,22 @@ def generate_images_progressively(
     num_images: int = 4,
     guidance_scale: float | None = None,
     temperature: float = 1.0,
-    top_k: int = 0,
+    top_k: int | None = None,
     seed: int = 0,
     candidate_batch_size: int = MAX_CANDIDATE_BATCH_SIZE,
     max_candidates: int = MAX_CANDIDATES,
     max_seconds: float = MAX_REQUEST_SECONDS,
-) -> Iterator[tuple[list[tuple] | None, str]]:
+) -> Iterator[tuple[list[tuple] | None, list[tuple] | None, str]]:
     """
     Run `pipeline` for one caption with the page's settings, `candidate_batch_size` candidates at a time (one
-    `pipeline.generate_progressively` call), yielding `(None, status)` after each batch but the last and finally
-    `(gallery, status)`: the gallery is `(image, caption)` pairs, best first, captioned with rank and CLIP score. Gradio
-    stops iterating when the client goes away, so the remaining batches are not sampled; after `max_seconds` the best
-    candidates so far are shown.
+    `pipeline.generate_progressively` call). Yields `(gallery, previews, status)`: while it samples, `(None, previews,
+    status)` after every row of codes of a batch (the batch's first `num_images` candidates so far as `(image,
+    caption)` pairs, `pipeline.decode_partial`: the rows not yet sampled are gray) and `(None, None, status)` after
+    each batch but the last; finally `(gallery, None, status)`: the gallery is `(image, caption)` pairs, best first,
+    captioned with rank and CLIP score. Gradio stops iterating when the client
+    goes away, so the remaining codes are not sampled; after `max_seconds` no further batch is begun and the best
+    candidates so far are shown. `guidance_scale` and `top_k` (0: all codes) default to the pipeline's (DALL·E Mega:
+    16 and 256).
 
     Bad input raises `gr.Error`, which Gradio shows in the page while the server keeps serving.
     """
@@ -166,11 +179,13 @@ def generate_images_progressively(
         raise gr.Error("Please enter a caption, e.g. 'a red circle above a blue square'.")
     num_candidates = _check_integer("Number of candidates", num_candidates, 1, max_candidates)
     num_images = _check_integer("Number of images", num_images, 1, min(MAX_IMAGES, num_candidates))
-    top_k = _check_integer("Top-k", top_k, 0, pipeline.transformer.config.image_vocab_size)
+    if top_k is not None:
+        top_k = _check_integer("Top-k", top_k, 0, pipeline.transformer.config.image_vocab_size)
     seed = _check_integer("Seed", seed, 0, MAX_SEED)
     # One generator per candidate, seeded seed + index (as `hf-dalle generate`): the same seed redraws the same images,
     # whichever batch a candidate is sampled in.
     generators = [torch.Generator().manual_seed(seed + i) for i in range(num_candidates)]
+    grid = pipeline.transformer.config.image_grid_size
     start = time.perf_counter()
     steps = pipeline.generate_progressively(
         prompt,
@@ -178,7 +193,7 @@ def generate_images_progressively(
         num_candidates=num_candidates,
         num_images_per_prompt=num_images,
         temperature=float(temperature),
-        top_k=top_k or None,
+        top_k=top_k,
         guidance_scale=None if guidance_scale is None else float(guidance_scale),  # None: the pipeline's default
         generator=generators,
         candidate_batch_size=candidate_batch_size,
@@ -187,12 +202,27 @@ def generate_images_progressively(
         try:
             for progress in steps:
                 seconds = time.perf_counter() - start
+                if progress.codes is not None:
+                    if progress.codes.shape[1] % grid == 0:  # a row of codes done: redraw the previews
+                        yield (
+                            None,
+                            _previews(pipeline, progress, num_images),
+                            (
+                                f"Sampled {progress.num_sampled} of {num_candidates} candidates in {seconds:.1f} s; "
+                                f"{progress.codes.shape[1]} of {grid * grid} codes of the next..."
+                            ),
+                        )
+                    continue
                 if progress.output is not None or progress.num_sampled == num_candidates:
                     continue
                 if seconds > max_seconds:
                     pipeline._interrupt = True  # no further batch: the pipeline returns the best so far
                     continue
-                yield None, f"Sampled {progress.num_sampled} of {num_candidates} candidates in {seconds:.1f} s..."
+                yield (
+                    None,
+                    None,
+                    f"Sampled {progress.num_sampled} of {num_candidates} candidates in {seconds:.1f} s...",
+                )
         except ValueError as error:  # the pipeline's own input checks (temperature, guidance scale, ...)
             raise gr.Error(str(error)) from error
     output, sampled = progress.output, progress.num_sampled
@@ -205,22 +235,46 @@ def generate_images_progressively(
     status = f"Sampled {sampled} candidates in {seconds:.1f} s; showing the {len(gallery)} {kept}."
     if sampled < num_candidates:
         status += f" Stopped at the time limit of {max_seconds:g} s per request, before {num_candidates}."
+    if output.prompt_warnings[0] is not None:  # words the model does not know, or text it does not read
+        status += f"\n\n**Note:** {output.prompt_warnings[0]}"
     note = _caption_note(prompt)
-    yield gallery, f"{status}\n\n*{prompt}*: {note}." if note else status
+    yield gallery, None, f"{status}\n\n*{prompt}*: {note}." if note else status
+
+
+def _previews(pipeline: DallePipeline, progress: DallePipelineProgress, num_images: int) -> list[tuple]:
+    """The first `num_images` candidates of the batch being sampled as far as they are drawn, captioned."""
+    codes = progress.codes[:num_images]
+    images = pipeline.image_processor.postprocess(pipeline.decode_partial(codes).float().cpu(), output_type="pil")
+    done = f"{codes.shape[1]} of {pipeline.transformer.config.image_seq_length} codes"
+    return [(image, f"candidate {i + 1}: {done}") for image, i in zip(images, progress.candidate_index.tolist())]
+
+
+def _previews_html(previews: list[tuple]) -> str:
+    """Previews as inline images (`data:` URLs): Gradio does not delete the cached files of a generator's intermediate
+    outputs (only the final ones'), so previews never become files."""
+    figures = []
+    for image, caption in previews:
+        png = io.BytesIO()
+        image.save(png, format="PNG")
+        source = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii")
+        figures.append(
+            f'<figure style="display:inline-block;margin:4px"><img src="{source}" alt="{html.escape(caption)}" '
+            f'width="{image.width}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+        )
+    return "".join(figures)
 
 
 def generate_images(pipeline: DallePipeline, prompt: str, *args, **kwargs) -> tuple[list[tuple], str]:
     """`generate_images_progressively` run to the end: the gallery and the status line."""
-    *_, result = generate_images_progressively(pipeline, prompt, *args, **kwargs)
-    return result
+    *_, (gallery, _, status) = generate_images_progressively(pipeline, prompt, *args, **kwargs)
+    return gallery, status
 
 
 def _load(pipeline_or_path) -> tuple[DallePipeline, str]:
     if isinstance(pipeline_or_path, DallePipeline):
         return pipeline_or_path, pipeline_or_path.name_or_path or "a DallePipeline"
-    pipeline = load_pipeline(None if pipeline_or_path is None else str(pipeline_or_path))  # default: the demo model
-    if torch.cuda.is_available():
-        pipeline.to("cuda")
+    # Default: the demo model, on the best device in the precision it computes fast (hf_dalle.device_utils).
+    pipeline = load_pipeline(None if pipeline_or_path is None else str(pipeline_or_path))
     return pipeline, pipeline.name_or_path
 
 
@@ -282,11 +336,15 @@ def create_demo(
     ):  # fmt: skip
         client = _client(request)
         try:
-            yield from generate_images_progressively(
+            for gallery, previews, message in generate_images_progressively(
                 pipeline, prompt, negative_prompt, num_candidates, num_images, guidance_scale, temperature, top_k,
                 seed, candidate_batch_size=candidate_batch_size, max_candidates=max_candidates,
                 max_seconds=max_request_seconds,
-            )  # fmt: skip
+            ):  # fmt: skip
+                if gallery is not None:  # the result: the previews make way for it
+                    yield gallery, "", message
+                else:  # between two batches the last previews stay
+                    yield None, gr.skip() if previews is None else _previews_html(previews), message
         finally:  # also when Gradio closes the generator: the client cancelled or went away
             if client is not None:
                 limiter.release(client)
@@ -317,17 +375,22 @@ def create_demo(
                     )  # fmt: skip
                     num_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Images shown", elem_id="num-images")
                 with gr.Accordion("Sampling", open=False):
+                    default_guidance = pipeline.config.default_guidance_scale
                     guidance_scale = gr.Slider(
-                        1.0, 10.0, value=pipeline.config.default_guidance_scale, step=0.5,
+                        1.0, max(10.0, default_guidance), value=default_guidance, step=0.5,
                         label="Guidance scale (1 = off)",
                     )  # fmt: skip
                     temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature")
-                    top_k = gr.Slider(0, config.image_vocab_size, value=0, step=1, label="Top-k (0 = all codes)")
+                    top_k = gr.Slider(
+                        0, config.image_vocab_size, value=pipeline.transformer.generation_config.top_k or 0, step=1,
+                        label="Top-k (0 = all codes)",
+                    )  # fmt: skip
                     seed = gr.Number(
                         value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed (candidate i uses seed + i)"
                     )
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=3):
+                previews = gr.HTML(elem_id="previews")  # the candidates being sampled, as their codes arrive
                 gallery = gr.Gallery(label="Best candidates", columns=4, format="png", elem_id="gallery")
                 status = gr.Markdown(elem_id="status")
         examples = example_captions()
@@ -339,13 +402,52 @@ def create_demo(
         )
         inputs = [prompt, negative_prompt, num_candidates, num_images, guidance_scale, temperature, top_k, seed]
         gr.on(
-            [button.click, prompt.submit], generate, inputs=inputs, outputs=[gallery, status], api_name="generate",
+            [button.click, prompt.submit], generate, inputs=inputs, outputs=[gallery, previews, status], api_name="generate",
             validator=admit,
         )  # fmt: skip
     # One pipeline in memory: requests run one at a time, the rest wait in a bounded queue.
     demo.queue(max_size=MAX_QUEUE_SIZE, default_concurrency_limit=1)
     demo.client_limiter = limiter  # the per-client slots, for tests and monitoring
     return demo
+
+
+def trusted_proxies_from(proxies: Sequence[str] | None) -> list[str]:
+    """The reverse proxies whose `X-Forwarded-For` to believe (see [`launch_demo`]): `proxies`, or for `None` those the
+    operator named in the `FORWARDED_ALLOW_IPS` environment variable (none if it is unset). A `ValueError` for an
+    entry that is not an IP address or network or `"*"` (uvicorn would take it silently and never match it)."""
+    if proxies is None:
+        proxies = [proxy.strip() for proxy in os.environ.get(FORWARDED_ALLOW_IPS, "").split(",") if proxy.strip()]
+    for proxy in proxies:
+        if proxy != "*":
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"A trusted proxy must be an IP address or network (e.g. 10.0.0.2, 10.0.0.0/8) or '*', got "
+                    f"{proxy!r}."
+                ) from None
+    return list(proxies)
+
+
+def launch_demo(demo: gr.Blocks, trusted_proxies: Sequence[str] | None = None, **launch_kwargs):
+    """
+    `demo.launch(**LAUNCH_LIMITS, **launch_kwargs)`, with the per-client limit counting the address that connects.
+    uvicorn (under Gradio's launch) would otherwise take the client's address from an `X-Forwarded-For` header sent
+    from 127.0.0.1, so that any local process, or a local proxy that passes the header on, could name a new client
+    with each request. The header is believed only from `trusted_proxies`: IP addresses or networks (`"10.0.0.0/8"`)
+    of the reverse proxies in front, or `["*"]` for any; `None` takes those the operator named in the
+    `FORWARDED_ALLOW_IPS` environment variable, and none if it is unset ([`trusted_proxies_from`]).
+    """
+    trusted_proxies = trusted_proxies_from(trusted_proxies)
+    previous = os.environ.get(FORWARDED_ALLOW_IPS)
+    os.environ[FORWARDED_ALLOW_IPS] = ",".join(trusted_proxies)  # "" trusts no address
+    try:
+        return demo.launch(**{**LAUNCH_LIMITS, **launch_kwargs})
+    finally:  # read once, when the server was built: the process's environment is left as it was
+        if previous is None:
+            del os.environ[FORWARDED_ALLOW_IPS]
+        else:
+            os.environ[FORWARDED_ALLOW_IPS] = previous
 
 
 def __getattr__(name: str):
@@ -369,4 +471,6 @@ __all__ = [
     "example_captions",
     "generate_images",
     "generate_images_progressively",
+    "launch_demo",
+    "trusted_proxies_from",
 ]

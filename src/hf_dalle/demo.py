@@ -2,9 +2,11 @@
 the web app share to serve it."""
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .pipelines import DallePipeline
 
+if TYPE_CHECKING:
+    from .pipelines import DallePipeline
 
 # The small pipeline trained on the procedural shapes world that ships inside the package.
 DEMO_MODEL_DIR = str(Path(__file__).parent / "demo_model")
@@ -18,13 +20,18 @@ DEMO_PROMPTS = (
 )
 
 
-def load_pipeline(model: str | None = None) -> DallePipeline:
+def load_pipeline(model: str | None = None, device: str | None = None, dtype: str | None = None) -> "DallePipeline":
     """The pipeline in the folder or Hub repo `model`, by default the bundled demo model (with a clear error where a
-    checkout lacks it)."""
+    checkout lacks it), on `device` in `dtype` (names, or `None` for `hf_dalle.device_utils`' rule: the best device
+    and the precision it computes fast)."""
+    from .device_utils import resolve_device_and_dtype
+    from .pipelines import DallePipeline
+
+    device, dtype = resolve_device_and_dtype(device, dtype)
     model = model or DEMO_MODEL_DIR
     if model == DEMO_MODEL_DIR and not Path(DEMO_MODEL_DIR, "model_index.json").exists():
         raise SystemExit(f"The bundled demo model is missing from {DEMO_MODEL_DIR}; pass --model DIR_OR_HUB_ID.")
-    return DallePipeline.from_pretrained(model)
+    return DallePipeline.from_pretrained(model, dtype=dtype).to(device)
 
 
 __all__ = ["DEMO_MODEL_DIR", "DEMO_PROMPTS", "load_pipeline"]

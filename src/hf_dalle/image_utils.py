@@ -1,7 +1,7 @@
-"""Images of any PIL mode as 8-bit RGB, for priming and for training data."""
+"""Images of any PIL mode as 8-bit RGB, for priming and for training data; a grid of results with its captions."""
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 
 # Full-scale value of the modes whose pixels `Image.convert("RGB")` would clip at 255 instead of scaling: 16-bit
@@ -30,4 +30,22 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return Image.fromarray(gray).convert("RGB")
 
 
-__all__ = ["to_rgb"]
+def captioned_grid(images: list[Image.Image], captions: list[str], cols: int, margin: int = 6) -> Image.Image:
+    """`images` in rows of `cols`, one row per caption, each row's caption written to its left (black on white)."""
+    if len(images) != len(captions) * cols:
+        raise ValueError(f"{len(captions)} rows of {cols} need {len(captions) * cols} images, got {len(images)}.")
+    width, height = images[0].size
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_width = max(draw.textbbox((0, 0), caption)[2] for caption in captions)
+    left = text_width + 2 * margin
+    grid = Image.new("RGB", (left + cols * width, len(captions) * height), "white")
+    draw = ImageDraw.Draw(grid)
+    for row, caption in enumerate(captions):
+        top, bottom = draw.textbbox((0, 0), caption)[1::2]
+        draw.text((margin, row * height + (height - bottom - top) // 2), caption, fill="black")
+        for col in range(cols):
+            grid.paste(images[row * cols + col], (left + col * width, row * height))
+    return grid
+
+
+__all__ = ["captioned_grid", "to_rgb"]

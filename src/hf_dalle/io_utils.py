@@ -11,11 +11,13 @@ killed writer left and keeps the temporaries of live ones (another rank of the s
 - [`replace_folder_atomically`]: a whole folder that appears at once, replacing the previous one.
 - [`move_into_place`]: the last step of that for a temporary folder filled by other means (a checkpoint, which every
   process of a training job writes into).
+- [`check_output_dir`]: an output folder created and found writable before the work whose results go there.
 """
 
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -141,8 +143,23 @@ def replace_folder_atomically(output_dir: str | os.PathLike, write: Callable[[Pa
         shutil.rmtree(temporary, ignore_errors=True)
 
 
+def check_output_dir(output_dir: str | os.PathLike, argument: str = "--output_dir") -> Path:
+    """Create `output_dir` (the command line's `argument`) if needed and check that a file can be written there, before
+    any work: a `ValueError` naming the argument and why otherwise (a file in the way, no permission, a read-only
+    filesystem), rather than a failure once the work is done."""
+    path = Path(output_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path, prefix=TEMPORARY_PREFIX):
+            pass
+    except OSError as error:
+        raise ValueError(f"{argument} {os.fspath(output_dir)!r} cannot be written to: {error.strerror}.") from None
+    return path
+
+
 __all__ = [
     "TEMPORARY_PREFIX",
+    "check_output_dir",
     "move_into_place",
     "remove_stale_temporaries",
     "replace_folder_atomically",

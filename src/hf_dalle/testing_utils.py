@@ -64,39 +64,44 @@ def make_tiny_pipeline(with_clip: bool = True, seed: int = 0, vqgan: bool = Fals
         ).eval()
         for p in vae.parameters():  # an untrained dVAE decodes every grid to nearly the same gray: make codes visible
             p.data.normal_(0, 0.3)
-    clip_model = clip_processor = None
-    if with_clip:
-        clip_model = CLIPModel(
-            CLIPConfig(
-                text_config={
-                    "vocab_size": len(tokenizer),
-                    "hidden_size": 32,
-                    "intermediate_size": 64,
-                    "num_hidden_layers": 1,
-                    "num_attention_heads": 2,
-                    "max_position_embeddings": 16,
-                    "pad_token_id": 0,
-                    "bos_token_id": 0,
-                    "eos_token_id": 0,
-                },
-                vision_config={
-                    "image_size": 32,
-                    "patch_size": 8,
-                    "hidden_size": 32,
-                    "intermediate_size": 64,
-                    "num_hidden_layers": 1,
-                    "num_attention_heads": 2,
-                },
-                projection_dim=16,
-            )
-        ).eval()
-        clip_processor = CLIPProcessor(
-            image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-            tokenizer=tokenizer,
-        )
+    clip_model, clip_processor = make_tiny_clip(tokenizer, image_size=32) if with_clip else (None, None)
     return DallePipeline(
         tokenizer=tokenizer, transformer=transformer, vae=vae, clip_model=clip_model, clip_processor=clip_processor
     )
+
+
+def make_tiny_clip(tokenizer, image_size: int) -> tuple[CLIPModel, CLIPProcessor]:
+    """An untrained CLIP reranker for `image_size` images, reading captions with `tokenizer` (a stand-in for CLIP's
+    own)."""
+    clip_model = CLIPModel(
+        CLIPConfig(
+            text_config={
+                "vocab_size": len(tokenizer),
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "max_position_embeddings": max(16, tokenizer.model_max_length),
+                "pad_token_id": 0,
+                "bos_token_id": 0,
+                "eos_token_id": 0,
+            },
+            vision_config={
+                "image_size": image_size,
+                "patch_size": 8,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+            },
+            projection_dim=16,
+        )
+    ).eval()
+    size = {"height": image_size, "width": image_size}
+    clip_processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=size), tokenizer=tokenizer
+    )
+    return clip_model, clip_processor
 
 
 def random_rudalle_state_dict(params: dict, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -378,3 +383,95 @@ def write_min_dalle_models_root(
         detoker = detoker_state_dict(random_taming_vqgan_state_dict(**small_vqgan_sizes(config), seed=seed + 1))
     torch.save(detoker, vqgan / "detoker.pt")
     return decoder
+
+
+def write_flax_vqgan_checkpoint(path, taming_state_dict: dict[str, torch.Tensor]) -> None:
+    """A Flax checkpoint of a taming VQGAN state dict, as vqgan-jax's `convert_pt_model_to_jax.py` + `save_pretrained`
+    write dalle-mini's `flax_model.msgpack`: keys renamed `down.0` -> `down_0` (every `name.N`; the middle block's
+    `block_1` stays), norm weights as `scale`, convolution weights as `kernel` `[h, w, in, out]`, the codebook as
+    `quantize/embedding/embedding`; serialized as flax does (msgpack, arrays as extension 1 holding `(shape, dtype
+    name, bytes)`)."""
+    import re
+    from pathlib import Path
+
+    import msgpack
+    import numpy as np
+
+    tree: dict = {}
+    for key, tensor in taming_state_dict.items():
+        key = re.sub(r"(\w+)\.(\d+)", r"\1_\2", key)
+        *modules, leaf = key.split(".")
+        array = tensor.numpy()
+        if modules == ["quantize", "embedding"]:
+            leaf = "embedding"
+        elif leaf == "weight" and "norm" in modules[-1]:
+            leaf = "scale"
+        elif leaf == "weight":
+            leaf, array = "kernel", np.ascontiguousarray(array.transpose(2, 3, 1, 0))
+        node = tree
+        for module in modules:
+            node = node.setdefault(module, {})
+        node[leaf] = msgpack.ExtType(
+            1, msgpack.packb((array.shape, array.dtype.name, array.tobytes()), use_bin_type=True)
+        )
+    Path(path).write_bytes(msgpack.packb(tree, use_bin_type=True))
+
+
+def tiny_dalle_bart_config(**overrides):
+    """A [`DalleBartConfig`] of test size with DALL·E Mega's heads (32, so that a conversion needs no
+    `--num_attention_heads`): 2 + 2 layers of width 64, captions of 16 tokens, 4x4 codes of 64, a decoder table with
+    extra rows as Mega's, decoding from min-dalle's start code (the last code)."""
+    from .models.dalle_bart import DalleBartConfig
+
+    sizes = {
+        "text_vocab_size": 400,
+        "image_vocab_size": 64,
+        "decoder_vocab_size": 66,
+        "max_text_length": 16,
+        "image_grid_size": 4,
+        "hidden_size": 64,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "num_attention_heads": 32,
+        "intermediate_size": 96,
+        "decoder_start_token_id": 63,
+    }
+    return DalleBartConfig(**{**sizes, **overrides})
+
+
+# The stand-ins of `write_tiny_dalle_mega_sources`: what the README's "Run DALL·E Mini / Mega" section names.
+TINY_DALLE_MEGA_SOURCES = {
+    "models_root": "pretrained",
+    "vqgan_flax_checkpoint": "vqgan_imagenet_f16_16384/flax_model.msgpack",
+    "clip_model": "clip-vit-base-patch32",
+}
+
+
+def write_tiny_dalle_mega_sources(root, config=None, model_name: str = "mega", seed: int = 0) -> dict:
+    """
+    Tiny random stand-ins, under `root`, for the files a DALL·E Mini / Mega conversion reads (the paths of
+    `TINY_DALLE_MEGA_SOURCES`): min-dalle's `models_root` ([`write_min_dalle_models_root`] for `config`, default
+    [`tiny_dalle_bart_config`]), the whole VQGAN as dalle-mini's Flax checkpoint (its decoder and codebook are the
+    `detoker.pt` of the models root, with a random encoder; 16x16 images) and a CLIP folder ([`make_tiny_clip`], with
+    the caption tokenizer as its tokenizer). Returns the paths, by the keys of `TINY_DALLE_MEGA_SOURCES`.
+    """
+    from pathlib import Path
+
+    from .tokenization_dalle_bart import DalleBartTokenizer
+
+    root = Path(root)
+    config = config or tiny_dalle_bart_config()
+    paths = {name: root / path for name, path in TINY_DALLE_MEGA_SOURCES.items()}
+    vqgan = random_taming_vqgan_state_dict(**small_vqgan_sizes(config), with_encoder=True, seed=seed + 1)
+    write_min_dalle_models_root(paths["models_root"], config, model_name, detoker=detoker_state_dict(vqgan), seed=seed)
+    paths["vqgan_flax_checkpoint"].parent.mkdir(parents=True, exist_ok=True)
+    write_flax_vqgan_checkpoint(paths["vqgan_flax_checkpoint"], vqgan)
+    folder = paths["models_root"] / f"dalle_bart_{model_name}"
+    tokenizer = DalleBartTokenizer.from_min_dalle_files(
+        folder / "vocab.json", folder / "merges.txt", config.max_text_length
+    )
+    torch.manual_seed(seed)
+    clip_model, clip_processor = make_tiny_clip(tokenizer, image_size=config.image_grid_size * 4)
+    clip_model.save_pretrained(paths["clip_model"])
+    clip_processor.save_pretrained(paths["clip_model"])
+    return paths

@@ -90,7 +90,9 @@ class DalleTokenizer(PreTrainedTokenizerFast):
         if not isinstance(captions, (list, tuple)) or not captions or not all(isinstance(c, str) for c in captions):
             raise ValueError(f"`captions` must be a string or a non-empty list of strings, got {captions!r}.")
         max_length = max_length or self.model_max_length
-        ids = self(list(captions), add_special_tokens=True)["input_ids"]
+        # verbose=False: no warning that a caption is longer than the model reads; it is cut below, on purpose (and
+        # DallePipeline.prompt_warning says what is lost).
+        ids = self(list(captions), add_special_tokens=True, verbose=False)["input_ids"]
         return torch.tensor([row[:max_length] + [self.pad_token_id] * (max_length - len(row)) for row in ids])
 
 

@@ -1,18 +1,23 @@
-"""Reading released PyTorch checkpoints without running code from them.
+"""Reading released PyTorch checkpoints without running code from them, and checking them before conversion.
 
 A `torch.save` file is a pickle, and unpickling can import anything and run it. Every file here is read with
 `torch.load(weights_only=True)`, which allows only tensors, numbers, strings and containers; the few classes a released
 file names besides (OpenAI's pickled `dall_e` modules, Lightning's `ModelCheckpoint` key) are mapped to inert stand-ins
 ([`stand_in`]) that only receive the pickled attributes. Anything else refuses the file with the reason
-([`unpickling_reason`]), never with torch's advice to load it unsafely.
+(`loading_utils.unpickling_reason`), never with torch's advice to load it unsafely.
+
+Every converter then checks all the tensors it read against the model they fill ([`check_state_dict`]: names, shapes,
+floating point, finite) before it allocates or writes anything.
 """
 
 import os
 import pickle
-import re
 import zipfile
+from collections.abc import Mapping
 
 import torch
+
+from ..loading_utils import unpickling_reason
 
 
 # What a Lightning checkpoint of taming-transformers (pytorch-lightning 1.x) holds besides tensors, containers and
@@ -44,16 +49,6 @@ def pickled_module_tensors(module: PickledModule, prefix: str = "") -> dict[str,
             elif isinstance(value, torch.Tensor):
                 tensors[prefix + name] = value
     return tensors
-
-
-def unpickling_reason(error: pickle.UnpicklingError) -> str:
-    """Why `torch.load(weights_only=True)` refused a file, without the advice it wraps the reason in (to retry with
-    `weights_only=False` or to allowlist the global: exactly what must not be done with an untrusted file)."""
-    message = str(error).rpartition("WeightsUnpickler error:")[2]
-    advice = ("weights_only", "safe_globals", "documentation", "Weights only load failed", "trust", "still be loaded")
-    sentences = [" ".join(s.split()) for s in re.split(r"\n+|(?<=\.)\s+", message)]
-    reason = " ".join(s for s in sentences if s and not any(a in s for a in advice))
-    return reason or "It names classes or functions outside the allowlist."
 
 
 def safe_torch_load(path: str | os.PathLike, stand_ins: list[type], refusal: str, mmap: bool = False):
@@ -89,6 +84,43 @@ def safe_torch_load(path: str | os.PathLike, stand_ins: list[type], refusal: str
         raise ValueError(f"{path!r} is not a PyTorch checkpoint (torch.load failed with {error!r}).") from error
 
 
+def check_state_dict(
+    tensors: Mapping[str, torch.Tensor],
+    shapes: Mapping[str, tuple[int, ...]],
+    source: str,
+    model: str,
+    ignore_unexpected: bool = False,
+    hint: str = "",
+) -> None:
+    """
+    Check the tensors read from a checkpoint against the model they are to fill, before anything is allocated or
+    written: exactly the names of `shapes` (name -> shape, e.g. those of the model built on the meta device), each of
+    its shape, floating-point and finite (NaN or infinite weights are damage: never converted). Raises a `ValueError`
+    that names `source` (the file) and the offending tensors; `model` says where the shapes come from (e.g. "the
+    ruDALL-E config (24 layers)"). With `ignore_unexpected`, tensors that `shapes` does not name are the caller's
+    business (min-dalle's files hold some of no use). `hint` ends the messages (e.g. which argument to check).
+    """
+    missing = sorted(shapes.keys() - tensors.keys())
+    unexpected = [] if ignore_unexpected else sorted(tensors.keys() - shapes.keys())
+    if missing or unexpected:
+        problems = [
+            f"{kind} {names[:8]}{f' and {len(names) - 8} more' if len(names) > 8 else ''}"
+            for kind, names in (("missing", missing), ("unexpected", unexpected))
+            if names
+        ]
+        raise ValueError(f"{source} does not hold the tensors of {model}: {', '.join(problems)}.{hint}")
+    for name, shape in shapes.items():
+        tensor = tensors[name]
+        if tuple(tensor.shape) != tuple(shape):
+            raise ValueError(
+                f"{source}: {name!r} has shape {tuple(tensor.shape)}, but {model} gives {tuple(shape)}.{hint}"
+            )
+        if not tensor.is_floating_point():
+            raise ValueError(f"{source}: {name!r} holds {tensor.dtype} values, not floating-point weights.")
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"{source}: {name!r} holds NaN or infinite values: the file is damaged, not converted.")
+
+
 _LIGHTNING_STAND_INS = [stand_in(name) for name in LIGHTNING_GLOBALS]
 
 
@@ -116,9 +148,9 @@ def load_torch_checkpoint_state_dict(path: str | os.PathLike) -> dict[str, torch
 __all__ = [
     "LIGHTNING_GLOBALS",
     "PickledModule",
+    "check_state_dict",
     "load_torch_checkpoint_state_dict",
     "pickled_module_tensors",
     "safe_torch_load",
     "stand_in",
-    "unpickling_reason",
 ]

@@ -1,6 +1,6 @@
 """
 Convert DALL·E Mini / Mega as min-dalle ships them (its `models_root`, or the Hub repo `kuprel/min-dalle`) into a
-`DallePipeline`-style folder: the transformer as a [`DalleBartForImageGeneration`] (sharded safetensors, with
+`DallePipeline` folder: the transformer as a [`DalleBartForImageGeneration`] (sharded safetensors, with
 min-dalle's sampling defaults in its generation config), BART's caption files as a [`DalleBartTokenizer`] with
 min-dalle's ids, the VQGAN as a [`DalleVQGAN`] in [0, 1] pixels, and optionally a CLIP reranker.
 
@@ -24,7 +24,6 @@ the converted decoder keeps (diffusers' `VQModel`): decoded pixels differ from m
 parity tests measure it).
 """
 
-import json
 import logging
 import math
 import os
@@ -34,16 +33,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from huggingface_hub import ModelCardData, hf_hub_download
+from accelerate import init_empty_weights
+from huggingface_hub import hf_hub_download
 from transformers import GenerationConfig
 
-from ..hub_utils import path_for_card, render_model_card, sha256_of
+from ..hub_utils import path_for_card, sha256_of
 from ..io_utils import write_folder_atomically
+from ..loading_utils import load_complete_model
 from ..models.dalle_bart import DalleBartConfig, DalleBartForImageGeneration
 from ..models.dalle_vqgan import DalleVQGAN, DalleVQGANConfig
+from ..pipelines import DallePipeline
 from ..tokenization_dalle_bart import DalleBartTokenizer
 from ..version import __version__
-from .checkpoints import load_torch_checkpoint_state_dict
+from .checkpoints import check_state_dict, load_torch_checkpoint_state_dict
 from .convert_rudalle import save_sharded_safetensors
 from .convert_rudalle_vqgan import convert_sber_vqgan, taming_to_dalle_vqgan_state_dict
 
@@ -175,14 +177,6 @@ def dalle_bart_config_from_state_dicts(
     )
 
 
-def check_tensor(tensor: torch.Tensor, name: str, source: str) -> None:
-    """Raise if `tensor` is not a floating-point tensor of finite values."""
-    if not tensor.is_floating_point():
-        raise ValueError(f"{source}: {name!r} holds {tensor.dtype} values, not floating-point weights.")
-    if not torch.isfinite(tensor).all():
-        raise ValueError(f"{source}: {name!r} holds NaN or infinite values.")
-
-
 def min_dalle_location(name: str) -> tuple[str, str]:
     """Where a [`DalleBartForImageGeneration`] parameter lies in min-dalle's files: `(file, key)`."""
     if name == "lm_head.weight":
@@ -196,35 +190,22 @@ def dalle_bart_tensors(
 ) -> dict[str, torch.Tensor]:
     """
     The converted model's state dict, views of min-dalle's (memory-mapped) tensors: `encoder.pt`'s under
-    `model.encoder.`, `decoder.pt`'s under `model.decoder.` (its head as `lm_head.weight`). Checked first against the
-    model of `config`: every tensor present, of its shape, floating-point and finite; tensors of no use are left out
-    with a warning (min-dalle loads these files with `strict=False`).
+    `model.encoder.`, `decoder.pt`'s under `model.decoder.` (its head as `lm_head.weight`). Each file is checked first
+    against the model of `config` ([`check_state_dict`]: every tensor present, of its shape, floating-point and
+    finite); tensors of no use are left out with a warning (min-dalle loads these files with `strict=False`).
     """
     with torch.device("meta"):
         expected = DalleBartForImageGeneration(config).state_dict()
     files = {"encoder.pt": encoder, "decoder.pt": decoder}
     locations = {name: min_dalle_location(name) for name in expected}
-    missing = [f"{source}: {key}" for source, key in locations.values() if key not in files[source]]
-    if missing:
-        raise ValueError(
-            f"min-dalle's files lack {len(missing)} tensors of a {config.encoder_layers} + {config.decoder_layers} "
-            f"layer model: {missing[:6]}{' ...' if len(missing) > 6 else ''}."
-        )
+    model = f"a {config.encoder_layers} + {config.decoder_layers} layer model read from the tensors' shapes"
+    for source, state_dict in files.items():
+        shapes = {key: tuple(expected[name].shape) for name, (file, key) in locations.items() if file == source}
+        check_state_dict(state_dict, shapes, source, model, ignore_unexpected=True)
     unused = sorted({(s, k) for s, state_dict in files.items() for k in state_dict} - set(locations.values()))
     if unused:
         logger.warning("Tensors of min-dalle's files that the model has no place for, left out: %s", unused)
-    tensors = {}
-    for name, target in expected.items():
-        source, key = locations[name]
-        tensor = files[source][key]
-        if tuple(tensor.shape) != tuple(target.shape):
-            raise ValueError(
-                f"{source}: {key!r} has shape {tuple(tensor.shape)}, but the model read from the other tensors' "
-                f"shapes needs {tuple(target.shape)}."
-            )
-        check_tensor(tensor, key, source)
-        tensors[name] = tensor
-    return tensors
+    return {name: files[source][key] for name, (source, key) in locations.items()}
 
 
 # ------------------------------------------------------------------------------------------------------ the VQGAN
@@ -348,16 +329,10 @@ def dalle_vqgan_from_taming_state_dict(
     state_dict: dict[str, torch.Tensor], latent_size: int, source: str
 ) -> DalleVQGAN:
     """A [`DalleVQGAN`] holding a taming-layout state dict (decoder-only or whole), every tensor checked."""
-    for key, tensor in state_dict.items():
-        check_tensor(tensor, key, source)
     config = vqgan_config_from_taming_state_dict(state_dict, latent_size)
     with torch.device("meta"):
         model = DalleVQGAN(config)
-    try:
-        converted = taming_to_dalle_vqgan_state_dict(state_dict, model)
-    except ValueError as error:
-        raise ValueError(f"{source}: {error}") from None
-    model.load_state_dict(converted, assign=True)
+    model.load_state_dict(taming_to_dalle_vqgan_state_dict(state_dict, model, source), assign=True)
     return model.float().eval()
 
 
@@ -393,8 +368,6 @@ def convert_min_dalle_vqgan(
     elif taming_checkpoint is not None:
         vqgan = convert_sber_vqgan(taming_checkpoint, taming_config)
         vqgan.config.pixel_range = "[0, 1]"  # dalle-mini's VQGAN: see the module docstring
-        for key, tensor in vqgan.state_dict().items():
-            check_tensor(tensor, key, os.path.basename(taming_checkpoint))
     elif decoder_only is not None:
         return decoder_only
     else:
@@ -426,23 +399,6 @@ def min_dalle_generation_config(config: DalleBartConfig) -> GenerationConfig:
     )
 
 
-def pipeline_model_index(has_clip: bool) -> dict:
-    """The `model_index.json` of a converted folder, in the layout `DallePipeline.save_pretrained` writes."""
-    import diffusers
-
-    clip = {"clip_model": ["transformers", "CLIPModel"], "clip_processor": ["transformers", "CLIPProcessor"]}
-    return {
-        "_class_name": "DallePipeline",
-        "_diffusers_version": diffusers.__version__,
-        "clip_model": clip["clip_model"] if has_clip else [None, None],
-        "clip_processor": clip["clip_processor"] if has_clip else [None, None],
-        "default_guidance_scale": MIN_DALLE_GUIDANCE_SCALE,
-        "tokenizer": ["hf_dalle.tokenization_dalle_bart", "DalleBartTokenizer"],
-        "transformer": ["hf_dalle.models.dalle_bart.modeling_dalle_bart", "DalleBartForImageGeneration"],
-        "vae": ["hf_dalle.models.dalle_vqgan.modeling_dalle_vqgan", "DalleVQGAN"],
-    }
-
-
 def convert_dalle_mega(
     output_dir: str | os.PathLike,
     model_name: str = "mega",
@@ -455,16 +411,15 @@ def convert_dalle_mega(
     clip_model: str | os.PathLike | None = None,
     decoder_start: str = "min-dalle",
     max_shard_bytes: int = 500 * 2**20,
-    repo_id: str | None = None,
-    command: str | None = None,
 ) -> DalleBartConfig:
     """
-    Convert min-dalle's DALL·E Mega (`model_name="mega"`) or Mini (`"mini"`) into `output_dir`, a `DallePipeline`
-    folder: `transformer/` ([`DalleBartForImageGeneration`], safetensors shards of at most `max_shard_bytes` in the
-    files' dtype, min-dalle's sampling defaults in `generation_config.json`), `tokenizer/` ([`DalleBartTokenizer`]),
-    `vae/` ([`DalleVQGAN`]), with `clip_model` (a folder or Hub id of a transformers `CLIPModel` + `CLIPProcessor`)
-    `clip_model/` and `clip_processor/`, `model_index.json` and a model card (`README.md`; `repo_id` and `command`
-    fill its usage and provenance). Returns the transformer's config.
+    Convert min-dalle's DALL·E Mega (`model_name="mega"`) or Mini (`"mini"`) into `output_dir`, a complete
+    [`DallePipeline`] folder: `transformer/` ([`DalleBartForImageGeneration`], safetensors shards of at most
+    `max_shard_bytes` in the files' dtype, min-dalle's sampling defaults in `generation_config.json`), `tokenizer/`
+    ([`DalleBartTokenizer`]), `vae/` ([`DalleVQGAN`]), with `clip_model` (a folder or Hub id of a transformers
+    `CLIPModel` + `CLIPProcessor`) `clip_model/` and `clip_processor/`, and `model_index.json` written by the pipeline
+    itself (guidance scale 16 by default). Returns the transformer's config. `scripts/convert_dalle_mega.py` adds the
+    model card ([`dalle_mega_card_values`]).
 
     Args:
         min_dalle_dir / from_hub: min-dalle's `models_root` folder, or download `kuprel/min-dalle`'s files.
@@ -504,17 +459,11 @@ def convert_dalle_mega(
             f"{paths['vocab'].name} has ids up to {max(tokenizer.get_vocab().values())}, but the encoder's table has "
             f"{config.text_vocab_size} rows: not the vocabulary of this model."
         )
-    clip = None
+    clip = (None, None)
     if clip_model is not None:
         from transformers import CLIPModel, CLIPProcessor
 
-        clip = CLIPModel.from_pretrained(clip_model), CLIPProcessor.from_pretrained(clip_model)
-    sources = [paths[kind] for kind in MIN_DALLE_FILES] + [
-        Path(p) for p in (vqgan_flax_checkpoint, vqgan_checkpoint) if p is not None
-    ]
-    card = dalle_mega_model_card(
-        config, model_name, vqgan, clip_model, sources, repo_id or path_for_card(output_dir), command
-    )
+        clip = load_complete_model(CLIPModel.from_pretrained, clip_model), CLIPProcessor.from_pretrained(clip_model)
 
     def write(folder: Path) -> None:
         (folder / "transformer").mkdir()
@@ -523,49 +472,47 @@ def convert_dalle_mega(
         save_sharded_safetensors(iter(makers.items()), sizes, folder / "transformer", max_shard_bytes)
         config.save_pretrained(folder / "transformer")
         min_dalle_generation_config(config).save_pretrained(folder / "transformer")
-        tokenizer.save_pretrained(folder / "tokenizer")
-        vqgan.save_pretrained(folder / "vae")
-        if clip is not None:
-            clip[0].save_pretrained(folder / "clip_model")
-            clip[1].save_pretrained(folder / "clip_processor")
-        (folder / "model_index.json").write_text(json.dumps(pipeline_model_index(clip is not None), indent=2) + "\n")
-        (folder / "README.md").write_text(str(card), encoding="utf-8")
+        # The other components and model_index.json through the pipeline, around a transformer on the meta device.
+        with init_empty_weights():
+            transformer = DalleBartForImageGeneration(config)
+        pipe = DallePipeline(tokenizer, transformer, vqgan, *clip, default_guidance_scale=MIN_DALLE_GUIDANCE_SCALE)
+        for name in ("tokenizer", "vae", "clip_model", "clip_processor"):
+            if getattr(pipe, name) is not None:
+                getattr(pipe, name).save_pretrained(folder / name)
+        pipe.save_config(folder)
 
     write_folder_atomically(output_dir, write)
     return config
 
 
-def dalle_mega_model_card(
+def dalle_mega_card_values(
     config: DalleBartConfig,
     model_name: str,
-    vqgan: DalleVQGAN,
+    vqgan_has_encoder: bool,
     clip_model: str | os.PathLike | None,
-    sources: list[Path],
-    repo_id: str,
+    sources: list[str | os.PathLike],
     command: str | None = None,
-):
-    """The model card (`model_cards/dalle_mega.md`) of a converted folder: what it holds, how to use it, the
-    architecture, and the conversion's provenance (the source files with their SHA-256, the command)."""
+) -> dict:
+    """The values of the model card template `model_cards/dalle_mega.md` (for `write_card_and_push`) of a converted
+    folder: what it holds, the architecture, and the conversion's provenance (the source files with their SHA-256,
+    the command)."""
     with torch.device("meta"):
         num_parameters = DalleBartForImageGeneration(config).num_parameters()
-    return render_model_card(
-        "dalle_mega",
-        ModelCardData(license="apache-2.0", tags=["dall-e", "dalle-mini", "text-to-image"], language=["en"]),
-        model_name=f"{MIN_DALLE_MODELS[model_name].display_name} (hf_dalle)",
-        display_name=MIN_DALLE_MODELS[model_name].display_name,
-        repo_id=repo_id,
-        config=config,
-        num_parameters=num_parameters,
-        dtype=str(config.dtype).removeprefix("torch."),
-        vqgan_has_encoder=vqgan.config.has_encoder,
-        clip_model=path_for_card(clip_model),
-        top_k=MIN_DALLE_TOP_K,
-        guidance_scale=MIN_DALLE_GUIDANCE_SCALE,
-        min_dalle_start=config.decoder_start_token_id == config.image_vocab_size - 1,
-        sources=[{"name": path.name, "sha256": sha256_of(path)} for path in sources],
-        hf_dalle_version=__version__,
-        command=command,
-    )
+    return {
+        "model_name": f"{MIN_DALLE_MODELS[model_name].display_name} (hf_dalle)",
+        "display_name": MIN_DALLE_MODELS[model_name].display_name,
+        "config": config,
+        "num_parameters": num_parameters,
+        "dtype": str(config.dtype).removeprefix("torch."),
+        "vqgan_has_encoder": vqgan_has_encoder,
+        "clip_model": path_for_card(clip_model),
+        "top_k": MIN_DALLE_TOP_K,
+        "guidance_scale": MIN_DALLE_GUIDANCE_SCALE,
+        "min_dalle_start": config.decoder_start_token_id == config.image_vocab_size - 1,
+        "sources": [{"name": Path(path).name, "sha256": sha256_of(path)} for path in sources],
+        "hf_dalle_version": __version__,
+        "command": command,
+    }
 
 
 __all__ = [
@@ -575,18 +522,16 @@ __all__ = [
     "MIN_DALLE_MODELS",
     "MIN_DALLE_TOP_K",
     "MinDalleModel",
-    "check_tensor",
     "convert_dalle_mega",
     "convert_min_dalle_vqgan",
     "dalle_bart_config_from_state_dicts",
     "dalle_bart_tensors",
-    "dalle_mega_model_card",
+    "dalle_mega_card_values",
     "flax_vqgan_to_taming_state_dict",
     "image_grid_size_of",
     "min_dalle_files",
     "min_dalle_generation_config",
     "min_dalle_location",
-    "pipeline_model_index",
     "read_flax_msgpack",
     "vqgan_config_from_taming_state_dict",
 ]

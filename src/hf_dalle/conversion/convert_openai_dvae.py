@@ -12,7 +12,7 @@ import os
 import torch
 
 from ..models.dalle_vae import DalleVAE, DalleVAEConfig
-from .checkpoints import PickledModule, pickled_module_tensors, safe_torch_load, stand_in
+from .checkpoints import PickledModule, check_state_dict, pickled_module_tensors, safe_torch_load, stand_in
 
 
 # Every class a `torch.save` of `dall_e.Encoder` / `dall_e.Decoder` refers to, besides the tensor machinery that
@@ -146,37 +146,27 @@ def convert_openai_dvae(encoder_path: str | os.PathLike, decoder_path: str | os.
     _check_kind(decoder_path, decoder_state_dict, "decoder")
     config = openai_dvae_config(encoder_state_dict, decoder_state_dict)
 
-    state_dict = {}
-    for prefix, openai_state_dict in (("encoder.", encoder_state_dict), ("decoder.", decoder_state_dict)):
-        for name, tensor in openai_state_dict.items():
-            module, _, leaf = name.rpartition(".")
-            name = f"{module}.{OPENAI_PARAMETER_NAMES.get(leaf, leaf)}"
-            # Some released tensors are non-contiguous views, which safetensors refuses to save.
-            state_dict[prefix + name] = tensor.detach().to(torch.float32).contiguous()
-
-    non_finite = [name for name, tensor in state_dict.items() if not torch.isfinite(tensor).all()]
-    if non_finite:
-        raise ValueError(
-            f"The dVAE files hold non-finite (NaN or infinite) weights in {non_finite[:3]}: they are damaged, not "
-            "converted."
-        )
-
     # Built on the meta device and filled with `assign=True`: no time spent initialising weights we overwrite.
     with torch.device("meta"):
         vae = DalleVAE(config)
     expected = vae.state_dict()
-    missing, unexpected = sorted(expected.keys() - state_dict.keys()), sorted(state_dict.keys() - expected.keys())
-    if missing or unexpected:
-        raise ValueError(
-            f"The dVAE files do not match the architecture inferred from them ({config.hidden_size=}, "
-            f"{config.num_blocks_per_group=}, {config.vocab_size=}): missing {missing[:5]}, unexpected {unexpected[:5]}."
-        )
-    for name, tensor in state_dict.items():
-        if tensor.shape != expected[name].shape:
-            raise ValueError(
-                f"Tensor `{name}` has shape {tuple(tensor.shape)}, but the architecture inferred from the files "
-                f"expects {tuple(expected[name].shape)}."
-            )
+    model = (
+        f"the dVAE inferred from the files' shapes (hidden_size={config.hidden_size}, "
+        f"num_blocks_per_group={config.num_blocks_per_group}, vocab_size={config.vocab_size})"
+    )
+    state_dict = {}
+    for prefix, path, openai_state_dict in (
+        ("encoder.", encoder_path, encoder_state_dict),
+        ("decoder.", decoder_path, decoder_state_dict),
+    ):
+        renamed = {}
+        for name, tensor in openai_state_dict.items():
+            module, _, leaf = name.rpartition(".")
+            renamed[f"{prefix}{module}.{OPENAI_PARAMETER_NAMES.get(leaf, leaf)}"] = tensor
+        shapes = {name: tuple(tensor.shape) for name, tensor in expected.items() if name.startswith(prefix)}
+        check_state_dict(renamed, shapes, repr(os.fspath(path)), model)
+        # Some released tensors are non-contiguous views, which safetensors refuses to save.
+        state_dict |= {name: tensor.detach().to(torch.float32).contiguous() for name, tensor in renamed.items()}
     vae.load_state_dict(state_dict, assign=True)
     return vae.eval()
 

@@ -16,7 +16,7 @@ from tokenizers import normalizers, processors
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
 from transformers.image_utils import PILImageResampling
 
-from .checkpoints import load_torch_checkpoint_state_dict
+from .checkpoints import check_state_dict, load_torch_checkpoint_state_dict
 from .convert_yttm import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, UNK_TOKEN, convert_yttm_to_tokenizer, read_yttm_model
 
 
@@ -45,12 +45,37 @@ LAYER_NAMES = {
 }
 
 
-def ruclip_clip_config(ruclip_config: dict) -> CLIPConfig:
-    """The `CLIPConfig` of a ruCLIP `config.json`."""
+def ruclip_clip_config(ruclip_config: dict, source: str = "The ruCLIP config") -> CLIPConfig:
+    """The `CLIPConfig` of a ruCLIP `config.json` (`source` names it in errors)."""
+    if not isinstance(ruclip_config, dict):
+        raise ValueError(f"{source} is not a ruCLIP config.json: it holds a {type(ruclip_config).__name__}.")
     missing = [key for key in RUCLIP_CONFIG_KEYS if key not in ruclip_config]
     if missing:
-        raise ValueError(f"Not a ruCLIP config.json: it lacks {missing}.")
+        raise ValueError(f"{source} is not a ruCLIP config.json: it lacks {missing}.")
     c = ruclip_config
+    wrong = [
+        f"{key}={c[key]!r}"
+        for key in RUCLIP_CONFIG_KEYS
+        if not isinstance(c[key], int) or isinstance(c[key], bool) or c[key] < 1
+    ]
+    if wrong:
+        raise ValueError(f"{source}: the sizes must be positive integers, got {', '.join(wrong)}.")
+    if c["vision_width"] % 64:
+        raise ValueError(f"{source}: vision_width must be a multiple of 64 (ruCLIP's heads), got {c['vision_width']}.")
+    if c["transformer_width"] % c["transformer_heads"]:
+        raise ValueError(
+            f"{source}: transformer_width ({c['transformer_width']}) must be a multiple of transformer_heads "
+            f"({c['transformer_heads']})."
+        )
+    for key in ("mean", "std"):
+        values = c.get(key)
+        if values is not None and not (
+            isinstance(values, list)
+            and len(values) == 3
+            and all(isinstance(v, (int, float)) and 0 <= v < float("inf") for v in values)
+            and (key == "mean" or all(v > 0 for v in values))
+        ):
+            raise ValueError(f"{source}: {key} must be 3 finite numbers (one per RGB channel), got {values!r}.")
     return CLIPConfig(
         text_config={
             "vocab_size": c["vocab_size"],
@@ -77,57 +102,60 @@ def ruclip_clip_config(ruclip_config: dict) -> CLIPConfig:
     )
 
 
-def _encoder_layers(state_dict: dict[str, torch.Tensor], prefix: str, target: str, num_layers: int) -> dict:
-    converted = {}
-    for i in range(num_layers):
-        source, destination = f"{prefix}{i}.", f"{target}{i}."
-        for kind in ("weight", "bias"):
-            for name, value in zip(
-                ("q_proj", "k_proj", "v_proj"), state_dict[f"{source}attn.in_proj_{kind}"].chunk(3)
-            ):
-                converted[f"{destination}self_attn.{name}.{kind}"] = value
-            for old, new in LAYER_NAMES.items():
-                converted[f"{destination}{new}.{kind}"] = state_dict[f"{source}{old}.{kind}"]
-    return converted
+# The layer stacks of a ruCLIP checkpoint: (its prefix, `CLIPModel`'s prefix, the sub-config that holds their depth).
+ENCODERS = (
+    ("transformer.resblocks.", "text_model.encoder.layers.", "text_config"),
+    ("visual.transformer.resblocks.", "vision_model.encoder.layers.", "vision_config"),
+)
+# `CLIPModel` parameter -> ruCLIP tensor, taken as it is (the two projections are transposed besides).
+DIRECT_NAMES = {
+    "logit_scale": "logit_scale",
+    "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+    "text_model.embeddings.position_embedding.weight": "positional_embedding",
+    "text_model.final_layer_norm.weight": "ln_final.weight",
+    "text_model.final_layer_norm.bias": "ln_final.bias",
+    "vision_model.embeddings.patch_embedding.weight": "visual.conv1.weight",
+    "vision_model.embeddings.class_embedding": "visual.class_embedding",
+    "vision_model.embeddings.position_embedding.weight": "visual.positional_embedding",
+    "vision_model.pre_layrnorm.weight": "visual.ln_pre.weight",
+    "vision_model.pre_layrnorm.bias": "visual.ln_pre.bias",
+    "vision_model.post_layernorm.weight": "visual.ln_post.weight",
+    "vision_model.post_layernorm.bias": "visual.ln_post.bias",
+}
+TRANSPOSED_NAMES = {"text_projection.weight": "text_projection", "visual_projection.weight": "visual.proj"}
 
 
 def ruclip_to_clip_state_dict(state_dict: dict[str, torch.Tensor], config: CLIPConfig) -> dict[str, torch.Tensor]:
-    """Map ruCLIP's `pytorch_model.bin` (OpenAI CLIP names) onto `CLIPModel`'s parameters."""
-    try:
-        converted = {
-            "logit_scale": state_dict["logit_scale"],
-            "text_projection.weight": state_dict["text_projection"].t(),
-            "visual_projection.weight": state_dict["visual.proj"].t(),
-            "text_model.embeddings.token_embedding.weight": state_dict["token_embedding.weight"],
-            "text_model.embeddings.position_embedding.weight": state_dict["positional_embedding"],
-            "text_model.final_layer_norm.weight": state_dict["ln_final.weight"],
-            "text_model.final_layer_norm.bias": state_dict["ln_final.bias"],
-            "vision_model.embeddings.patch_embedding.weight": state_dict["visual.conv1.weight"],
-            "vision_model.embeddings.class_embedding": state_dict["visual.class_embedding"],
-            "vision_model.embeddings.position_embedding.weight": state_dict["visual.positional_embedding"],
-            "vision_model.pre_layrnorm.weight": state_dict["visual.ln_pre.weight"],
-            "vision_model.pre_layrnorm.bias": state_dict["visual.ln_pre.bias"],
-            "vision_model.post_layernorm.weight": state_dict["visual.ln_post.weight"],
-            "vision_model.post_layernorm.bias": state_dict["visual.ln_post.bias"],
-        }
-        converted.update(
-            _encoder_layers(
-                state_dict,
-                "transformer.resblocks.",
-                "text_model.encoder.layers.",
-                config.text_config.num_hidden_layers,
-            )
-        )
-        converted.update(
-            _encoder_layers(
-                state_dict,
-                "visual.transformer.resblocks.",
-                "vision_model.encoder.layers.",
-                config.vision_config.num_hidden_layers,
-            )
-        )
-    except KeyError as error:
-        raise ValueError(f"Not a ruCLIP checkpoint of this config: it lacks {error.args[0]!r}.") from None
+    """
+    Map ruCLIP's `pytorch_model.bin` (OpenAI CLIP names) onto `CLIPModel`'s parameters, as views (nothing copied).
+    What the checkpoint lacks is left out and what has no place keeps its own name, so that [`check_state_dict`]
+    against the model names both.
+    """
+    converted, used = {}, set()
+
+    def take(name: str, key: str, transform=None) -> None:
+        if key in state_dict:
+            converted[name] = state_dict[key] if transform is None else transform(state_dict[key])
+            used.add(key)
+
+    for name, key in DIRECT_NAMES.items():
+        take(name, key)
+    for name, key in TRANSPOSED_NAMES.items():
+        take(name, key, torch.t)
+    for prefix, target, sub_config in ENCODERS:
+        for layer in range(getattr(config, sub_config).num_hidden_layers):
+            source, destination = f"{prefix}{layer}.", f"{target}{layer}."
+            for kind in ("weight", "bias"):
+                for index, name in enumerate(("q_proj", "k_proj", "v_proj")):
+                    # The fused [q|k|v] projection in thirds (check_state_dict names a wrong shape).
+                    take(
+                        f"{destination}self_attn.{name}.{kind}",
+                        f"{source}attn.in_proj_{kind}",
+                        lambda tensor, index=index: tensor.tensor_split(3)[index] if tensor.ndim else tensor,
+                    )
+                for old, new in LAYER_NAMES.items():
+                    take(f"{destination}{new}.{kind}", f"{source}{old}.{kind}")
+    converted.update({key: value for key, value in state_dict.items() if key not in used})
     return converted
 
 
@@ -163,20 +191,38 @@ def convert_ruclip(
     """
     Convert a ruCLIP folder (`config.json`, `pytorch_model.bin`, `bpe.model`, as `ai-forever/ruclip-vit-*` on the Hub)
     into a `CLIPModel` and its `CLIPProcessor`. The weights are read with `torch.load(weights_only=True)` from a memory
-    map. The image processor resizes the shorter side to `image_resolution` (bilinear) and centre-crops, as ruCLIP's
-    torchvision transform does.
+    map and every tensor is checked against `config.json` ([`check_state_dict`]) before the model is allocated, so a
+    config cannot ask for more than its weights hold. The image processor resizes the shorter side to
+    `image_resolution` (bilinear) and centre-crops, as ruCLIP's torchvision transform does.
     """
     folder = os.fspath(folder)
     paths = {name: os.path.join(folder, name) for name in ("config.json", "pytorch_model.bin", "bpe.model")}
     missing = [name for name, path in paths.items() if not os.path.isfile(path)]
     if missing:
         raise FileNotFoundError(f"{folder!r} is not a ruCLIP folder: it lacks {missing}.")
-    with open(paths["config.json"], encoding="utf-8") as f:
-        ruclip_config = json.load(f)
-    config = ruclip_clip_config(ruclip_config)
-    state_dict = ruclip_to_clip_state_dict(load_torch_checkpoint_state_dict(paths["pytorch_model.bin"]), config)
-    model = CLIPModel(config)  # not on the meta device: its position ids are buffers outside the state dict
-    model.load_state_dict(state_dict, strict=True)
+    config_source, weights_source = repr(paths["config.json"]), repr(paths["pytorch_model.bin"])
+    try:
+        with open(paths["config.json"], encoding="utf-8") as f:
+            ruclip_config = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{config_source} is not a ruCLIP config.json (not JSON: {error}).") from None
+    config = ruclip_clip_config(ruclip_config, config_source)
+    state_dict = load_torch_checkpoint_state_dict(paths["pytorch_model.bin"])
+    # The depths config.json asks for, bounded by the checkpoint's before a model of that depth is built.
+    for prefix, _, sub_config in ENCODERS:
+        depth = getattr(config, sub_config).num_hidden_layers
+        held = len({key[len(prefix) :].split(".")[0] for key in state_dict if key.startswith(prefix)})
+        if depth != held:
+            raise ValueError(
+                f"{config_source} asks for {depth} layers under `{prefix}`, but {weights_source} holds {held}: not "
+                "the config of these weights."
+            )
+    converted = ruclip_to_clip_state_dict(state_dict, config)
+    with torch.device("meta"):
+        shapes = {name: tuple(tensor.shape) for name, tensor in CLIPModel(config).state_dict().items()}
+    check_state_dict(converted, shapes, weights_source, f"the CLIP of {config_source}")
+    model = CLIPModel(config)  # allocated only now, at the checked weights' size (its position ids are buffers)
+    model.load_state_dict(converted, strict=True)
     resolution = ruclip_config["image_resolution"]
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": resolution},

@@ -39,7 +39,7 @@ from ..io_utils import write_folder_atomically
 from ..models.dalle import DalleConfig, DalleForImageGeneration
 from ..pipelines import DallePipeline
 from ..tokenization_dalle import DalleTokenizer
-from .checkpoints import load_torch_checkpoint_state_dict
+from .checkpoints import check_state_dict, load_torch_checkpoint_state_dict
 from .convert_ruclip import convert_ruclip
 from .convert_rudalle_vqgan import convert_sber_vqgan
 from .convert_yttm import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, convert_yttm_to_tokenizer, read_yttm_model
@@ -156,6 +156,13 @@ def rudalle_dalle_config(model_params: dict) -> DalleConfig:
             f"{list(_OPTIONAL_PARAMS)}."
         )
     params = {**_OPTIONAL_PARAMS, **model_params}
+    not_positive = [
+        f"{key}={params[key]!r}"
+        for key in _REQUIRED_PARAMS
+        if not isinstance(params[key], int) or isinstance(params[key], bool) or params[key] < 1
+    ]
+    if not_positive:
+        raise ValueError(f"The ruDALL-E config's sizes must be positive integers, got {', '.join(not_positive)}.")
     if params["hf_version"] not in ("v2", "v3"):
         raise ValueError(f"`hf_version` must be 'v2' or 'v3', got {params['hf_version']!r}.")
     if params["mlp_activation"] not in ("gelu_jit", "gelu"):
@@ -210,13 +217,13 @@ def _layer_keys(layer: int, sandwich: bool) -> dict[str, str]:
 
 
 def rudalle_tensors(
-    state_dict: dict[str, torch.Tensor], config: DalleConfig
+    state_dict: dict[str, torch.Tensor], config: DalleConfig, source: str = "The checkpoint"
 ) -> Iterator[tuple[str, Callable[[], torch.Tensor]]]:
     """
     The converted model's tensors, in order (embeddings, then block after block, then norms and head), each as
     `(name, make)` where `make()` returns the tensor: a view of the (memory-mapped) checkpoint where the weight is
-    taken as it is, a new tensor where tables are joined or pads summed. Checks first that the checkpoint holds
-    exactly the tensors of `config`'s shape.
+    taken as it is, a new tensor where tables are joined or pads summed. Checks first that the checkpoint (named
+    `source` in errors) holds exactly the tensors of `config`, each of its shape and finite ([`check_state_dict`]).
     """
     text_length = config.mask_text_length  # ruDALL-E's text_seq_length
     direct = {
@@ -232,34 +239,23 @@ def rudalle_tensors(
     for layer in range(config.num_hidden_layers):
         direct.update(_layer_keys(layer, config.sandwich_layernorm))
     tables = ("text_embeddings.weight", "image_embeddings.weight", "text_pos_embeddings.weight")
-    expected = set(direct.values()) | set(tables)
-    present = set(state_dict) - set(_MASK_BUFFERS)
-    if present != expected:
-        problems = []
-        for kind, names in (("missing", sorted(expected - present)), ("unexpected", sorted(present - expected))):
-            if names:
-                problems.append(f"{kind} {names[:8]}{' ...' if len(names) > 8 else ''}")
-        raise ValueError(
-            "The checkpoint does not match the ruDALL-E config "
-            f"({config.num_hidden_layers} layers, sandwich LayerNorm {config.sandwich_layernorm}): "
-            f"{', '.join(problems)}."
-        )
+    with torch.device("meta"):
+        ours = DalleForImageGeneration(config).state_dict()
     width = config.hidden_size
     shapes = {
         "text_embeddings.weight": (config.text_vocab_size, width),
         "image_embeddings.weight": (config.image_vocab_size, width),
         "text_pos_embeddings.weight": (text_length + 1, width),
-        "image_row_embeddings.weight": (config.image_grid_size, width),
-        "to_logits.1.weight": (config.vocab_size, width),
-        "transformer.layers.0.attention.query_key_value.weight": (3 * width, width),
-        "transformer.layers.0.mlp.dense_h_to_4h.weight": (config.intermediate_size, width),
     }
-    for name, shape in shapes.items():
-        if tuple(state_dict[name].shape) != shape:
-            raise ValueError(
-                f"{name} has shape {tuple(state_dict[name].shape)}, but the ruDALL-E config gives {shape}: "
-                "is --model_name / --rudalle_config the one of this checkpoint?"
-            )
+    shapes |= {theirs: tuple(ours[name].shape) for name, theirs in direct.items()}
+    check_state_dict(
+        {name: tensor for name, tensor in state_dict.items() if name not in _MASK_BUFFERS},
+        shapes,
+        source,
+        f"the ruDALL-E config ({config.num_hidden_layers} layers, hidden size {width}, sandwich LayerNorm "
+        f"{config.sandwich_layernorm})",
+        hint=" Is --model_name / --rudalle_config the one of this checkpoint?",
+    )
 
     text, image, positions = (state_dict[name] for name in tables)
 
@@ -371,24 +367,37 @@ def rudalle_generation_config() -> GenerationConfig:
     return GenerationConfig(do_sample=True, top_k=RUDALLE_TOP_K, top_p=RUDALLE_TOP_P)
 
 
-def convert_rudalle_transformer(
-    checkpoint: str | os.PathLike,
-    model_params: dict,
+def read_rudalle_transformer(
+    checkpoint: str | os.PathLike, model_params: dict
+) -> tuple[DalleConfig, list[tuple[str, Callable[[], torch.Tensor]]]]:
+    """
+    The [`DalleConfig`] of a ruDALL-E checkpoint (`model_params` as [`convert_rudalle_transformer`] takes them) and
+    its converted tensors ([`rudalle_tensors`]), every tensor of the (memory-mapped) checkpoint checked against the
+    config. The config's layers are bounded by the checkpoint's before anything is built from it.
+    """
+    state_dict = load_torch_checkpoint_state_dict(checkpoint)
+    num_layers = model_params.get("num_layers") if isinstance(model_params, dict) else None
+    checkpoint_layers = len({key.split(".")[2] for key in state_dict if key.startswith("transformer.layers.")})
+    if isinstance(num_layers, int) and num_layers > checkpoint_layers:
+        raise ValueError(
+            f"The ruDALL-E config asks for {num_layers} layers, but {os.fspath(checkpoint)!r} holds "
+            f"{checkpoint_layers}: is --model_name / --rudalle_config the one of this checkpoint?"
+        )
+    config = rudalle_dalle_config(model_params)
+    tensors = list(rudalle_tensors(state_dict, config, repr(os.fspath(checkpoint))))
+    config.dtype = state_dict["to_logits.1.weight"].dtype
+    return config, tensors
+
+
+def write_rudalle_transformer(
+    config: DalleConfig,
+    tensors: list[tuple[str, Callable[[], torch.Tensor]]],
     output_dir: str | os.PathLike,
     max_shard_bytes: int = 2 * 2**30,
-) -> DalleConfig:
-    """
-    Convert a ruDALL-E checkpoint into a [`DalleForImageGeneration`] folder (`config.json`,
-    `generation_config.json`, safetensors shards) in `output_dir`, which must exist and is written in place (callers
-    write into a temporary folder and move it). `model_params`: ruDALL-E's `model_params` plus `hf_version`, e.g.
-    `{**RUDALLE_MODELS[name].model_params, "hf_version": RUDALLE_MODELS[name].hf_version}`. Returns the config.
-    """
-    config = rudalle_dalle_config(model_params)
-    state_dict = load_torch_checkpoint_state_dict(checkpoint)
-    tensors = list(rudalle_tensors(state_dict, config))
-    dtype = state_dict["to_logits.1.weight"].dtype
-    config.dtype = dtype
-    width = config.hidden_size
+) -> None:
+    """Write what [`read_rudalle_transformer`] returns into `output_dir` (an existing folder, written in place):
+    `config.json`, `generation_config.json` and the safetensors shards."""
+    width, dtype = config.hidden_size, config.dtype
     pad_shape = (config.max_text_length, width)
     shapes = {
         "model.embeddings.token_embedding.weight": (config.vocab_size, width),
@@ -406,6 +415,22 @@ def convert_rudalle_transformer(
     save_sharded_safetensors(iter(tensors), sizes, output_dir, max_shard_bytes)
     config.save_pretrained(output_dir)
     rudalle_generation_config().save_pretrained(output_dir)
+
+
+def convert_rudalle_transformer(
+    checkpoint: str | os.PathLike,
+    model_params: dict,
+    output_dir: str | os.PathLike,
+    max_shard_bytes: int = 2 * 2**30,
+) -> DalleConfig:
+    """
+    Convert a ruDALL-E checkpoint into a [`DalleForImageGeneration`] folder (`config.json`,
+    `generation_config.json`, safetensors shards) in `output_dir`, which must exist and is written in place (callers
+    write into a temporary folder and move it). `model_params`: ruDALL-E's `model_params` plus `hf_version`, e.g.
+    `{**RUDALLE_MODELS[name].model_params, "hf_version": RUDALLE_MODELS[name].hf_version}`. Returns the config.
+    """
+    config, tensors = read_rudalle_transformer(checkpoint, model_params)
+    write_rudalle_transformer(config, tensors, output_dir, max_shard_bytes)
     return config
 
 
@@ -438,8 +463,9 @@ def convert_rudalle(
     VQGAN (`vqgan_checkpoint` + taming's `vqgan_config` YAML, `vae/`; the wavelet variant is recognised from its
     keys) and a ruCLIP folder as the reranker (`clip_model/` + `clip_processor/`). With a tokenizer and a VQGAN the
     folder is a complete pipeline (`model_index.json`, with ruCLIP's prompt templates for reranking when it has
-    ruCLIP). Written through a temporary folder, so that an interrupted
-    run leaves no half-written file. Returns the transformer's config.
+    ruCLIP). Every input is read and checked first (each tensor of each checkpoint against its config:
+    [`check_state_dict`]), then the folder is written through a temporary folder, so that an interrupted run leaves no
+    half-written file. Returns the transformer's config.
 
     Memory: the checkpoint is memory-mapped and each shard of at most `max_shard_bytes` is built, written and freed
     before the next, so the peak stays near one shard above the baseline whatever the model's size.
@@ -448,7 +474,7 @@ def convert_rudalle(
         raise ValueError(
             "A VQGAN needs both its checkpoint and its taming YAML config (vqgan.gumbelf8-sber.config.yml)."
         )
-    config = rudalle_dalle_config(model_params)
+    config, tensors = read_rudalle_transformer(checkpoint, model_params)  # every tensor checked, nothing written
     converted_tokenizer = rudalle_tokenizer(tokenizer, config) if tokenizer is not None else None
     vqgan = convert_sber_vqgan(vqgan_checkpoint, vqgan_config) if vqgan_checkpoint is not None else None
     if vqgan is not None and vqgan.config.vocab_size != config.image_vocab_size:
@@ -458,9 +484,8 @@ def convert_rudalle(
     clip_model, clip_processor = convert_ruclip(ruclip_dir) if ruclip_dir is not None else (None, None)
 
     def write(folder: Path) -> None:
-        nonlocal config  # the written transformer's config, which also records the checkpoint's dtype
         (folder / "transformer").mkdir()
-        config = convert_rudalle_transformer(checkpoint, model_params, folder / "transformer", max_shard_bytes)
+        write_rudalle_transformer(config, tensors, folder / "transformer", max_shard_bytes)
         if converted_tokenizer is not None:
             converted_tokenizer.save_pretrained(folder / "tokenizer")
         if vqgan is not None:
@@ -499,5 +524,7 @@ __all__ = [
     "rudalle_model_params",
     "rudalle_tensors",
     "rudalle_tokenizer",
+    "read_rudalle_transformer",
     "save_sharded_safetensors",
+    "write_rudalle_transformer",
 ]

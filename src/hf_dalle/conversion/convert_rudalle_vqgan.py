@@ -22,7 +22,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from ..hub_utils import render_model_card, sha256_of
 from ..models.dalle_vqgan import DalleVQGAN, DalleVQGANConfig
 from ..version import __version__
-from .checkpoints import load_torch_checkpoint_state_dict
+from .checkpoints import check_state_dict, load_torch_checkpoint_state_dict
 
 
 # taming's model classes (the config's `model.target`) -> DalleVQGANConfig.quantizer
@@ -32,23 +32,68 @@ RESNET_NAMES = {"nin_shortcut": "conv_shortcut"}
 ATTENTION_NAMES = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
 
 
-def vqgan_config_from_taming(taming_config: dict, wavelet_decoder: bool = False) -> DalleVQGANConfig:
-    """A [`DalleVQGANConfig`] from taming's model config (the parsed YAML, e.g. `vqgan.gumbelf8-sber.config.yml`)."""
+# What `vqgan_config_from_taming` reads: taming's `model.params` and its `ddconfig`.
+TAMING_PARAMS = ("n_embed", "embed_dim", "ddconfig")
+TAMING_DDCONFIG = (
+    "z_channels",
+    "ch",
+    "ch_mult",
+    "num_res_blocks",
+    "attn_resolutions",
+    "in_channels",
+    "out_ch",
+    "resolution",
+)
+
+
+def vqgan_config_from_taming(
+    taming_config: dict,
+    wavelet_decoder: bool = False,
+    source: str = "The taming config",
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> DalleVQGANConfig:
+    """A [`DalleVQGANConfig`] from taming's model config (the parsed YAML, e.g. `vqgan.gumbelf8-sber.config.yml`);
+    `source` names the file in errors. With the checkpoint's `state_dict`, the levels and residual blocks the config
+    asks for are bounded by those it holds ([`check_taming_layout`]) before anything is built from them."""
     try:
         model = taming_config["model"]
-        params, ddconfig = model["params"], model["params"]["ddconfig"]
-        target = model["target"]
+        params, target = model["params"], model["target"]
+        ddconfig = params["ddconfig"]
     except (KeyError, TypeError):
         raise ValueError(
-            "Not a taming-transformers model config: expected `model.target` and `model.params.ddconfig`."
-        )
+            f"{source} is not a taming-transformers model config: expected `model.target` and `model.params.ddconfig`."
+        ) from None
     if target not in TAMING_QUANTIZERS:
-        raise ValueError(f"Unsupported taming model {target!r}; supported: {sorted(TAMING_QUANTIZERS)}.")
+        raise ValueError(f"{source}: unsupported taming model {target!r}; supported: {sorted(TAMING_QUANTIZERS)}.")
+    missing = [f"model.params.{key}" for key in TAMING_PARAMS if key not in params]
+    missing += [f"model.params.ddconfig.{key}" for key in TAMING_DDCONFIG if key not in ddconfig]
+    if missing:
+        raise ValueError(f"{source} is not a complete taming VQGAN config: it lacks {missing}.")
+
+    def positive(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    sizes = {key: params[key] for key in ("n_embed", "embed_dim")}
+    sizes |= {
+        key: ddconfig[key] for key in ("z_channels", "ch", "num_res_blocks", "in_channels", "out_ch", "resolution")
+    }
+    wrong = [f"{key}={value!r}" for key, value in sizes.items() if not positive(value)]
+    for key in ("ch_mult", "attn_resolutions"):
+        if not isinstance(ddconfig[key], list) or not all(positive(v) for v in ddconfig[key]):
+            wrong.append(f"{key}={ddconfig[key]!r}")
+    if wrong or not ddconfig["ch_mult"]:
+        raise ValueError(
+            f"{source}: the sizes must be positive integers (ch_mult and attn_resolutions lists of them, ch_mult not "
+            f"empty), got {', '.join(wrong) or 'ch_mult=[]'}."
+        )
     if ddconfig.get("double_z", False) or ddconfig["in_channels"] != ddconfig["out_ch"]:
         raise ValueError(
-            "Unsupported ddconfig: a VQGAN needs `double_z: false` and as many output as input channels, got "
-            f"double_z={ddconfig.get('double_z')}, in_channels={ddconfig['in_channels']}, out_ch={ddconfig['out_ch']}."
+            f"{source}: unsupported ddconfig: a VQGAN needs `double_z: false` and as many output as input channels, "
+            f"got double_z={ddconfig.get('double_z')}, in_channels={ddconfig['in_channels']}, "
+            f"out_ch={ddconfig['out_ch']}."
         )
+    if state_dict is not None:
+        check_taming_layout(ddconfig, state_dict, source)
     return DalleVQGANConfig(
         vocab_size=params["n_embed"],
         embed_dim=params["embed_dim"],
@@ -61,6 +106,21 @@ def vqgan_config_from_taming(taming_config: dict, wavelet_decoder: bool = False)
         quantizer=TAMING_QUANTIZERS[target],
         wavelet_decoder=wavelet_decoder,
     )
+
+
+def check_taming_layout(ddconfig: dict, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse a taming `ddconfig` (checked sizes) that asks for more levels or residual blocks than the checkpoint's
+    tensors hold, before a model of that size is built: a few bytes of YAML must not make the converter build
+    millions of modules. `source` names the config."""
+    found = [re.search(r"(?:^|\.)(?:down|up)\.(\d+)\.block\.(\d+)\.", key) for key in state_dict]
+    levels = max((int(match[1]) + 1 for match in found if match), default=0)
+    blocks = max((int(match[2]) + 1 for match in found if match), default=0)  # the decoder's: layers_per_block + 1
+    if len(ddconfig["ch_mult"]) > levels or ddconfig["num_res_blocks"] >= blocks:
+        raise ValueError(
+            f"{source} asks for {len(ddconfig['ch_mult'])} levels of {ddconfig['num_res_blocks']} residual blocks, "
+            f"but the checkpoint holds {levels} levels of at most {max(blocks - 1, 0)} (+1 in the decoder): not the "
+            "config of this checkpoint."
+        )
 
 
 def _rename_block(rest: str, names: dict[str, str]) -> str:
@@ -104,21 +164,21 @@ def _diffusers_name(key: str, num_levels: int) -> str | None:
 
 
 def taming_to_dalle_vqgan_state_dict(
-    state_dict: dict[str, torch.Tensor], model: DalleVQGAN
+    state_dict: dict[str, torch.Tensor], model: DalleVQGAN, source: str = "The checkpoint"
 ) -> dict[str, torch.Tensor]:
     """
     Map a taming VQGAN state dict (`GumbelVQ` / `VQModel`, or ruDALL-E's `VQGanGumbelVAE` with keys under `model.`
-    and, for `dwt=True`, the wavelet decoder under `decoder.decoder.`) onto `model`'s parameters. The loss's weights
-    (`loss.*`) and the fixed Haar filters of the wavelet decoder are skipped; any other key without a place, and
-    every parameter of `model` without a source, raise.
+    and, for `dwt=True`, the wavelet decoder under `decoder.decoder.`) onto `model`'s parameters, every tensor checked
+    ([`check_state_dict`]: a key without a place, a parameter without a source, a wrong shape, NaN or inf raise, naming
+    `source`). The loss's weights (`loss.*`) and the fixed Haar filters of the wavelet decoder are skipped.
     """
     if state_dict and all(key.startswith("model.") for key in state_dict):
         state_dict = {key.removeprefix("model."): value for key, value in state_dict.items()}
     has_wavelet_decoder = any(key.startswith("decoder.decoder.") for key in state_dict)
     if has_wavelet_decoder != model.config.wavelet_decoder:
         raise ValueError(
-            f"The checkpoint {'has' if has_wavelet_decoder else 'lacks'} ruDALL-E's wavelet decoder "
-            f"(`decoder.decoder.*`) but the model was configured with wavelet_decoder={model.config.wavelet_decoder}."
+            f"{source} {'has' if has_wavelet_decoder else 'lacks'} ruDALL-E's wavelet decoder (`decoder.decoder.*`) "
+            f"but the model was configured with wavelet_decoder={model.config.wavelet_decoder}."
         )
     if has_wavelet_decoder:
         # DecoderDWT holds the convolution that runs before the decoder; GumbelVQ's own `post_quant_conv` is unused.
@@ -132,31 +192,19 @@ def taming_to_dalle_vqgan_state_dict(
         }
     targets = model.state_dict()
     num_levels = len(model.config.block_out_channels)
-    converted, unplaced = {}, []
+    converted = {}
     for key, value in state_dict.items():
         if key.startswith("loss."):
             continue
         name = _diffusers_name(key, num_levels)
         if name not in targets:
-            unplaced.append(key)
+            converted[key] = value  # no place: check_state_dict names it, under its own name
             continue
-        target_shape = targets[name].shape
-        if value.shape != target_shape:
-            if value.ndim == 4 and value.shape[2:] == (1, 1) and value.shape[:2] == target_shape:
-                value = value[:, :, 0, 0]  # attention's 1x1 convolutions are linear layers in diffusers
-            else:
-                raise ValueError(
-                    f"Shape mismatch for {key!r} -> {name!r}: checkpoint {tuple(value.shape)}, model "
-                    f"{tuple(target_shape)}; the config does not describe this checkpoint."
-                )
+        if value.ndim == 4 and value.shape[2:] == (1, 1) and targets[name].ndim == 2:
+            value = value[:, :, 0, 0]  # attention's 1x1 convolutions are linear layers in diffusers
         converted[name] = value
-    missing = sorted(set(targets) - set(converted))
-    if unplaced or missing:
-        raise ValueError(
-            "The checkpoint does not match the configured VQGAN: "
-            + (f"{len(unplaced)} checkpoint keys have no place (e.g. {unplaced[:4]}); " if unplaced else "")
-            + (f"{len(missing)} parameters have no source (e.g. {missing[:4]})." if missing else "")
-        )
+    shapes = {name: tuple(target.shape) for name, target in targets.items()}
+    check_state_dict(converted, shapes, source, "the configured VQGAN")
     return converted
 
 
@@ -175,13 +223,17 @@ def convert_sber_vqgan(
         torch_dtype: dtype of the returned model.
     """
     state_dict = load_torch_checkpoint_state_dict(checkpoint_path)
-    with open(config_path, encoding="utf-8") as f:
-        taming_config = yaml.safe_load(f)
+    source = repr(os.fspath(checkpoint_path))
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            taming_config = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f"Cannot read the VQGAN config {os.fspath(config_path)!r}: {error}") from None
     wavelet_decoder = any(key.startswith(("decoder.decoder.", "model.decoder.decoder.")) for key in state_dict)
-    config = vqgan_config_from_taming(taming_config, wavelet_decoder=wavelet_decoder)
-    with torch.device("meta"):
+    config = vqgan_config_from_taming(taming_config, wavelet_decoder, repr(os.fspath(config_path)), state_dict)
+    with torch.device("meta"):  # the config's sizes, checked against the tensors before any weight is allocated
         model = DalleVQGAN(config)
-    model.load_state_dict(taming_to_dalle_vqgan_state_dict(state_dict, model), assign=True)
+    model.load_state_dict(taming_to_dalle_vqgan_state_dict(state_dict, model, source), assign=True)
     return model.to(torch_dtype).eval()
 
 
@@ -215,6 +267,9 @@ def vqgan_model_card(
 
 
 __all__ = [
+    "TAMING_DDCONFIG",
+    "TAMING_PARAMS",
+    "check_taming_layout",
     "convert_sber_vqgan",
     "taming_to_dalle_vqgan_state_dict",
     "vqgan_config_from_taming",

@@ -20,6 +20,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 # YTTM's word-boundary mark, and its spelling of the special tokens (`youtokentome/cpp/utils.h`).
 SPACE_TOKEN = "\u2581"
 PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN = "<PAD>", "<UNK>", "<BOS>", "<EOS>"
+# The most characters a model's tokens may spell in all, per byte of its file (real models: below 1).
+MAX_SPELLED_PER_BYTE = 16
 # C `isspace` in the "C" locale (YTTM's `is_space` looks at characters below 256 only), and U+2581.
 YTTM_SPACES = "\t\n\v\f\r " + SPACE_TOKEN
 
@@ -70,11 +72,26 @@ def read_yttm_model(path: str | os.PathLike) -> YttmBpeModel:
     for _ in range(n_chars):
         codepoint, token_id = numbers[position], numbers[position + 1]
         position += 2
-        if not 0 <= codepoint <= 0x10FFFF:
-            raise ValueError(f"{path}: character code {codepoint} is not a Unicode code point.")
+        if not 0 <= codepoint <= 0x10FFFF or 0xD800 <= codepoint <= 0xDFFF:
+            raise ValueError(
+                f"{path}: character code {codepoint} is not a Unicode character (a code point outside the "
+                "surrogates U+D800-U+DFFF)."
+            )
         char_ids[chr(codepoint)] = token_id
     rules = [tuple(numbers[position + 3 * i : position + 3 * i + 3]) for i in range(n_rules)]
     unk_id, pad_id, bos_id, eos_id = (None if i == -1 else i for i in numbers[position + 3 * n_rules :])
+    # A rule's token spells its two parts together, so a few lines can double a token line after line (2**30
+    # characters from 30 lines). Summed as lengths, before any string is built: a real model's tokens spell far fewer
+    # characters than its file holds.
+    lengths, spelled, budget = dict.fromkeys(char_ids.values(), 1), 0, MAX_SPELLED_PER_BYTE * len(text) + 4096
+    for index, (x, y, z) in enumerate(rules):
+        lengths[z] = lengths.get(x, len(UNK_TOKEN)) + lengths.get(y, len(UNK_TOKEN))
+        spelled += lengths[z]
+        if spelled > budget:
+            raise ValueError(
+                f"{path}: its merge rules spell more than {budget} characters in all by rule {index} (a token of "
+                f"{lengths[z]}), over {MAX_SPELLED_PER_BYTE} per byte of the file: not a YouTokenToMe model."
+            )
     if unk_id is None:
         raise ValueError(f"{path}: the model has no unknown-token id; YouTokenToMe always writes one.")
     if SPACE_TOKEN not in char_ids:
@@ -137,4 +154,4 @@ def convert_yttm_to_tokenizer(path: str | os.PathLike) -> Tokenizer:
     return tokenizer
 
 
-__all__ = ["YttmBpeModel", "convert_yttm_to_tokenizer", "read_yttm_model", "yttm_vocabulary"]
+__all__ = ["MAX_SPELLED_PER_BYTE", "YttmBpeModel", "convert_yttm_to_tokenizer", "read_yttm_model", "yttm_vocabulary"]

@@ -1,5 +1,6 @@
 """DallePipeline: caption in, CLIP-reranked images out (DALL-E, Ramesh et al. 2021, section 2.5)."""
 
+import functools
 import inspect
 import json
 import numbers
@@ -22,19 +23,25 @@ from transformers import (
     CLIPProcessor,
     LogitsProcessor,
     LogitsProcessorList,
+    PretrainedConfig,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+from transformers.cache_utils import Cache
 
+from ..device_utils import slow_half_precision_warning
 from ..hub_utils import hub_repo_id
 from ..image_utils import to_rgb
+from ..loading_utils import load_complete_model
 from ..lora import load_lora_adapter, remove_lora_adapters
-from ..models import IMAGE_TOKENIZER_CLASSES
-from ..models.dalle import DalleForImageGeneration, DallePrefixCache
+from ..models import IMAGE_TOKENIZER_CLASSES, TRANSFORMER_CLASSES
+from ..models.dalle import DalleForImageGeneration
+from ..models.dalle_bart import DalleBartForImageGeneration
 from ..models.dalle_vae import DalleVAE
 from ..models.dalle_vqgan import DalleVQGAN
 from ..tokenization_dalle import DalleTokenizer
+from ..tokenization_dalle_bart import DalleBartTokenizer
 
 
 logger = logging.get_logger(__name__)
@@ -56,6 +63,8 @@ EXAMPLE_DOC_STRING = """
 
 # What `snapshot_download` takes from `from_pretrained` / `load_lora_weights` keyword arguments.
 DOWNLOAD_KWARGS = ("revision", "cache_dir", "token", "force_download", "local_files_only")
+# The caption tokenizer of each transformer family: DALL-E's (and a converted ruDALL-E's), DALL·E Mini / Mega's.
+CAPTION_TOKENIZER_CLASSES = (DalleTokenizer, DalleBartTokenizer)
 
 
 def _pipeline_components(model_index: dict) -> list[str]:
@@ -77,6 +86,41 @@ def _is_integer(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _as_bool_mask(value, name: str) -> torch.BoolTensor:
+    """`value` (a tensor, array or nested lists of booleans, or of the integers 0 and 1) as a boolean tensor. Anything
+    else raises, naming `name`: a float mask has no one reading (0.5? NaN?), and a string is not a mask at all."""
+    try:
+        mask = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    except (TypeError, ValueError, RuntimeError):  # strings, ragged lists, objects
+        mask = None
+    if mask is None or mask.is_floating_point() or mask.is_complex():
+        kind = type(value).__name__ if mask is None else f"{type(value).__name__} of {mask.dtype}"
+        raise ValueError(f"`{name}` must hold booleans (or the integers 0 and 1), got a {kind}.")
+    if mask.dtype != torch.bool:
+        if not ((mask == 0) | (mask == 1)).all():
+            raise ValueError(f"`{name}` must hold booleans (or the integers 0 and 1), got other integers.")
+        mask = mask.bool()
+    return mask
+
+
+def _transformer_class(folder: str | os.PathLike) -> type:
+    """The model class of a pipeline folder's `transformer/`, from the `model_type` of its config."""
+    config, _ = PretrainedConfig.get_config_dict(folder, subfolder="transformer")
+    classes = {cls.config_class.model_type: cls for cls in TRANSFORMER_CLASSES}
+    if config.get("model_type") not in classes:
+        raise ValueError(
+            f"The transformer of {os.fspath(folder)!r} is a {config.get('model_type')!r} model; a DallePipeline takes "
+            f"{' or '.join(repr(t) for t in classes)}."
+        )
+    return classes[config["model_type"]]
+
+
+def _caption_rows(captions: dict[str, torch.Tensor], index: torch.LongTensor | slice) -> dict[str, torch.Tensor]:
+    """The rows `index` of captions as the transformer's `encode_captions` gives them (a dict of tensors, a row per
+    caption)."""
+    return {name: tensor[index] for name, tensor in captions.items()}
+
+
 def _read_model_index(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as file:
@@ -86,6 +130,17 @@ def _read_model_index(path: str) -> dict:
     if not isinstance(model_index, dict):
         raise ValueError(f"{path} is not a valid model_index.json: expected a JSON object.")
     return model_index
+
+
+def _shorten(text: str, length: int) -> str:
+    """`text` cut to `length` characters, with an ellipsis where it was cut."""
+    return text if len(text) <= length else text[: length - 1].rstrip() + "…"
+
+
+@functools.cache
+def _warn_once(message: str | None) -> None:
+    if message is not None:
+        logger.warning(message)
 
 
 @dataclass
@@ -104,23 +159,41 @@ class DallePipelineOutput(BaseOutput):
             and no `rerank`: then the images are the first candidates).
         candidate_indices (`list[int]`, *optional*):
             Which candidate of its prompt each image is: `i` was drawn from the prompt's `i`-th generator.
+        prompt_warnings (`list[str | None]`, *optional*):
+            One per prompt: what the model did not read of it, in a sentence (words its tokenizer does not know, text
+            cut at the model's text length), or `None` when it read the whole caption.
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     scores: list[float] | None
     candidate_indices: list[int] | None = None
+    prompt_warnings: list[str | None] | None = None
 
 
 @dataclass
 class DallePipelineProgress:
     """
-    What [`DallePipeline.generate_progressively`] yields: after each chunk of candidates, how many of all the prompts'
-    candidates are sampled and scored; last, with `output` set, what the pipeline call returns.
+    What [`DallePipeline.generate_progressively`] yields: after each decode step, the codes so far of the chunk of
+    candidates being sampled; after each chunk, how many of all the prompts' candidates are sampled and scored; last,
+    with `output` set, what the pipeline call returns.
+
+    Args:
+        num_sampled (`int`): candidates sampled and scored so far, all prompts together.
+        num_candidates (`int`): candidates of the whole call.
+        output ([`DallePipelineOutput`] or `tuple`, *optional*): the call's result, in the last progress only.
+        codes (`torch.LongTensor`, *optional*): after a decode step, the codes so far of the chunk being sampled,
+            `[B, n]` in raster order (primed codes included); [`DallePipeline.decode_partial`] draws them as
+            previews. `None` after a chunk and in the last progress.
+        prompt_index, candidate_index (`torch.LongTensor`, *optional*): with `codes`, the prompt of each row and
+            which of its prompt's candidates it is, `[B]`.
     """
 
     num_sampled: int
     num_candidates: int
     output: DallePipelineOutput | tuple | None = None
+    codes: torch.LongTensor | None = None
+    prompt_index: torch.LongTensor | None = None
+    candidate_index: torch.LongTensor | None = None
 
 
 class FixedImageCodesLogitsProcessor(LogitsProcessor):
@@ -190,9 +263,17 @@ class DallePipeline(DiffusionPipeline):
     Text-to-image generation with DALL-E: sample `num_candidates` code grids per caption from the transformer prior,
     decode them with the dVAE, score each against its caption with CLIP and keep the best `num_images_per_prompt`.
 
+    The transformer is DALL-E's decoder-only prior ([`DalleForImageGeneration`], also ruDALL-E's) or DALL·E Mini /
+    Mega's encoder-decoder ([`DalleBartForImageGeneration`], with a [`DalleBartTokenizer`] and a VQGAN). One loop
+    samples both: everything that differs between them sits behind the methods both models have (`encode_captions`,
+    run once per prompt; `make_cache`; `image_code_logits`, which starts a chunk of candidates from their captions
+    and primed codes, or scores whole grids; `next_image_code_logits`, one decode step), which give logits over the
+    image codes only.
+
     Args:
-        tokenizer ([`DalleTokenizer`]): lowercasing BPE tokenizer of the captions.
-        transformer ([`DalleForImageGeneration`]): the autoregressive prior over caption tokens and image codes.
+        tokenizer ([`DalleTokenizer`] or [`DalleBartTokenizer`]): the caption tokenizer of the transformer.
+        transformer ([`DalleForImageGeneration`] or [`DalleBartForImageGeneration`]): the autoregressive prior over
+            image codes given the caption.
         vae ([`DalleVAE`] or [`DalleVQGAN`]): the image tokenizer that turns codes into pixels (and images into codes,
             for priming): the dVAE, or a VQGAN such as ruDALL-E's.
         clip_model ([`~transformers.CLIPModel`], *optional*): scores candidates against their caption.
@@ -213,8 +294,8 @@ class DallePipeline(DiffusionPipeline):
 
     def __init__(
         self,
-        tokenizer: DalleTokenizer,
-        transformer: DalleForImageGeneration,
+        tokenizer: DalleTokenizer | DalleBartTokenizer,
+        transformer: DalleForImageGeneration | DalleBartForImageGeneration,
         vae: DalleVAE | DalleVQGAN,
         clip_model: CLIPModel | None = None,
         clip_processor: CLIPProcessor | None = None,
@@ -223,8 +304,8 @@ class DallePipeline(DiffusionPipeline):
     ):
         super().__init__()
         expected = {
-            "tokenizer": (tokenizer, DalleTokenizer),
-            "transformer": (transformer, DalleForImageGeneration),
+            "tokenizer": (tokenizer, CAPTION_TOKENIZER_CLASSES),
+            "transformer": (transformer, TRANSFORMER_CLASSES),
             "vae": (vae, IMAGE_TOKENIZER_CLASSES),
             "clip_model": (clip_model, (CLIPModel, type(None))),
             "clip_processor": (clip_processor, (CLIPProcessor, type(None))),
@@ -280,7 +361,13 @@ class DallePipeline(DiffusionPipeline):
         - `quantization_config`: a transformers quantization config, e.g.
           `TorchAoConfig(Int8WeightOnlyConfig())` (CPU or GPU) or `BitsAndBytesConfig(load_in_8bit=True)` (GPU).
           A diffusers `PipelineQuantizationConfig` is passed on to diffusers unchanged.
+
+        The weights load in float32 unless `dtype` (or `torch_dtype`) says otherwise, as in diffusers, whatever dtype
+        they are stored in (a converted ruDALL-E's are float16): half precision is for devices that compute it fast
+        (`hf_dalle.device_utils`).
         """
+        if "dtype" not in kwargs and "torch_dtype" not in kwargs:
+            kwargs["dtype"] = torch.float32
         if not os.path.isdir(pretrained_model_name_or_path):
             # diffusers refuses, before downloading, repos whose `model_index.json` names components from libraries
             # other than diffusers/transformers (ours are `hf_dalle` classes), but loads such a folder from disk. Only
@@ -292,7 +379,14 @@ class DallePipeline(DiffusionPipeline):
             pretrained_model_name_or_path = snapshot_download(
                 repo_id, allow_patterns=["model_index.json", *folders], **download_kwargs
             )
-        cls._check_pipeline_folder(pretrained_model_name_or_path, passed=kwargs)
+        components = cls._check_pipeline_folder(pretrained_model_name_or_path, passed=kwargs)
+        dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))  # float32 unless asked (set above)
+        if "clip_model" in components and "clip_model" not in kwargs:
+            # Loaded here, where its loading report can be checked (our models' own `from_pretrained` checks theirs):
+            # a CLIP folder that lacks weights is refused, never filled at random.
+            kwargs["clip_model"] = load_complete_model(
+                CLIPModel.from_pretrained, pretrained_model_name_or_path, subfolder="clip_model", dtype=dtype
+            )
         device_map = kwargs.get("device_map")
         quantization_config = kwargs.get("quantization_config")
         per_module_map = device_map == "auto" or isinstance(device_map, dict)
@@ -303,31 +397,32 @@ class DallePipeline(DiffusionPipeline):
             transformer_keys = ["max_memory", "offload_folder"] if per_module_map else []
             transformer_keys += ["device_map"] if per_module_map else []
             transformer_keys += ["quantization_config"] if transformers_quantization else []
-            transformer_kwargs = {key: kwargs.pop(key) for key in transformer_keys if key in kwargs}
-            dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
-            if dtype is not None:
-                transformer_kwargs["dtype"] = dtype
-            kwargs["transformer"] = DalleForImageGeneration.from_pretrained(
+            transformer_kwargs = {key: kwargs.pop(key) for key in transformer_keys if key in kwargs} | {"dtype": dtype}
+            transformer_class = _transformer_class(pretrained_model_name_or_path)
+            kwargs["transformer"] = transformer_class.from_pretrained(
                 pretrained_model_name_or_path, subfolder="transformer", **transformer_kwargs
             )
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @staticmethod
-    def _check_pipeline_folder(folder: str | os.PathLike, passed: dict) -> None:
+    def _check_pipeline_folder(folder: str | os.PathLike, passed: dict) -> list[str]:
         """Name what is missing from a pipeline folder before diffusers trips over it: model_index.json, or the
-        subfolder of a component it lists (unless that component is passed in `passed`)."""
+        subfolder of a component it lists (unless that component is passed in `passed`). Returns the components it
+        lists."""
         index_path = os.path.join(folder, "model_index.json")
         if not os.path.isfile(index_path):
             raise FileNotFoundError(
                 f"{os.fspath(folder)!r} is not a pipeline folder: it has no model_index.json (save one with "
                 "`DallePipeline.save_pretrained`)."
             )
-        for name in _pipeline_components(_read_model_index(index_path)):
+        components = _pipeline_components(_read_model_index(index_path))
+        for name in components:
             if name not in passed and not os.path.isdir(os.path.join(folder, name)):
                 raise FileNotFoundError(
                     f"The pipeline folder {os.fspath(folder)!r} has no {name}/ subfolder, though its model_index.json "
                     f"lists the component {name!r}."
                 )
+        return components
 
     def load_lora_weights(
         self, pretrained_model_name_or_path: str | os.PathLike, adapter_name: str = "default", **kwargs
@@ -345,6 +440,16 @@ class DallePipeline(DiffusionPipeline):
     def unload_lora_weights(self) -> None:
         """Remove every LoRA adapter from the transformer: it computes exactly its base weights' outputs again."""
         remove_lora_adapters(self.transformer)
+
+    def progress_bar(self, iterable=None, total=None):
+        """diffusers' bar, labelled with what its steps are here (image codes; one step samples one code of each
+        candidate of a chunk) unless `set_progress_bar_config` names them."""
+        config = getattr(self, "_progress_bar_config", {})
+        self._progress_bar_config = {"desc": "Sampling image codes", "unit": "code", **config}
+        try:
+            return super().progress_bar(iterable=iterable, total=total)
+        finally:
+            self._progress_bar_config = config
 
     @property
     def image_size(self) -> int:
@@ -373,7 +478,7 @@ class DallePipeline(DiffusionPipeline):
 
     @property
     def interrupt(self) -> bool:
-        """Set `pipe._interrupt = True` (from a `callback_on_step_end`, or between the chunks that
+        """Set `pipe._interrupt = True` (from a `callback_on_step_end`, or between two of the progresses that
         [`generate_progressively`] yields) to stop sampling after the current code."""
         return self._interrupt
 
@@ -478,20 +583,46 @@ class DallePipeline(DiffusionPipeline):
         """The text part of the streams: caption ids `[P, max_text_length]`, and for guidance the unconditional
         (negative prompt, or empty = all pads) ids of the same shape, else `None` (on `device`)."""
         max_length = self.transformer.config.max_text_length
-        # As diffusers' pipelines do for CLIP's 77 tokens: say what was cut, since the image will not show it.
-        for prompt in prompts:
-            tokens = self.tokenizer.tokenize(prompt)
-            if len(tokens) > max_length:
-                cut = self.tokenizer.convert_tokens_to_string(tokens[max_length:]).strip()
-                logger.warning(
-                    f"This prompt is {len(tokens)} tokens long but the model reads {max_length}; it is truncated and "
-                    f"{cut!r} is ignored: {prompt!r}"
-                )
         text_ids = self.tokenizer.encode_captions(prompts, max_length=max_length).to(device)
         if not do_guidance:
             return text_ids, None
         uncond_ids = self.tokenizer.encode_captions(negative_prompts or [""] * len(prompts), max_length=max_length)
         return text_ids, uncond_ids.to(device)
+
+    def prompt_warning(self, prompt: str) -> str | None:
+        """
+        What the model will not read of `prompt`, in a sentence short enough for a status line, or `None`:
+
+        - words its tokenizer does not know: the byte-level BPE spells them mostly one character at a time (more than
+          half of their two or more pieces are single characters), so the model has most likely never seen them ("a
+          photo of a cat" to the shapes demo model); known words, even rare ones split into longer pieces, are not
+          flagged;
+        - the text past the model's `max_text_length` tokens, which is cut (as diffusers' pipelines say for CLIP's 77).
+        """
+        max_length = self.transformer.config.max_text_length
+        # verbose=False: no transformers warning that the caption is longer than the model reads; we say it below.
+        encoding = self.tokenizer(prompt, add_special_tokens=True, return_offsets_mapping=True, verbose=False)
+        pieces: dict[int, list[tuple[int, int]]] = {}
+        for word, span in zip(encoding.word_ids(), encoding["offset_mapping"]):
+            if word is not None:  # special tokens (a converted ruDALL-E's BOS / EOS) belong to no word
+                pieces.setdefault(word, []).append(span)
+        unknown = []
+        for spans in pieces.values():
+            single_characters = sum(len(prompt[start:end].strip()) <= 1 for start, end in spans)
+            if len(spans) > 1 and 2 * single_characters > len(spans):
+                word = prompt[spans[0][0] : spans[-1][1]].strip()
+                if word not in unknown:
+                    unknown.append(word)
+        notes = []
+        if unknown:
+            shown = ", ".join(repr(_shorten(word, 20)) for word in unknown[:4])
+            more = f" and {len(unknown) - 4} more" if len(unknown) > 4 else ""
+            notes.append(f"Words the model's tokenizer does not know (likely never seen in training): {shown}{more}.")
+        if len(encoding["input_ids"]) > max_length:
+            # Cut at the first dropped token's first character: never inside a character, whatever the bytes did.
+            dropped = prompt[encoding["offset_mapping"][max_length][0] :].strip()
+            notes.append(f"The model reads {max_length} tokens; the rest is ignored: {_shorten(dropped, 40)!r}.")
+        return " ".join(notes) or None
 
     def prepare_image_codes(
         self, image, num_prime_rows: int, image_prompt_mask, num_prompts: int, device: torch.device = None
@@ -506,7 +637,7 @@ class DallePipeline(DiffusionPipeline):
             mask = torch.zeros(grid, grid, dtype=torch.bool)
             mask[:num_prime_rows] = True
         else:
-            mask = torch.as_tensor(image_prompt_mask, dtype=torch.bool)
+            mask = _as_bool_mask(image_prompt_mask, "image_prompt_mask")
             if (
                 mask.shape[-2:] != (grid, grid)
                 or mask.ndim not in (2, 3)
@@ -578,8 +709,8 @@ class DallePipeline(DiffusionPipeline):
 
     def sample_chunks(
         self,
-        text_ids: torch.LongTensor,
-        uncond_ids: torch.LongTensor | None,
+        captions: dict[str, torch.Tensor],
+        guided: bool,
         image_codes: torch.LongTensor | None,
         image_code_mask: torch.BoolTensor | None,
         num_primed: int,
@@ -591,17 +722,20 @@ class DallePipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] = (),
     ) -> Iterator[tuple[torch.LongTensor, torch.LongTensor, torch.LongTensor]]:
         """
-        The chunk loop: sample `num_candidates` code grids for each prompt (`text_ids`, `[P, max_text_length]`; for
-        guidance, `uncond_ids` too), `candidate_batch_size` candidates at a time, prompt after prompt (a chunk may span
-        prompts). Yields each chunk as soon as it is complete: `(prompt_index, candidate_index, codes)`, `[B]`, `[B]`
-        and `[B, G * G]`; stops early when interrupted (`pipe._interrupt`).
+        The chunk loop: sample `num_candidates` code grids for each of the `P` prompts, `candidate_batch_size`
+        candidates at a time, prompt after prompt (a chunk may span prompts). `captions` are the prompts' captions as
+        the transformer's `encode_captions` gives them (with `guided`, `2 * P` rows: the prompts', then their
+        unconditional captions'). Yields `(prompt_index, candidate_index, codes)`, `[B]`, `[B]` and `[B, n]`, after
+        every decode step of a chunk, as its codes grow: the chunk is complete when `n = G * G`. Stops early when
+        interrupted (`pipe._interrupt`).
 
         Candidate `i` (`len(generators) == P * num_candidates`) draws its random numbers from `generators[i]`, chunk by
         chunk, so its codes never depend on the batching. With `image_codes` (`[P, G * G]`), the first `num_primed` are
         the prefix every candidate continues, and those under `image_code_mask` after it are forced.
         """
         config = self.transformer.config
-        num_rows = len(text_ids) * num_candidates
+        num_rows = len(generators)
+        num_prompts = num_rows // num_candidates
         num_steps = config.image_seq_length - num_primed
         self._num_timesteps = -(-num_rows // candidate_batch_size) * num_steps
         forced = image_code_mask is not None and bool(image_code_mask[:, num_primed:].any())
@@ -618,11 +752,13 @@ class DallePipeline(DiffusionPipeline):
                 primed = (
                     image_codes[prompt_index, :num_primed]
                     if image_codes is not None
-                    else text_ids.new_zeros(len(rows), 0)
+                    else torch.zeros(len(rows), 0, dtype=torch.long, device=self._execution_device)
                 )
-                codes = self.sample_codes(
-                    text_ids[prompt_index],
-                    uncond_ids[prompt_index] if uncond_ids is not None else None,
+                caption_index = torch.cat([prompt_index, prompt_index + num_prompts]) if guided else prompt_index
+                codes = primed
+                for codes in self.sample_codes(
+                    _caption_rows(captions, caption_index),
+                    guided,
                     primed,
                     self.draw_uniforms(generators[first_row : first_row + len(rows)], num_steps),
                     chunk_processor,
@@ -630,16 +766,16 @@ class DallePipeline(DiffusionPipeline):
                     first_step=first_row // candidate_batch_size * num_steps,
                     callback_on_step_end=callback_on_step_end,
                     callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-                )
-                if codes is None:  # interrupted
+                ):
+                    yield prompt_index, rows % num_candidates, codes
+                if codes.shape[1] < config.image_seq_length:  # interrupted
                     return
-                yield prompt_index, rows % num_candidates, codes
 
     @torch.no_grad()
     def sample_codes(
         self,
-        text_ids: torch.LongTensor,
-        uncond_ids: torch.LongTensor | None,
+        captions: dict[str, torch.Tensor],
+        guided: bool,
         codes: torch.LongTensor,
         uniforms: torch.Tensor,
         logits_processor: LogitsProcessorList,
@@ -647,32 +783,38 @@ class DallePipeline(DiffusionPipeline):
         first_step: int = 0,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = (),
-    ) -> torch.LongTensor | None:
+    ) -> Iterator[torch.LongTensor]:
         """
-        Continue each row's image codes `codes` (`[B, n]`: the primed ones, possibly none) to a full grid, `[B, G * G]`,
-        given its caption ids `text_ids` (`[B, max_text_length]`; with guidance, the unconditional `uncond_ids` too);
-        `None` when interrupted (`pipe._interrupt`) before the grids are complete.
+        Continue each row's image codes `codes` (`[B, n]`: the primed ones, possibly none) to a full grid, given its
+        caption (`captions`: `B` rows of the transformer's `encode_captions`; with `guided`, then `B` unconditional
+        ones), yielding the codes so far after every step, `[B, n + 1]`, ..., the full grids `[B, G * G]` last. When
+        interrupted (`pipe._interrupt`) it stops without the full grids.
 
         Hand-written decode loop rather than `generate()`: each row samples with its own random numbers (`uniforms`,
         `[B, G * G - n]`), which `generate` cannot do. Sampling is by inverse CDF: the code whose cumulative probability
         first exceeds the row's uniform number, so one number per step and row decides the draw. The codes are the
-        loop's state: they become stream ids only where the transformer reads them. After each step,
-        `callback_on_step_end(self, first_step + step, position, tensors)` sees the codes so far (whose grid position
-        `position` was just drawn) and may return replacements.
+        loop's state; the transformer turns them into its own inputs (`image_code_logits` starts the chunk into a
+        cache, `next_image_code_logits` continues it by one code). After each step, `callback_on_step_end(self,
+        first_step + step, position, tensors)` sees the codes so far (whose grid position `position` was just drawn)
+        and may return replacements.
         """
         config = self.transformer.config
         num_steps = config.image_seq_length - codes.shape[1]
-        cache, logits = self._prefill(text_ids, uncond_ids, codes)
+        cache, logits = self._prefill(captions, guided, codes)
         # Flags of steps whose probabilities were not finite, checked once at the end (no device sync per step).
         non_finite = torch.zeros(num_steps, dtype=torch.bool, device=logits.device)
         for step in range(num_steps):
             if self.interrupt:
-                return None
+                return
+            if step:  # the newest codes continue the cache (for guidance, in both halves)
+                newest = codes[:, -1:]
+                newest = torch.cat([newest, newest]) if guided else newest
+                logits = self.transformer.next_image_code_logits(captions, newest, cache)
             logits = logits.float()
-            if uncond_ids is not None:  # read at every step: a callback may change the guidance scale
+            if guided:  # read at every step: a callback may change the guidance scale
                 cond_logits, uncond_logits = logits.chunk(2)
-                guided = uncond_logits + (cond_logits - uncond_logits) * self.guidance_scale
-                logits = guided if self.do_classifier_free_guidance else cond_logits
+                guided_logits = uncond_logits + (cond_logits - uncond_logits) * self.guidance_scale
+                logits = guided_logits if self.do_classifier_free_guidance else cond_logits
             scores = logits_processor(codes, logits)
             cdf = scores.softmax(dim=-1).cumsum(dim=-1)
             non_finite[step] = ~cdf[:, -1].isfinite().all()
@@ -685,32 +827,27 @@ class DallePipeline(DiffusionPipeline):
                     callback_on_step_end, callback_on_step_end_tensor_inputs, first_step + step, codes, scores
                 )
                 if rewritten and step + 1 < num_steps:  # earlier codes changed: the cache holds the old ones
-                    cache, _ = self._prefill(text_ids, uncond_ids, codes[:, :-1])
+                    cache, _ = self._prefill(captions, guided, codes[:, :-1])
             if step + 1 < num_steps:
-                step_ids = codes[:, -1:] + config.text_vocab_size  # the newest codes as stream ids
-                step_ids = torch.cat([step_ids, step_ids]) if uncond_ids is not None else step_ids
-                logits = self.transformer(step_ids, cache=cache, use_cache=True).logits
-                logits = logits[:, -1, config.text_vocab_size :]
+                yield codes
         if non_finite.any():
             raise ValueError(
                 f"Sampling met non-finite probabilities (NaN or infinite logits) at step {int(non_finite.nonzero()[0])}: "
                 "the model's weights or a loaded adapter hold NaN/inf values, or the temperature is too "
                 "small for float32 logits. No image is returned from NaN probabilities."
             )
-        return codes
+        yield codes
 
     def _prefill(
-        self, text_ids: torch.LongTensor, uncond_ids: torch.LongTensor | None, codes: torch.LongTensor
-    ) -> tuple[DallePrefixCache, torch.Tensor]:
-        """Run the streams of captions `text_ids` and image codes `codes` (and, for guidance, the unconditional captions
-        followed by the same codes) through the transformer into a fresh cache: the cache and the image-vocabulary
-        logits of the next position."""
-        if uncond_ids is not None:
-            text_ids, codes = torch.cat([text_ids, uncond_ids]), torch.cat([codes, codes])
-        streams = self.transformer.prepare_input_ids(text_ids, codes)
-        cache = DallePrefixCache(self.transformer.config)
-        logits = self.transformer(streams, cache=cache, use_cache=True, logits_to_keep=1).logits
-        return cache, logits[:, -1, self.transformer.config.text_vocab_size :]
+        self, captions: dict[str, torch.Tensor], guided: bool, codes: torch.LongTensor
+    ) -> tuple[Cache, torch.Tensor]:
+        """Run each row's caption and image codes `codes` (for guidance, then the unconditional captions with the same
+        codes) through the transformer into a fresh cache: the cache and the image-code logits of the next position."""
+        cache = self.transformer.make_cache()
+        logits = self.transformer.image_code_logits(
+            captions, torch.cat([codes, codes]) if guided else codes, cache, logits_to_keep=1
+        )
+        return cache, logits[:, -1]
 
     def _run_callback(
         self, callback, tensor_inputs: list[str], step: int, codes: torch.LongTensor, logits: torch.Tensor
@@ -744,19 +881,17 @@ class DallePipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def code_perplexities(
-        self, text_ids: torch.LongTensor, codes: torch.LongTensor, sampled: torch.BoolTensor | None = None
+        self, captions: dict[str, torch.Tensor], codes: torch.LongTensor, sampled: torch.BoolTensor | None = None
     ) -> torch.Tensor:
-        """The transformer's perplexity of each candidate's codes (`[B, G * G]`) given its caption ids (`text_ids`, `[B,
-        max_text_length]`): `exp` of the mean cross-entropy over the codes that were sampled (`sampled`, `[B, G * G]`;
-        default: all). No guidance, temperature or filtering: the model's own distribution, as ruDALL-E ranks its
-        images."""
-        config = self.transformer.config
-        num_codes = config.image_seq_length
+        """The transformer's perplexity of each candidate's codes (`[B, G * G]`) given its caption (`captions`, the
+        transformer's `encode_captions` of the `B` caption ids): `exp` of the mean cross-entropy over the codes that
+        were sampled (`sampled`, `[B, G * G]`; default: all). No guidance, temperature or filtering: the model's own
+        distribution, as ruDALL-E ranks its images."""
         sampled = torch.ones_like(codes, dtype=torch.bool) if sampled is None else sampled.to(codes.device)
         perplexities = []
-        for row_text, row_codes, row_sampled in zip(text_ids, codes, sampled):  # one row at a time: bounded memory
-            stream = self.transformer.prepare_input_ids(row_text[None], row_codes[None])
-            logits = self.transformer(stream, logits_to_keep=num_codes + 1).logits[0, :-1, config.text_vocab_size :]
+        for row, (row_codes, row_sampled) in enumerate(zip(codes, sampled)):  # one row at a time: bounded memory
+            row_captions = _caption_rows(captions, slice(row, row + 1))
+            logits = self.transformer.image_code_logits(row_captions, row_codes[None, :-1])[0]
             losses = F.cross_entropy(logits.float(), row_codes, reduction="none")
             perplexities.append(losses[row_sampled].mean().exp())
         return torch.stack(perplexities)
@@ -768,6 +903,17 @@ class DallePipeline(DiffusionPipeline):
             return torch.zeros(0, 3, self.image_size, self.image_size)
         grid = self.transformer.config.image_grid_size
         return self.vae.decode(codes.view(-1, grid, grid).to(self.vae.device)).sample
+
+    @torch.no_grad()
+    def decode_partial(self, codes: torch.LongTensor, fill_value: float = 0.5) -> torch.Tensor:
+        """Unfinished code grids `[B, n]` (raster order) as preview images `[B, 3, H, W]` in [0, 1]: decoded with the
+        positions not yet sampled set to code 0, whose pixels are then painted `fill_value` (gray)."""
+        grid = self.transformer.config.image_grid_size
+        num_codes = codes.shape[1]
+        images = self.decode(F.pad(codes, (0, grid * grid - num_codes))).float()
+        sampled = (torch.arange(grid * grid, device=images.device) < num_codes).view(1, 1, grid, grid)
+        sampled = F.interpolate(sampled.float(), size=images.shape[-2:], mode="nearest").bool()
+        return torch.where(sampled, images, fill_value)
 
     @torch.no_grad()
     def clip_scores(self, images: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
@@ -822,10 +968,11 @@ class DallePipeline(DiffusionPipeline):
     ) -> Iterator[DallePipelineProgress]:
         r"""
         Generate images for `prompt`: `pipe(prompt, ...)` returns them. `pipe.generate_progressively(prompt, ...)` runs
-        the same steps with the same arguments as a generator: it yields a [`DallePipelineProgress`] after each chunk of
+        the same steps with the same arguments as a generator: it yields a [`DallePipelineProgress`] after each decode
+        step (with the codes so far of the chunk being sampled, for previews) and after each chunk of
         `candidate_batch_size` candidates, then a last one whose `output` is what `pipe(prompt, ...)` returns. Setting
-        `pipe._interrupt = True` between two chunks stops sampling; the candidates sampled by then are reranked and
-        returned (a web app shows progress this way and stops at a time limit).
+        `pipe._interrupt = True` stops sampling; the candidates finished by then are reranked and returned (a web app
+        shows progress and previews this way, and stops at a time limit).
 
         Args:
             prompt (`str` or `list[str]`): the caption(s); lowercased and truncated to the model's text length.
@@ -920,9 +1067,17 @@ class DallePipeline(DiffusionPipeline):
             logger.warning("No CLIP model in this pipeline: returning the first candidates without reranking.")
         device = self._execution_device
         config = self.transformer.config
+        _warn_once(slow_half_precision_warning(device, self.transformer.dtype))
 
-        # 2. Encode the prompts (and the unconditional captions for guidance), the priming image, CLIP's text side
+        # 2. Encode the prompts (and the unconditional captions for guidance) once for all candidates, the priming
+        # image, CLIP's text side; say what the model will not read of the prompts, since the images will not show it
+        prompt_warnings = [self.prompt_warning(prompt) for prompt in prompts]
+        for prompt, warning in zip(prompts, prompt_warnings):
+            if warning is not None:
+                logger.warning(f"{_shorten(prompt, 60)!r}: {warning}")
         text_ids, uncond_ids = self.encode_prompt(prompts, negative_prompts, self.do_classifier_free_guidance, device)
+        guided = uncond_ids is not None
+        captions = self.transformer.encode_captions(torch.cat([text_ids, uncond_ids]) if guided else text_ids)
         image_codes, image_code_mask = self.prepare_image_codes(
             image, num_prime_rows, image_prompt_mask, len(prompts), device
         )
@@ -933,8 +1088,8 @@ class DallePipeline(DiffusionPipeline):
 
         # 4. Sample the candidates, chunk by chunk (lazily: each chunk is sampled when step 5 asks for it)
         chunks = self.sample_chunks(
-            text_ids,
-            uncond_ids,
+            captions,
+            guided,
             image_codes,
             image_code_mask,
             num_prime_rows * config.image_grid_size,
@@ -951,12 +1106,15 @@ class DallePipeline(DiffusionPipeline):
         best = BestCandidates(num_images_per_prompt, descending, num_codes=config.image_seq_length)
         num_sampled = 0
         for prompt_index, candidate_index, codes in chunks:
+            if codes.shape[1] < config.image_seq_length:  # a chunk still being sampled
+                yield DallePipelineProgress(num_sampled, num_rows, None, codes, prompt_index, candidate_index)
+                continue
             scores = None
             if rerank == "clip":
                 scores = self.clip_scores(self.decode(codes), text_embeds[prompt_index])
             elif rerank == "perplexity":
                 sampled = ~image_code_mask[prompt_index] if image_code_mask is not None else None
-                scores = self.code_perplexities(text_ids[prompt_index], codes, sampled)
+                scores = self.code_perplexities(_caption_rows(captions, prompt_index), codes, sampled)
             best.add(prompt_index, candidate_index, codes, scores)
             num_sampled += len(codes)
             yield DallePipelineProgress(num_sampled, num_rows)
@@ -972,7 +1130,9 @@ class DallePipeline(DiffusionPipeline):
         if not return_dict:
             output = (images, scores)
         else:
-            output = DallePipelineOutput(images, scores, candidate_indices=best.candidate_index.tolist())
+            output = DallePipelineOutput(
+                images, scores, candidate_indices=best.candidate_index.tolist(), prompt_warnings=prompt_warnings
+            )
         yield DallePipelineProgress(num_sampled, num_rows, output)
 
     def __call__(self, *args, **kwargs) -> DallePipelineOutput | tuple:

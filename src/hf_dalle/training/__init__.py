@@ -11,6 +11,7 @@ from .arguments import (
 from .checkpointing import TrainingState, list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .data import (
     ImageCaptionCollator,
+    check_batch_size,
     image_to_tensor,
     load_image_caption_dataset,
     load_pretokenized_dataset,
@@ -37,6 +38,7 @@ __all__ = [
     "averaged_weights",
     "check_common_arguments",
     "create_accelerator",
+    "check_batch_size",
     "create_ema",
     "image_to_tensor",
     "list_checkpoints",

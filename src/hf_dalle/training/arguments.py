@@ -9,6 +9,7 @@ import os
 from transformers import SchedulerType
 
 from .data import BAD_IMAGE_CHOICES
+from .run_folder import RunFolder
 
 
 @dataclasses.dataclass
@@ -37,6 +38,7 @@ class TrainingConfig:
     checkpointing_steps: int
     checkpoints_total_limit: int | None
     resume_from_checkpoint: str | None
+    overwrite_output_dir: bool
     allow_inexact_resume: bool
     report_to: str
     logging_steps: int
@@ -74,7 +76,17 @@ def add_common_arguments(
     )
 
     output = parser.add_argument_group("output")
-    output.add_argument("--output_dir", required=True, help="Where the model, checkpoints, logs and samples go.")
+    output.add_argument(
+        "--output_dir",
+        required=True,
+        help="Where the model, checkpoints, logs and samples go: a new or empty folder, unless resuming the run there "
+        "(--resume_from_checkpoint) or starting it over (--overwrite_output_dir).",
+    )
+    output.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="Delete the run already in --output_dir (its checkpoints, logs and model) and start over.",
+    )
     output.add_argument(
         "--seed", type=int, default=0, help="Seed of every random choice (weights, data order, noise)."
     )
@@ -249,6 +261,7 @@ def check_common_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--ema_decay must be in [0, 1), got {args.ema_decay}.")
     if getattr(args, "dataset_name", None) is not None and getattr(args, "train_data_dir", None) is not None:
         raise ValueError("Pass either --dataset_name or --train_data_dir, not both.")
+    RunFolder(args.output_dir).check_unused(args.resume_from_checkpoint is not None, args.overwrite_output_dir)
 
 
 __all__ = [

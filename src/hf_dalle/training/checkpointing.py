@@ -11,25 +11,36 @@ A checkpoint is saved into a hidden temporary folder (`io_utils`) and renamed wh
 saving leaves the previous checkpoints intact; old checkpoints are pruned only after the new one is in place.
 (Accelerate's `automatic_checkpoint_naming` writes in place and prunes before saving, so a kill during the save could
 leave no loadable checkpoint: naming and pruning are done here instead.) The last file written is
-`checkpoint_complete.json`, the size of every other file: a checkpoint is complete when that marker is there and every
-file it lists has its size. `--resume_from_checkpoint latest` takes the newest complete checkpoint, passing over
-damaged ones.
+`checkpoint_complete.json`, the size and SHA-256 of every other file: a checkpoint is complete when that marker is
+there and every file it lists has its size and checksum (markers of older versions hold sizes only).
+`--resume_from_checkpoint latest` takes the newest complete checkpoint, passing over damaged ones.
+
+Resuming verifies every state before it is restored ([`verify_checkpoint`]): the files against the marker, the
+progress in `training_state.json` against the checkpoint's step, the weights, the EMA and the optimizer state finite,
+the RNG states readable, and every pickle readable with `torch.load(weights_only=True)` (a refused one is named, with
+the reason and without torch's advice to load it unsafely). A damaged or missing RNG state is refused unless
+`--allow_inexact_resume` (the run would go on, but draw other noise than an uninterrupted one); anything else damaged
+is always refused, naming the file.
 """
 
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import load as accelerate_load
 from diffusers.training_utils import EMAModel
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from ..hub_utils import sha256_of
 from ..io_utils import move_into_place, remove_stale_temporaries
+from ..loading_utils import unpickling_reason
 from .run_folder import CHECKPOINT_PREFIX, RunFolder
 
 
@@ -40,6 +51,8 @@ TRAINING_STATE_FILE = "training_state.json"
 EMA_FILE = "ema.safetensors"
 _RANDOM_STATES = re.compile(r"^random_states_\d+\.pkl$")
 _PICKLED_CUSTOM_STATE = re.compile(r"^custom_checkpoint_\d+\.pkl$")
+# The files Accelerate writes with `torch.save` (optimizer, scheduler, sampler, gradient scaler, RNG states).
+_PICKLED_SUFFIXES = (".bin", ".pt", ".pkl")
 
 
 class TrainingState:
@@ -63,6 +76,9 @@ class TrainingState:
         bad = [name for name, value in state.items() if not isinstance(value, int) or isinstance(value, bool)]
         if bad:
             raise ValueError(f"Not a TrainingState: the fields {bad} are not integers.")
+        negative = [f"{name}={value}" for name, value in state.items() if value < 0]
+        if negative:
+            raise ValueError(f"Not a TrainingState: {', '.join(negative)} (counts are never negative).")
         vars(self).update(state)
 
 
@@ -71,38 +87,61 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return RunFolder(output_dir).checkpoints()
 
 
-def checkpoint_problem(checkpoint: str | os.PathLike, allow_missing_random_states: bool = False) -> str | None:
-    """Why `checkpoint` cannot be resumed from (missing marker, missing or truncated files, pickled custom states), or
-    `None` if it is complete. With `allow_missing_random_states`, absent `random_states_*.pkl` are tolerated."""
-    checkpoint = Path(checkpoint)
+def _damaged_files(checkpoint: Path) -> tuple[str | None, list[str], list[str]]:
+    """`(problem, missing, damaged)`: what makes the folder no checkpoint at all (no marker, pickled custom states),
+    else the files its marker lists that are missing, and those whose size or SHA-256 is not the recorded one."""
     if not checkpoint.is_dir():
-        return "there is no such folder"
+        return "there is no such folder", [], []
     pickled = sorted(p.name for p in checkpoint.iterdir() if _PICKLED_CUSTOM_STATE.match(p.name))
     if pickled:
-        return f"it holds pickled states {pickled}, which are not loaded (they could run code)"
+        return f"it holds pickled states {pickled}, which are not loaded (they could run code)", [], []
     try:
-        files = json.loads((checkpoint / COMPLETE_MARKER).read_text(encoding="utf-8"))["files"]
+        marker = json.loads((checkpoint / COMPLETE_MARKER).read_text(encoding="utf-8"))
+        files, checksums = marker["files"], marker.get("sha256", {})
+        sizes = {str(name): int(size) for name, size in files.items()}
+        checksums = {str(name): str(digest) for name, digest in checksums.items()}
     except FileNotFoundError:
-        return f"it has no {COMPLETE_MARKER} (not a checkpoint of these scripts, or a save that did not finish)"
-    except (ValueError, KeyError, TypeError) as error:
-        return f"its {COMPLETE_MARKER} is damaged ({error!r})"
-    missing, wrong_size = [], []
-    for name, size in sorted(files.items()):
-        path = checkpoint / name
-        if not path.is_file():
-            if not (allow_missing_random_states and _RANDOM_STATES.match(name)):
-                missing.append(name)
-        elif path.stat().st_size != size:
-            wrong_size.append(name)
-    if missing or wrong_size:
-        return "files are " + "; ".join(
-            f"{kind} {names}" for kind, names in (("missing:", missing), ("of the wrong size:", wrong_size)) if names
+        return (
+            f"it has no {COMPLETE_MARKER} (not a checkpoint of these scripts, or a save that did not finish)",
+            [],
+            [],
         )
-    return None
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        return f"its {COMPLETE_MARKER} is damaged ({error!r})", [], []
+    missing, damaged = [], []
+    for name, size in sorted(sizes.items()):
+        path = checkpoint / name
+        if not path.resolve().is_relative_to(checkpoint.resolve()):
+            return f"its {COMPLETE_MARKER} names a file outside the checkpoint ({name!r})", [], []
+        if not path.is_file():
+            missing.append(name)
+        elif path.stat().st_size != size or (name in checksums and sha256_of(path) != checksums[name]):
+            damaged.append(name)
+    return None, missing, damaged
+
+
+def _problem(found: tuple[str | None, list[str], list[str]], allow_inexact_resume: bool) -> str | None:
+    """What `_damaged_files` found, in words, or `None` if nothing that `allow_inexact_resume` does not excuse."""
+    problem, missing, damaged = found
+    if problem is not None:
+        return problem
+    if allow_inexact_resume:
+        missing, damaged = ([name for name in names if not _RANDOM_STATES.match(name)] for names in (missing, damaged))
+    if not missing and not damaged:
+        return None
+    kinds = (("missing:", missing), ("of the wrong size or SHA-256 (damaged since they were saved):", damaged))
+    return "files are " + "; ".join(f"{kind} {names}" for kind, names in kinds if names)
+
+
+def checkpoint_problem(checkpoint: str | os.PathLike, allow_inexact_resume: bool = False) -> str | None:
+    """Why `checkpoint` cannot be resumed from (missing marker, missing files, files whose size or SHA-256 differs from
+    the marker's, pickled custom states), or `None` if it is complete. With `allow_inexact_resume`, missing or damaged
+    `random_states_*.pkl` are tolerated."""
+    return _problem(_damaged_files(Path(checkpoint)), allow_inexact_resume)
 
 
 def resolve_checkpoint(
-    output_dir: str | os.PathLike, resume_from_checkpoint: str | None, allow_missing_random_states: bool = False
+    output_dir: str | os.PathLike, resume_from_checkpoint: str | None, allow_inexact_resume: bool = False
 ) -> Path | None:
     """`--resume_from_checkpoint`: `None` (start fresh), `"latest"` (the newest complete checkpoint of `output_dir`,
     passing over damaged ones, or `None` if there is none yet), or the path of a checkpoint folder, which must be
@@ -111,13 +150,13 @@ def resolve_checkpoint(
         return None
     if resume_from_checkpoint == "latest":
         for checkpoint in reversed(list_checkpoints(output_dir)):
-            problem = checkpoint_problem(checkpoint, allow_missing_random_states)
+            problem = checkpoint_problem(checkpoint, allow_inexact_resume)
             if problem is None:
                 return checkpoint
             logger.warning("Passing over the damaged checkpoint %s: %s.", checkpoint, problem)
         logger.info("No complete checkpoint in %s yet: starting from scratch.", RunFolder(output_dir).checkpoints_dir)
         return None
-    problem = checkpoint_problem(resume_from_checkpoint, allow_missing_random_states)
+    problem = checkpoint_problem(resume_from_checkpoint, allow_inexact_resume)
     if problem is not None:
         found = [p.name for p in list_checkpoints(output_dir) if checkpoint_problem(p) is None]
         raise ValueError(
@@ -127,7 +166,7 @@ def resolve_checkpoint(
             + (
                 " To resume without the RNG states (not exact: the noise differs from an uninterrupted run), pass "
                 "--allow_inexact_resume."
-                if "random_states_" in problem and not allow_missing_random_states
+                if "random_states_" in problem and not allow_inexact_resume
                 else ""
             )
         )
@@ -180,11 +219,13 @@ def save_checkpoint(
         (temporary / TRAINING_STATE_FILE).write_text(json.dumps(state.state_dict(), indent=2) + "\n", encoding="utf-8")
         if ema is not None:
             _save_ema(ema, temporary / EMA_FILE)
-        files = {str(p.relative_to(temporary)): p.stat().st_size for p in sorted(temporary.rglob("*")) if p.is_file()}
+        paths = {str(p.relative_to(temporary)): p for p in sorted(temporary.rglob("*")) if p.is_file()}
+        files = {name: path.stat().st_size for name, path in paths.items()}
+        checksums = {name: sha256_of(path) for name, path in paths.items()}
         with open(
             temporary / COMPLETE_MARKER, "w", encoding="utf-8"
         ) as marker:  # written last: see checkpoint_problem
-            json.dump({"step": state.global_step, "files": files}, marker, indent=2)
+            json.dump({"step": state.global_step, "files": files, "sha256": checksums}, marker, indent=2)
             marker.flush()
             os.fsync(marker.fileno())
         move_into_place(temporary, final)  # the same step saved again (a run resumed from an earlier one) replaces it
@@ -196,42 +237,111 @@ def save_checkpoint(
     return final
 
 
+def _tensors(value) -> list[torch.Tensor]:
+    """The tensors in a loaded state (nested dicts, lists and tuples)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [tensor for item in value for tensor in _tensors(item)]
+    return []
+
+
+def verify_checkpoint(
+    checkpoint: str | os.PathLike, process_index: int = 0, allow_inexact_resume: bool = False
+) -> dict:
+    """
+    Check every state a resume restores from `checkpoint`, before any is restored (see the module docstring), and
+    return the saved `TrainingState` fields. Raises a `ValueError` that names the file and what is wrong with it. With
+    `allow_inexact_resume`, a missing or damaged RNG state only warns.
+    """
+    checkpoint = Path(checkpoint)
+
+    def refuse(problem: str):
+        return ValueError(f"Cannot resume from {checkpoint}: {problem}.")
+
+    found = _damaged_files(checkpoint)
+    problem = _problem(found, allow_inexact_resume)
+    if problem is not None:
+        inexact = ". Pass --allow_inexact_resume to resume with fresh random states (not exact)"
+        raise refuse(problem + (inexact if "random_states_" in problem else ""))
+    random_states = checkpoint / f"random_states_{process_index}.pkl"
+    if not random_states.is_file():
+        if not allow_inexact_resume:
+            raise refuse(
+                f"it has no {random_states.name} (RNG state of process {process_index}; was it saved by fewer "
+                "processes?). Pass --allow_inexact_resume to resume with fresh random states"
+            )
+        logger.warning("Resuming from %s without %s: not exact.", checkpoint, random_states.name)
+    for name in found[2]:  # only RNG states are left damaged here (allow_inexact_resume)
+        logger.warning("Resuming from %s with a damaged %s: not exact.", checkpoint, name)
+
+    # The progress, consistent with the checkpoint it was saved in.
+    try:
+        saved_state = json.loads((checkpoint / TRAINING_STATE_FILE).read_text(encoding="utf-8"))
+        TrainingState().load_state_dict(saved_state)
+    except (OSError, ValueError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise refuse(f"{TRAINING_STATE_FILE} is not a saved TrainingState ({error})") from None
+    marker_step = json.loads((checkpoint / COMPLETE_MARKER).read_text(encoding="utf-8")).get("step")
+    named = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", checkpoint.name)
+    steps = {"its " + COMPLETE_MARKER: marker_step, "the folder's name": int(named[1]) if named else None}
+    for where, step in steps.items():
+        if step is not None and step != saved_state["global_step"]:
+            raise refuse(f"{TRAINING_STATE_FILE} says step {saved_state['global_step']}, but {where} says step {step}")
+
+    # The weights (model, EMA): finite.
+    for path in sorted(checkpoint.glob("*.safetensors")):
+        try:
+            with safe_open(path, "pt") as file:
+                for key in file.keys():
+                    if not torch.isfinite(file.get_tensor(key)).all():
+                        raise refuse(f"{path.name} holds NaN or infinite values in {key!r}")
+        except (OSError, SafetensorError) as error:
+            raise refuse(f"{path.name} is not a readable safetensors file ({error})") from None
+
+    # The pickles Accelerate restores, read as it reads them (torch.load(weights_only=True)): data only, finite.
+    for path in sorted(p for p in checkpoint.iterdir() if p.suffix in _PICKLED_SUFFIXES and p.is_file()):
+        try:
+            loaded = accelerate_load(path, map_location="cpu", mmap=True)
+        except pickle.UnpicklingError as error:
+            raise refuse(
+                f"{path.name} holds objects other than tensors and plain data, and is not loaded for safety. "
+                f"{unpickling_reason(error)}"
+            ) from None
+        except Exception as error:  # anything else torch.load raises on a damaged file
+            if _RANDOM_STATES.match(path.name) and allow_inexact_resume:
+                logger.warning("Resuming from %s without the unreadable %s: not exact.", checkpoint, path.name)
+                continue
+            raise refuse(f"{path.name} is not a readable torch.save file ({error!r})") from None
+        non_finite = [t for t in _tensors(loaded) if t.is_floating_point() and not torch.isfinite(t).all()]
+        if non_finite:
+            raise refuse(f"{path.name} holds NaN or infinite values (e.g. a diverged optimizer state)")
+    return saved_state
+
+
 def load_checkpoint(
     accelerator: Accelerator,
     checkpoint: str | os.PathLike,
     state: TrainingState,
     ema: EMAModel | None = None,
-    allow_missing_random_states: bool = False,
+    allow_inexact_resume: bool = False,
 ) -> None:
-    """Restore a checkpoint written by `save_checkpoint` into the prepared objects, `state` and `ema`. Without
-    `allow_missing_random_states`, a process whose RNG state file is absent (a damaged folder, or more processes
-    than the run that saved it) refuses: the run would go on, but not as an uninterrupted one would."""
+    """Restore a checkpoint written by `save_checkpoint` into the prepared objects, `state` and `ema`, once every
+    state in it is verified ([`verify_checkpoint`]). Without `allow_inexact_resume`, a process whose RNG state file is
+    absent (a damaged folder, or more processes than the run that saved it) or damaged refuses: the run would go on,
+    but not as an uninterrupted one would."""
     checkpoint = Path(checkpoint)
-    problem = checkpoint_problem(checkpoint, allow_missing_random_states)
-    if problem is not None:
-        raise ValueError(f"Cannot resume from {checkpoint}: {problem}.")
-    random_states = checkpoint / f"random_states_{accelerator.process_index}.pkl"
-    if not random_states.is_file():
-        if not allow_missing_random_states:
-            raise ValueError(
-                f"Cannot resume exactly from {checkpoint}: it has no {random_states.name} (RNG state of process "
-                f"{accelerator.process_index}; was it saved by fewer processes?). Pass --allow_inexact_resume to "
-                "resume with fresh random states."
-            )
-        logger.warning("Resuming from %s without %s: not exact.", checkpoint, random_states.name)
+    saved_state = verify_checkpoint(checkpoint, accelerator.process_index, allow_inexact_resume)
     has_ema = (checkpoint / EMA_FILE).is_file()
     if has_ema != (ema is not None):
         raise ValueError(
             f"{checkpoint} was saved {'with' if has_ema else 'without'} --use_ema; resume it the same way."
         )
-    try:
-        saved_state = json.loads((checkpoint / TRAINING_STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise ValueError(f"Cannot resume from {checkpoint}: {TRAINING_STATE_FILE} is not JSON ({error}).") from None
     state.load_state_dict(saved_state)
     if ema is not None:
         _load_ema(ema, checkpoint / EMA_FILE)
-    accelerator.load_state(str(checkpoint))  # optimizer, scheduler, RNG states: torch.load(weights_only=True)
+    accelerator.load_state(str(checkpoint))  # model, optimizer, scheduler, RNG states: torch.load(weights_only=True)
 
 
 __all__ = [
@@ -243,4 +353,5 @@ __all__ = [
     "load_checkpoint",
     "resolve_checkpoint",
     "save_checkpoint",
+    "verify_checkpoint",
 ]

@@ -222,6 +222,21 @@ class ImageCaptionCollator:
         }
 
 
+def check_batch_size(dataset, train_batch_size: int, num_processes: int = 1) -> None:
+    """Refuse a batch larger than the training data before any model is built: incomplete batches are dropped, so
+    every process needs `train_batch_size` examples. A streaming dataset has no length: the loop says so at its first
+    epoch instead."""
+    if isinstance(dataset, datasets.IterableDataset):
+        return
+    needed = train_batch_size * num_processes
+    if len(dataset) < needed:
+        processes = f" x {num_processes} processes" if num_processes > 1 else ""
+        raise ValueError(
+            f"--train_batch_size {train_batch_size}{processes} needs at least {needed} training examples, but the "
+            f"data has {len(dataset)}: lower --train_batch_size (or add data)."
+        )
+
+
 def make_dataloader(
     dataset: datasets.Dataset | datasets.IterableDataset,
     batch_size: int,
@@ -251,6 +266,7 @@ def make_dataloader(
 
 __all__ = [
     "BAD_IMAGE_CHOICES",
+    "check_batch_size",
     "PRETOKENIZED_COLUMNS",
     "PRETOKENIZED_INFO_FILE",
     "ImageCaptionCollator",

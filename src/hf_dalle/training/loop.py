@@ -14,9 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from ..io_utils import write_file_atomically
@@ -36,6 +37,12 @@ def create_accelerator(config: TrainingConfig) -> Accelerator:
     """An `Accelerator` for the common flags, seeded with `--seed` (same seed on every process: identical initial
     weights; each process still sees different data)."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if config.overwrite_output_dir and config.resume_from_checkpoint is None:
+        # Before Accelerate writes into it; one process deletes, the others wait (PartialState: no Accelerator yet).
+        processes = PartialState()
+        if processes.is_main_process:
+            RunFolder(config.output_dir).clear()
+        processes.wait_for_everyone()
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
@@ -216,15 +223,31 @@ def _resume(
     state: TrainingState,
     ema: EMAModel | None,
     metrics: MetricsLogger,
+    train_dataloader,
 ) -> None:
     """`--resume_from_checkpoint`: load the checkpoint into the prepared objects, `state` and `ema`, and drop the
-    metrics logged after it ('latest' with no checkpoint yet starts again from step 0)."""
+    metrics logged after it ('latest' with no checkpoint yet starts again from step 0). A checkpoint whose progress
+    does not fit this run (past --max_train_steps, or further into an epoch than the data has batches) is refused."""
     if config.resume_from_checkpoint is None:
         return
     allow_inexact = config.allow_inexact_resume
     checkpoint = resolve_checkpoint(config.output_dir, config.resume_from_checkpoint, allow_inexact)
     if checkpoint is not None:
         load_checkpoint(accelerator, checkpoint, state, ema, allow_inexact)
+        try:
+            batches_per_epoch = len(train_dataloader)
+        except TypeError:  # a streamed dataset: no length
+            batches_per_epoch = None
+        if state.global_step > config.max_train_steps:
+            raise ValueError(
+                f"{checkpoint} is at step {state.global_step}, past --max_train_steps {config.max_train_steps}."
+            )
+        if batches_per_epoch is not None and state.batches_in_epoch > batches_per_epoch:
+            raise ValueError(
+                f"{checkpoint} is at batch {state.batches_in_epoch} of its epoch, but the data has "
+                f"{batches_per_epoch} batches per epoch: resume with the data and --train_batch_size it was saved "
+                "with."
+            )
         logger.info(
             "Resumed from %s at step %d (epoch %d, batch %d).",
             checkpoint,
@@ -344,13 +367,21 @@ def train(
         run.remove_stale_temporaries()  # of a final save or a checkpoint killed in a past run
     state = TrainingState()  # saved with the EMA by save_checkpoint, as JSON and safetensors (not pickles)
     metrics = MetricsLogger(accelerator, run.metrics_file)
-    _resume(config, accelerator, state, ema, metrics)
+    _resume(config, accelerator, state, ema, metrics, train_dataloader)
 
     # 4. A batch at a time; an optimizer step once `gradient_accumulation_steps` batches are accumulated.
     max_grad_norm = config.max_grad_norm if config.max_grad_norm is not None else math.inf
     unwrapped = accelerator.unwrap_model(model)
     step_metrics = []  # of the batches of the current optimizer step; logged only if the step is taken
     batches = _epochs(accelerator, train_dataloader, state, config.train_batch_size)
+    # Steps, steps/s, time left and the last step's loss, on the local main process (Accelerate's convention).
+    progress_bar = tqdm(
+        total=config.max_train_steps,
+        initial=state.global_step,
+        desc="Training",
+        unit="step",
+        disable=not accelerator.is_local_main_process,
+    )
     model.train()
     while state.global_step < config.max_train_steps:
         batch = next(batches)  # before `accumulate`, which syncs the gradients early at the data loader's last batch
@@ -377,7 +408,11 @@ def train(
         metrics.add({"grad_norm": grad_norm})
         if ema is not None:
             ema.step(model.parameters())
-        if state.global_step % config.logging_steps == 0 or state.global_step == config.max_train_steps:
+        progress_bar.update()
+        if not progress_bar.disable:
+            progress_bar.set_postfix(loss=f"{taken_metrics[-1]['loss'].item():.4g}", refresh=False)
+        # The first step too: a long interval would otherwise say nothing for minutes.
+        if state.global_step in (1, config.max_train_steps) or state.global_step % config.logging_steps == 0:
             metrics.log(state.global_step, {"lr": lr_scheduler.get_last_lr()[0], "skipped_steps": state.skipped_steps})
         if state.global_step % config.checkpointing_steps == 0:
             save_checkpoint(accelerator, run.path, state, ema, config.checkpoints_total_limit)
@@ -387,6 +422,7 @@ def train(
                 metrics.log_validation(state.global_step, validation)
 
     # 6. The trained model.
+    progress_bar.close()
     accelerator.wait_for_everyone()
     model = _whole_model(accelerator, model)
     accelerator.end_training()

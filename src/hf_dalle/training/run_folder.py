@@ -12,9 +12,14 @@ A run resumes from any folder of this layout, whichever version of the scripts w
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 from ..io_utils import remove_stale_temporaries, temporary_path
+
+
+# `--overwrite_output_dir` clears a folder only if it holds one of these: what every run writes first.
+_RUN_MARKERS = ("checkpoints", "logs")
 
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -53,6 +58,39 @@ class RunFolder:
 
     def sample_grid(self, step: int, folder: str = "validation") -> Path:
         return self.path / folder / f"step-{step:06d}.png"
+
+    def is_used(self) -> bool:
+        """Whether the folder exists and holds anything (a run, or other files)."""
+        return self.path.is_dir() and any(self.path.iterdir())
+
+    def check_unused(self, resume: bool, overwrite: bool) -> None:
+        """Refuse (a `ValueError`) to train into a used folder unless the user said what to do with it: resume the run
+        there (`--resume_from_checkpoint`) or start over (`--overwrite_output_dir`, only for a run's folder); a new
+        run beside an old one would mix their checkpoints (`latest` would resume the old one) and metrics."""
+        if resume and overwrite:
+            raise ValueError("Pass either --resume_from_checkpoint or --overwrite_output_dir, not both.")
+        if resume or not self.is_used():
+            return
+        if not overwrite:
+            raise ValueError(
+                f"--output_dir {str(self.path)!r} is not empty. Pass --resume_from_checkpoint latest to continue the "
+                "run there, --overwrite_output_dir to delete it and start over, or choose another --output_dir."
+            )
+        if not any((self.path / name).is_dir() for name in _RUN_MARKERS):
+            raise ValueError(
+                f"--overwrite_output_dir deletes only a training run's folder (one with {' or '.join(_RUN_MARKERS)}/), "
+                f"and {str(self.path)!r} holds other files: remove them yourself or choose another --output_dir."
+            )
+
+    def clear(self) -> None:
+        """Delete the folder's contents for `--overwrite_output_dir` (after `check_unused`): it is first renamed to a
+        temporary name beside it, so that a run never sees half of the old one, then removed."""
+        if not self.is_used():
+            return
+        old = temporary_path(self.path)  # a kill mid-way leaves a stale temporary of a dead process, not a half run
+        self.path.rename(old)
+        shutil.rmtree(old)
+        self.path.mkdir()
 
     def remove_stale_temporaries(self) -> None:
         """Delete what writes killed in a past run left: a final save's temporary folder in the run folder, a

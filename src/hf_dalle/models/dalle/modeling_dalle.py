@@ -16,6 +16,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging
 from transformers.utils.deprecation import deprecate_kwarg
 
+from ...loading_utils import CompleteWeightsMixin
 from .cache_dalle import DallePrefixCache, generate_takes_prefix_cache
 from .configuration_dalle import DalleConfig
 from .gradient_scaling_dalle import DalleResblockGradientScaler, resblock_gradient_scaler
@@ -184,12 +185,15 @@ class DalleBlock(GradientCheckpointingLayer):
         return hidden_states, weights
 
 
-class DallePreTrainedModel(PreTrainedModel):
+class DallePreTrainedModel(CompleteWeightsMixin, PreTrainedModel):
     config_class = DalleConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _no_split_modules = ["DalleBlock"]
+    # The Linear layers that get a LoRA adapter by default (`hf_dalle.lora.add_lora_adapter`): the attention and MLP
+    # projections of every block.
+    lora_target_modules = ("qkv_proj", "out_proj", "fc_in", "fc_out")
     _skip_keys_device_placement = ["cache"]
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -488,6 +492,52 @@ class DalleForImageGeneration(DallePreTrainedModel, GenerationMixin):
     def image_codes_from_ids(self, input_ids: torch.LongTensor) -> torch.LongTensor:
         """The image codes of complete streams `[B, max_sequence_length]` as a `[B, G, G]` grid for the dVAE."""
         return image_codes_of_stream(self.config, input_ids)
+
+    # The image-code interface that `DallePipeline` samples, scores and trains through (DalleBartForImageGeneration
+    # has the same methods): the caption is the stream's first part, the codes follow it, offset by text_vocab_size.
+
+    def make_cache(self) -> DallePrefixCache:
+        """A fresh cache of the whole stream (the one `generate` uses by default)."""
+        return DallePrefixCache(self.config)
+
+    def encode_captions(self, input_ids: torch.LongTensor) -> dict[str, torch.Tensor]:
+        """Caption ids `[B, max_text_length]` as [`image_code_logits`] reads them, a dict of tensors with one row per
+        caption: DALL-E reads the caption within the stream, so there is nothing to compute ahead."""
+        return {"input_ids": input_ids}
+
+    def image_code_logits(
+        self,
+        captions: dict[str, torch.Tensor],
+        codes: torch.LongTensor,
+        cache: Cache | None = None,
+        logits_to_keep: int = 0,
+    ) -> torch.Tensor:
+        """
+        The logits over the image codes, `[B, n + 1, image_vocab_size]` (the last `logits_to_keep` positions only, if
+        set), of the positions that predict codes `0 .. n` after each caption ([`encode_captions`]) and its codes so
+        far `codes` (`[B, n]`, possibly none). With an empty `cache`, the streams are written into it, for
+        [`next_image_code_logits`] to continue.
+        """
+        stream = self.prepare_input_ids(captions["input_ids"], codes)
+        logits_to_keep = logits_to_keep or codes.shape[1] + 1
+        logits = self(stream, cache=cache, use_cache=cache is not None, logits_to_keep=logits_to_keep).logits
+        return logits[..., self.config.text_vocab_size :]
+
+    def next_image_code_logits(
+        self, captions: dict[str, torch.Tensor], codes: torch.LongTensor, cache: Cache
+    ) -> torch.Tensor:
+        """One decode step: the newest codes `[B, 1]` continue the streams in `cache`; returns the logits over the image
+        codes of the next position, `[B, image_vocab_size]`."""
+        step_ids = codes + self.config.text_vocab_size
+        return self(step_ids, cache=cache, use_cache=True).logits[:, -1, self.config.text_vocab_size :]
+
+    def prepare_training_inputs(
+        self, text_input_ids: torch.LongTensor, image_codes: torch.LongTensor
+    ) -> dict[str, torch.Tensor]:
+        """The `forward` arguments whose loss trains the model on captions `[B, max_text_length]` and their image codes
+        `[B, G * G]`: the streams, as `input_ids` and `labels`."""
+        stream = self.prepare_input_ids(text_input_ids, image_codes)
+        return {"input_ids": stream, "labels": stream}
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache", raise_if_both_names=True)
     def forward(

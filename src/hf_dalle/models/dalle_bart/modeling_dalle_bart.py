@@ -21,6 +21,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging
 from transformers.utils.deprecation import deprecate_kwarg
 
+from ...loading_utils import CompleteWeightsMixin
 from ..dalle.cache_dalle import PrefixLayer, generate_takes_prefix_cache
 from .configuration_dalle_bart import DalleBartConfig
 
@@ -183,12 +184,15 @@ class DalleBartDecoderLayer(GradientCheckpointingLayer):
         return hidden_states + self.dropout(self.glu(hidden_states)), self_weights, cross_weights
 
 
-class DalleBartPreTrainedModel(PreTrainedModel):
+class DalleBartPreTrainedModel(CompleteWeightsMixin, PreTrainedModel):
     config_class = DalleBartConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _no_split_modules = ["DalleBartEncoderLayer", "DalleBartDecoderLayer"]
+    # The Linear layers that get a LoRA adapter by default (`hf_dalle.lora.add_lora_adapter`): the self- and
+    # cross-attention projections and the GLU of every encoder and decoder layer.
+    lora_target_modules = ("q_proj", "k_proj", "v_proj", "out_proj", "fc0", "fc1", "fc2")
     _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_sdpa = True
 
@@ -463,6 +467,65 @@ class DalleBartForImageGeneration(DalleBartPreTrainedModel, GenerationMixin):
         if codes.min() < 0 or codes.max() >= config.image_vocab_size:
             raise ValueError(f"The sequences hold ids outside the image codes [0, {config.image_vocab_size}).")
         return codes.reshape(-1, config.image_grid_size, config.image_grid_size)
+
+    # The image-code interface that `DallePipeline` samples, scores and trains through (DalleForImageGeneration has
+    # the same methods): the caption conditions the decoder through the encoder's states, which the cross-attention
+    # reads; the decoder's inputs are the start token, then the codes.
+
+    def encode_captions(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Run the encoder once over caption ids `[B, T]`: `{"encoder_hidden_states": [B, T, hidden_size],
+        "attention_mask": [B, T]}` (the mask defaults to the non-pad positions), one row per caption, what every decode
+        step's cross-attention reads."""
+        if attention_mask is None:
+            attention_mask = input_ids != self.config.text_pad_token_id
+        states = self.get_encoder()(input_ids, attention_mask, return_dict=True).last_hidden_state
+        return {"encoder_hidden_states": states, "attention_mask": attention_mask}
+
+    def image_code_logits(
+        self,
+        captions: dict[str, torch.Tensor],
+        codes: torch.LongTensor,
+        cache: Cache | None = None,
+        logits_to_keep: int = 0,
+    ) -> torch.Tensor:
+        """
+        The logits over the image codes, `[B, n + 1, image_vocab_size]` (the last `logits_to_keep` positions only, if
+        set), of the decoder positions that predict codes `0 .. n` for each caption ([`encode_captions`]) after the
+        start token and the codes so far `codes` (`[B, n]`, possibly none). With an empty `cache` (from
+        [`make_cache`]), the codes' keys and values and the caption's cross-attention ones are written into it, for
+        [`next_image_code_logits`] to continue.
+        """
+        start = codes.new_full((codes.shape[0], 1), self.config.decoder_start_token_id)
+        return self._decoder_code_logits(captions, torch.cat([start, codes], dim=1), cache, logits_to_keep)
+
+    def next_image_code_logits(
+        self, captions: dict[str, torch.Tensor], codes: torch.LongTensor, cache: Cache
+    ) -> torch.Tensor:
+        """One decode step: the newest codes `[B, 1]` continue the decoder's inputs in `cache`; returns the logits over
+        the image codes of the next position, `[B, image_vocab_size]`."""
+        return self._decoder_code_logits(captions, codes, cache, logits_to_keep=1)[:, -1]
+
+    def _decoder_code_logits(
+        self, captions: dict[str, torch.Tensor], decoder_input_ids: torch.LongTensor, cache, logits_to_keep: int
+    ) -> torch.Tensor:
+        output = self(
+            attention_mask=captions["attention_mask"],
+            decoder_input_ids=decoder_input_ids,
+            encoder_outputs=BaseModelOutput(last_hidden_state=captions["encoder_hidden_states"]),
+            cache=cache,
+            use_cache=cache is not None,
+            logits_to_keep=logits_to_keep,
+        )
+        return output.logits[..., : self.config.image_vocab_size]
+
+    def prepare_training_inputs(
+        self, text_input_ids: torch.LongTensor, image_codes: torch.LongTensor
+    ) -> dict[str, torch.Tensor]:
+        """The `forward` arguments whose loss trains the model on captions `[B, T]` and their image codes `[B, G * G]`:
+        the captions as `input_ids` (pads masked out), the codes as `labels`."""
+        return {"input_ids": text_input_ids, "labels": image_codes}
 
     def generate(
         self,

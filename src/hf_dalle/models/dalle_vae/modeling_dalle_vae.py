@@ -16,6 +16,7 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
+from ...loading_utils import CompleteWeightsMixin
 from .configuration_dalle_vae import DalleVAEConfig
 
 
@@ -262,7 +263,7 @@ class DalleVAEDecoder(nn.Module):
         return self.blocks[1:](x.permute(0, 3, 1, 2))  # [B, h, w, C] viewed as [B, C, h, w] is channels-last
 
 
-class DalleVAEPreTrainedModel(PreTrainedModel):
+class DalleVAEPreTrainedModel(CompleteWeightsMixin, PreTrainedModel):
     config_class = DalleVAEConfig
     base_model_prefix = "dalle_vae"
     main_input_name = "pixel_values"

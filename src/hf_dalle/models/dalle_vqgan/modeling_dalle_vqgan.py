@@ -13,6 +13,7 @@ from diffusers import VQModel
 from torch import nn
 from transformers import PreTrainedModel
 
+from ...loading_utils import CompleteWeightsMixin
 from ..dalle_vae.modeling_dalle_vae import (
     DalleVAEDecoderOutput,
     DalleVAEEncoderOutput,
@@ -37,7 +38,7 @@ def inverse_haar_wavelet(coefficients: torch.Tensor) -> torch.Tensor:
     return F.pixel_shuffle(blocks.reshape(batch, 4 * channels, height, width), 2)
 
 
-class DalleVQGANPreTrainedModel(PreTrainedModel):
+class DalleVQGANPreTrainedModel(CompleteWeightsMixin, PreTrainedModel):
     config_class = DalleVQGANConfig
     base_model_prefix = "dalle_vqgan"
     main_input_name = "pixel_values"

@@ -15,7 +15,7 @@ into many pieces (`crimson` is 7 for the demo tokenizer) would cut the second ob
 training and at generation. The script refuses such a word.
 
     python scripts/lora_demo.py                                  # the bundled demo model, output in runs/lora-demo
-    python scripts/lora_demo.py --model PIPELINE_DIR_OR_HUB_ID --max-train-steps 600
+    python scripts/lora_demo.py --new-word tan --meaning yellow --max-train-steps 600 --output-dir runs/lora-tan
 
 Results: `OUTPUT_DIR/lora_demo.md` and `.json`; the adapter: `OUTPUT_DIR/adapter`.
 """

@@ -2,7 +2,7 @@
 """Pre-tokenize image-caption pairs for the DALL-E transformer (or a converted DALL·E Mini / Mega): images -> image
 codes (of the dVAE or a VQGAN), captions -> token ids, once.
 
-    python scripts/pretokenize.py --train_data_dir my_images --pretrained_model_name_or_path path/to/pipeline \\
+    python scripts/pretokenize.py --train_data_dir my_images --pretrained_model_name_or_path src/hf_dalle/demo_model \\
         --output_dir my_images_tokens
 
 A batched `datasets` map; the result has the columns `text_input_ids` (`max_text_length` ids, pad-filled, as the

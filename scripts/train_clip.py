@@ -2,7 +2,8 @@
 """Train a CLIP model (transformers `CLIPModel`) contrastively on image-caption pairs, to rerank DALL-E samples.
 
     accelerate launch scripts/train_clip.py --train_data_dir my_images --resolution 64 --output_dir my-clip
-    accelerate launch scripts/train_dalle.py ... --clip_model_name_or_path my-clip   # ships it in the pipeline
+
+`scripts/train_dalle.py --clip_model_name_or_path my-clip` ships the result in the pipeline it writes.
 
 From scratch the architecture is small (override with --model_config '{"text_config": {...}, "vision_config": {...},
 "projection_dim": N}'), the tokenizer is the BPE of --tokenizer_name_or_path (e.g. the pipeline's DalleTokenizer) or

@@ -2,10 +2,10 @@
 """Train (or fine-tune) the DALL-E transformer prior (stage 2) on pre-tokenized pairs, with Accelerate; or fine-tune
 a converted DALL·E Mini / Mega (scripts/convert_dalle_mega.py) the same way.
 
-    python scripts/pretokenize.py --train_data_dir my_images --pretrained_model_name_or_path PIPELINE \\
+    python scripts/pretokenize.py --train_data_dir my_images --pretrained_model_name_or_path src/hf_dalle/demo_model \\
         --output_dir tokens
-    accelerate launch scripts/train_dalle.py --pretrained_model_name_or_path PIPELINE --pretokenized_dataset tokens \\
-        --use_ema --max_train_steps 2000 --output_dir my-dalle
+    accelerate launch scripts/train_dalle.py --pretrained_model_name_or_path src/hf_dalle/demo_model \\
+        --pretokenized_dataset tokens --use_ema --max_train_steps 2000 --output_dir my-dalle
 
 From scratch, name the tokenizer and dVAE (or let the pre-tokenized data's hf_dalle_pretokenized.json name them) and
 the architecture with --model_config. The loss is the model's weighted cross-entropy (text 1/8, image 7/8 by

@@ -2,7 +2,7 @@
 """Train the DALL-E caption tokenizer (lowercased byte-level BPE) from a text file or a `datasets` column.
 
     python scripts/train_tokenizer.py --text_file captions.txt --output_dir dalle-tokenizer
-    python scripts/train_tokenizer.py --dataset_name user/pairs --caption_column caption --output_dir dalle-tokenizer
+    python scripts/train_tokenizer.py --dataset_name my_images --caption_column caption --output_dir dalle-tokenizer
 
 `--text_file` holds one caption per line. `--dataset_name` is a Hub dataset id, a local dataset folder that
 `datasets.load_dataset` reads (e.g. an imagefolder with `metadata.jsonl`), or a folder written by `save_to_disk`.

@@ -31,3 +31,10 @@ def hub_server(tmp_path, monkeypatch):
         if "transformers.utils.hub" in sys.modules:
             monkeypatch.setattr(sys.modules["transformers.utils.hub"], "_hf_api", None)
         yield hub
+
+
+@pytest.fixture(scope="module")
+def loopback_hub(tmp_path_factory):
+    """A `LocalHub` for subprocesses only (they get its address as HF_ENDPOINT); this process stays offline."""
+    with LocalHub(tmp_path_factory.mktemp("loopback_hub")) as hub:
+        yield hub

@@ -68,7 +68,7 @@ def make_checkout(folder: Path, hub: LocalHub) -> dict:
 
 @dataclass
 class World:
-    """Where a snippet's stand-ins go: its working folder, the loopback Hub, extra environment variables."""
+    """Where a snippet's stand-ins go: its working folder, the loopback Hub, the environment it runs in."""
 
     folder: Path
     hub: LocalHub
@@ -250,6 +250,17 @@ def demo_lora_adapter(world: World) -> None:
     save_lora_adapter(transformer, world.folder / "my-lora")
 
 
+def demo_vae(world: World) -> None:
+    """The demo model's dVAE where `scripts/train_demo.sh` leaves its own (`runs/demo/vae`)."""
+    import hf_dalle
+
+    shutil.copytree(Path(hf_dalle.DEMO_MODEL_DIR) / "vae", world.folder / "runs" / "demo" / "vae")
+
+
+def captions_file(world: World) -> None:
+    (world.folder / "captions.txt").write_text("a red circle above a blue square\na green triangle\n")
+
+
 def tiny_pipeline(world: World) -> None:
     from hf_dalle.testing_utils import make_tiny_pipeline
 
@@ -273,6 +284,8 @@ STAND_INS: list[tuple[str, str, Callable[[World], None]]] = [
     ("dalle-mega", _path("dalle-mega"), converted_mega),
     ("my-lora", _path("my-lora"), demo_lora_adapter),
     ("my-dalle", _path("my-dalle"), tiny_pipeline),
+    ("runs/demo/vae", _path("runs/demo/vae"), demo_vae),
+    ("captions.txt", _path("captions.txt"), captions_file),
 ]
 
 # How a snippet says it writes a file or folder: it is then not stood in for, and checked afterwards.
@@ -289,13 +302,26 @@ def outputs_of(text: str) -> list[str]:
     return list(dict.fromkeys(m.rstrip("/") for pattern in _OUTPUT_PATTERNS for m in re.findall(pattern, text)))
 
 
-def prepare(text: str, world: World) -> list[str]:
-    """Make the stand-ins `text` needs in `world`; returns their names."""
-    written = set(outputs_of(text))
+def checkout_for(text: str, folder: Path, hub: LocalHub) -> tuple[dict, list[str]]:
+    """A checkout-like `folder` with the stand-ins `text` needs; returns the environment to run it in and the names of
+    the stand-ins made."""
+    env = make_checkout(folder, hub)
+    world, written = World(folder, hub, env), set(outputs_of(text))
     made = [(name, make) for name, trigger, make in STAND_INS if re.search(trigger, text) and name not in written]
     for _, make in made:
         make(world)
-    return [name for name, _ in made]
+    return env, [name for name, _ in made]
+
+
+def run_snippet(text: str, language: str, folder: Path, env: dict) -> subprocess.CompletedProcess:
+    """Run a Python script or a shell snippet (`bash -e`) in `folder`."""
+    if language == "python":
+        (folder / "snippet.py").write_text(text, encoding="utf-8")
+        command = [sys.executable, "snippet.py"]
+    else:
+        (folder / "snippet.sh").write_text("set -euo pipefail\n" + text, encoding="utf-8")
+        command = ["bash", "snippet.sh"]
+    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
 
 
 def check_output(path: Path) -> None:

@@ -27,15 +27,12 @@ import configparser
 import inspect
 import re
 import socket
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
-from doc_snippets import REPO_ROOT, World, check_output, make_checkout, outputs_of, prepare, serve_until_answered, tiny
-from hub_server import LocalHub
+from doc_snippets import REPO_ROOT, check_output, checkout_for, outputs_of, run_snippet, serve_until_answered, tiny
 
 
 README = REPO_ROOT / "README.md"
@@ -147,20 +144,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def loopback_hub(tmp_path_factory):
-    with LocalHub(tmp_path_factory.mktemp("readme_hub")) as hub:
-        yield hub
-
-
 @pytest.mark.parametrize("block", block_params())
 def test_readme_block(block, tmp_path, loopback_hub):
     folder = tmp_path / "checkout"
-    env = make_checkout(folder, loopback_hub)
-    world = World(folder, loopback_hub, env={})
     text = runnable_text(block)
-    stand_ins = prepare(text, world)
-    env |= world.env
+    env, stand_ins = checkout_for(text, folder, loopback_hub)
     where = f"README line {block.line} ({block.id}), stand-ins {stand_ins or 'none'}"
 
     if "serve" in block.markers:
@@ -172,13 +160,9 @@ def test_readme_block(block, tmp_path, loopback_hub):
             assert "gradio" in page.lower(), f"{where}: {command!r} served no Gradio page"
         return
 
-    if block.language == "python":
-        (folder / "snippet.py").write_text(text if stand_ins else with_shape_checks(text), encoding="utf-8")
-        command = [sys.executable, "snippet.py"]
-    else:
-        (folder / "snippet.sh").write_text("set -euo pipefail\n" + text, encoding="utf-8")
-        command = ["bash", "snippet.sh"]
-    result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
+    if block.language == "python" and not stand_ins:
+        text = with_shape_checks(text)
+    result = run_snippet(text, block.language, folder, env)
     assert result.returncode == 0, f"{where} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
 
     if block.expected_stdout is not None:

@@ -163,14 +163,13 @@ def tiny_mega_config(model_name: str):
 def min_dalle_files(world: World) -> None:
     """min-dalle's `models_root` (`pretrained/`), its Hub repo kuprel/min-dalle (Mini's files end in `_mini`),
     dalle-mini's Flax VQGAN and a CLIP on the Hub, all tiny."""
-    from test_convert_dalle_mega import write_flax_msgpack
-
     from hf_dalle.conversion.convert_dalle_mega import MIN_DALLE_HUB_REPO, MIN_DALLE_MODELS
     from hf_dalle.testing_utils import (
         detoker_state_dict,
         make_tiny_pipeline,
         random_taming_vqgan_state_dict,
         small_vqgan_sizes,
+        write_flax_vqgan_checkpoint,
         write_min_dalle_models_root,
     )
 
@@ -186,7 +185,7 @@ def min_dalle_files(world: World) -> None:
     world.hub.add_files(MIN_DALLE_HUB_REPO, hub_files)
     flax = world.folder / "vqgan_imagenet_f16_16384" / "flax_model.msgpack"
     flax.parent.mkdir()
-    write_flax_msgpack(flax, taming)
+    write_flax_vqgan_checkpoint(flax, taming)
 
     pipe, clip = make_tiny_pipeline(with_clip=True), world.scratch("clip")
     pipe.clip_model.save_pretrained(clip)
@@ -195,12 +194,17 @@ def min_dalle_files(world: World) -> None:
 
 
 def converted_mega(world: World) -> None:
+    """`dalle-mega` as the README's first conversion writes it: with the VQGAN's encoder and a CLIP."""
     from hf_dalle.conversion.convert_dalle_mega import convert_dalle_mega
-    from hf_dalle.testing_utils import write_min_dalle_models_root
 
-    root = world.scratch("min-dalle-mega")
-    write_min_dalle_models_root(root, tiny_mega_config("mega"), "mega")
-    convert_dalle_mega(world.folder / "dalle-mega", "mega", root)
+    min_dalle_files(world)
+    convert_dalle_mega(
+        world.folder / "dalle-mega",
+        "mega",
+        world.folder / "pretrained",
+        vqgan_flax_checkpoint=world.folder / "vqgan_imagenet_f16_16384" / "flax_model.msgpack",
+        clip_model=world.folder.parent / "scratch" / "clip",  # min_dalle_files put the tiny CLIP there
+    )
 
 
 def openai_dvae_pickles(world: World, folder: Path | None = None) -> None:

@@ -220,9 +220,10 @@ def test_generate_in_the_browser(server_url, model_dir, browser):
     assert "showing the 6 best by CLIP score" in status
     assert "never seen in training: a held-out (color, shape) pairing" in status
 
-    # Live progress while the codes were sampled: the bar moved through values between 0% and 100%.
-    progress = [float(text.rstrip("%")) for text in browser.execute_script("return window.progressSeen") if text]
-    assert any(0 < value < 100 for value in progress), f"no progress shown while sampling: {progress[:20]}"
+    # Live progress while the codes were sampled, under its label: the bar moved through values between 0% and 100%.
+    seen = [text for text in browser.execute_script("return window.progressSeen") if text]
+    progress = [float(m.group(1)) for t in seen if (m := re.fullmatch(r"Sampling image codes - ([\d.]+)%", t))]
+    assert any(0 < value < 100 for value in progress), f"no labelled progress shown while sampling: {seen[:20]}"
 
     ARTIFACTS_DIR.mkdir(exist_ok=True)
     screenshot = ARTIFACTS_DIR / "web_demo.png"

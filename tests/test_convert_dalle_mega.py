@@ -38,20 +38,10 @@ SCRIPT = REPO_ROOT / "scripts" / "convert_dalle_mega.py"
 
 
 def tiny_config(**overrides) -> DalleBartConfig:
-    sizes = {
-        "text_vocab_size": 400,
-        "image_vocab_size": 64,
-        "decoder_vocab_size": 66,
-        "max_text_length": 16,
-        "image_grid_size": 4,
-        "hidden_size": 32,
-        "encoder_layers": 2,
-        "decoder_layers": 2,
-        "num_attention_heads": 4,
-        "intermediate_size": 48,
-        "decoder_start_token_id": 63,
-    }
-    return DalleBartConfig(**{**sizes, **overrides})
+    """testing_utils' tiny Mega-shaped config, narrower (4 heads of 8): conversions here pass --num_attention_heads."""
+    return tiny_dalle_bart_config(
+        **{"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 48, **overrides}
+    )
 
 
 def run_script(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
